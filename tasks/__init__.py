@@ -1,0 +1,1 @@
+"""Cutover: atomic website deploys over SSH, as a Fabric task suite."""

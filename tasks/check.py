@@ -1,0 +1,67 @@
+"""`fab check`: a preflight of each server of the group, one table row per host."""
+
+from invoke import task
+
+from . import ssh
+from .cli import boundary, each_host, target
+from .errors import CutoverError
+from .layout import Layout
+
+MIN_FREE = 100 * 1024 * 1024  # below this a deploy may fill the disk
+
+
+def check_host(host):
+    """Check one server: SSH with a checked host key, python3, rsync, deploy_to, httpd, disk."""
+    with ssh.connect(host) as conn:
+        found = ssh.agent(
+            conn, "check", "check", host_name=host.name, layout=Layout(host.deploy_to).as_dict(), pidfile=host.httpd.pidfile
+        )
+    problems = []
+    if not found["rsync"]:
+        problems.append("rsync is not installed on the server: apt-get install rsync")
+    if not found["deploy_to"].startswith(("ok", "missing, can be")):
+        problems.append(f"deploy_to {host.deploy_to} is {found['deploy_to']}: fix its owner or permissions")
+    if host.httpd.pause != "none" and not found["httpd"]["ok"]:
+        problems.append(found["httpd"]["problem"])
+    if found["disk_free"] < MIN_FREE:
+        problems.append(f"only {found['disk_free'] // 2**20} MB free under {host.deploy_to}")
+    return found, problems
+
+
+def _row(host, outcome):
+    if isinstance(outcome, CutoverError):
+        return [host.name, "FAIL", "-", "-", "-", "-", "-"], [str(outcome)]
+    found, problems = outcome
+    httpd = found["httpd"]
+    return [
+        host.name,
+        "ok",
+        "ok" if found["rsync"] else "MISSING",
+        found["deploy_to"],
+        f"ok (pid {httpd['pid']})" if httpd["ok"] else "FAIL",
+        f"{found['disk_free'] / 2**30:.1f} GB",
+        found["current"] or "-",
+    ], [f"{host.name}: {p}" for p in problems]
+
+
+def render_table(rows):
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+@task
+@boundary
+def check(c):
+    """Preflight every host: SSH and host key, rsync, deploy_to, httpd, free disk."""
+    hosts = target(c).hosts
+    rows = [["host", "ssh", "rsync", "deploy_to", "httpd", "disk free", "current"]]
+    problems = []
+    for host, outcome in each_host(hosts, check_host):
+        row, found = _row(host, outcome)
+        rows.append(row)
+        problems += found
+    print(render_table(rows))
+    if problems:
+        print("\n" + "\n".join(problems))
+        raise CutoverError(f"{len(problems)} problem(s) found on {len(hosts)} host(s); see above")
+    print(f"\nall {len(hosts)} host(s) ready")

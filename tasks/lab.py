@@ -1,0 +1,319 @@
+"""Lab servers on loopback: a real OpenSSH sshd and a real Apache httpd per server.
+
+Backs `fab sandbox-up` / `sandbox-down` and the test suite. Each server gets throwaway keys,
+free ports on 127.0.0.1, its own deploy_to, and is stopped by the PIDs the lab recorded.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from .errors import CutoverError
+from .layout import Layout
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+SSHD = "/usr/sbin/sshd"
+APACHE = "/usr/sbin/apache2"
+STATE_FILE = "lab.json"
+PLACEHOLDER_RELEASE = "19700101T000000Z-placeholder"
+
+
+@dataclass
+class LabServer:
+    """One lab server as recorded in lab.json."""
+
+    name: str
+    root: str
+    ssh_port: int
+    http_port: int
+    deploy_to: str
+    pidfile: str
+    sshd_pid: int
+    httpd_pid: int
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.http_port}/"
+
+    @property
+    def httpd_conf(self):
+        return f"{self.root}/apache/httpd.conf"
+
+
+@dataclass
+class Lab:
+    root: Path
+    servers: list
+    key: Path
+    known_hosts: Path
+
+    @property
+    def hosts_file(self):
+        return self.root / "hosts.yaml"
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _render(template, path, **values):
+    text = (TEMPLATES / "lab" / template).read_text()
+    for key, value in values.items():
+        text = text.replace(f"@@{key}@@", str(value))
+    Path(path).write_text(text)
+
+
+def _keygen(path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cutover-lab", "-f", str(path)], check=True)
+
+
+def _wait_for(check, what, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise CutoverError(f"lab: {what} did not come up within {timeout} s")
+
+
+def _listening(port):
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _http_ok(url):
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status < 500
+    except OSError:
+        return False
+
+
+def _placeholder_release(deploy_to):
+    """Apache will not start without its DocumentRoot: give current a first release."""
+    layout = Layout(deploy_to)
+    release = Path(layout.release(PLACEHOLDER_RELEASE))
+    release.mkdir(parents=True)
+    (release / "index.html").write_text(
+        '<!doctype html><meta name="release" content="placeholder"><title>Cutover sandbox</title>'
+        "<p>Nothing deployed yet.</p>\n"
+    )
+    for d in (layout.shared, layout.meta):
+        Path(d).mkdir(parents=True, exist_ok=True)
+    os.symlink(f"releases/{PLACEHOLDER_RELEASE}", layout.current)
+
+
+def start_server(root, name, client_pub, mpm="event", ports=None):
+    """Start one sshd and one Apache under root/name (on free ports, or the given pair)."""
+    base = Path(root) / name
+    for sub in ("ssh", "apache/run", "apache/conf.d", "site"):
+        (base / sub).mkdir(parents=True)
+    for d in (base, base / "apache", base / "site"):
+        d.chmod(0o755)  # Apache's children (www-data) must reach the site
+    (base / "ssh").chmod(0o700)
+    ssh_port, http_port = ports or (free_port(), free_port())
+    for port in (ssh_port, http_port):
+        if _listening(port):
+            raise CutoverError(f"lab: port {port} on 127.0.0.1 is already in use")
+    deploy_to = str(base / "site")
+    _placeholder_release(deploy_to)
+
+    _keygen(base / "ssh" / "host_ed25519")
+    shutil.copy(client_pub, base / "ssh" / "authorized_keys")
+    _render("sshd_config", base / "ssh" / "sshd_config", root=base, ssh_port=ssh_port)
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+    with open(base / "ssh" / "sshd.log", "ab") as log:
+        sshd = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(base / "ssh" / "sshd_config")],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+
+    pidfile = base / "apache" / "run" / "httpd.pid"
+    conf = base / "apache" / "httpd.conf"
+    _render(
+        "httpd.conf",
+        conf,
+        root=base / "apache",
+        name=name,
+        http_port=http_port,
+        pidfile=pidfile,
+        mpm=mpm,
+        deploy_to=deploy_to,
+    )
+    with open(base / "apache" / "stdout.log", "ab") as log:
+        httpd = subprocess.Popen(
+            [APACHE, "-f", str(conf), "-DFOREGROUND"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    server = LabServer(name, str(base), ssh_port, http_port, deploy_to, str(pidfile), sshd.pid, httpd.pid)
+    try:
+        _wait_for(lambda: sshd.poll() is None and _listening(ssh_port), f"sshd of {name} (see {base}/ssh/sshd.log)")
+        _wait_for(
+            lambda: httpd.poll() is None and pidfile.exists() and _http_ok(server.url),
+            f"Apache of {name} (see {base}/apache/error.log)",
+        )
+    except CutoverError:
+        _stop_pid(sshd.pid, SSHD)
+        _stop_pid(httpd.pid, APACHE)
+        raise
+    return server
+
+
+def start(root, count=1, mpm="event", ports=None):
+    """Start `count` lab servers under root (a new directory); writes lab.json and hosts.yaml.
+
+    ports: optional list of (ssh_port, http_port), one pair per server; default free ports.
+    """
+    if os.geteuid() != 0:
+        raise CutoverError("lab: lab servers run their own sshd, which needs root; run as root")
+    for program in (SSHD, APACHE, "/usr/bin/rsync"):
+        if not os.path.exists(program):
+            raise CutoverError(f"lab: {program} is missing; apt-get install openssh-server apache2 rsync")
+    root = Path(root)
+    if root.exists():
+        raise CutoverError(f"lab: {root} already exists (a lab still up?); stop it first or remove it")
+    root.mkdir(parents=True)
+    root.chmod(0o755)
+    client_key = root / "client_ed25519"
+    _keygen(client_key)
+    lab = Lab(root, [], client_key, root / "known_hosts")
+    try:
+        for i in range(1, count + 1):
+            pair = ports[i - 1] if ports else None
+            server = start_server(root, f"lab{i}", f"{client_key}.pub", mpm=mpm, ports=pair)
+            lab.servers.append(server)
+            _save(lab)
+            host_pub = Path(server.root, "ssh", "host_ed25519.pub").read_text().split()
+            with open(lab.known_hosts, "a") as f:
+                f.write(f"[127.0.0.1]:{server.ssh_port} {host_pub[0]} {host_pub[1]}\n")
+    except BaseException:
+        stop(root)
+        raise
+    write_hosts_file(lab)
+    return lab
+
+
+def write_hosts_file(lab, build=None, **overrides):
+    """Write the lab's hosts.yaml: group `sandbox` with every server, settings per host."""
+    build = build or str(TEMPLATES.parent / "example" / "site")
+    hosts = []
+    for s in lab.servers:
+        hosts.append(
+            {
+                "name": s.name,
+                "host": "127.0.0.1",
+                "port": s.ssh_port,
+                "deploy_to": s.deploy_to,
+                "httpd": {"pidfile": s.pidfile},
+                "health": {"url": s.url},
+            }
+        )
+    data = {
+        "defaults": {
+            "user": "root",
+            "key": str(lab.key),
+            "known_hosts": str(lab.known_hosts),
+            "build": {"path": build, "required": ["index.html"]},
+            "keep_releases": 5,
+            "shared": ["media"],
+            "smoke": {"commands": ["test -s index.html"]},
+            "health": {"expect_status": 200, "expect_text": 'name="release"'},
+            **overrides,
+        },
+        "groups": {"sandbox": hosts},
+        "default_group": "sandbox",
+    }
+    lab.hosts_file.write_text("# Written by the Cutover lab for its own servers.\n" + yaml.safe_dump(data, sort_keys=False))
+    return lab.hosts_file
+
+
+def _save(lab):
+    state = {
+        "key": str(lab.key),
+        "known_hosts": str(lab.known_hosts),
+        "servers": [asdict(s) for s in lab.servers],
+    }
+    (lab.root / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+
+def load(root):
+    """The Lab recorded under root."""
+    root = Path(root)
+    state = json.loads((root / STATE_FILE).read_text())
+    servers = [LabServer(**s) for s in state["servers"]]
+    return Lab(root, servers, Path(state["key"]), Path(state["known_hosts"]))
+
+
+def _is_ours(pid, program):
+    """Whether pid still runs `program` (sshd rewrites its cmdline, so look at the executable)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe") == program
+    except OSError:
+        return False
+
+
+def _stop_pid(pid, program, timeout=10):
+    """Stop a process we started, by PID, after checking it is still that program."""
+    if not _is_ours(pid, program):
+        return
+    os.kill(pid, signal.SIGCONT)  # a paused httpd cannot act on SIGTERM
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = 0 if _is_ours(pid, program) else pid
+        if done == pid or not _is_ours(pid, program):
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+
+
+def stop_server(server):
+    """Stop one lab server's httpd and sshd; resumes httpd's children first if they were paused."""
+    for pid in _httpd_children(server.httpd_pid):
+        os.kill(pid, signal.SIGCONT)
+    _stop_pid(server.httpd_pid, APACHE)
+    _stop_pid(server.sshd_pid, SSHD)
+
+
+def _httpd_children(pid):
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def stop(root, remove=True):
+    """Stop every server of the lab under root by PID, then remove the directory."""
+    root = Path(root)
+    if (root / STATE_FILE).exists():
+        for server in load(root).servers:
+            stop_server(server)
+    if remove:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def pids(lab):
+    """Every PID the lab started (httpd parents and sshd listeners)."""
+    return [p for s in lab.servers for p in (s.httpd_pid, s.sshd_pid)]

@@ -1,0 +1,33 @@
+"""`fab sandbox-up` / `sandbox-down`: two lab servers on this machine to deploy the example site to.
+
+The sandbox uses fixed ports and paths so that the `sandbox` group of the shipped hosts.yaml
+reaches it with no further setup.
+"""
+
+from invoke import task
+
+from . import lab
+from .cli import boundary
+
+SANDBOX_DIR = "/tmp/cutover-sandbox"
+SANDBOX_PORTS = [(2201, 8081), (2202, 8082)]
+
+
+@task(help={"mpm": "Apache MPM of the sandbox servers: event (default) or prefork"})
+@boundary
+def sandbox_up(c, mpm="event"):
+    """Start two local lab servers (sshd + Apache on 127.0.0.1) as group `sandbox`."""
+    if mpm not in ("event", "prefork"):
+        raise lab.CutoverError(f"--mpm must be event or prefork, got {mpm!r}")
+    sandbox = lab.start(SANDBOX_DIR, count=len(SANDBOX_PORTS), mpm=mpm, ports=SANDBOX_PORTS)
+    for s in sandbox.servers:
+        print(f"{s.name}: ssh 127.0.0.1:{s.ssh_port}, site {s.url}, deploy_to {s.deploy_to}")
+    print("sandbox up: try `fab -H sandbox check`, then `fab -H sandbox deploy`")
+
+
+@task
+@boundary
+def sandbox_down(c):
+    """Stop the sandbox servers (by the PIDs it recorded) and remove its directory."""
+    lab.stop(SANDBOX_DIR)
+    print(f"sandbox down: {SANDBOX_DIR} removed")
