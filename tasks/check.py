@@ -14,7 +14,12 @@ def check_host(host):
     """Check one server: SSH with a checked host key, python3, rsync, deploy_to, httpd, disk."""
     with ssh.connect(host) as conn:
         found = ssh.agent(
-            conn, "check", "check", host_name=host.name, layout=Layout(host.deploy_to).as_dict(), pidfile=host.httpd.pidfile
+            conn,
+            "check",
+            "check",
+            host_name=host.name,
+            layout=Layout(host.deploy_to).as_dict(),
+            pidfile=host.httpd.pidfile,
         )
     problems = []
     if not found["rsync"]:

@@ -36,6 +36,7 @@ def boundary(fn):
 
 def each_host(hosts, fn):
     """Call fn(host) for every host in parallel; returns [(host, result or CutoverError)] in order."""
+
     def call(host):
         try:
             return fn(host)

@@ -242,7 +242,9 @@ def write_hosts_file(lab, build=None, **overrides):
         "groups": {"sandbox": hosts},
         "default_group": "sandbox",
     }
-    lab.hosts_file.write_text("# Written by the Cutover lab for its own servers.\n" + yaml.safe_dump(data, sort_keys=False))
+    lab.hosts_file.write_text(
+        "# Written by the Cutover lab for its own servers.\n" + yaml.safe_dump(data, sort_keys=False)
+    )
     return lab.hosts_file
 
 

@@ -6,7 +6,6 @@ same settings (`ssh_command`). Every remote command is an argv list joined with 
 
 import json
 import shlex
-import socket
 from pathlib import Path
 
 import paramiko
@@ -59,7 +58,7 @@ def connect(host):
                 f"{host.host} >> {host.known_hosts}",
             ) from None
         raise ConnectError(f"SSH to {host.host}:{host.port} failed: {exc}", host=host.name) from None
-    except (OSError, socket.timeout) as exc:
+    except (TimeoutError, OSError) as exc:
         raise ConnectError(
             f"cannot reach {host.host} port {host.port}: {exc}",
             host=host.name,

@@ -1,0 +1,86 @@
+"""Lab fixtures: real sshd and Apache servers on 127.0.0.1, stopped by PID after each module."""
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tasks import hostsfile, lab
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def new_lab_dir():
+    """A fresh directory for a lab, reachable by Apache's www-data children."""
+    parent = tempfile.mkdtemp(prefix="cutover-test-", dir="/tmp")
+    os.chmod(parent, 0o755)
+    return Path(parent) / "lab"
+
+
+def process_gone(pid):
+    """True once pid has exited (a zombie counts as gone: it serves nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+class LabHandle:
+    """A running lab plus helpers the tests share."""
+
+    def __init__(self, lab_):
+        self.lab = lab_
+        self.servers = lab_.servers
+        self.hosts_file = lab_.hosts_file
+
+    def inventory(self):
+        return hostsfile.load(self.hosts_file)
+
+    def host(self, name="lab1"):
+        return self.inventory().resolve(name).hosts[0]
+
+    def fab(self, *args, hosts_file=None, env=None, timeout=300):
+        """Run `fab ARGS` in the project with this lab's hosts.yaml; returns CompletedProcess."""
+        full_env = dict(os.environ, CUTOVER_HOSTS_FILE=str(hosts_file or self.hosts_file), **(env or {}))
+        return subprocess.run(
+            [sys.executable, "-m", "fabric", *args],
+            cwd=PROJECT,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+def start_lab(count):
+    root = new_lab_dir()
+    handle = LabHandle(lab.start(root, count=count))
+    return handle, root
+
+
+def stop_lab(handle, root):
+    pids = lab.pids(handle.lab)
+    lab.stop(root)
+    os.rmdir(root.parent)
+    left = [p for p in pids if not process_gone(p)]
+    assert left == [], f"lab processes still running after stop: {left}"
+
+
+@pytest.fixture(scope="module")
+def lab2():
+    """Two lab servers shared by the tests of one module (tests must not break them)."""
+    handle, root = start_lab(2)
+    yield handle
+    stop_lab(handle, root)
+
+
+@pytest.fixture
+def lab1():
+    """One lab server of the test's own, free to be broken."""
+    handle, root = start_lab(1)
+    yield handle
+    stop_lab(handle, root)

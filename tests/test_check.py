@@ -1,0 +1,75 @@
+"""`fab check` against lab servers: a healthy table, and clear failures."""
+
+import os
+import signal
+import subprocess
+import time
+
+from .conftest import process_gone
+
+
+def test_check_passes_on_healthy_servers(lab2):
+    result = lab2.fab("-H", "sandbox", "check")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["host", "ssh", "rsync", "deploy_to", "httpd", "disk", "free", "current"]
+    for line, server in zip(lines[1:3], lab2.servers):
+        assert line.split()[:5] == [server.name, "ok", "ok", "ok", "ok"]
+        assert f"(pid {server.httpd_pid})" in line
+    assert "all 2 host(s) ready" in result.stdout
+
+
+def test_check_one_host_of_the_group(lab2):
+    result = lab2.fab("-H", "lab2", "check")
+    assert result.returncode == 0, result.stderr
+    assert "lab2" in result.stdout and "lab1" not in result.stdout
+
+
+def test_check_fails_when_apache_is_stopped(lab1):
+    server = lab1.servers[0]
+    os.kill(server.httpd_pid, signal.SIGTERM)
+    os.waitpid(server.httpd_pid, 0)
+    result = lab1.fab("check")
+    assert result.returncode == 1
+    assert f"lab1: httpd pidfile {server.pidfile} " in result.stdout
+    assert "1 problem(s) found on 1 host(s)" in result.stderr
+
+
+def test_check_fails_on_a_changed_host_key(lab1, tmp_path):
+    server = lab1.servers[0]
+    fake = tmp_path / "fake"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(fake)], check=True)
+    kind, key = fake.with_suffix(".pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{server.ssh_port} {kind} {key}\n")
+    hosts_file = tmp_path / "hosts.yaml"
+    hosts_file.write_text(lab1.hosts_file.read_text().replace(str(lab1.lab.known_hosts), str(known)))
+    result = lab1.fab("check", hosts_file=hosts_file)
+    assert result.returncode == 1
+    assert f"the host key of 127.0.0.1 port {server.ssh_port} does not match {known}" in result.stdout
+    assert "ssh-keygen -R" in result.stdout
+    assert known.read_text().count("\n") == 1  # never rewritten
+
+
+def test_check_fails_on_an_unknown_host_key(lab1, tmp_path):
+    server = lab1.servers[0]
+    known = tmp_path / "empty_known_hosts"
+    known.write_text("")
+    hosts_file = tmp_path / "hosts.yaml"
+    hosts_file.write_text(lab1.hosts_file.read_text().replace(str(lab1.lab.known_hosts), str(known)))
+    result = lab1.fab("check", hosts_file=hosts_file)
+    assert result.returncode == 1
+    assert f"is not in {known}" in result.stdout
+    assert f"ssh-keyscan -p {server.ssh_port} 127.0.0.1 >> {known}" in result.stdout
+    assert known.read_text() == ""  # not silently accepted
+
+
+def test_check_fails_when_sshd_is_gone(lab1):
+    server = lab1.servers[0]
+    os.kill(server.sshd_pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while not process_gone(server.sshd_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    result = lab1.fab("check")
+    assert result.returncode == 1
+    assert f"cannot reach 127.0.0.1 port {server.ssh_port}" in result.stdout

@@ -1,0 +1,163 @@
+"""hosts.yaml validation and -H resolution: pure, no servers."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tasks import hostsfile
+from tasks.errors import ConfigError
+
+from .conftest import PROJECT
+
+GOOD = """\
+defaults:
+  deploy_to: /var/www/site
+  user: deploy
+groups:
+  prod:
+    - {host: web1.example.com}
+    - {host: web2.example.com, port: 2222, keep_releases: 3}
+  staging:
+    deploy_to: /var/www/staging
+    hosts:
+      - {host: stage.example.com, name: stage}
+default_group: prod
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "hosts.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_layers_defaults_group_host(tmp_path):
+    inv = hostsfile.load(write(tmp_path, GOOD))
+    web1, web2 = inv.resolve("prod").hosts
+    stage = inv.resolve("staging").hosts[0]
+    assert (web1.port, web1.keep_releases, web1.deploy_to) == (22, 5, "/var/www/site")
+    assert (web2.port, web2.keep_releases) == (2222, 3)
+    assert (stage.name, stage.deploy_to, stage.user) == ("stage", "/var/www/staging", "deploy")
+    assert web1.build.path == tmp_path / "build"
+
+
+def test_resolve_names_and_default_group(tmp_path):
+    inv = hostsfile.load(write(tmp_path, GOOD))
+    assert [h.name for h in inv.resolve(None).hosts] == ["web1.example.com", "web2.example.com"]
+    assert [h.name for h in inv.resolve("stage").hosts] == ["stage"]
+    assert [h.name for h in inv.resolve("stage,web1.example.com").hosts] == ["stage", "web1.example.com"]
+    with pytest.raises(ConfigError) as err:
+        inv.resolve("prdo")
+    assert "-H 'prdo' is neither a group nor a host" in str(err.value)
+    assert "groups prod, staging; hosts stage, web1.example.com, web2.example.com" in str(err.value)
+
+
+def test_no_default_group_without_h(tmp_path):
+    inv = hostsfile.load(write(tmp_path, GOOD.replace("default_group: prod\n", "")))
+    with pytest.raises(ConfigError, match="no -H given and .* sets no default_group"):
+        inv.resolve(None)
+
+
+BAD = [
+    # (replace this, with this, expected message)
+    ("  deploy_to: /var/www/site", "  deploy_to: /", "hosts.yaml:2: defaults.deploy_to: '/' is too close to /"),
+    ("  deploy_to: /var/www/site", "  deploy_to: /var", "hosts.yaml:2: defaults.deploy_to: '/var' is too close to /"),
+    ("  deploy_to: /var/www/site", "  deploy_to: www/site", "hosts.yaml:2: defaults.deploy_to: 'www/site' is relative"),
+    (
+        "  deploy_to: /var/www/site",
+        "  deploy_to: /var/www/../etc",
+        "hosts.yaml:2: defaults.deploy_to: '/var/www/../etc' holds '..'",
+    ),
+    (
+        "  deploy_to: /var/www/site",
+        "  deploy_to: '/var/www/$(reboot)'",
+        "defaults.deploy_to: '/var/www/$(reboot)' may hold only",
+    ),
+    ("  user: deploy", "  user: deploy\n  colour: blue", "hosts.yaml:4: defaults.colour: is not a known key"),
+    (
+        "  user: deploy",
+        "  user: 'deploy; rm -rf /'",
+        "hosts.yaml:3: defaults.user: 'deploy; rm -rf /' is not a user name",
+    ),
+    ("  user: deploy", "  keep_releases: 1", "hosts.yaml:3: defaults.keep_releases: must be from 2 to 1000, got 1"),
+    (
+        "  user: deploy",
+        "  keep_releases: 'five'",
+        "defaults.keep_releases: must be a whole number from 2 to 1000, got 'five'",
+    ),
+    ("  user: deploy", "  keep_releases: true", "defaults.keep_releases: must be a whole number"),
+    ("  user: deploy", "  shared: [/etc]", "hosts.yaml:3: defaults.shared[0]: '/etc' is absolute"),
+    ("  user: deploy", "  shared: [../up]", "defaults.shared[0]: '../up' climbs out of the release"),
+    ("  user: deploy", "  shared: media", "hosts.yaml:3: defaults.shared: must be a list, got a value"),
+    ("  user: deploy", "  httpd: {pause: sleep}", "defaults.httpd.pause: must be one of sigstop, none, got 'sleep'"),
+    ("  user: deploy", "  httpd: {pidfile: run/x.pid}", "defaults.httpd.pidfile: 'run/x.pid' must be an absolute path"),
+    ("  user: deploy", "  httpd: {stop: yes}", "defaults.httpd.stop: is not a known key"),
+    (
+        "  user: deploy",
+        "  health: {url: 'ftp://x'}",
+        "defaults.health.url: 'ftp://x' is not an http:// or https:// URL",
+    ),
+    (
+        "{host: web1.example.com}",
+        "{host: web1.example.com, port: 70000}",
+        "hosts.yaml:6: groups.prod[0].port: must be from 1 to 65535",
+    ),
+    ("{host: web1.example.com}", "{port: 22}", "hosts.yaml:6: groups.prod[0]: has no 'host' key"),
+    ("{host: web1.example.com}", "{host: 'web1;reboot'}", "groups.prod[0].host: 'web1;reboot' is not a host name"),
+    (
+        "{host: web2.example.com, port: 2222, keep_releases: 3}",
+        "{host: web1.example.com}",
+        "hosts.yaml:7: groups.prod[1]: duplicates host 'web1.example.com'",
+    ),
+    (
+        "  prod:\n    - {host: web1.example.com}\n    - {host: web2.example.com, port: 2222, keep_releases: 3}\n",
+        "  prod: []\n",
+        "hosts.yaml:5: groups.prod: has no hosts",
+    ),
+    ("default_group: prod", "default_group: live", "hosts.yaml:12: default_group: 'live' is not a group"),
+    ("default_group: prod", "default_grop: prod", "hosts.yaml:12: default_grop: is not a known key"),
+    ("  deploy_to: /var/www/site\n", "", "hosts.yaml:5: groups.prod[0]: deploy_to is not set"),
+    ("  user: deploy", "  user: deploy\n  user: root", "hosts.yaml:4: defaults.user: is given twice"),
+    ("  user: deploy", "  user: [a", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("old,new,message", BAD, ids=[b[2][:50] for b in BAD])
+def test_bad_values_name_key_and_line(tmp_path, old, new, message):
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as err:
+        hostsfile.load(path)
+    assert message in str(err.value)
+    assert err.value.exit_code == 2
+
+
+def test_missing_and_empty_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read .*nope.yaml: No such file"):
+        hostsfile.load(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="hosts.yaml: is empty"):
+        hostsfile.load(write(tmp_path, ""))
+
+
+def test_env_variable_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUTOVER_HOSTS_FILE", str(write(tmp_path, GOOD)))
+    assert hostsfile.load().path == tmp_path / "hosts.yaml"
+
+
+def test_fab_refuses_bad_file_with_status_and_no_traceback(tmp_path):
+    path = write(tmp_path, GOOD.replace("deploy_to: /var/www/site", "deploy_to: /", 1))
+    env = {"CUTOVER_HOSTS_FILE": str(path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fabric", "-H", "prod", "check"], cwd=PROJECT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert f"cutover: error: {path}:2: defaults.deploy_to: '/' is too close to /" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_shipped_hosts_file_is_valid():
+    inv = hostsfile.load(PROJECT / "hosts.yaml")
+    assert inv.default_group == "sandbox"
+    assert {"sandbox", "prod", "staging"} <= set(inv.groups)

@@ -1,0 +1,77 @@
+"""The lab itself: real sshd and Apache come up on loopback, accept only the lab key, go down by PID."""
+
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tasks import lab, ssh
+from tasks.errors import ConnectError
+from tasks.layout import Layout
+
+from .conftest import process_gone, start_lab, stop_lab
+
+
+def test_sshd_accepts_the_lab_key(lab2):
+    for name in ("lab1", "lab2"):
+        host = lab2.host(name)
+        with ssh.connect(host) as conn:
+            result = ssh.run(conn, "test", ["sh", "-c", 'echo "$1"', "sh", "it's me; $HOME"])
+        assert result.stdout == "it's me; $HOME\n"  # quoted through the shell, not expanded
+
+
+def test_sshd_rejects_an_unknown_key(lab2, tmp_path):
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    host = lab2.host()
+    stranger = type(host)(**{**host.__dict__, "key": other})
+    with pytest.raises(ConnectError) as err:
+        ssh.connect(stranger)
+    assert "SSH authentication as root failed" in str(err.value)
+
+
+def test_rsync_uses_the_same_ssh_settings(lab2, tmp_path):
+    host = lab2.host()
+    (tmp_path / "f.txt").write_text("over rsync\n")
+    dest = f"{host.deploy_to}/shared/rsync-probe/"
+    e = " ".join(ssh_quote(a) for a in ssh.ssh_command(host))
+    subprocess.run(["rsync", "-a", "-e", e, f"{tmp_path}/", f"127.0.0.1:{dest}"], check=True, capture_output=True)
+    assert Path(dest, "f.txt").read_text() == "over rsync\n"
+
+
+def ssh_quote(arg):
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def test_apache_serves_the_release_behind_current(lab2):
+    server = lab2.servers[0]
+    layout = Layout(server.deploy_to)
+    Path(layout.current, "probe.txt").write_text("served through current\n")
+    with urllib.request.urlopen(server.url + "probe.txt") as response:
+        assert response.status == 200
+        assert response.read() == b"served through current\n"
+    assert Path(layout.current).resolve().name == lab.PLACEHOLDER_RELEASE
+
+
+def test_everything_listens_on_loopback_only(lab2):
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+    ours = [
+        line
+        for line in out.splitlines()
+        if any(f":{p} " in line for s in lab2.servers for p in (s.ssh_port, s.http_port))
+    ]
+    assert len(ours) == 4
+    assert all(" 127.0.0.1:" in line for line in ours)
+
+
+def test_lab_goes_down_leaving_no_process():
+    handle, root = start_lab(1)
+    server = handle.servers[0]
+    children = lab._httpd_children(server.httpd_pid)
+    assert len(children) >= 1
+    stop_lab(handle, root)  # asserts the recorded PIDs are gone
+    assert all(process_gone(p) for p in children)
+    assert not root.exists()
