@@ -2,6 +2,6 @@
 
 from invoke import Collection
 
-from tasks import check, sandbox
+from tasks import check, deploy, sandbox
 
-ns = Collection(check.check, sandbox.sandbox_up, sandbox.sandbox_down)
+ns = Collection(check.check, deploy.deploy, sandbox.sandbox_up, sandbox.sandbox_down)

@@ -11,6 +11,7 @@ class CutoverError(Exception):
         self.message = message
         self.host = host
         self.hint = hint
+        self.answer = {}  # a remote step's whole JSON answer, when it came from one
 
     def __str__(self):
         text = f"{self.host}: {self.message}" if self.host else self.message

@@ -131,7 +131,9 @@ def agent(conn, step, op, *, host_name=None, timeout=None, **args):
         detail = (result.stderr or result.stdout).strip()[-2000:]
         raise RemoteError(f"{step}: no answer from the server (exit {result.exited}): {detail}", host=name)
     if "error" in answer:
-        raise RemoteError(f"{step}: {answer['error']}", host=name, hint=answer.get("hint"))
+        error = RemoteError(f"{step}: {answer['error']}", host=name, hint=answer.get("hint"))
+        error.answer = answer
+        raise error
     return answer
 
 

@@ -207,8 +207,44 @@ def _swap_now(current, temp_link, parent, pause_timeout, watchdog_log, hold_ms):
     return {"pause_ms": round((t1 - t0) / 1e6, 3), "paused": len(paused) + 1, "realtime": refused is None, "note": refused}
 
 
+def _swap_to(paths, release_id, parent, a):
+    """One switch of current to releases/<release_id>: paused when parent is an httpd PID."""
+    temp_link = os.path.join(paths["deploy_to"], ".current.%d" % os.getpid())
+    try:
+        os.unlink(temp_link)
+    except FileNotFoundError:
+        pass
+    os.symlink(os.path.join("releases", release_id), temp_link)
+    try:
+        if parent is None:
+            t0 = time.perf_counter_ns()
+            os.replace(temp_link, paths["current"])
+            ms = round((time.perf_counter_ns() - t0) / 1e6, 3)
+            return {"pause_ms": 0.0, "rename_ms": ms, "paused": 0, "realtime": False, "note": "httpd.pause is none"}
+        log = os.path.join(paths["meta"], "watchdog.log")
+        return _swap_now(paths["current"], temp_link, parent, a["pause_timeout"], log, a.get("hold_ms", 0))
+    finally:
+        if os.path.lexists(temp_link):
+            os.unlink(temp_link)
+
+
+def _swap_and_verify(paths, release_id, parent, old, a):
+    result = dict(_swap_to(paths, release_id, parent, a), old=old, new=release_id)
+    verify = a.get("verify")
+    if verify:
+        problem = health(verify, release_id)
+        result["health"] = problem or "ok"
+        if problem and a.get("swap_back") and old:
+            # The new release answers wrong: back to the old one at once, on the server.
+            back = _swap_to(paths, old, parent, a)
+            result["swapped_back"] = True
+            result["swap_back_pause_ms"] = back["pause_ms"]
+            result["health_after_swap_back"] = health(dict(verify, expect_text=None), old) or "ok"
+    return result
+
+
 def op_swap(a):
-    """Point current at releases/<release_id>, pausing httpd around the rename; detached."""
+    """Point current at releases/<release_id> with httpd paused, then verify; detached from SSH."""
     paths = a["layout"]
     release_id = _release_name(a["release_id"])
     target = os.path.join(paths["releases"], release_id)
@@ -216,12 +252,11 @@ def op_swap(a):
         raise Refused("release %s does not exist on this server" % release_id)
     old = current_release(paths)
     parent = httpd_parent(a["pidfile"]) if a["pause"] == "sigstop" else None
-    temp_link = os.path.join(paths["deploy_to"], ".current.%d" % os.getpid())
-    os.symlink(os.path.join("releases", release_id), temp_link)
     result_path = os.path.join(paths["meta"], "swap-%s.json" % os.getpid())
     child = os.fork()
     if child == 0:
-        # Detached from the SSH session: a dropped connection cannot stop it between STOP and CONT.
+        # Detached from the SSH session: a dropped connection cannot stop it between STOP and
+        # CONT, nor between a failed health check and the swap back.
         os.setsid()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -230,21 +265,9 @@ def op_swap(a):
             os.dup2(null, fd)
         try:
             _write_pid(paths, "swap.pid")
-            if parent is None:
-                t0 = time.perf_counter_ns()
-                os.replace(temp_link, paths["current"])
-                figures = {"pause_ms": 0.0, "paused": 0, "realtime": False, "note": "httpd.pause is none"}
-                figures["rename_ms"] = round((time.perf_counter_ns() - t0) / 1e6, 3)
-            else:
-                log = os.path.join(paths["meta"], "watchdog.log")
-                figures = _swap_now(paths["current"], temp_link, parent, a["pause_timeout"], log, a.get("hold_ms", 0))
-            result = dict(figures, old=old, new=release_id)
+            result = _swap_and_verify(paths, release_id, parent, old, a)
         except BaseException as exc:  # reported through the result file, never lost
-            result = {"error": "swap failed: %s" % exc}
-            try:
-                os.unlink(temp_link)
-            except OSError:
-                pass
+            result = {"error": "swap failed: %s" % exc, "old": old}
         _write_json(result_path, result)
         os._exit(0)
     os.waitpid(child, 0)
@@ -254,6 +277,45 @@ def op_swap(a):
     if "error" in result:
         raise Refused(result["error"])
     return result
+
+
+# --- health -----------------------------------------------------------------------------------
+
+
+def _get(url, timeout):
+    request = urllib.request.Request(url, headers={"Cache-Control": "no-cache", "Connection": "close"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, r.read(65536).decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(65536).decode("utf-8", "replace")
+
+
+def health(h, release_id):
+    """None when every URL answers expect_status (and expect_text); else the last problem seen."""
+    problem = None
+    text = h.get("expect_text")
+    if text:
+        text = text.replace("{release}", release_id)
+    for attempt in range(h["retries"] + 1):
+        if attempt:
+            time.sleep(0.5)
+        problem = None
+        for url in h["urls"]:
+            try:
+                status, body = _get(url, h["timeout"])
+            except (OSError, ValueError) as exc:
+                problem = "%s: %s" % (url, getattr(exc, "reason", exc))
+                break
+            if status != h["expect_status"]:
+                problem = "%s answered %d, expected %d" % (url, status, h["expect_status"])
+                break
+            if text and text not in body:
+                problem = "%s answered %d without the text %r" % (url, status, text)
+                break
+        if problem is None:
+            return None
+    return problem
 
 
 # --- layout, releases, lock --------------------------------------------------------------------
@@ -329,9 +391,272 @@ def op_check(a):
     return out
 
 
+# --- the lock ---------------------------------------------------------------------------------
+
+
+def _proc_start(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _ssh_session():
+    """PID and start time of the sshd process serving this connection: the lock's liveness.
+
+    A deploy holds its SSH connection for its whole run; when that process is gone, so is
+    the deploy that took the lock.
+    """
+    pid = os.getppid()
+    while pid > 1:
+        if (_comm(pid) or "").startswith("sshd"):
+            return pid, _proc_start(pid)
+        with open("/proc/%d/stat" % pid) as f:
+            pid = int(f.read().rsplit(")", 1)[1].split()[1])
+    return None, None
+
+
+def lock_owner(paths):
+    """The lock's owner.json plus its age and whether its SSH session still lives; None if free."""
+    if not os.path.isdir(paths["lock"]):
+        return None
+    try:
+        with open(os.path.join(paths["lock"], "owner.json")) as f:
+            owner = json.load(f)
+    except (OSError, ValueError):
+        owner = {"user": "?", "local_host": "?", "command": "? (owner.json missing: died while locking)"}
+    try:
+        owner["age_s"] = round(time.time() - os.stat(paths["lock"]).st_mtime, 1)
+    except OSError:
+        return None
+    session = owner.get("session_pid")
+    owner["alive"] = bool(session) and _proc_start(session) == owner.get("session_start")
+    return owner
+
+
+def _take_lock(paths, owner):
+    os.makedirs(paths["meta"], exist_ok=True)
+    try:
+        os.mkdir(paths["lock"])  # atomic: exactly one of two racing deploys gets here
+    except FileExistsError:
+        held = lock_owner(paths) or {}
+        raise Refused("locked", lock=held)
+    pid, start = _ssh_session()
+    owner = dict(owner, session_pid=pid, session_start=start, started=_now())
+    _write_json(os.path.join(paths["lock"], "owner.json"), owner)
+
+
+def _release_lock(paths, token):
+    """Remove the lock only if it is ours (same token)."""
+    try:
+        with open(os.path.join(paths["lock"], "owner.json")) as f:
+            if json.load(f).get("token") != token:
+                return False
+    except (OSError, ValueError):
+        return False
+    shutil.rmtree(paths["lock"])
+    return True
+
+
+def op_unlock(a):
+    """Release our lock (token), or with force a lock whose owner's SSH session is gone."""
+    paths = a["layout"]
+    if not a.get("force"):
+        return {"released": _release_lock(paths, a["token"])}
+    owner = lock_owner(paths)
+    if owner is None:
+        return {"released": False, "owner": None}
+    if owner["alive"]:
+        raise Refused(
+            "the lock owner is still connected (sshd session %s): %s@%s, %s"
+            % (owner.get("session_pid"), owner.get("user"), owner.get("local_host"), owner.get("command")),
+            hint="wait for that deploy to end; --force-unlock clears only a lock whose owner is gone",
+        )
+    shutil.rmtree(paths["lock"])
+    _append_history(paths, {"event": "force-unlock", "owner": owner, "user": a.get("user"), "at": _now()})
+    return {"released": True, "owner": owner}
+
+
+# --- deploy steps -----------------------------------------------------------------------------
+
+
+def _remove_release_dir(paths, name):
+    """Remove releases/<name>, after checking on this server that it is a real directory there."""
+    path = os.path.join(paths["releases"], name)
+    if "/" in name or name in (".", "..") or os.path.realpath(os.path.dirname(path)) != os.path.realpath(paths["releases"]):
+        raise Refused("refusing to remove %s: not directly inside %s" % (path, paths["releases"]))
+    if os.path.islink(path):
+        raise Refused("refusing to remove %s: it is a symlink" % path)
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+
+
+def op_begin(a):
+    """Lock, check deploy_to, create the incoming release dir; returns the live release."""
+    paths = a["layout"]
+    release_id = _release_name(a["release_id"])
+    if not os.path.isdir(paths["deploy_to"]):
+        raise Refused(
+            "deploy_to %s does not exist on this server" % paths["deploy_to"],
+            hint="run `fab setup` or create it (owned by the deploy user)",
+        )
+    _take_lock(paths, a["owner"])
+    try:
+        for d in (paths["releases"], paths["shared"]):
+            os.makedirs(d, exist_ok=True)
+        if os.path.lexists(os.path.join(paths["releases"], release_id)):
+            raise Refused("release %s already exists on this server" % release_id)
+        incoming = os.path.join(paths["releases"], ".incoming-" + release_id)
+        os.mkdir(incoming)
+        current = current_release(paths)
+        if current and not os.path.isdir(os.path.join(paths["releases"], current)):
+            current = None
+        return {"current": current, "incoming": incoming, "free": _disk_free(paths["releases"])}
+    except BaseException:
+        _release_lock(paths, a["owner"]["token"])
+        raise
+
+
+def _link_shared(paths, release_dir, shared):
+    for entry in shared:
+        target = os.path.join(paths["shared"], entry)
+        if not os.path.lexists(target):
+            os.makedirs(target)
+        link = os.path.join(release_dir, entry)
+        if os.path.lexists(link):
+            if os.path.isdir(link) and not os.path.islink(link):
+                shutil.rmtree(link)
+            else:
+                os.unlink(link)
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(os.path.relpath(target, os.path.dirname(link)), link)
+
+
+def _point(paths, name, release_dir):
+    """Atomically point deploy_to/<name> (e.g. next) at release_dir."""
+    link = os.path.join(paths["deploy_to"], name)
+    temp = "%s.%d" % (link, os.getpid())
+    os.symlink(os.path.relpath(release_dir, paths["deploy_to"]), temp)
+    os.replace(temp, link)
+
+
+def _tail(text, limit=3000):
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def op_stage(a):
+    """Link shared entries, run the smoke tests, promote: one round trip after the upload."""
+    paths = a["layout"]
+    release_id = _release_name(a["release_id"])
+    incoming = os.path.join(paths["releases"], ".incoming-" + release_id)
+    timings = {}
+    t = time.monotonic()
+    if not os.path.isdir(incoming):
+        raise Refused("incoming release %s is missing" % incoming)
+    _link_shared(paths, incoming, a["shared"])
+    timings["link"] = time.monotonic() - t
+    t = time.monotonic()
+    env = dict(os.environ, RELEASE_DIR=incoming, RELEASE_ID=release_id, DEPLOY_TO=paths["deploy_to"])
+    for command in a["smoke"]["commands"]:
+        try:
+            run = subprocess.run(
+                ["/bin/sh", "-c", command], cwd=incoming, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=a["smoke"]["timeout"],
+            )
+        except subprocess.TimeoutExpired as exc:
+            out = (exc.output or b"").decode("utf-8", "replace")
+            raise Refused("smoke command %r timed out after %ss" % (command, a["smoke"]["timeout"]), output=_tail(out), smoke=True)
+        if run.returncode != 0:
+            out = run.stdout.decode("utf-8", "replace")
+            raise Refused("smoke command %r exited %d" % (command, run.returncode), output=_tail(out), smoke=True)
+    if a["smoke"].get("url"):
+        _point(paths, "next", incoming)
+        problem = health(dict(a["smoke"]["health"], urls=[a["smoke"]["url"]]), release_id)
+        if problem:
+            raise Refused("smoke URL failed: %s" % problem, smoke=True)
+    timings["smoke"] = time.monotonic() - t
+    t = time.monotonic()
+    os.rename(incoming, os.path.join(paths["releases"], release_id))
+    timings["promote"] = time.monotonic() - t
+    return {"timings": timings}
+
+
+def _append_history(paths, entry):
+    line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+    fd = os.open(paths["history"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)  # one write with O_APPEND: lines never interleave
+    finally:
+        os.close(fd)
+
+
+def _cleanup(paths, keep, protect):
+    """Remove old releases beyond `keep` (never current or the protected ones) and stale incoming dirs."""
+    current = current_release(paths)
+    protect = set(p for p in protect if p) | {current}
+    names = releases(paths)
+    removed = []
+    for name in names[: max(0, len(names) - keep)]:
+        if name not in protect:
+            _remove_release_dir(paths, name)
+            removed.append(name)
+    for name in os.listdir(paths["releases"]):
+        if name.startswith(".incoming-"):
+            _remove_release_dir(paths, name)  # we hold the lock: any incoming dir is a dead deploy's
+            removed.append(name)
+    return removed
+
+
+def op_finish(a):
+    """Clean up old releases, append the history line, release the lock."""
+    paths = a["layout"]
+    t = time.monotonic()
+    removed = _cleanup(paths, a["keep"], a.get("protect", []))
+    entry = dict(a["record"], cleaned=removed)
+    entry["steps"] = dict(entry.get("steps", {}), cleanup=round(time.monotonic() - t, 3))
+    _append_history(paths, entry)
+    _release_lock(paths, a["token"])
+    return {"removed": removed, "cleanup_s": time.monotonic() - t}
+
+
+def op_abort(a):
+    """A deploy failed: remove what it uploaded (never the live release), record, unlock."""
+    paths = a["layout"]
+    release_id = _release_name(a["release_id"])
+    removed = []
+    if current_release(paths) != release_id:
+        for name in (".incoming-" + release_id, release_id):
+            if os.path.lexists(os.path.join(paths["releases"], name)):
+                _remove_release_dir(paths, name)
+                removed.append(name)
+    if a.get("record"):
+        _append_history(paths, dict(a["record"], cleaned=removed))
+    released = _release_lock(paths, a["token"]) if a.get("token") else False
+    return {"removed": removed, "released": released, "current": current_release(paths)}
+
+
+def op_state(a):
+    """Read-only view of one server: releases, current, lock, maintenance, stopped httpd PIDs."""
+    paths = a["layout"]
+    return {
+        "releases": releases(paths),
+        "current": current_release(paths),
+        "lock": lock_owner(paths),
+        "maintenance": os.path.exists(os.path.join(paths["maintenance"], "index.html")),
+        "stopped": stopped_httpd(a["pidfile"]) if a.get("pidfile") else [],
+    }
+
+
 OPS = {
     "check": op_check,
+    "begin": op_begin,
+    "stage": op_stage,
     "swap": op_swap,
+    "finish": op_finish,
+    "abort": op_abort,
+    "unlock": op_unlock,
+    "state": op_state,
 }
 
 

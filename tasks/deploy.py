@@ -1,0 +1,432 @@
+"""`fab -H GROUP deploy`: ship the local build to every host of the group, all-old or all-new.
+
+The deploy reads top to bottom as the steps of the README: check, lock, upload, stage (link
+shared, smoke test, promote), swap (with verify), finish (clean up, record, unlock). Phase one
+(lock to stage) runs on every host in parallel; only when every host is ready do they all swap.
+If any swap or verify fails, the hosts that switched are switched back.
+"""
+
+import getpass
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fabric import Connection
+from invoke import task
+
+from . import release, ssh, upload
+from .cli import Timer, boundary, each_host, say, target
+from .errors import CutoverError, HealthError, LockError, RemoteError, SmokeError
+from .hostsfile import Build, Host
+from .layout import Layout
+
+
+@dataclass
+class HostRun:
+    """One host's part of a deploy or rollback: its connection and what happened there."""
+
+    host: Host
+    conn: Connection | None = None
+    current: str | None = None  # the live release before this run
+    locked: bool = False
+    swapped: bool = False
+    steps: dict = field(default_factory=dict)
+    bytes_sent: int = 0
+    files_sent: int = 0
+    swap: dict = field(default_factory=dict)
+
+    @property
+    def layout(self):
+        return Layout(self.host.deploy_to)
+
+    @property
+    def name(self):
+        return self.host.name
+
+    def agent(self, step, op, **args):
+        return ssh.agent(self.conn, step, op, host_name=self.name, layout=self.layout.as_dict(), **args)
+
+
+@dataclass
+class Run:
+    """A deploy or rollback across a group: one release id for the whole fleet."""
+
+    command: str
+    release_id: str
+    hosts: list
+    owner: dict
+    started: float = field(default_factory=time.time)
+
+
+def owner_record(command):
+    """Who runs this deploy, for the lock and the history; the token proves lock ownership."""
+    return {
+        "user": getpass.getuser(),
+        "local_host": socket.gethostname(),
+        "pid": os.getpid(),
+        "command": command,
+        "token": secrets.token_hex(8),
+    }
+
+
+def in_parallel(runs, fn, step):
+    """fn(run) on every host at once; raise the first failure after all have finished."""
+    failed = [(run, outcome) for run, outcome in each_host(runs, fn) if isinstance(outcome, CutoverError)]
+    if failed:
+        first = failed[0][1]
+        if len(failed) > 1:
+            others = "; ".join(f"{r.name}: {e.message}" for r, e in failed[1:])
+            first.message += f" (also failed: {others})"
+        raise first
+
+
+# --- the steps --------------------------------------------------------------------------------
+
+
+def check(target_, build_override, command):
+    """Step 1: validate the build and decide the release id; nothing remote yet."""
+    hosts = list(target_.hosts)
+    build = hosts[0].build
+    if build_override:
+        build = Build(Path(build_override).resolve(), build.required)
+    elif any(h.build != build for h in hosts[1:]):
+        raise CutoverError("the hosts of this group name different builds; deploy them as separate groups")
+    info = release.check_build(build)
+    release_id = release.new_release_id(build.path)
+    runs = [HostRun(h) for h in hosts]
+    return Run(command, release_id, runs, owner_record(command)), build, info
+
+
+def connect(run):
+    """Open one SSH connection per host, in parallel, host keys checked."""
+
+    def one(r):
+        t = Timer()
+        r.conn = ssh.connect(r.host)
+        r.steps["connect"] = t.seconds
+
+    in_parallel(run.hosts, one, "connect")
+
+
+def lock(run):
+    """Step 2: take the lock on every host and create the incoming dir; a held lock stops all."""
+
+    def one(r):
+        t = Timer()
+        try:
+            answer = r.agent("lock", "begin", release_id=run.release_id, owner=run.owner)
+        except RemoteError as exc:
+            if exc.answer.get("error") == "locked":
+                raise _lock_error(r, exc.answer.get("lock", {})) from None
+            raise
+        r.locked = True
+        r.current = answer["current"]
+        r.steps["lock"] = t.seconds
+        say(r.host, "lock", t.seconds, f"live release {r.current or '(none)'}")
+
+    in_parallel(run.hosts, one, "lock")
+
+
+def _lock_error(r, owner):
+    since = owner.get("started", "?")
+    who = f"{owner.get('user', '?')}@{owner.get('local_host', '?')} (pid {owner.get('pid', '?')})"
+    held = f"locked by {who} running {owner.get('command', '?')!r} since {since} ({owner.get('age_s', '?')} s ago)"
+    if owner.get("alive"):
+        hint = "wait for that run to finish"
+    else:
+        hint = "its SSH session is gone, so its owner looks dead: deploy again with --force-unlock"
+    return LockError(held, host=r.name, hint=hint)
+
+
+def upload_all(run, build):
+    """Step 3: rsync the build into releases/.incoming-<id>, hard-linking unchanged files."""
+
+    def one(r):
+        link_dest = r.layout.release(r.current) if r.current else None
+        stats = upload.upload(
+            r.host,
+            build.path,
+            r.layout.incoming(run.release_id),
+            link_dest=link_dest,
+            progress=lambda text: print(f"[{r.name}] upload     {text}", flush=True),
+        )
+        r.steps["upload"] = stats.seconds
+        r.bytes_sent, r.files_sent = stats.bytes_sent, stats.files
+        say(r.host, "upload", stats.seconds, f"{stats.files} files changed, {_size(stats.bytes_sent)} sent")
+
+    in_parallel(run.hosts, one, "upload")
+
+
+def stage(run):
+    """Steps 4-6 in one round trip: link shared entries, run the smoke tests, promote."""
+
+    def one(r):
+        h = r.host
+        smoke = {
+            "commands": list(h.smoke.commands),
+            "timeout": h.smoke.timeout,
+            "url": h.smoke.url,
+            "health": _health_args(h),
+        }
+        pidfile = h.httpd.pidfile if h.httpd.pause == "sigstop" else None
+        try:
+            answer = r.agent(
+                "smoke", "stage", release_id=run.release_id, shared=list(h.shared), smoke=smoke, pidfile=pidfile
+            )
+        except RemoteError as exc:
+            if exc.answer.get("smoke"):
+                output = exc.answer.get("output", "").rstrip()
+                detail = "\n  output:\n    " + "\n    ".join(output.splitlines()) if output else ""
+                raise SmokeError(exc.answer["error"] + detail, host=r.name) from None
+            raise
+        for step in ("link", "smoke", "promote"):
+            r.steps[step] = answer["timings"][step]
+            say(r.host, step, answer["timings"][step])
+
+    in_parallel(run.hosts, one, "stage")
+
+
+def _health_args(h):
+    return {
+        "urls": list(h.health.urls),
+        "expect_status": h.health.expect_status,
+        "expect_text": h.health.expect_text,
+        "retries": h.health.retries,
+        "timeout": h.health.timeout,
+    }
+
+
+def swap_args(h):
+    return {"pidfile": h.httpd.pidfile, "pause": h.httpd.pause, "pause_timeout": h.httpd.pause_timeout}
+
+
+def swap(run, release_of=None):
+    """Steps 7-8: switch every host at once (httpd paused), verify; switch all back on any failure.
+
+    release_of(r) names the release each host switches to (the run's release by default).
+    """
+    release_of = release_of or (lambda r: run.release_id)
+    hold_ms = int(os.environ.get("CUTOVER_TEST_HOLD_PAUSE_MS", "0"))  # fault tests widen the pause
+
+    def one(r):
+        t = Timer()
+        verify = _health_args(r.host) if r.host.health.urls else None
+        answer = r.agent(
+            "swap",
+            "swap",
+            release_id=release_of(r),
+            verify=verify,
+            swap_back=True,
+            hold_ms=hold_ms,
+            **swap_args(r.host),
+        )
+        r.swap = answer
+        r.swapped = not answer.get("swapped_back")
+        r.steps["swap"] = t.seconds
+        note = f" ({answer['note']})" if answer.get("note") else ""
+        say(
+            r.host, "swap", t.seconds, f"{answer['old']} -> {answer['new']}, httpd paused {answer['pause_ms']} ms{note}"
+        )
+        if verify is None:
+            say(r.host, "verify", 0, "skipped: no health.url")
+        elif answer["health"] != "ok":
+            raise HealthError(
+                f"health check failed after the switch: {answer['health']}; switched back to {answer['old']} at once "
+                f"(health after switching back: {answer.get('health_after_swap_back', 'not checked')})",
+                host=r.name,
+            )
+        else:
+            say(r.host, "verify", 0, "healthy")
+
+    try:
+        in_parallel(run.hosts, one, "swap")
+    except CutoverError as exc:
+        undone = switch_back(run)
+        if undone:
+            exc.message += f"; switched back on {', '.join(undone)} so the group stays on one release"
+        raise
+
+
+def switch_back(run):
+    """Return every host this run switched to the release it served before; names those hosts."""
+    back = [r for r in run.hosts if r.swapped and r.current]
+    if not back:
+        return []
+
+    def one(r):
+        answer = r.agent("switch back", "swap", release_id=r.current, **swap_args(r.host))
+        r.swapped = False
+        say(r.host, "switch back", 0, f"{answer['old']} -> {answer['new']}, httpd paused {answer['pause_ms']} ms")
+
+    in_parallel(back, one, "switch back")
+    return [r.name for r in back]
+
+
+def record(run, r, result, error=None):
+    """The history line of one host."""
+    entry = {
+        "event": run.command,
+        "release": run.release_id,
+        "old": r.current,
+        "user": run.owner["user"],
+        "local_host": run.owner["local_host"],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run.started)),
+        "duration_s": round(time.time() - run.started, 3),
+        "steps": {k: round(v, 4) for k, v in r.steps.items()},
+        "bytes_sent": r.bytes_sent,
+        "pause_ms": r.swap.get("pause_ms"),
+        "result": result,
+    }
+    if error:
+        entry["error"] = error
+    return entry
+
+
+def finish(run, protect_previous=True):
+    """Steps 9-10: keep keep_releases releases (never current or previous), record, unlock."""
+
+    def one(r):
+        protect = [r.current] if protect_previous else []
+        answer = r.agent(
+            "finish",
+            "finish",
+            keep=r.host.keep_releases,
+            protect=protect,
+            record=record(run, r, "ok"),
+            token=run.owner["token"],
+        )
+        r.locked = False
+        r.steps["cleanup"] = answer["cleanup_s"]
+        removed = f"removed {len(answer['removed'])} old release(s)" if answer["removed"] else "nothing to remove"
+        say(r.host, "cleanup", answer["cleanup_s"], removed + ", unlocked")
+
+    in_parallel(run.hosts, one, "finish")
+
+
+def abort(run, error):
+    """On any failure: remove this run's uploads (never a live release), record it, unlock.
+
+    Runs on every host still reachable; a host that cannot be reached keeps its lock, which
+    --force-unlock clears once its owner (this run) is gone.
+    """
+    notes = []
+    for r in run.hosts:
+        if not r.locked or r.conn is None:
+            continue
+        try:
+            answer = r.agent(
+                "abort",
+                "abort",
+                release_id=run.release_id,
+                record=record(run, r, "failed", str(error)),
+                token=run.owner["token"],
+            )
+            r.locked = False
+            notes.append(f"{r.name} serves {answer['current']}")
+        except CutoverError as exc:
+            notes.append(f"{r.name}: could not clean up ({exc.message}); its lock stays until --force-unlock")
+    return notes
+
+
+def force_unlock(run):
+    """--force-unlock: clear each host's lock when its owner's SSH session is gone."""
+
+    def one(r):
+        answer = r.agent("force-unlock", "unlock", force=True, user=run.owner["user"])
+        if answer["released"]:
+            owner = answer["owner"]
+            say(
+                r.host,
+                "unlock",
+                0,
+                f"cleared the lock of {owner.get('user')}@{owner.get('local_host')} since {owner.get('started')}",
+            )
+
+    in_parallel(run.hosts, one, "force-unlock")
+
+
+def close(run):
+    for r in run.hosts:
+        if r.conn is not None:
+            r.conn.close()
+
+
+def dry_run(run, build, info):
+    """--dry-run: the plan and the files that would change on each host; nothing is changed."""
+    print(f"release {run.release_id}: {info.files} files, {_size(info.bytes)} from {build.path}")
+
+    def one(r):
+        state = r.agent("plan", "state")
+        current = state["current"]
+        dest = r.layout.release(current) if current else r.layout.releases + "/.dry-run-empty"
+        stats = upload.upload(r.host, build.path, dest, dry_run=True)
+        changed = [c for c in stats.changed if not c.endswith("/")]
+        say(r.host, "plan", stats.seconds, f"live {current or '(none)'}; {len(changed)} files would change")
+        for line in changed[:20]:
+            print(f"    {line}")
+        if len(changed) > 20:
+            print(f"    ... and {len(changed) - 20} more")
+
+    in_parallel(run.hosts, one, "plan")
+    print("dry run: nothing was changed")
+
+
+def _size(n):
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+# --- the flow ---------------------------------------------------------------------------------
+
+
+def deploy_to_hosts(target_, build_override=None, dry=False, force=False):
+    """The whole deploy, step by step; returns the Run."""
+    total = Timer()
+    run, build, info = check(target_, build_override, "deploy")
+    print(f"deploying release {run.release_id} to {', '.join(r.name for r in run.hosts)}", flush=True)
+    try:
+        connect(run)
+        if dry:
+            dry_run(run, build, info)
+            return run
+        if force:
+            force_unlock(run)
+        lock(run)
+        upload_all(run, build)
+        stage(run)
+        swap(run)
+        finish(run)
+    except BaseException as exc:
+        notes = abort(run, exc)
+        if isinstance(exc, CutoverError) and notes:
+            state = "; ".join(notes)
+            exc.message += f"\n  the site now: {state}"
+        raise
+    finally:
+        close(run)
+    sent = sum(r.bytes_sent for r in run.hosts)
+    pauses = "/".join(f"{r.swap.get('pause_ms')}" for r in run.hosts)
+    print(
+        f"deployed {run.release_id} to {len(run.hosts)} host(s) in {total.seconds:.2f} s: "
+        f"{_size(sent)} sent, httpd paused {pauses} ms",
+        flush=True,
+    )
+    return run
+
+
+@task(
+    help={
+        "dry-run": "print the plan and the files that would change; change nothing",
+        "force-unlock": "first clear a lock whose owner is gone (its SSH session ended)",
+        "build": "deploy this directory instead of build.path from hosts.yaml",
+    }
+)
+@boundary
+def deploy(c, dry_run=False, force_unlock=False, build=None):
+    """Ship the local build: upload, smoke test, switch live atomically, verify."""
+    deploy_to_hosts(target(c), build, dry_run, force_unlock)

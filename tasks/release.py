@@ -1,0 +1,69 @@
+"""Release ids and the local build: decided and checked before anything remote happens."""
+
+import re
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .errors import ConfigError
+
+# Sortable UTC time to the millisecond, then the build's short git commit when there is one.
+RELEASE_ID = re.compile(r"^[0-9]{8}T[0-9]{6}(\.[0-9]{1,6})?Z(-[0-9a-z]{1,40})?$")
+
+
+def new_release_id(build_path, now=None):
+    """A new release id: UTC timestamp (ms) plus the build's short git commit, e.g. 20261124T101500.123Z-1a2b3c4."""
+    now = now or datetime.now(UTC)
+    stamp = now.strftime("%Y%m%dT%H%M%S") + f".{now.microsecond // 1000:03d}Z"
+    commit = git_commit(build_path)
+    return f"{stamp}-{commit}" if commit else stamp
+
+
+def git_commit(path):
+    """The short commit of the git work tree holding path, or None."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and re.fullmatch(r"[0-9a-f]{7,40}", commit) else None
+
+
+def check_release_name(value, argument):
+    """A release name given on the command line: refused unless it has the release id form."""
+    if not isinstance(value, str) or not RELEASE_ID.match(value):
+        raise ConfigError(f"{argument} {value!r} is not a release name (like 20261124T101500.123Z-1a2b3c4)")
+    return value
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    path: str
+    files: int
+    bytes: int
+
+
+def check_build(build):
+    """The local build exists, is not empty and holds build.required; refused otherwise."""
+    path = build.path
+    if not path.is_dir():
+        raise ConfigError(
+            f"the build {path} does not exist or is not a directory",
+            hint="build the site first, or set build.path in hosts.yaml (or pass --build)",
+        )
+    files = total = 0
+    for item in path.rglob("*"):
+        if item.is_file():
+            files += 1
+            total += item.stat().st_size
+    if files == 0:
+        raise ConfigError(f"the build {path} is empty: refusing to deploy an empty site", hint="build the site first")
+    missing = [r for r in build.required if not (path / r).is_file()]
+    if missing:
+        raise ConfigError(
+            f"the build {path} lacks {', '.join(missing)} (build.required)",
+            hint="check the build, or change build.required in hosts.yaml",
+        )
+    return BuildInfo(str(path), files, total)

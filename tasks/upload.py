@@ -1,0 +1,80 @@
+"""The upload: rsync over the connection's own SSH settings into the incoming release dir."""
+
+import re
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+
+from . import ssh
+from .errors import RemoteError
+
+PROGRESS_EVERY = 2.0  # seconds between progress lines of a long upload
+
+
+@dataclass(frozen=True)
+class UploadStats:
+    bytes_sent: int
+    files: int
+    seconds: float
+    changed: tuple = ()
+
+
+def rsync_argv(host, build_path, dest, link_dest=None, dry_run=False):
+    """rsync's argv: archive, delete, hard links to the live release for unchanged files.
+
+    Never --inplace: a release is written once into a new directory and never changed.
+    The shared entries are excluded: they are symlinks into shared/, made on the server.
+    """
+    argv = ["rsync", "--archive", "--delete", "--stats", "--info=progress2"]
+    argv += ["-e", shlex.join(ssh.ssh_command(host))]
+    if link_dest:
+        argv.append(f"--link-dest={link_dest}")
+    for entry in host.shared:
+        argv.append(f"--exclude=/{entry}")
+    if dry_run:
+        argv += ["--dry-run", "--itemize-changes"]
+    argv += [f"{str(build_path).rstrip('/')}/", f"{host.host}:{dest}/"]
+    return argv
+
+
+def _stat(text, label):
+    m = re.search(rf"^{label}: ([\d,]+)", text, re.M)
+    return int(m.group(1).replace(",", "")) if m else 0
+
+
+def upload(host, build_path, dest, link_dest=None, dry_run=False, progress=None):
+    """Run rsync; returns UploadStats. progress(text) is called every few seconds on long uploads."""
+    argv = rsync_argv(host, build_path, dest, link_dest, dry_run)
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    out, last = [], start
+    buf = b""
+    while chunk := proc.stdout.read1(65536):
+        out.append(chunk)
+        buf = (buf + chunk)[-4096:]
+        now = time.monotonic()
+        if progress and now - last >= PROGRESS_EVERY:
+            m = re.findall(rb"([\d,]+)\s+(\d+)%", buf)
+            if m:
+                progress(f"{int(m[-1][0].replace(b',', b'')) / 1e6:.1f} MB, {int(m[-1][1])}%")
+            last = now
+    err = proc.stderr.read().decode("utf-8", "replace")
+    code = proc.wait()
+    text = b"".join(out).decode("utf-8", "replace")
+    if code != 0:
+        detail = err.strip().splitlines()[-3:] if err.strip() else [f"rsync exit {code}"]
+        raise RemoteError(f"upload: rsync exit {code}: {' / '.join(detail)}", host=host.name)
+    changed = ()
+    if dry_run:
+        changed = tuple(
+            line.split(" ", 1)[1]
+            for line in text.splitlines()
+            if re.match(r"^(\*deleting|[<>ch.]f)", line) and " " in line
+        )
+    return UploadStats(
+        bytes_sent=_stat(text, "Total bytes sent"),
+        files=_stat(text, r"Number of regular files transferred"),
+        seconds=time.monotonic() - start,
+        changed=changed,
+    )
