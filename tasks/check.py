@@ -17,6 +17,7 @@ def check_host(host):
             conn,
             "check",
             "check",
+            python=host.python,
             host_name=host.name,
             layout=Layout(host.deploy_to).as_dict(),
             pidfile=host.httpd.pidfile,

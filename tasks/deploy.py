@@ -47,7 +47,9 @@ class HostRun:
         return self.host.name
 
     def agent(self, step, op, **args):
-        return ssh.agent(self.conn, step, op, host_name=self.name, layout=self.layout.as_dict(), **args)
+        return ssh.agent(
+            self.conn, step, op, python=self.host.python, host_name=self.name, layout=self.layout.as_dict(), **args
+        )
 
 
 @dataclass
@@ -91,7 +93,7 @@ def check(target_, build_override, command):
     hosts = list(target_.hosts)
     build = hosts[0].build
     if build_override:
-        build = Build(Path(build_override).resolve(), build.required)
+        build = Build(Path(build_override).resolve(), build.required, build.compare)
     elif any(h.build != build for h in hosts[1:]):
         raise CutoverError("the hosts of this group name different builds; deploy them as separate groups")
     info = release.check_build(build)

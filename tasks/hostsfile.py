@@ -29,6 +29,7 @@ URL = re.compile(r"^https?://[^\s\x00-\x1f\x7f]+$")
 class Build:
     path: Path
     required: tuple[str, ...]
+    compare: str = "checksum"  # how rsync finds unchanged files: "checksum" or "mtime"
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Host:
     user: str | None
     key: Path | None
     known_hosts: Path
+    python: str
     deploy_to: str
     build: Build
     keep_releases: int
@@ -124,9 +126,10 @@ BUILTIN = {
     "user": None,
     "key": None,
     "known_hosts": "~/.ssh/known_hosts",
+    "python": "python3",
     "keep_releases": 5,
     "shared": [],
-    "build": {"path": "build/", "required": ["index.html"]},
+    "build": {"path": "build/", "required": ["index.html"], "compare": "checksum"},
     "httpd": {"pidfile": "/run/apache2/apache2.pid", "pause": "sigstop", "pause_timeout": 5},
     "smoke": {"commands": [], "url": None, "timeout": 60},
     "health": {"url": [], "expect_status": 200, "expect_text": None, "retries": 5, "timeout": 5},
@@ -198,7 +201,7 @@ def _string(at, pattern=None, what="", allow_none=False):
         raise at.error(f"must be a non-empty string, got {value!r}")
     if "\x00" in value or "\n" in value or len(value) > 4096:
         raise at.error("must be one line of at most 4096 characters without NUL")
-    if pattern is not None and not pattern.match(value):
+    if pattern is not None and not pattern.fullmatch(value):
         raise at.error(f"{value!r} is not {what}")
     return value
 
@@ -222,7 +225,7 @@ def _relpath(at, local=False):
         raise at.error(f"{value!r} is absolute; give a path relative to the release, e.g. media")
     if ".." in parts or not parts:
         raise at.error(f"{value!r} climbs out of the release with '..'; give a path inside it")
-    if not local and not SAFE_PATH.match(value):
+    if not local and not SAFE_PATH.fullmatch(value):
         raise at.error(f"{value!r} may hold only letters, digits and . _ - + @ /")
     return str(PurePosixPath(value))
 
@@ -233,7 +236,7 @@ def _deploy_to(at):
         raise at.error(f"{value!r} is relative; give an absolute path such as /var/www/site")
     if ".." in PurePosixPath(value).parts:
         raise at.error(f"{value!r} holds '..'; give the plain absolute path")
-    if not SAFE_PATH.match(value):
+    if not SAFE_PATH.fullmatch(value):
         raise at.error(f"{value!r} may hold only letters, digits and . _ - + @ /")
     clean = str(PurePosixPath(value))
     if len(PurePosixPath(clean).parts) < 3:
@@ -248,7 +251,7 @@ def _abspath(at):
     value = _string(at)
     if not value.startswith("/") or ".." in PurePosixPath(value).parts:
         raise at.error(f"{value!r} must be an absolute path without '..'")
-    if not SAFE_PATH.match(value):
+    if not SAFE_PATH.fullmatch(value):
         raise at.error(f"{value!r} may hold only letters, digits and . _ - + @ /")
     return value
 
@@ -283,6 +286,7 @@ SECTIONS = {
     "build": {
         "path": lambda at: _string(at),
         "required": _strings(lambda at: _relpath(at, local=True)),
+        "compare": _choice("checksum", "mtime"),
     },
     "httpd": {
         "pidfile": _abspath,
@@ -309,6 +313,7 @@ SETTINGS = {
     "key": lambda at: _string(at),
     "known_hosts": lambda at: _string(at),
     "keep_releases": lambda at: _number(at, 2, 1000, integer=True),
+    "python": lambda at: _string(at, SAFE_PATH, "a program name or absolute path"),
     "shared": _strings(_relpath),
 }
 
@@ -369,8 +374,9 @@ def _host(at, layers, base):
         user=s["user"],
         key=_local_path(s["key"], base) if s["key"] else None,
         known_hosts=_local_path(s["known_hosts"], base),
+        python=s["python"],
         deploy_to=s["deploy_to"],
-        build=Build(_local_path(s["build"]["path"], base), tuple(s["build"]["required"])),
+        build=Build(_local_path(s["build"]["path"], base), tuple(s["build"]["required"]), s["build"]["compare"]),
         keep_releases=s["keep_releases"],
         shared=tuple(s["shared"]),
         httpd=Httpd(**s["httpd"]),
@@ -437,7 +443,7 @@ def load(path=None):
         raise top.error("has no groups", hint="add groups: with at least one group of hosts")
     groups = {}
     for name, at in _items(sections["groups"]):
-        if not SAFE_NAME.match(name):
+        if not SAFE_NAME.fullmatch(name):
             raise at.error("is not a usable group name (letters, digits, . _ -)")
         groups[name] = _group(at, defaults, base)
     if not groups:

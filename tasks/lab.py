@@ -230,6 +230,7 @@ def write_hosts_file(lab, build=None, **overrides):
     data = {
         "defaults": {
             "user": "root",
+            "python": "/usr/bin/python3",  # the server's own python, as on a fresh Debian server
             "key": str(lab.key),
             "known_hosts": str(lab.known_hosts),
             "build": {"path": build, "required": ["index.html"]},

@@ -33,7 +33,7 @@ def git_commit(path):
 
 def check_release_name(value, argument):
     """A release name given on the command line: refused unless it has the release id form."""
-    if not isinstance(value, str) or not RELEASE_ID.match(value):
+    if not isinstance(value, str) or not RELEASE_ID.fullmatch(value):
         raise ConfigError(f"{argument} {value!r} is not a release name (like 20261124T101500.123Z-1a2b3c4)")
     return value
 

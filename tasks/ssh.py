@@ -118,12 +118,13 @@ def remote_script(name):
     return (REMOTE_DIR / name).read_text()
 
 
-def agent(conn, step, op, *, host_name=None, timeout=None, **args):
+def agent(conn, step, op, *, python="python3", host_name=None, timeout=None, **args):
     """Run one operation of the remote agent (tasks/remote/agent.py) and return its JSON answer.
 
-    The agent travels as `python3 -c SOURCE`: one round trip, nothing installed on the server.
+    The agent travels as `python3 -I -S -c SOURCE`: one round trip, nothing installed on the
+    server, no site packages or PYTHON* variables of the server in the way.
     """
-    argv = ["python3", "-c", remote_script("agent.py"), op, json.dumps(args)]
+    argv = [python, "-I", "-S", "-c", remote_script("agent.py"), op, json.dumps(args)]
     result = run(conn, step, argv, timeout=timeout, check=False)
     answer = _last_json(result.stdout)
     name = host_name or conn.host

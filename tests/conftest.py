@@ -84,3 +84,67 @@ def lab1():
     handle, root = start_lab(1)
     yield handle
     stop_lab(handle, root)
+
+
+EXAMPLE = PROJECT / "example" / "site"
+LABELLED = ("index.html", "assets/style.css", "assets/app.js")
+
+
+def make_build(parent, label, extra=None):
+    """A copy of the example site whose pages carry `label`; extra: {relative path: bytes}."""
+    import shutil
+
+    build = Path(parent) / f"build-{label}"
+    shutil.copytree(EXAMPLE, build)
+    for rel in LABELLED:
+        path = build / rel
+        path.write_text(path.read_text().replace("example-1", label))
+    for rel, data in (extra or {}).items():
+        (build / rel).parent.mkdir(parents=True, exist_ok=True)
+        (build / rel).write_bytes(data)
+    return build
+
+
+def known_bodies(*builds):
+    """{url path: {label: body}} for the labelled files of each build, for the load generator."""
+    known = {}
+    for build in builds:
+        label = build.name.removeprefix("build-")
+        known.setdefault("/", {})[label] = (build / "index.html").read_bytes()
+        for rel in LABELLED[1:]:
+            known.setdefault(f"/{rel}", {})[label] = (build / rel).read_bytes()
+    return known
+
+
+def configure(handle, build=None, **overrides):
+    """Rewrite the lab's hosts.yaml with another build and default settings."""
+    lab.write_hosts_file(handle.lab, build=str(build) if build else None, **overrides)
+
+
+def history(server):
+    import json
+
+    path = Path(server.deploy_to, ".cutover", "history.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def current(server):
+    return os.readlink(Path(server.deploy_to, "current")).removeprefix("releases/")
+
+
+def releases(server):
+    return sorted(p.name for p in Path(server.deploy_to, "releases").iterdir())
+
+
+def stopped_httpd(server):
+    """PIDs of this server's httpd processes in the stopped state (T)."""
+    pids = [server.httpd_pid] + lab._httpd_children(server.httpd_pid)
+    out = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state == "T":
+            out.append(pid)
+    return out

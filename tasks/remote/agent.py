@@ -13,11 +13,8 @@ import resource
 import select
 import shutil
 import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 HTTPD_NAMES = ("apache2", "httpd")
 RELEASE_NAME = re.compile(r"^[0-9]{8}T[0-9]{6}(\.[0-9]{1,6})?Z(-[0-9a-z]{1,40})?$")
@@ -202,9 +199,16 @@ def _swap_now(current, temp_link, parent, pause_timeout, watchdog_log, hold_ms):
         t1 = time.perf_counter_ns()
         _normal_priority()
         gc.enable()
-        os.write(disarm, b"done")
+        try:
+            os.write(disarm, b"done")
+            fired = False
+        except BrokenPipeError:
+            fired = True  # the watchdog already gave up waiting and resumed httpd
         os.close(disarm)
-    return {"pause_ms": round((t1 - t0) / 1e6, 3), "paused": len(paused) + 1, "realtime": refused is None, "note": refused}
+    figures = {"pause_ms": round((t1 - t0) / 1e6, 3), "paused": len(paused) + 1, "realtime": refused is None, "note": refused}
+    if fired:
+        figures["note"] = "the watchdog resumed httpd after pause_timeout (%ss)" % pause_timeout
+    return figures
 
 
 def _swap_to(paths, release_id, parent, a):
@@ -283,11 +287,13 @@ def op_swap(a):
 
 
 def _get(url, timeout):
+    import urllib.request  # only the steps that fetch a URL pay for this import
+
     request = urllib.request.Request(url, headers={"Cache-Control": "no-cache", "Connection": "close"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as r:
             return r.status, r.read(65536).decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
+    except urllib.request.HTTPError as exc:
         return exc.code, exc.read(65536).decode("utf-8", "replace")
 
 
@@ -322,7 +328,7 @@ def health(h, release_id):
 
 
 def _release_name(name):
-    if not isinstance(name, str) or not RELEASE_NAME.match(name):
+    if not isinstance(name, str) or not RELEASE_NAME.fullmatch(name):
         raise Refused("%r is not a release name" % (name,))
     return name
 
@@ -340,7 +346,7 @@ def releases(paths):
         names = os.listdir(paths["releases"])
     except FileNotFoundError:
         return []
-    return sorted(n for n in names if RELEASE_NAME.match(n) and os.path.isdir(os.path.join(paths["releases"], n)))
+    return sorted(n for n in names if RELEASE_NAME.fullmatch(n) and os.path.isdir(os.path.join(paths["releases"], n)))
 
 
 def _now():
@@ -557,6 +563,8 @@ def op_stage(a):
     _link_shared(paths, incoming, a["shared"])
     timings["link"] = time.monotonic() - t
     t = time.monotonic()
+    import subprocess  # only the smoke step starts processes
+
     env = dict(os.environ, RELEASE_DIR=incoming, RELEASE_ID=release_id, DEPLOY_TO=paths["deploy_to"])
     for command in a["smoke"]["commands"]:
         try:

@@ -1,0 +1,310 @@
+"""`fab deploy` against lab servers: atomic switch under load, link-dest, smoke, verify, lock, watchdog."""
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from tasks.loadgen import LoadGen
+
+from .conftest import PROJECT, configure, current, history, known_bodies, make_build, releases, stopped_httpd
+
+
+def deploy(handle, *args, env=None):
+    return handle.fab("deploy", *args, env=env)
+
+
+def test_deploy_under_load_fails_no_request_and_serves_whole_releases(lab2, tmp_path):
+    old, new = make_build(tmp_path, "old"), make_build(tmp_path, "new")
+    configure(lab2, old)
+    first = deploy(lab2)
+    assert first.returncode == 0, first.stderr
+    configure(lab2, new)
+    known = known_bodies(old, new)
+    loads = [LoadGen(s.url, paths=("/", "/assets/style.css", "/assets/app.js"), threads=3) for s in lab2.servers]
+    for load in loads:
+        load.start()
+    time.sleep(0.3)
+    result = deploy(lab2)
+    time.sleep(0.3)
+    for load in loads:
+        load.stop()
+    assert result.returncode == 0, result.stderr
+    for server, load in zip(lab2.servers, loads):
+        assert len(load.samples) > 100
+        assert load.failures() == []
+        assert load.unknown(known) == []
+        seen = load.labels(known)
+        assert seen["old"] > 0 and seen["new"] > 0
+        # once a response came from the new release, no later request got the old one
+        first_new = min(s.at for s in load.samples if s.body in known[s.path]["new"] or s.body == known[s.path]["new"])
+        late_old = [s for s in load.samples if s.at > first_new + 0.05 and s.body == known[s.path]["old"]]
+        assert late_old == []
+        release_id = current(server)
+        assert history(server)[-1]["release"] == release_id
+        assert history(server)[-1]["result"] == "ok"
+    assert f"deployed {release_id} to 2 host(s)" in result.stdout
+    assert "httpd paused" in result.stdout
+    assert current(lab2.servers[0]) == current(lab2.servers[1])  # one release id for the fleet
+
+
+def test_one_file_change_sends_that_file_and_hard_links_the_rest(lab1, tmp_path):
+    server = lab1.servers[0]
+    assets = {f"assets/img{i}.bin": os.urandom(20_000) for i in range(40)}
+    a = make_build(tmp_path, "a", assets)
+    configure(lab1, a)
+    assert deploy(lab1).returncode == 0
+    first = current(server)
+    b = Path(tmp_path, "build-b")
+    os.rename(a, b)
+    changed = os.urandom(50_000)
+    (b / "assets" / "img7.bin").write_bytes(changed)
+    configure(lab1, b)
+    result = deploy(lab1)
+    assert result.returncode == 0, result.stderr
+    second = current(server)
+    assert second != first
+    sent = history(server)[-1]["bytes_sent"]
+    assert len(changed) <= sent <= 1.2 * len(changed) + 8192, sent
+    old_dir, new_dir = Path(server.deploy_to, "releases", first), Path(server.deploy_to, "releases", second)
+    assert (new_dir / "assets/img3.bin").stat().st_ino == (old_dir / "assets/img3.bin").stat().st_ino
+    assert (new_dir / "index.html").stat().st_ino == (old_dir / "index.html").stat().st_ino
+    assert (new_dir / "assets/img7.bin").stat().st_ino != (old_dir / "assets/img7.bin").stat().st_ino
+    assert (new_dir / "assets/img7.bin").read_bytes() == changed
+    assert (new_dir / "media").is_symlink()
+    assert (new_dir / "media").resolve() == Path(server.deploy_to, "shared", "media").resolve()
+
+
+def test_failing_smoke_test_leaves_the_site_untouched(lab1, tmp_path):
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "x"), smoke={"commands": ["test -s index.html", "echo broken >&2; exit 3"]})
+    before_current, before_releases = current(server), releases(server)
+    result = deploy(lab1)
+    assert result.returncode == 6
+    assert "smoke command 'echo broken >&2; exit 3' exited 3" in result.stderr
+    assert "broken" in result.stderr
+    assert f"lab1 serves {before_current}" in result.stderr
+    assert (current(server), releases(server)) == (before_current, before_releases)
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()
+    assert history(server)[-1]["result"] == "failed"
+
+
+def test_smoke_commands_see_the_release(lab1, tmp_path):
+    server = lab1.servers[0]
+    probe = Path(server.deploy_to, "shared", "smoke-env")
+    command = f'echo "$RELEASE_ID $RELEASE_DIR $(pwd)" > {probe}'
+    configure(lab1, make_build(tmp_path, "x"), smoke={"commands": [command]})
+    result = deploy(lab1)
+    assert result.returncode == 0, result.stderr
+    release_id, release_dir, cwd = probe.read_text().split()
+    assert release_id == current(server)
+    assert release_dir == cwd == f"{server.deploy_to}/releases/.incoming-{release_id}"
+
+
+def test_failing_health_check_swaps_back(lab1, tmp_path):
+    server = lab1.servers[0]
+    before = current(server)
+    configure(lab1, make_build(tmp_path, "x"), health={"expect_text": "release {release} is live", "retries": 1})
+    result = deploy(lab1)
+    assert result.returncode == 7
+    assert "health check failed after the switch" in result.stderr
+    assert f"switched back to {before} at once" in result.stderr
+    assert current(server) == before
+    assert releases(server) == [before]  # the failed release was removed
+    assert stopped_httpd(server) == []
+
+
+def test_a_held_lock_refuses_a_second_deploy(lab1, tmp_path):
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "x"))
+    before = current(server)
+    holder = threading.Thread(
+        target=lambda: holder.__dict__.update(result=deploy(lab1, env={"CUTOVER_TEST_HOLD_PAUSE_MS": "1500"}))
+    )
+    holder.start()
+    lock = Path(server.deploy_to, ".cutover", "lock", "owner.json")
+    deadline = time.monotonic() + 10
+    while not lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = deploy(lab1)
+    holder.join()
+    assert second.returncode == 5
+    assert "lab1: locked by root@" in second.stderr
+    assert "running 'deploy' since" in second.stderr
+    assert "wait for that run to finish" in second.stderr
+    assert holder.result.returncode == 0, holder.result.stderr
+    assert current(server) != before
+    assert len(releases(server)) == 2  # the refused deploy left nothing behind
+
+
+def test_a_dead_owners_lock_needs_force_unlock(lab1, tmp_path):
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "x"))
+    lock = Path(server.deploy_to, ".cutover", "lock")
+    lock.mkdir()
+    (lock / "owner.json").write_text(
+        '{"user": "alice", "local_host": "laptop", "pid": 4242, "command": "deploy", "token": "t",'
+        ' "started": "2026-11-24T03:00:00Z", "session_pid": 999999, "session_start": 1}'
+    )
+    refused = deploy(lab1)
+    assert refused.returncode == 5
+    assert "locked by alice@laptop (pid 4242) running 'deploy' since 2026-11-24T03:00:00Z" in refused.stderr
+    assert "owner looks dead: deploy again with --force-unlock" in refused.stderr
+    forced = deploy(lab1, "--force-unlock")
+    assert forced.returncode == 0, forced.stderr
+    assert "cleared the lock of alice@laptop since 2026-11-24T03:00:00Z" in forced.stdout
+    assert history(server)[0]["event"] == "force-unlock"
+
+
+def test_watchdog_resumes_httpd_when_the_swap_is_killed_inside_the_pause(lab1, tmp_path):
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "x"), httpd={"pidfile": server.pidfile, "pause_timeout": 3})
+    before = current(server)
+    holder = threading.Thread(
+        target=lambda: holder.__dict__.update(result=deploy(lab1, env={"CUTOVER_TEST_HOLD_PAUSE_MS": "20000"}))
+    )
+    holder.start()
+    deadline = time.monotonic() + 20
+    while not stopped_httpd(server) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert stopped_httpd(server), "httpd was never paused"
+    swap_pid = int(Path(server.deploy_to, ".cutover", "swap.pid").read_text())
+    os.kill(swap_pid, 9)
+    killed = time.monotonic()
+    while stopped_httpd(server) and time.monotonic() - killed < 5:
+        time.sleep(0.01)
+    resumed_after = time.monotonic() - killed
+    holder.join()
+    assert stopped_httpd(server) == []
+    assert resumed_after < 3 + 1
+    log = Path(server.deploy_to, ".cutover", "watchdog.log").read_text()
+    assert "the swap process died; SIGCONT sent to" in log
+    assert holder.result.returncode == 4
+    assert "swap" in holder.result.stderr
+    # the rename had happened before the kill: the site serves one whole release, old or new
+    assert current(server) in releases(server)
+    assert current(server) != before or "switched back" in holder.result.stderr
+
+
+def test_watchdog_resumes_httpd_after_pause_timeout(lab1):
+    server = lab1.servers[0]
+    from tasks import ssh
+    from tasks.layout import Layout
+
+    host = lab1.host()
+    layout = Layout(host.deploy_to)
+    release_id = "20300101T000000Z"
+    Path(layout.release(release_id)).mkdir()
+    Path(layout.release(release_id), "index.html").write_text("stuck")
+    result = {}
+
+    def run_swap():
+        with ssh.connect(host) as conn:
+            result["answer"] = ssh.agent(
+                conn, "swap", "swap", python=host.python, layout=layout.as_dict(), release_id=release_id,
+                pidfile=server.pidfile, pause="sigstop", pause_timeout=1, hold_ms=4000,
+            )  # fmt: skip
+
+    swapper = threading.Thread(target=run_swap)
+    swapper.start()
+    deadline = time.monotonic() + 10
+    while not stopped_httpd(server) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    paused_at = time.monotonic()
+    while stopped_httpd(server) and time.monotonic() - paused_at < 5:
+        time.sleep(0.01)
+    resumed_after = time.monotonic() - paused_at
+    swapper.join()
+    assert 0.8 < resumed_after < 1 + 1
+    assert "pause_timeout of 1s passed" in Path(layout.meta, "watchdog.log").read_text()
+    assert result["answer"]["new"] == release_id and stopped_httpd(server) == []
+
+
+def test_clean_up_keeps_exactly_keep_releases(lab1, tmp_path):
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "x"), keep_releases=3)
+    deployed = []
+    for _ in range(5):
+        result = deploy(lab1)
+        assert result.returncode == 0, result.stderr
+        deployed.append(current(server))
+    assert releases(server) == deployed[-3:]
+    assert "removed 1 old release(s)" in result.stdout
+
+
+def test_refusals_change_nothing_on_the_server(lab1, tmp_path):
+    server = lab1.servers[0]
+    before = (current(server), releases(server))
+    empty = tmp_path / "build-empty"
+    empty.mkdir()
+    configure(lab1, empty)
+    result = deploy(lab1)
+    assert result.returncode == 2 and "is empty: refusing to deploy an empty site" in result.stderr
+    configure(lab1, tmp_path / "nope")
+    result = deploy(lab1)
+    assert result.returncode == 2 and "does not exist or is not a directory" in result.stderr
+    no_index = make_build(tmp_path, "noindex")
+    (no_index / "index.html").unlink()
+    configure(lab1, no_index)
+    result = deploy(lab1)
+    assert result.returncode == 2 and "lacks index.html (build.required)" in result.stderr
+    assert (current(server), releases(server)) == before
+    assert not Path(server.deploy_to, ".cutover", "history.jsonl").exists()
+
+
+def test_missing_deploy_to_says_run_setup(lab1, tmp_path):
+    server = lab1.servers[0]
+    hosts = lab1.hosts_file.read_text().replace(server.deploy_to, server.deploy_to + "-missing")
+    hosts_file = tmp_path / "hosts.yaml"
+    hosts_file.write_text(hosts)
+    result = lab1.fab("deploy", hosts_file=hosts_file)
+    assert result.returncode == 4
+    assert f"deploy_to {server.deploy_to}-missing does not exist on this server" in result.stderr
+    assert "run `fab setup` or create it" in result.stderr
+    assert not Path(server.deploy_to + "-missing").exists()
+
+
+def test_dry_run_lists_changes_and_changes_nothing(lab1, tmp_path):
+    server = lab1.servers[0]
+    build = make_build(tmp_path, "dry", {"new-page.html": b"<p>new</p>"})
+    configure(lab1, build)
+    before = (current(server), releases(server))
+    result = deploy(lab1, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "new-page.html" in result.stdout
+    assert "files would change" in result.stdout
+    assert "dry run: nothing was changed" in result.stdout
+    assert (current(server), releases(server)) == before
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()
+
+
+def test_hostile_values_are_refused_or_quoted(lab1, tmp_path):
+    from tasks import ssh
+    from tasks.errors import RemoteError
+    from tasks.layout import Layout
+
+    canary = tmp_path / "canary"
+    host = lab1.host()
+    with ssh.connect(host) as conn:
+        for hostile in (f"20300101T000000Z; touch {canary}", f"$(touch {canary})", "../../etc", "20300101T000000Z\n"):
+            try:
+                ssh.agent(
+                    conn, "swap", "swap", python=host.python, layout=Layout(host.deploy_to).as_dict(), release_id=hostile,
+                    pidfile=host.httpd.pidfile, pause="sigstop", pause_timeout=1,
+                )  # fmt: skip
+            except RemoteError as exc:
+                assert "is not a release name" in str(exc)
+            else:
+                raise AssertionError(f"{hostile!r} was accepted")
+    # a build path with shell metacharacters is passed to rsync as one argument, never to a shell
+    odd = make_build(tmp_path, "odd")
+    name = f"cutover-canary-{os.getpid()}"
+    weird = tmp_path / f"build $(touch {name}); `touch {name}` 'x\""
+    os.rename(odd, weird)
+    configure(lab1, weird)
+    result = deploy(lab1)
+    assert result.returncode == 0, result.stderr
+    server = lab1.servers[0]
+    for where in (tmp_path, PROJECT, Path.home(), Path(server.deploy_to), Path(server.deploy_to, "current")):
+        assert not (where / name).exists()
+    assert not canary.exists()
