@@ -14,7 +14,8 @@ install:
 demo: install
 	-@$(PYTHON) -m fabric sandbox-down >/dev/null 2>&1
 	$(PYTHON) -m fabric sandbox-up
-	@echo "open http://127.0.0.1:8081/ and http://127.0.0.1:8082/"
+	$(PYTHON) -m fabric -H sandbox deploy
+	@echo "the example site is live: http://127.0.0.1:8081/ and http://127.0.0.1:8082/"
 
 # The whole test suite against real sshd and Apache lab servers.
 test: install

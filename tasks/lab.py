@@ -206,7 +206,7 @@ def start(root, count=1, mpm="event", ports=None):
             with open(lab.known_hosts, "a") as f:
                 f.write(f"[127.0.0.1]:{server.ssh_port} {host_pub[0]} {host_pub[1]}\n")
     except BaseException:
-        stop(root)
+        stop(root, remove=False)  # keep the logs the error points at
         raise
     write_hosts_file(lab)
     return lab

@@ -79,6 +79,14 @@ def lab2():
 
 
 @pytest.fixture
+def lab_pair():
+    """Two lab servers of the test's own, free to be broken."""
+    handle, root = start_lab(2)
+    yield handle
+    stop_lab(handle, root)
+
+
+@pytest.fixture
 def lab1():
     """One lab server of the test's own, free to be broken."""
     handle, root = start_lab(1)

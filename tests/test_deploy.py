@@ -308,3 +308,36 @@ def test_hostile_values_are_refused_or_quoted(lab1, tmp_path):
     for where in (tmp_path, PROJECT, Path.home(), Path(server.deploy_to), Path(server.deploy_to, "current")):
         assert not (where / name).exists()
     assert not canary.exists()
+
+
+def test_smoke_url_checks_the_incoming_release_before_the_switch(lab1, tmp_path):
+    server = lab1.servers[0]
+    url = f"{server.url}_next/"
+    configure(lab1, make_build(tmp_path, "good"), smoke={"url": url})
+    result = deploy(lab1)
+    assert result.returncode == 0, result.stderr
+    assert os.readlink(Path(server.deploy_to, "next")) == f"releases/.incoming-{current(server)}"
+    before = current(server)
+    broken = make_build(tmp_path, "broken")
+    (broken / "index.html").chmod(0o600)  # Apache's children cannot read it: 403 on the preview
+    configure(lab1, broken, smoke={"url": url})
+    result = deploy(lab1)
+    assert result.returncode == 6
+    assert f"smoke URL failed: {url} answered 403, expected 200" in result.stderr
+    assert current(server) == before
+
+
+def test_a_group_switches_back_when_one_host_fails_verify(lab_pair, tmp_path):
+    one, two = lab_pair.servers
+    configure(lab_pair, make_build(tmp_path, "base"))
+    assert deploy(lab_pair).returncode == 0
+    before = [current(one), current(two)]
+    configure(lab_pair, make_build(tmp_path, "next"))
+    hosts = lab_pair.hosts_file.read_text().replace(f"url: {two.url}", f"url: {two.url}missing.html")
+    lab_pair.hosts_file.write_text(hosts)
+    result = deploy(lab_pair)
+    assert result.returncode == 7
+    assert "lab2: health check failed after the switch" in result.stderr
+    assert "switched back on lab1 so the group stays on one release" in result.stderr
+    assert [current(one), current(two)] == before
+    assert stopped_httpd(one) == stopped_httpd(two) == []

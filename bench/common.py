@@ -1,0 +1,134 @@
+"""Shared pieces of the benchmarks: a lab, generated sites, wrk load, timed fab runs, figures."""
+
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from tasks import lab  # noqa: E402
+
+RESULTS = PROJECT / "bench" / "RESULTS.md"
+
+
+def start_lab(count=1, mpm="event"):
+    parent = Path(tempfile.mkdtemp(prefix="cutover-bench-", dir="/tmp"))
+    parent.chmod(0o755)
+    return lab.start(parent / "lab", count=count, mpm=mpm), parent
+
+
+def stop_lab(the_lab, parent):
+    lab.stop(the_lab.root)
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+def fab(hosts_file, *args, env=None):
+    """Run fab; returns (seconds, CompletedProcess)."""
+    t = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "fabric", *args],
+        cwd=PROJECT,
+        env=dict(os.environ, CUTOVER_HOSTS_FILE=str(hosts_file), **(env or {})),
+        capture_output=True,
+        text=True,
+    )
+    return time.monotonic() - t, result
+
+
+def generate_site(path, files, total_bytes, seed=1):
+    """A site of `files` files of mixed realistic sizes adding up to about total_bytes."""
+    rng = random.Random(seed)
+    path = Path(path)
+    (path / "assets").mkdir(parents=True)
+    (path / "index.html").write_text('<!doctype html><meta name="release" content="bench"><p>bench</p>\n')
+    weights = [rng.lognormvariate(0, 1.5) for _ in range(files - 1)]
+    scale = (total_bytes - 100) / sum(weights)
+    for i, w in enumerate(weights):
+        sub = path / "assets" / f"d{i % 50:02d}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"f{i:05d}.bin").write_bytes(rng.randbytes(max(1, int(w * scale))))
+    return path
+
+
+def history(server):
+    lines = Path(server.deploy_to, ".cutover", "history.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def percentile(values, p):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+class Wrk:
+    """wrk in the background against a loopback URL, bounded by its duration."""
+
+    def __init__(self, url, seconds, threads=2, connections=8):
+        assert url.startswith("http://127.0.0.1:"), "loopback only"
+        self.proc = subprocess.Popen(
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--latency", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def result(self):
+        out = self.proc.communicate()[0]
+        errors = 0
+        m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        if m:
+            errors += sum(int(x) for x in m.groups())
+        m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        if m:
+            errors += int(m.group(1))
+        requests = int(re.search(r"(\d+) requests in", out).group(1))
+        m = re.search(r"Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+        worst = float(m.group(1)) * {"us": 1e-3, "ms": 1, "s": 1e3}[m.group(2)] if m else float("nan")
+        return {"requests": requests, "errors": errors, "max_latency_ms": worst, "raw": out}
+
+
+def machine():
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    rsync = subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return f"{os.cpu_count()} cores, {cpu}, Linux {platform.release()}, Python {platform.python_version()}, {rsync}"
+
+
+def write_section(title, lines):
+    """Replace (or add) one section of bench/RESULTS.md."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    body = f"## {title}\n\nMeasured {stamp} on {machine()}.\n\n" + "\n".join(lines) + "\n"
+    text = (
+        RESULTS.read_text()
+        if RESULTS.exists()
+        else "# Cutover benchmark results\n\nRerun with the command named in each section.\n"
+    )
+    sections = re.split(r"(?m)^(?=## )", text)
+    kept = [s for s in sections if not s.startswith(f"## {title}\n")]
+    RESULTS.write_text("".join(kept).rstrip() + "\n\n" + body)
+    print(body)
