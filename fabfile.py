@@ -2,6 +2,16 @@
 
 from invoke import Collection
 
-from tasks import check, deploy, sandbox
+from tasks import check, deploy, maintenance, releases, rollback, sandbox
 
-ns = Collection(check.check, deploy.deploy, sandbox.sandbox_up, sandbox.sandbox_down)
+ns = Collection(
+    check.check,
+    deploy.deploy,
+    rollback.rollback,
+    releases.releases,
+    releases.history,
+    maintenance.maintenance_on,
+    maintenance.maintenance_off,
+    sandbox.sandbox_up,
+    sandbox.sandbox_down,
+)

@@ -36,7 +36,7 @@ def check_host(host):
 
 def _row(host, outcome):
     if isinstance(outcome, CutoverError):
-        return [host.name, "FAIL", "-", "-", "-", "-", "-"], [str(outcome)]
+        return [host.name, "FAIL", "-", "-", "-", "-", "-", "-"], [str(outcome)]
     found, problems = outcome
     httpd = found["httpd"]
     return [
@@ -47,6 +47,7 @@ def _row(host, outcome):
         f"ok (pid {httpd['pid']})" if httpd["ok"] else "FAIL",
         f"{found['disk_free'] / 2**30:.1f} GB",
         found["current"] or "-",
+        "ON" if found["maintenance"] else "off",
     ], [f"{host.name}: {p}" for p in problems]
 
 
@@ -58,9 +59,9 @@ def render_table(rows):
 @task
 @boundary
 def check(c):
-    """Preflight every host: SSH and host key, rsync, deploy_to, httpd, free disk."""
+    """Preflight every host: SSH and host key, rsync, deploy_to, httpd, free disk, maintenance."""
     hosts = target(c).hosts
-    rows = [["host", "ssh", "rsync", "deploy_to", "httpd", "disk free", "current"]]
+    rows = [["host", "ssh", "rsync", "deploy_to", "httpd", "disk free", "current", "maintenance"]]
     problems = []
     for host, outcome in each_host(hosts, check_host):
         row, found = _row(host, outcome)

@@ -6,84 +6,17 @@ shared, smoke test, promote), swap (with verify), finish (clean up, record, unlo
 If any swap or verify fails, the hosts that switched are switched back.
 """
 
-import getpass
 import os
-import secrets
-import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from fabric import Connection
 from invoke import task
 
-from . import release, ssh, upload
-from .cli import Timer, boundary, each_host, say, target
-from .errors import CutoverError, HealthError, LockError, RemoteError, SmokeError
-from .hostsfile import Build, Host
-from .layout import Layout
-
-
-@dataclass
-class HostRun:
-    """One host's part of a deploy or rollback: its connection and what happened there."""
-
-    host: Host
-    conn: Connection | None = None
-    current: str | None = None  # the live release before this run
-    locked: bool = False
-    swapped: bool = False
-    steps: dict = field(default_factory=dict)
-    bytes_sent: int = 0
-    files_sent: int = 0
-    swap: dict = field(default_factory=dict)
-
-    @property
-    def layout(self):
-        return Layout(self.host.deploy_to)
-
-    @property
-    def name(self):
-        return self.host.name
-
-    def agent(self, step, op, **args):
-        return ssh.agent(
-            self.conn, step, op, python=self.host.python, host_name=self.name, layout=self.layout.as_dict(), **args
-        )
-
-
-@dataclass
-class Run:
-    """A deploy or rollback across a group: one release id for the whole fleet."""
-
-    command: str
-    release_id: str
-    hosts: list
-    owner: dict
-    started: float = field(default_factory=time.time)
-
-
-def owner_record(command):
-    """Who runs this deploy, for the lock and the history; the token proves lock ownership."""
-    return {
-        "user": getpass.getuser(),
-        "local_host": socket.gethostname(),
-        "pid": os.getpid(),
-        "command": command,
-        "token": secrets.token_hex(8),
-    }
-
-
-def in_parallel(runs, fn, step):
-    """fn(run) on every host at once; raise the first failure after all have finished."""
-    failed = [(run, outcome) for run, outcome in each_host(runs, fn) if isinstance(outcome, CutoverError)]
-    if failed:
-        first = failed[0][1]
-        if len(failed) > 1:
-            others = "; ".join(f"{r.name}: {e.message}" for r, e in failed[1:])
-            first.message += f" (also failed: {others})"
-        raise first
-
+from . import maintenance, release, upload
+from .cli import Timer, boundary, say, target
+from .errors import CutoverError, HealthError, LockError, MigrationError, RemoteError, SmokeError
+from .fleet import HostRun, Run, close, connect, in_parallel, owner_record
+from .hostsfile import Build
 
 # --- the steps --------------------------------------------------------------------------------
 
@@ -102,30 +35,20 @@ def check(target_, build_override, command):
     return Run(command, release_id, runs, owner_record(command)), build, info
 
 
-def connect(run):
-    """Open one SSH connection per host, in parallel, host keys checked."""
-
-    def one(r):
-        t = Timer()
-        r.conn = ssh.connect(r.host)
-        r.steps["connect"] = t.seconds
-
-    in_parallel(run.hosts, one, "connect")
-
-
-def lock(run):
-    """Step 2: take the lock on every host and create the incoming dir; a held lock stops all."""
+def lock(run, incoming=True):
+    """Step 2: take the lock on every host (and create the incoming dir); a held lock stops all."""
 
     def one(r):
         t = Timer()
         try:
-            answer = r.agent("lock", "begin", release_id=run.release_id, owner=run.owner)
+            answer = r.agent("lock", "begin", release_id=run.release_id if incoming else None, owner=run.owner)
         except RemoteError as exc:
             if exc.answer.get("error") == "locked":
                 raise _lock_error(r, exc.answer.get("lock", {})) from None
             raise
         r.locked = True
         r.current = answer["current"]
+        r.releases = answer["releases"]
         r.steps["lock"] = t.seconds
         say(r.host, "lock", t.seconds, f"live release {r.current or '(none)'}")
 
@@ -199,6 +122,39 @@ def _health_args(h):
         "retries": h.health.retries,
         "timeout": h.health.timeout,
     }
+
+
+def migration_host(run):
+    """The host that runs the migration: migrate.host, else the first host of the group."""
+    wanted = run.hosts[0].host.migrate.host
+    for r in run.hosts:
+        if wanted is None or r.name == wanted:
+            return r
+    raise CutoverError(f"migrate.host {wanted!r} is not a host of this group ({', '.join(r.name for r in run.hosts)})")
+
+
+def migrate(run):
+    """Run migrate.command inside the new release, on one host; maintenance is on already."""
+    r = migration_host(run)
+    m = r.host.migrate
+    try:
+        answer = r.agent("migrate", "migrate", release_id=run.release_id, command=m.command, limit=m.timeout)
+    except RemoteError as exc:
+        output = exc.answer.get("output", "").rstrip()
+        detail = "\n  output:\n    " + "\n    ".join(output.splitlines()) if output else ""
+        raise MigrationError(
+            f"{exc.answer.get('error', exc.message)}{detail}\n  nothing was switched; maintenance mode stays ON "
+            "so that no visitor meets a half-migrated database",
+            host=r.name,
+            hint="fix the database and the migration, then deploy again with --migrate; `fab maintenance-off` "
+            "turns the site back on as it is",
+        ) from None
+    say(
+        r.host,
+        "migrate",
+        answer["seconds"],
+        answer["output"].strip().splitlines()[-1] if answer["output"].strip() else "",
+    )
 
 
 def swap_args(h):
@@ -287,28 +243,33 @@ def record(run, r, result, error=None):
     return entry
 
 
-def finish(run, protect_previous=True):
+def finish(run, clean=True):
     """Steps 9-10: keep keep_releases releases (never current or previous), record, unlock."""
 
     def one(r):
-        protect = [r.current] if protect_previous else []
         answer = r.agent(
             "finish",
             "finish",
+            clean=clean,
             keep=r.host.keep_releases,
-            protect=protect,
+            protect=[r.current],
             record=record(run, r, "ok"),
             token=run.owner["token"],
         )
         r.locked = False
         r.steps["cleanup"] = answer["cleanup_s"]
         removed = f"removed {len(answer['removed'])} old release(s)" if answer["removed"] else "nothing to remove"
-        say(r.host, "cleanup", answer["cleanup_s"], removed + ", unlocked")
+        say(
+            r.host,
+            "cleanup" if clean else "record",
+            answer["cleanup_s"],
+            (removed + ", " if clean else "") + "unlocked",
+        )
 
     in_parallel(run.hosts, one, "finish")
 
 
-def abort(run, error):
+def abort(run, error, remove=True):
     """On any failure: remove this run's uploads (never a live release), record it, unlock.
 
     Runs on every host still reachable; a host that cannot be reached keeps its lock, which
@@ -323,6 +284,7 @@ def abort(run, error):
                 "abort",
                 "abort",
                 release_id=run.release_id,
+                remove=remove,
                 record=record(run, r, "failed", str(error)),
                 token=run.owner["token"],
             )
@@ -348,12 +310,6 @@ def force_unlock(run):
             )
 
     in_parallel(run.hosts, one, "force-unlock")
-
-
-def close(run):
-    for r in run.hosts:
-        if r.conn is not None:
-            r.conn.close()
 
 
 def dry_run(run, build, info):
@@ -386,10 +342,13 @@ def _size(n):
 # --- the flow ---------------------------------------------------------------------------------
 
 
-def deploy_to_hosts(target_, build_override=None, dry=False, force=False):
+def deploy_to_hosts(target_, build_override=None, dry=False, force=False, migrating=False):
     """The whole deploy, step by step; returns the Run."""
     total = Timer()
     run, build, info = check(target_, build_override, "deploy")
+    migrating = migrating or run.hosts[0].host.migrate.always
+    if migrating and not run.hosts[0].host.migrate.command:
+        raise CutoverError("--migrate needs migrate.command in hosts.yaml", hint="set migrate: {command: ...}")
     print(f"deploying release {run.release_id} to {', '.join(r.name for r in run.hosts)}", flush=True)
     try:
         connect(run)
@@ -401,10 +360,18 @@ def deploy_to_hosts(target_, build_override=None, dry=False, force=False):
         lock(run)
         upload_all(run, build)
         stage(run)
-        swap(run)
+        if migrating:
+            maintenance.switch(run, True)
+            migrate(run)
+            swap(run)
+            maintenance.switch(run, False)
+        else:
+            swap(run)
         finish(run)
     except BaseException as exc:
         notes = abort(run, exc)
+        if migrating and isinstance(exc, HealthError):
+            notes.append("maintenance mode stays ON: the database is migrated but the old release is live")
         if isinstance(exc, CutoverError) and notes:
             state = "; ".join(notes)
             exc.message += f"\n  the site now: {state}"
@@ -426,9 +393,10 @@ def deploy_to_hosts(target_, build_override=None, dry=False, force=False):
         "dry-run": "print the plan and the files that would change; change nothing",
         "force-unlock": "first clear a lock whose owner is gone (its SSH session ended)",
         "build": "deploy this directory instead of build.path from hosts.yaml",
+        "migrate": "run migrate.command in the new release, with maintenance mode on around it",
     }
 )
 @boundary
-def deploy(c, dry_run=False, force_unlock=False, build=None):
+def deploy(c, dry_run=False, force_unlock=False, build=None, migrate=False):
     """Ship the local build: upload, smoke test, switch live atomically, verify."""
-    deploy_to_hosts(target(c), build, dry_run, force_unlock)
+    deploy_to_hosts(target(c), build, dry_run, force_unlock, migrate)

@@ -54,3 +54,9 @@ class HealthError(CutoverError):
     """The live site failed its health check after a switch."""
 
     exit_code = 7
+
+
+class MigrationError(CutoverError):
+    """The migration failed; nothing was switched and maintenance mode stays on."""
+
+    exit_code = 8

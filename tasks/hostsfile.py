@@ -23,6 +23,8 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 SAFE_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
 SAFE_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 URL = re.compile(r"^https?://[^\s\x00-\x1f\x7f]+$")
+ADDRESS = re.compile(r"^[0-9a-fA-F.:]+(/[0-9]{1,3})?$")
+URL_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,22 @@ class Health:
 
 
 @dataclass(frozen=True)
+class Maintenance:
+    allow: tuple[str, ...]
+    health_path: str | None
+    retry_after: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Migrate:
+    command: str | None
+    host: str | None
+    timeout: float
+    always: bool
+
+
+@dataclass(frozen=True)
 class Host:
     """One server as a deploy sees it, every setting resolved."""
 
@@ -73,6 +91,8 @@ class Host:
     httpd: Httpd
     smoke: Smoke
     health: Health
+    maintenance: Maintenance
+    migrate: Migrate
 
 
 @dataclass(frozen=True)
@@ -133,6 +153,13 @@ BUILTIN = {
     "httpd": {"pidfile": "/run/apache2/apache2.pid", "pause": "sigstop", "pause_timeout": 5},
     "smoke": {"commands": [], "url": None, "timeout": 60},
     "health": {"url": [], "expect_status": 200, "expect_text": None, "retries": 5, "timeout": 5},
+    "maintenance": {
+        "allow": ["127.0.0.1", "::1"],
+        "health_path": None,
+        "retry_after": 600,
+        "message": "We are updating the site and will be back shortly.",
+    },
+    "migrate": {"command": None, "host": None, "timeout": 600, "always": False},
 }
 TOP_KEYS = ("defaults", "groups", "default_group")
 HOST_ONLY_KEYS = ("host", "name")
@@ -271,8 +298,9 @@ def _urls(at):
 def _choice(*choices):
     def check(at):
         value = _scalar(at)
-        if value not in choices:
-            raise at.error(f"must be one of {', '.join(choices)}, got {value!r}")
+        if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
+            names = ", ".join(str(c).lower() if isinstance(c, bool) else c for c in choices)
+            raise at.error(f"must be one of {names}, got {value!r}")
         return value
 
     return check
@@ -304,6 +332,18 @@ SECTIONS = {
         "expect_text": lambda at: _string(at, allow_none=True),
         "retries": lambda at: _number(at, 0, 100, integer=True),
         "timeout": lambda at: _number(at, 0.5, 120),
+    },
+    "maintenance": {
+        "allow": _strings(lambda at: _string(at, ADDRESS, "an IP address or network (127.0.0.1, 10.0.0.0/8)")),
+        "health_path": lambda at: _string(at, URL_PATH, "a URL path such as /health", allow_none=True),
+        "retry_after": lambda at: _number(at, 1, 86400 * 7, integer=True),
+        "message": lambda at: _string(at),
+    },
+    "migrate": {
+        "command": lambda at: _string(at, allow_none=True),
+        "host": lambda at: _string(at, SAFE_NAME, "a host name of the group", allow_none=True),
+        "timeout": lambda at: _number(at, 1, 86400),
+        "always": _choice(True, False),
     },
 }
 SETTINGS = {
@@ -388,6 +428,13 @@ def _host(at, layers, base):
             retries=s["health"]["retries"],
             timeout=s["health"]["timeout"],
         ),
+        maintenance=Maintenance(
+            allow=tuple(s["maintenance"]["allow"]),
+            health_path=s["maintenance"]["health_path"],
+            retry_after=s["maintenance"]["retry_after"],
+            message=s["maintenance"]["message"],
+        ),
+        migrate=Migrate(**s["migrate"]),
     )
 
 

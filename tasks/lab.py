@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from . import maintenance
 from .errors import CutoverError
 from .layout import Layout
 
@@ -116,6 +117,19 @@ def _placeholder_release(deploy_to):
     os.symlink(f"releases/{PLACEHOLDER_RELEASE}", layout.current)
 
 
+def _snippet_host(deploy_to):
+    """The settings the lab's maintenance snippet is rendered from (the lab's own defaults)."""
+    from types import SimpleNamespace
+
+    from .hostsfile import BUILTIN
+
+    m = BUILTIN["maintenance"]
+    return SimpleNamespace(
+        deploy_to=deploy_to,
+        maintenance=SimpleNamespace(allow=m["allow"], health_path="/health.txt", retry_after=m["retry_after"]),
+    )
+
+
 def start_server(root, name, client_pub, mpm="event", ports=None):
     """Start one sshd and one Apache under root/name (on free ports, or the given pair)."""
     base = Path(root) / name
@@ -146,6 +160,9 @@ def start_server(root, name, client_pub, mpm="event", ports=None):
 
     pidfile = base / "apache" / "run" / "httpd.pid"
     conf = base / "apache" / "httpd.conf"
+    (base / "apache" / "conf.d" / "cutover-maintenance.conf").write_text(
+        maintenance.apache_snippet(_snippet_host(deploy_to))
+    )
     _render(
         "httpd.conf",
         conf,
@@ -238,6 +255,7 @@ def write_hosts_file(lab, build=None, **overrides):
             "shared": ["media"],
             "smoke": {"commands": ["test -s index.html"]},
             "health": {"expect_status": 200, "expect_text": 'name="release"'},
+            "maintenance": {"health_path": "/health.txt"},
             **overrides,
         },
         "groups": {"sandbox": hosts},

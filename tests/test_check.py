@@ -12,7 +12,7 @@ def test_check_passes_on_healthy_servers(lab2):
     result = lab2.fab("-H", "sandbox", "check")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["host", "ssh", "rsync", "deploy_to", "httpd", "disk", "free", "current"]
+    assert lines[0].split() == ["host", "ssh", "rsync", "deploy_to", "httpd", "disk", "free", "current", "maintenance"]
     for line, server in zip(lines[1:3], lab2.servers):
         assert line.split()[:5] == [server.name, "ok", "ok", "ok", "ok"]
         assert f"(pid {server.httpd_pid})" in line

@@ -499,9 +499,9 @@ def _remove_release_dir(paths, name):
 
 
 def op_begin(a):
-    """Lock, check deploy_to, create the incoming release dir; returns the live release."""
+    """Lock and check deploy_to; for a deploy also create the incoming release dir."""
     paths = a["layout"]
-    release_id = _release_name(a["release_id"])
+    release_id = _release_name(a["release_id"]) if a.get("release_id") else None
     if not os.path.isdir(paths["deploy_to"]):
         raise Refused(
             "deploy_to %s does not exist on this server" % paths["deploy_to"],
@@ -509,16 +509,17 @@ def op_begin(a):
         )
     _take_lock(paths, a["owner"])
     try:
-        for d in (paths["releases"], paths["shared"]):
-            os.makedirs(d, exist_ok=True)
-        if os.path.lexists(os.path.join(paths["releases"], release_id)):
-            raise Refused("release %s already exists on this server" % release_id)
-        incoming = os.path.join(paths["releases"], ".incoming-" + release_id)
-        os.mkdir(incoming)
-        current = current_release(paths)
-        if current and not os.path.isdir(os.path.join(paths["releases"], current)):
-            current = None
-        return {"current": current, "incoming": incoming, "free": _disk_free(paths["releases"])}
+        answer = {"current": current_release(paths), "releases": releases(paths)}
+        if answer["current"] not in answer["releases"]:
+            answer["current"] = None
+        if release_id:
+            for d in (paths["releases"], paths["shared"]):
+                os.makedirs(d, exist_ok=True)
+            if os.path.lexists(os.path.join(paths["releases"], release_id)):
+                raise Refused("release %s already exists on this server" % release_id)
+            os.mkdir(os.path.join(paths["releases"], ".incoming-" + release_id))
+        answer["free"] = _disk_free(paths["deploy_to"])
+        return answer
     except BaseException:
         _release_lock(paths, a["owner"]["token"])
         raise
@@ -551,6 +552,35 @@ def _tail(text, limit=3000):
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
+def _run_command(what, command, cwd, env, timeout, **flags):
+    """Run one configured shell command in cwd; Refused (with its output) unless it exits 0."""
+    import subprocess  # only the steps that run commands start processes
+
+    try:
+        run = subprocess.run(
+            ["/bin/sh", "-c", command], cwd=cwd, env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.output or b"").decode("utf-8", "replace")
+        raise Refused("%s %r timed out after %ss" % (what, command, timeout), output=_tail(out), **flags)
+    out = run.stdout.decode("utf-8", "replace")
+    if run.returncode != 0:
+        raise Refused("%s %r exited %d" % (what, command, run.returncode), output=_tail(out), **flags)
+    return out
+
+
+def op_migrate(a):
+    """Run the migration command inside the promoted release."""
+    paths = a["layout"]
+    release_id = _release_name(a["release_id"])
+    release_dir = os.path.join(paths["releases"], release_id)
+    env = {"RELEASE_DIR": release_dir, "RELEASE_ID": release_id, "DEPLOY_TO": paths["deploy_to"]}
+    t = time.monotonic()
+    out = _run_command("migration", a["command"], release_dir, env, a["limit"], migrate=True)
+    return {"output": _tail(out), "seconds": time.monotonic() - t}
+
+
 def op_stage(a):
     """Link shared entries, run the smoke tests, promote: one round trip after the upload."""
     paths = a["layout"]
@@ -560,24 +590,14 @@ def op_stage(a):
     t = time.monotonic()
     if not os.path.isdir(incoming):
         raise Refused("incoming release %s is missing" % incoming)
+    if a.get("pidfile"):
+        httpd_parent(a["pidfile"])  # refuse now, before any host of the group switches
     _link_shared(paths, incoming, a["shared"])
     timings["link"] = time.monotonic() - t
     t = time.monotonic()
-    import subprocess  # only the smoke step starts processes
-
-    env = dict(os.environ, RELEASE_DIR=incoming, RELEASE_ID=release_id, DEPLOY_TO=paths["deploy_to"])
+    env = {"RELEASE_DIR": incoming, "RELEASE_ID": release_id, "DEPLOY_TO": paths["deploy_to"]}
     for command in a["smoke"]["commands"]:
-        try:
-            run = subprocess.run(
-                ["/bin/sh", "-c", command], cwd=incoming, env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=a["smoke"]["timeout"],
-            )
-        except subprocess.TimeoutExpired as exc:
-            out = (exc.output or b"").decode("utf-8", "replace")
-            raise Refused("smoke command %r timed out after %ss" % (command, a["smoke"]["timeout"]), output=_tail(out), smoke=True)
-        if run.returncode != 0:
-            out = run.stdout.decode("utf-8", "replace")
-            raise Refused("smoke command %r exited %d" % (command, run.returncode), output=_tail(out), smoke=True)
+        _run_command("smoke command", command, incoming, env, a["smoke"]["timeout"], smoke=True)
     if a["smoke"].get("url"):
         _point(paths, "next", incoming)
         problem = health(dict(a["smoke"]["health"], urls=[a["smoke"]["url"]]), release_id)
@@ -620,7 +640,7 @@ def op_finish(a):
     """Clean up old releases, append the history line, release the lock."""
     paths = a["layout"]
     t = time.monotonic()
-    removed = _cleanup(paths, a["keep"], a.get("protect", []))
+    removed = _cleanup(paths, a["keep"], a.get("protect", [])) if a.get("clean", True) else []
     entry = dict(a["record"], cleaned=removed)
     entry["steps"] = dict(entry.get("steps", {}), cleanup=round(time.monotonic() - t, 3))
     _append_history(paths, entry)
@@ -631,9 +651,9 @@ def op_finish(a):
 def op_abort(a):
     """A deploy failed: remove what it uploaded (never the live release), record, unlock."""
     paths = a["layout"]
-    release_id = _release_name(a["release_id"])
+    release_id = a["release_id"]
     removed = []
-    if current_release(paths) != release_id:
+    if a.get("remove", True) and RELEASE_NAME.fullmatch(release_id or "") and current_release(paths) != release_id:
         for name in (".incoming-" + release_id, release_id):
             if os.path.lexists(os.path.join(paths["releases"], name)):
                 _remove_release_dir(paths, name)
@@ -656,6 +676,70 @@ def op_state(a):
     }
 
 
+def _history(paths):
+    try:
+        with open(paths["history"]) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a torn line from a full disk: skip it, keep the rest
+    return out
+
+
+def op_history(a):
+    """The last n history entries, oldest first."""
+    return {"entries": _history(a["layout"])[-a["n"]:]}
+
+
+def op_releases(a):
+    """Kept releases, newest first, with deploy time, user and whether one was rolled away from."""
+    paths = a["layout"]
+    info = {}
+    for e in _history(paths):
+        if e.get("result") != "ok":
+            continue
+        if e.get("event") == "deploy":
+            info.setdefault(e["release"], {}).update(deployed=e.get("started"), user=e.get("user"), rolled_back=False)
+        elif e.get("event") == "rollback":
+            info.setdefault(e.get("old"), {})["rolled_back"] = True
+            info.setdefault(e["release"], {})["rolled_back"] = False
+    current = current_release(paths)
+    out = []
+    for name in reversed(releases(paths)):
+        d = info.get(name, {})
+        out.append({"release": name, "current": name == current, "deployed": d.get("deployed"),
+                    "user": d.get("user"), "rolled_back": d.get("rolled_back", False)})
+    return {"releases": out, "current": current}
+
+
+def op_maintenance(a):
+    """Place (on) or remove (off) maintenance/index.html atomically; idempotent."""
+    paths = a["layout"]
+    page = os.path.join(paths["maintenance"], "index.html")
+    was_on = os.path.exists(page)
+    if a["on"]:
+        os.makedirs(paths["maintenance"], exist_ok=True)
+        for name, text in (("retry-after", str(a["retry_after"])), ("index.html", a["page"])):
+            target = os.path.join(paths["maintenance"], name)
+            tmp = "%s.tmp%d" % (target, os.getpid())
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)  # readers see the old file or the new one, never half
+    elif was_on:
+        os.unlink(page)
+    if was_on != a["on"]:
+        os.makedirs(paths["meta"], exist_ok=True)
+        _append_history(paths, {"event": "maintenance-" + ("on" if a["on"] else "off"), "user": a["user"],
+                                "local_host": a["local_host"], "started": _now(), "result": "ok"})
+    return {"was_on": was_on, "on": a["on"]}
+
+
 OPS = {
     "check": op_check,
     "begin": op_begin,
@@ -665,6 +749,10 @@ OPS = {
     "abort": op_abort,
     "unlock": op_unlock,
     "state": op_state,
+    "history": op_history,
+    "releases": op_releases,
+    "maintenance": op_maintenance,
+    "migrate": op_migrate,
 }
 
 

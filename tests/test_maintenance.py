@@ -1,0 +1,117 @@
+"""Maintenance mode and migrations against lab servers (the real Apache rule)."""
+
+import http.client
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from .conftest import configure, current, history, make_build, releases
+
+
+def get(server, path="/", source="127.0.0.2"):
+    """GET as a visitor from another loopback address (127.0.0.1 is on maintenance.allow)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=5, source_address=(source, 0))
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read().decode()
+    finally:
+        conn.close()
+
+
+def test_maintenance_on_and_off(lab1, tmp_path):
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "live", {"health.txt": b"ok\n"}))
+    assert lab1.fab("deploy").returncode == 0
+    failures, stop = [], threading.Event()
+
+    def visitor():
+        while not stop.is_set():
+            try:
+                status, _, _ = get(server)
+                if status not in (200, 503):
+                    failures.append(status)
+            except (OSError, http.client.HTTPException) as exc:
+                failures.append(repr(exc))
+
+    load = threading.Thread(target=visitor)
+    load.start()
+    on = lab1.fab("maintenance-on", "--message", "Migrating <orders> & more", "--retry-after", "120")
+    assert on.returncode == 0, on.stderr
+    status, headers, body = get(server)
+    assert status == 503
+    assert headers["Retry-After"] == "120"
+    assert "Migrating &lt;orders&gt; &amp; more" in body
+    assert get(server, "/health.txt")[:1] == (200,)  # the health path goes through
+    assert get(server, source="127.0.0.1")[0] == 200  # so does maintenance.allow
+    assert lab1.fab("maintenance-on").returncode == 0  # idempotent
+    checked = lab1.fab("check")
+    assert checked.stdout.splitlines()[1].split()[-1] == "ON"
+    off = lab1.fab("maintenance-off")
+    assert off.returncode == 0, off.stderr
+    assert get(server)[0] == 200
+    assert "off (already)" in lab1.fab("maintenance-off").stdout
+    time.sleep(0.2)
+    stop.set()
+    load.join()
+    assert failures == []
+    assert [e["event"] for e in history(server)][-2:] == ["maintenance-on", "maintenance-off"]
+
+
+def test_maintenance_rejects_bad_arguments(lab1):
+    result = lab1.fab("maintenance-on", "--retry-after", "soon")
+    assert result.returncode == 2
+    assert "--retry-after must be a whole number of seconds" in result.stderr
+    assert not Path(lab1.servers[0].deploy_to, "maintenance", "index.html").exists()
+
+
+def schema(db):
+    con = sqlite3.connect(db)
+    try:
+        tables = sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+        applied = [r[0] for r in con.execute("SELECT name FROM schema_migrations")]
+    finally:
+        con.close()
+    return tables, applied
+
+
+def test_migration_runs_once_on_one_host(lab_pair, tmp_path):
+    one, two = lab_pair.servers
+    migrate = {"command": "python3 migrations/migrate.py"}
+    configure(lab_pair, make_build(tmp_path, "v1"), migrate=migrate)
+    result = lab_pair.fab("deploy", "--migrate")
+    assert result.returncode == 0, result.stderr
+    assert "[lab1] migrate" in result.stdout and "applied 001_orders" not in result.stderr
+    db = Path(one.deploy_to, "shared", "db", "shop.sqlite")
+    assert schema(db) == (["orders", "schema_migrations"], ["001_orders"])
+    assert not Path(two.deploy_to, "shared", "db").exists()  # migrate.host: the first host only
+    assert [e["event"] for e in history(one)][-3:] == ["maintenance-on", "maintenance-off", "deploy"]
+    assert not Path(one.deploy_to, "maintenance", "index.html").exists()
+    configure(lab_pair, make_build(tmp_path, "v2"), migrate=migrate)
+    assert lab_pair.fab("deploy", "--migrate").returncode == 0
+    assert schema(db) == (["orders", "schema_migrations"], ["001_orders"])  # changed exactly once
+
+
+def test_failing_migration_keeps_maintenance_on_and_current_unchanged(lab1, tmp_path):
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "base"))
+    assert lab1.fab("deploy").returncode == 0
+    before = (current(server), releases(server))
+    configure(lab1, make_build(tmp_path, "next"), migrate={"command": "echo 'table orders exists' >&2; exit 9"})
+    result = lab1.fab("deploy", "--migrate")
+    assert result.returncode == 8
+    assert """lab1: migration "echo 'table orders exists' >&2; exit 9" exited 9""" in result.stderr
+    assert "table orders exists" in result.stderr
+    assert "maintenance mode stays ON" in result.stderr
+    assert "`fab maintenance-off`" in result.stderr
+    assert (current(server), releases(server)) == before
+    assert Path(server.deploy_to, "maintenance", "index.html").exists()
+    assert get(server)[0] == 503
+
+
+def test_migrate_needs_a_command(lab1, tmp_path):
+    configure(lab1, make_build(tmp_path, "x"))
+    result = lab1.fab("deploy", "--migrate")
+    assert result.returncode == 1
+    assert "--migrate needs migrate.command in hosts.yaml" in result.stderr
