@@ -2,9 +2,10 @@
 
 from invoke import Collection
 
-from tasks import check, deploy, maintenance, releases, rollback, sandbox
+from tasks import check, deploy, maintenance, releases, rollback, sandbox, setup
 
 ns = Collection(
+    setup.setup,
     check.check,
     deploy.deploy,
     rollback.rollback,

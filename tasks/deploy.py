@@ -175,6 +175,7 @@ def swap(run, release_of=None):
         answer = r.agent(
             "swap",
             "swap",
+            helper=r.uses_helper,
             release_id=release_of(r),
             verify=verify,
             swap_back=True,
@@ -215,7 +216,7 @@ def switch_back(run):
         return []
 
     def one(r):
-        answer = r.agent("switch back", "swap", release_id=r.current, **swap_args(r.host))
+        answer = r.agent("switch back", "swap", helper=r.uses_helper, release_id=r.current, **swap_args(r.host))
         r.swapped = False
         say(r.host, "switch back", 0, f"{answer['old']} -> {answer['new']}, httpd paused {answer['pause_ms']} ms")
 

@@ -30,6 +30,7 @@ class HostRun:
     bytes_sent: int = 0
     files_sent: int = 0
     swap: dict = field(default_factory=dict)
+    deploy_user: str | None = None
 
     @property
     def layout(self):
@@ -38,6 +39,11 @@ class HostRun:
     @property
     def name(self):
         return self.host.name
+
+    @property
+    def uses_helper(self):
+        """A deploy user who is not root pauses httpd through the sudo helper that setup installs."""
+        return self.host.httpd.pause == "sigstop" and (self.host.user or getpass.getuser()) != "root"
 
     def agent(self, step, op, **args):
         return ssh.agent(

@@ -137,7 +137,9 @@ def start_server(root, name, client_pub, mpm="event", ports=None):
         (base / sub).mkdir(parents=True)
     for d in (base, base / "apache", base / "site"):
         d.chmod(0o755)  # Apache's children (www-data) must reach the site
-    (base / "ssh").chmod(0o700)
+    # sshd reads authorized_keys as the user logging in: the directory must let every user in.
+    # The host key itself stays 0600.
+    (base / "ssh").chmod(0o755)
     ssh_port, http_port = ports or (free_port(), free_port())
     for port in (ssh_port, http_port):
         if _listening(port):

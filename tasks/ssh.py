@@ -118,13 +118,23 @@ def remote_script(name):
     return (REMOTE_DIR / name).read_text()
 
 
-def agent(conn, step, op, *, python="python3", host_name=None, timeout=None, **args):
+HELPER = "/usr/local/lib/cutover/swap-helper"
+
+
+def helper_argv(python):
+    """How a deploy user who is not root runs the root-owned swap helper (installed by setup)."""
+    return ["sudo", "-n", python, "-I", "-S", HELPER]
+
+
+def agent(conn, step, op, *, python="python3", host_name=None, timeout=None, helper=False, **args):
     """Run one operation of the remote agent (tasks/remote/agent.py) and return its JSON answer.
 
     The agent travels as `python3 -I -S -c SOURCE`: one round trip, nothing installed on the
-    server, no site packages or PYTHON* variables of the server in the way.
+    server, no site packages or PYTHON* variables of the server in the way. With helper=True
+    the installed root-owned copy runs through sudo instead (the swap of a non-root user).
     """
-    argv = [python, "-I", "-S", "-c", remote_script("agent.py"), op, json.dumps(args)]
+    program = helper_argv(python) if helper else [python, "-I", "-S", "-c", remote_script("agent.py")]
+    argv = [*program, op, json.dumps(args)]
     result = run(conn, step, argv, timeout=timeout, check=False)
     answer = _last_json(result.stdout)
     name = host_name or conn.host

@@ -36,9 +36,10 @@ def test_deploy_under_load_fails_no_request_and_serves_whole_releases(lab2, tmp_
         assert load.unknown(known) == []
         seen = load.labels(known)
         assert seen["old"] > 0 and seen["new"] > 0
-        # once a response came from the new release, no later request got the old one
-        first_new = min(s.at for s in load.samples if s.body in known[s.path]["new"] or s.body == known[s.path]["new"])
-        late_old = [s for s in load.samples if s.at > first_new + 0.05 and s.body == known[s.path]["old"]]
+        # once a response from the new release had arrived, the switch was done: no request
+        # sent after that moment may get the old release
+        switched = min(s.at + s.latency for s in load.samples if s.body == known[s.path]["new"])
+        late_old = [s for s in load.samples if s.at > switched and s.body == known[s.path]["old"]]
         assert late_old == []
         release_id = current(server)
         assert history(server)[-1]["release"] == release_id

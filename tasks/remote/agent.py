@@ -17,6 +17,7 @@ import sys
 import time
 
 HTTPD_NAMES = ("apache2", "httpd")
+PLACEHOLDER = "19700101T000000Z-placeholder"
 RELEASE_NAME = re.compile(r"^[0-9]{8}T[0-9]{6}(\.[0-9]{1,6})?Z(-[0-9a-z]{1,40})?$")
 
 
@@ -740,6 +741,107 @@ def op_maintenance(a):
     return {"was_on": was_on, "on": a["on"]}
 
 
+
+
+HELPER_CONFIG = "/etc/cutover/helper.json"
+HELPER_RUN_DIR = "/run/cutover"
+
+
+def layout_of(deploy_to):
+    """The same paths as tasks/layout.py, rebuilt on the server from deploy_to alone."""
+    join = os.path.join
+    return {
+        "deploy_to": deploy_to, "releases": join(deploy_to, "releases"), "shared": join(deploy_to, "shared"),
+        "current": join(deploy_to, "current"), "next": join(deploy_to, "next"),
+        "maintenance": join(deploy_to, "maintenance"), "meta": join(deploy_to, ".cutover"),
+        "lock": join(deploy_to, ".cutover", "lock"), "history": join(deploy_to, ".cutover", "history.jsonl"),
+    }
+
+
+def helper_args(op, args):
+    """As the root-owned sudo helper: only the swap, only for a site and user that setup registered.
+
+    Paths come from /etc/cutover/helper.json, never from the caller, and the helper's own
+    files live in a root-owned directory, so the deploy user steers nothing but the release id.
+    """
+    if op != "swap":
+        raise Refused("the Cutover helper runs only the swap, not %r" % op)
+    with open(HELPER_CONFIG) as f:
+        sites = json.load(f)
+    deploy_to = args["layout"]["deploy_to"]
+    site = sites.get(deploy_to)
+    if site is None or site["user"] != os.environ.get("SUDO_USER"):
+        raise Refused("%s is not registered for user %s in %s" % (deploy_to, os.environ.get("SUDO_USER"), HELPER_CONFIG),
+                      hint="run `fab setup` for this host")
+    if os.path.realpath(deploy_to) != deploy_to:
+        raise Refused("deploy_to %s goes through a symlink; the helper refuses it" % deploy_to)
+    os.makedirs(HELPER_RUN_DIR, mode=0o700, exist_ok=True)
+    paths = dict(layout_of(deploy_to), meta=os.path.join(HELPER_RUN_DIR, deploy_to.strip("/").replace("/", "_")))
+    os.makedirs(paths["meta"], mode=0o700, exist_ok=True)
+    return dict(args, layout=paths, pidfile=site["pidfile"], pause="sigstop",
+                pause_timeout=min(float(args.get("pause_timeout", 5)), 60), hold_ms=0)
+
+
+def op_setup(a):
+    """Create the layout (and a first placeholder release so Apache has a DocumentRoot)."""
+    paths = a["layout"]
+    created = []
+    if not os.path.isdir(paths["deploy_to"]):
+        parent = os.path.dirname(paths["deploy_to"])
+        if not os.access(parent if os.path.isdir(parent) else "/", os.W_OK):
+            raise Refused("cannot create %s: %s is not writable by this user" % (paths["deploy_to"], parent),
+                          hint="create it as root: install -d -o USER %s" % paths["deploy_to"])
+        os.makedirs(paths["deploy_to"])
+        created.append(paths["deploy_to"])
+    dirs = [paths["releases"], paths["shared"], paths["meta"], paths["maintenance"]]
+    dirs += [os.path.join(paths["shared"], e) for e in a["shared"]]
+    for d in dirs:
+        if not os.path.isdir(d):
+            os.makedirs(d)
+            created.append(d)
+    if not os.access(paths["deploy_to"], os.W_OK) or not os.access(paths["releases"], os.W_OK):
+        raise Refused("%s is not writable by this user" % paths["deploy_to"], hint="chown it to the deploy user")
+    if current_release(paths) is None:
+        placeholder = os.path.join(paths["releases"], PLACEHOLDER)
+        os.makedirs(placeholder, exist_ok=True)
+        with open(os.path.join(placeholder, "index.html"), "w") as f:
+            f.write("<!doctype html><title>Nothing deployed yet</title><p>Nothing deployed yet.</p>\n")
+        _point(paths, "current", placeholder)
+        created.append(paths["current"])
+    snippet = os.path.join(paths["meta"], "apache-maintenance.conf")
+    _write_json_text(snippet, a["snippet"])
+    import pwd
+
+    return {"created": created, "user": pwd.getpwuid(os.geteuid()).pw_name, "snippet": snippet,
+            "current": current_release(paths)}
+
+
+def op_install_helper(a):
+    """As root: install the swap helper root-owned and register this site for the deploy user."""
+    if os.geteuid() != 0:
+        raise Refused("installing the helper needs root (connected as uid %d)" % os.geteuid())
+    os.makedirs(os.path.dirname(a["path"]), mode=0o755, exist_ok=True)
+    _write_json_text(a["path"], "CUTOVER_HELPER = True\n" + a["source"], mode=0o755)
+    os.makedirs(os.path.dirname(HELPER_CONFIG), mode=0o755, exist_ok=True)
+    try:
+        with open(HELPER_CONFIG) as f:
+            sites = json.load(f)
+    except FileNotFoundError:
+        sites = {}
+    sites[a["deploy_to"]] = {"pidfile": a["pidfile"], "user": a["user"]}
+    _write_json_text(HELPER_CONFIG, json.dumps(sites, indent=2, sort_keys=True) + "\n")
+    return {"path": a["path"], "sites": sorted(sites)}
+
+
+def _write_json_text(path, text, mode=0o644):
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
 OPS = {
     "check": op_check,
     "begin": op_begin,
@@ -753,12 +855,16 @@ OPS = {
     "releases": op_releases,
     "maintenance": op_maintenance,
     "migrate": op_migrate,
+    "setup": op_setup,
+    "install_helper": op_install_helper,
 }
 
 
 def main(argv):
     op, args = argv[1], json.loads(argv[2])
     try:
+        if globals().get("CUTOVER_HELPER"):
+            args = helper_args(op, args)
         answer = OPS[op](args)
     except Refused as exc:
         answer = dict(exc.extra, error=str(exc))
