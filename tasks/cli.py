@@ -1,7 +1,10 @@
 """The task boundary: resolve -H against hosts.yaml, run per host in parallel, turn errors into exits."""
 
 import functools
+import os
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -64,3 +67,23 @@ class Timer:
     @property
     def seconds(self):
         return time.monotonic() - self.start
+
+
+KILL_AT = "CUTOVER_TEST_KILL_AT"
+
+
+def fault_point(step):
+    """Fault tests only: SIGKILL this process at `step`, or `step:SECONDS` into it.
+
+    The variable is set by the Murphy's-law tests (tests/test_murphy.py) to prove that a
+    deploy or rollback killed anywhere leaves the site whole; nothing else sets it.
+    """
+    wanted = os.environ.get(KILL_AT, "")
+    name, _, delay = wanted.partition(":")
+    if name != step:
+        return
+    if not delay:
+        os.kill(os.getpid(), signal.SIGKILL)
+    timer = threading.Timer(float(delay), os.kill, (os.getpid(), signal.SIGKILL))
+    timer.daemon = True
+    timer.start()

@@ -13,7 +13,7 @@ from pathlib import Path
 from invoke import task
 
 from . import maintenance, release, upload
-from .cli import Timer, boundary, say, target
+from .cli import Timer, boundary, fault_point, say, target
 from .errors import CutoverError, HealthError, LockError, MigrationError, RemoteError, SmokeError
 from .fleet import HostRun, Run, close, connect, in_parallel, owner_record
 from .hostsfile import Build
@@ -49,6 +49,7 @@ def lock(run, incoming=True):
         r.locked = True
         r.current = answer["current"]
         r.releases = answer["releases"]
+        r.previous = answer.get("previous")
         r.steps["lock"] = t.seconds
         say(r.host, "lock", t.seconds, f"live release {r.current or '(none)'}")
 
@@ -358,9 +359,13 @@ def deploy_to_hosts(target_, build_override=None, dry=False, force=False, migrat
             return run
         if force:
             force_unlock(run)
+        fault_point("lock")
         lock(run)
+        fault_point("upload")
         upload_all(run, build)
+        fault_point("stage")
         stage(run)
+        fault_point("swap")
         if migrating:
             maintenance.switch(run, True)
             migrate(run)
@@ -368,6 +373,7 @@ def deploy_to_hosts(target_, build_override=None, dry=False, force=False, migrat
             maintenance.switch(run, False)
         else:
             swap(run)
+        fault_point("finish")
         finish(run)
     except BaseException as exc:
         notes = abort(run, exc)

@@ -24,6 +24,7 @@ class HostRun:
     conn: Connection | None = None
     current: str | None = None  # the live release before this run
     releases: list = field(default_factory=list)  # kept releases, oldest first
+    previous: str | None = None  # what was live before `current`, from history
     locked: bool = False
     swapped: bool = False
     steps: dict = field(default_factory=dict)

@@ -283,6 +283,14 @@ def _abspath(at):
     return value
 
 
+def _program(at):
+    """A program on the server: a bare name found on PATH, or an absolute path."""
+    value = _string(at)
+    if re.fullmatch(r"[A-Za-z0-9._+-]+", value) and not value.startswith((".", "-")):
+        return value
+    return _abspath(at)
+
+
 def _url(at):
     return _string(at, URL, "an http:// or https:// URL")
 
@@ -353,7 +361,7 @@ SETTINGS = {
     "key": lambda at: _string(at),
     "known_hosts": lambda at: _string(at),
     "keep_releases": lambda at: _number(at, 2, 1000, integer=True),
-    "python": lambda at: _string(at, SAFE_PATH, "a program name or absolute path"),
+    "python": lambda at: _program(at),
     "shared": _strings(_relpath),
 }
 

@@ -40,6 +40,7 @@ class LabServer:
     pidfile: str
     sshd_pid: int
     httpd_pid: int
+    tmpfs: bool = False
 
     @property
     def url(self):
@@ -130,8 +131,11 @@ def _snippet_host(deploy_to):
     )
 
 
-def start_server(root, name, client_pub, mpm="event", ports=None):
-    """Start one sshd and one Apache under root/name (on free ports, or the given pair)."""
+def start_server(root, name, client_pub, mpm="event", ports=None, tmpfs_mb=None):
+    """Start one sshd and one Apache under root/name (on free ports, or the given pair).
+
+    tmpfs_mb: put deploy_to on a tmpfs of that size, to fill the disk in fault tests.
+    """
     base = Path(root) / name
     for sub in ("ssh", "apache/run", "apache/conf.d", "site"):
         (base / sub).mkdir(parents=True)
@@ -145,6 +149,8 @@ def start_server(root, name, client_pub, mpm="event", ports=None):
         if _listening(port):
             raise CutoverError(f"lab: port {port} on 127.0.0.1 is already in use")
     deploy_to = str(base / "site")
+    if tmpfs_mb:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_mb}m,mode=0755", "tmpfs", deploy_to], check=True)
     _placeholder_release(deploy_to)
 
     _keygen(base / "ssh" / "host_ed25519")
@@ -183,7 +189,9 @@ def start_server(root, name, client_pub, mpm="event", ports=None):
             stderr=log,
             start_new_session=True,
         )
-    server = LabServer(name, str(base), ssh_port, http_port, deploy_to, str(pidfile), sshd.pid, httpd.pid)
+    server = LabServer(
+        name, str(base), ssh_port, http_port, deploy_to, str(pidfile), sshd.pid, httpd.pid, bool(tmpfs_mb)
+    )
     try:
         _wait_for(lambda: sshd.poll() is None and _listening(ssh_port), f"sshd of {name} (see {base}/ssh/sshd.log)")
         _wait_for(
@@ -197,7 +205,7 @@ def start_server(root, name, client_pub, mpm="event", ports=None):
     return server
 
 
-def start(root, count=1, mpm="event", ports=None):
+def start(root, count=1, mpm="event", ports=None, tmpfs_mb=None):
     """Start `count` lab servers under root (a new directory); writes lab.json and hosts.yaml.
 
     ports: optional list of (ssh_port, http_port), one pair per server; default free ports.
@@ -218,7 +226,7 @@ def start(root, count=1, mpm="event", ports=None):
     try:
         for i in range(1, count + 1):
             pair = ports[i - 1] if ports else None
-            server = start_server(root, f"lab{i}", f"{client_key}.pub", mpm=mpm, ports=pair)
+            server = start_server(root, f"lab{i}", f"{client_key}.pub", mpm=mpm, ports=pair, tmpfs_mb=tmpfs_mb)
             lab.servers.append(server)
             _save(lab)
             host_pub = Path(server.root, "ssh", "host_ed25519.pub").read_text().split()
@@ -318,6 +326,8 @@ def stop_server(server):
         os.kill(pid, signal.SIGCONT)
     _stop_pid(server.httpd_pid, APACHE)
     _stop_pid(server.sshd_pid, SSHD)
+    if server.tmpfs:
+        subprocess.run(["umount", server.deploy_to], check=False)
 
 
 def _httpd_children(pid):

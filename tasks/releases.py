@@ -47,10 +47,11 @@ def releases(c):
 
 @task(help={"n": "how many entries to show per host (default 20)"})
 @boundary
-def history(c, n=20):
+def history(c, n=None):
     """Show the last entries of each host's deploy history."""
+    # n arrives as text (no int default): invoke would answer a bad number with a traceback
     try:
-        n = int(n)
+        n = 20 if n is None else int(n)
     except ValueError:
         n = 0
     if not 1 <= n <= 10000:

@@ -7,7 +7,7 @@ from is kept (and marked in history), so `rollback --to` or a new deploy can ret
 from invoke import task
 
 from . import release
-from .cli import Timer, boundary, target
+from .cli import Timer, boundary, fault_point, target
 from .deploy import abort, finish, lock, swap
 from .errors import ConfigError, CutoverError
 from .fleet import HostRun, Run, close, connect, in_parallel, owner_record
@@ -27,6 +27,11 @@ def choose(run, to):
     for r in run.hosts:
         if r.current is None or r.current not in r.releases:
             raise CutoverError("the live release is not a kept release; use --to RELEASE", host=r.name)
+        # What was live before, from history; by release order only when history has nothing.
+        # A release that a killed deploy promoted but never switched to is never chosen.
+        if r.previous in r.releases:
+            picks[r.name] = r.previous
+            continue
         i = r.releases.index(r.current)
         if i == 0:
             raise CutoverError(
@@ -56,11 +61,14 @@ def rollback_hosts(target_, to=None, force=False):
             from .deploy import force_unlock
 
             force_unlock(run)
+        fault_point("lock")
         lock(run, incoming=False)
         run.release_id = choose(run, to)
         if all(r.current == run.release_id for r in run.hosts):
             raise CutoverError(f"{run.release_id} is already live; nothing was changed")
+        fault_point("swap")
         swap(run)
+        fault_point("finish")
         finish(run, clean=False)
     except BaseException as exc:
         # a refusal before the swap is not a failed rollback: unlock without a history line

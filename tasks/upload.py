@@ -67,6 +67,13 @@ def upload(host, build_path, dest, link_dest=None, dry_run=False, progress=None)
     code = proc.wait()
     text = b"".join(out).decode("utf-8", "replace")
     if code != 0:
+        if "No space left on device" in err:
+            raise RemoteError(
+                f"upload: the server's disk is full under {host.deploy_to} (rsync exit {code}); "
+                "the incoming release is removed, the live site is untouched",
+                host=host.name,
+                hint="free space on the server (fewer keep_releases, old logs) and deploy again",
+            )
         detail = err.strip().splitlines()[-3:] if err.strip() else [f"rsync exit {code}"]
         raise RemoteError(f"upload: rsync exit {code}: {' / '.join(detail)}", host=host.name)
     changed = ()

@@ -56,9 +56,9 @@ class LabHandle:
         )
 
 
-def start_lab(count):
+def start_lab(count, **options):
     root = new_lab_dir()
-    handle = LabHandle(lab.start(root, count=count))
+    handle = LabHandle(lab.start(root, count=count, **options))
     return handle, root
 
 

@@ -513,6 +513,7 @@ def op_begin(a):
         answer = {"current": current_release(paths), "releases": releases(paths)}
         if answer["current"] not in answer["releases"]:
             answer["current"] = None
+        answer["previous"] = _previous(paths, answer["current"])
         if release_id:
             for d in (paths["releases"], paths["shared"]):
                 os.makedirs(d, exist_ok=True)
@@ -660,7 +661,10 @@ def op_abort(a):
                 _remove_release_dir(paths, name)
                 removed.append(name)
     if a.get("record"):
-        _append_history(paths, dict(a["record"], cleaned=removed))
+        try:
+            _append_history(paths, dict(a["record"], cleaned=removed))
+        except OSError:
+            pass  # a full disk must not keep the lock: unlocking matters more than the record
     released = _release_lock(paths, a["token"]) if a.get("token") else False
     return {"removed": removed, "released": released, "current": current_release(paths)}
 
@@ -690,6 +694,14 @@ def _history(paths):
         except ValueError:
             continue  # a torn line from a full disk: skip it, keep the rest
     return out
+
+
+def _previous(paths, current):
+    """The release that was live before `current`: the `old` of the switch that made it live."""
+    for e in reversed(_history(paths)):
+        if e.get("result") == "ok" and e.get("event") in ("deploy", "rollback") and e.get("release") == current:
+            return e.get("old")
+    return None
 
 
 def op_history(a):

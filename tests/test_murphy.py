@@ -1,0 +1,419 @@
+"""Murphy's law: faults, races and hostile input against lab servers.
+
+After every fault the site must answer 200 with one complete release (old or new), no httpd
+process may be stopped, shared/ must be unchanged, the lock must be free or held by a dead
+owner, and the next deploy must succeed.
+"""
+
+import hashlib
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tasks import hostsfile, ssh
+from tasks.errors import ConfigError
+from tasks.layout import Layout
+from tasks.loadgen import LoadGen
+
+from .conftest import PROJECT, configure, current, history, known_bodies, make_build, releases, start_lab, stop_lab
+from .conftest import stopped_httpd as stopped
+
+# --- the checks after every fault ------------------------------------------------------------
+
+
+def shared_snapshot(server):
+    root = Path(server.deploy_to, "shared")
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def fetch(server, path):
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def wait_resumed(server, seconds=10):
+    deadline = time.monotonic() + seconds
+    while stopped(server) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    swap_pid = Path(server.deploy_to, ".cutover", "swap.pid")
+    while swap_pid.exists() and time.monotonic() < deadline:  # the detached swap may still verify
+        try:
+            os.kill(int(swap_pid.read_text()), 0)
+        except (ProcessLookupError, ValueError):
+            break
+        time.sleep(0.02)
+
+
+def lock_state(handle, server):
+    host = handle.host(server.name)
+    with ssh.connect(host) as conn:
+        return ssh.agent(conn, "state", "state", python=host.python, layout=Layout(host.deploy_to).as_dict())["lock"]
+
+
+def assert_whole(handle, known, shared_before, build_next):
+    """The post-conditions of every fault case."""
+    for server in handle.servers:
+        wait_resumed(server)
+        assert stopped(server) == [], "httpd left stopped"
+        labels = set()
+        for path in ("/", "/assets/style.css"):
+            status, body = fetch(server, path)
+            assert status == 200, (path, status)
+            matches = [label for label, b in known[path].items() if b == body]
+            assert matches, f"{path} is not one complete release"
+            labels.add(matches[0])
+        assert len(labels) == 1, f"page and stylesheet from different releases: {labels}"
+        assert current(server) in releases(server)
+        assert shared_snapshot(server) == shared_before[server.name]
+        owner = lock_state(handle, server)
+        assert owner is None or owner["alive"] is False, owner
+    configure(handle, build_next)
+    result = handle.fab("deploy", "--force-unlock")
+    assert result.returncode == 0, result.stderr
+    for server in handle.servers:
+        assert fetch(server, "/")[1] == (build_next / "index.html").read_bytes()
+
+
+def prepare(handle, tmp_path, extra=None):
+    """Deploy release 'old' with something in shared/; return builds and the shared snapshot."""
+    old = make_build(tmp_path, "old")
+    configure(handle, old)
+    assert handle.fab("deploy").returncode == 0
+    for server in handle.servers:
+        Path(server.deploy_to, "shared", "media", "upload.jpg").write_bytes(b"user upload " * 100)
+    new = make_build(tmp_path, "new", extra)
+    nxt = make_build(tmp_path, "next")
+    known = known_bodies(old, new, nxt)
+    return new, nxt, known, {s.name: shared_snapshot(s) for s in handle.servers}
+
+
+# --- 1. the local fab killed at each step ----------------------------------------------------
+
+DEPLOY_KILLS = {
+    "after lock": ("upload", {}, None),
+    "mid upload": ("upload:0.3", {}, {f"big/{i}.bin": os.urandom(1_000_000) for i in range(40)}),
+    "mid smoke": ("stage:0.3", {"smoke": {"commands": ["sleep 1"]}}, None),
+    "after smoke and promote": ("swap", {}, None),
+    "during the swap": ("swap:0.4", {"hold": 1200}, None),
+    "after the swap, before clean up": ("finish", {}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(DEPLOY_KILLS))
+def test_deploy_killed(lab1, tmp_path, case):
+    kill_at, settings_, extra = DEPLOY_KILLS[case]
+    new, nxt, known, shared = prepare(lab1, tmp_path, extra)
+    hold = settings_.pop("hold", 0)
+    configure(lab1, new, **settings_)
+    with LoadGen(lab1.servers[0].url, paths=("/", "/assets/style.css"), threads=2) as load:
+        result = lab1.fab("deploy", env={"CUTOVER_TEST_KILL_AT": kill_at, "CUTOVER_TEST_HOLD_PAUSE_MS": str(hold)})
+        wait_resumed(lab1.servers[0])
+    assert result.returncode == -signal.SIGKILL
+    assert load.failures() == [] and load.unknown(known) == []
+    if case == "after smoke and promote":
+        # the promoted release was never live: a rollback must not pick it
+        promoted = releases(lab1.servers[0])
+        assert len(promoted) == 3 and current(lab1.servers[0]) == promoted[1]
+    configure(lab1, nxt)
+    assert_whole(lab1, known, shared, nxt)
+
+
+@pytest.mark.parametrize("kill_at,hold", [("swap", 0), ("swap:0.4", 1200), ("finish", 0)])
+def test_rollback_killed(lab1, tmp_path, kill_at, hold):
+    new, nxt, known, shared = prepare(lab1, tmp_path)
+    configure(lab1, new)
+    assert lab1.fab("deploy").returncode == 0
+    result = lab1.fab("rollback", env={"CUTOVER_TEST_KILL_AT": kill_at, "CUTOVER_TEST_HOLD_PAUSE_MS": str(hold)})
+    assert result.returncode == -signal.SIGKILL
+    assert_whole(lab1, known, shared, nxt)
+
+
+def test_rollback_never_picks_a_release_that_was_never_live(lab1, tmp_path):
+    new, nxt, known, shared = prepare(lab1, tmp_path)
+    server = lab1.servers[0]
+    first = current(server)
+    configure(lab1, new)
+    assert lab1.fab("deploy", env={"CUTOVER_TEST_KILL_AT": "swap"}).returncode == -signal.SIGKILL
+    configure(lab1, nxt)
+    assert lab1.fab("deploy", "--force-unlock").returncode == 0
+    never_live = [r for r in releases(server) if r not in (first, current(server)) and "placeholder" not in r]
+    assert len(never_live) == 1
+    result = lab1.fab("rollback")
+    assert result.returncode == 0, result.stderr
+    assert current(server) == first
+
+
+# --- 2 and 3. the connection cut, the swap killed ---------------------------------------------
+
+
+def test_ssh_connection_cut_during_the_swap(lab1, tmp_path):
+    new, nxt, known, shared = prepare(lab1, tmp_path)
+    server = lab1.servers[0]
+    configure(lab1, new)
+    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), CUTOVER_TEST_HOLD_PAUSE_MS="1500")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fabric", "deploy"],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while not stopped(server) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert stopped(server), "httpd was never paused"
+    owner = Path(server.deploy_to, ".cutover", "lock", "owner.json").read_text()
+    import json
+
+    session = json.loads(owner)["session_pid"]
+    os.kill(session, signal.SIGKILL)  # the sshd process of this deploy's connection: the cable is pulled
+    cut = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    wait_resumed(server)
+    assert time.monotonic() - cut < 1.5 + 5 + 1
+    assert proc.returncode != 0
+    assert "swap" in err
+    assert current(server) in releases(server)
+    assert_whole(lab1, known, shared, nxt)
+
+
+# --- 4 and 5. two operators at once, a dead owner's lock -------------------------------------
+
+
+@pytest.mark.parametrize("second", ["deploy", "rollback"])
+def test_two_runs_at_the_same_instant(lab1, tmp_path, second):
+    new, nxt, known, shared = prepare(lab1, tmp_path)
+    configure(lab1, new)
+    assert lab1.fab("deploy").returncode == 0  # so that a rollback has somewhere to go
+    configure(lab1, nxt)
+    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), CUTOVER_TEST_HOLD_PAUSE_MS="800")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "fabric", cmd],
+            cwd=PROJECT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for cmd in ("deploy", second)
+    ]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 5], results
+    loser = next(err for code, err in results if code == 5)
+    assert "lab1: locked by root@" in loser and "wait for that run to finish" in loser
+    assert_whole(lab1, known, shared, make_build(tmp_path, "after"))
+
+
+# --- 6. the disk fills up during the upload ---------------------------------------------------
+
+
+def test_disk_full_during_upload():
+    handle, root = start_lab(1, tmpfs_mb=12)
+    try:
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="cutover-full-"))
+        new, nxt, known, shared = prepare(handle, tmp, {f"big/{i}.bin": os.urandom(1_000_000) for i in range(20)})
+        server = handle.servers[0]
+        before = (current(server), releases(server))
+        configure(handle, new)
+        result = handle.fab("deploy")
+        assert result.returncode == 4
+        assert "the server's disk is full" in result.stderr
+        assert (current(server), releases(server)) == before
+        assert not list(Path(server.deploy_to, "releases").glob(".incoming-*"))
+        assert not Path(server.deploy_to, ".cutover", "lock").exists()
+        assert_whole(handle, known, shared, nxt)
+    finally:
+        stop_lab(handle, root)
+
+
+# --- 7. a pidfile that lies -------------------------------------------------------------------
+
+
+def _pidfile(kind, tmp_path):
+    path = tmp_path / f"{kind.replace(' ', '-')}.pid"
+    if kind == "stale":
+        p = subprocess.Popen(["true"])
+        p.wait()
+        path.write_text(f"{p.pid}\n")
+    elif kind == "not httpd":
+        p = subprocess.Popen(["sleep", "60"])
+        path.write_text(f"{p.pid}\n")
+        return path, p
+    return path, None
+
+
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("missing", "does not exist: Apache is not running"),
+        ("stale", "which is not running (stale pidfile)"),
+        ("not httpd", "which is 'sleep', not httpd"),
+    ],
+)
+def test_a_lying_pidfile_is_refused_before_anything_pauses(lab1, tmp_path, kind, message):
+    new, nxt, known, shared = prepare(lab1, tmp_path)
+    server = lab1.servers[0]
+    path, proc = _pidfile(kind, tmp_path)
+    try:
+        before = (current(server), releases(server))
+        configure(lab1, new)
+        lab1.hosts_file.write_text(lab1.hosts_file.read_text().replace(server.pidfile, str(path)))
+        result = lab1.fab("deploy")
+        assert result.returncode == 4
+        assert message in result.stderr
+        assert (current(server), releases(server)) == before
+        if proc is not None:
+            assert Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T"
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+    configure(lab1, nxt)
+    assert_whole(lab1, known, shared, nxt)
+
+
+# --- 8. hostile input -------------------------------------------------------------------------
+
+NASTY = st.one_of(
+    st.sampled_from(
+        [
+            "$(touch CANARY)",
+            "`touch CANARY`",
+            "; touch CANARY",
+            "| touch CANARY",
+            "&& touch CANARY",
+            "\ntouch CANARY",
+            "../../../../tmp/CANARY",
+            "/tmp/CANARY",
+            "'\"; touch CANARY #",
+            "x" * 5000,
+        ]
+    ),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=200),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=NASTY)
+def test_every_remote_word_is_quoted(lab2, value):
+    host = lab2.host()
+    with ssh.connect(host) as conn:
+        out = ssh.run(conn, "echo", ["printf", "%s", value])
+    assert out.stdout == value
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    value=NASTY,
+    field=st.sampled_from(
+        ["deploy_to", "user", "python", "shared", "pidfile", "health", "host", "name", "allow", "required"]
+    ),
+)
+def test_hosts_file_values_are_refused_or_harmless(tmp_path_factory, value, field):
+    import yaml
+
+    host = {"host": "web1.example.com"}
+    defaults = {"deploy_to": "/var/www/site"}
+    if field in ("deploy_to", "user", "python"):
+        defaults[field] = value
+    elif field == "shared":
+        defaults["shared"] = [value]
+    elif field == "pidfile":
+        defaults["httpd"] = {"pidfile": value}
+    elif field == "health":
+        defaults["health"] = {"url": value}
+    elif field == "allow":
+        defaults["maintenance"] = {"allow": [value]}
+    elif field == "required":
+        defaults["build"] = {"required": [value]}
+    else:
+        host[field] = value
+    path = tmp_path_factory.mktemp("h") / "hosts.yaml"
+    path.write_text(yaml.safe_dump({"defaults": defaults, "groups": {"g": [host]}}))
+    try:
+        h = hostsfile.load(path).resolve("g").hosts[0]
+    except ConfigError as exc:
+        assert str(exc).startswith(str(path))
+        return
+    for server_value in (
+        h.deploy_to,
+        h.user or "",
+        h.python,
+        h.httpd.pidfile,
+        h.host,
+        h.name,
+        *h.shared,
+        *h.maintenance.allow,
+    ):
+        assert not set(server_value) & set(" \t\n;|&$`'\"<>()*?!\\"), server_value
+        assert ".." not in Path(server_value).parts
+    for url in h.health.urls:
+        assert not set(url) & set(" \t\n")
+    for rel in h.build.required:
+        assert not rel.startswith("/") and ".." not in Path(rel).parts
+
+
+CLI = [
+    ("rollback", "--to"),
+    ("maintenance-on", "--message"),
+    ("maintenance-on", "--retry-after"),
+    ("history", "-n"),
+    ("deploy", "--build"),
+]
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=NASTY.filter(lambda v: v and not v.startswith("-")), which=st.sampled_from(CLI))
+def test_command_line_values_are_refused_or_harmless(lab2, tmp_path_factory, value, which):
+    canary = f"cutover-canary-{os.getpid()}"
+    value = value.replace("CANARY", canary)
+    task, option = which
+    result = lab2.fab(task, option, value)
+    assert result.returncode in (0, 1, 2), result.stderr
+    assert "Traceback" not in result.stderr
+    for where in (Path("/tmp"), PROJECT, Path.home(), *(Path(s.deploy_to) for s in lab2.servers)):
+        assert not (where / canary).exists()
+    if task == "maintenance-on":
+        lab2.fab("maintenance-off")
+
+
+# --- 9. soak: deploy and rollback cycles under load (bench/soak.py runs 100) ------------------
+
+
+def test_soak_five_cycles_under_load(lab1, tmp_path):
+    server = lab1.servers[0]
+    builds = [make_build(tmp_path, f"s{i}") for i in range(5)]
+    known = known_bodies(*builds, make_build(tmp_path, "example-1"))
+    configure(lab1, builds[0])
+    assert lab1.fab("deploy").returncode == 0
+    with LoadGen(server.url, paths=("/", "/assets/style.css"), threads=3) as load:
+        for build in builds:
+            configure(lab1, build)
+            assert lab1.fab("deploy").returncode == 0
+            assert lab1.fab("rollback").returncode == 0
+            assert lab1.fab("rollback", "--to", history(server)[-1]["old"]).returncode == 0
+    assert len(load.samples) > 500
+    assert load.failures() == [] and load.unknown(known) == []
+    pauses = [e["pause_ms"] for e in history(server) if e.get("pause_ms") is not None]
+    assert len(pauses) == 16 and max(pauses) < 50
+    assert stopped(server) == []
