@@ -116,6 +116,7 @@ def _placeholder_release(deploy_to):
     for d in (layout.shared, layout.meta):
         Path(d).mkdir(parents=True, exist_ok=True)
     os.symlink(f"releases/{PLACEHOLDER_RELEASE}", layout.current)
+    Path(layout.meta, "release.map").write_text(f"current {PLACEHOLDER_RELEASE}\n")  # Apache's RewriteMap
 
 
 def _snippet_host(deploy_to):
@@ -168,9 +169,7 @@ def start_server(root, name, client_pub, mpm="event", ports=None, tmpfs_mb=None)
 
     pidfile = base / "apache" / "run" / "httpd.pid"
     conf = base / "apache" / "httpd.conf"
-    (base / "apache" / "conf.d" / "cutover-maintenance.conf").write_text(
-        maintenance.apache_snippet(_snippet_host(deploy_to))
-    )
+    (base / "apache" / "conf.d" / "cutover.conf").write_text(maintenance.apache_snippet(_snippet_host(deploy_to)))
     _render(
         "httpd.conf",
         conf,

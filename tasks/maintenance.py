@@ -22,14 +22,14 @@ def render_page(message, retry_after, now=None):
 
 
 def apache_snippet(host):
-    """The Apache config that serves the maintenance page as a 503 for this host's deploy_to."""
+    """Cutover's Apache rules for this host's deploy_to: maintenance mode and release pinning."""
     maintenance = f"{host.deploy_to}/maintenance"
     lines = []
     if host.maintenance.health_path:
         lines.append(f"RewriteCond %{{REQUEST_URI}} !^{re.escape(host.maintenance.health_path)}$")
     for address in host.maintenance.allow:
         lines.append(f"RewriteCond expr \"! -R '{address}'\"")
-    text = (TEMPLATES / "maintenance.conf").read_text()
+    text = (TEMPLATES / "apache.conf").read_text()
     return (
         text.replace("@@exceptions@@", "\n".join(lines))
         .replace("@@maintenance@@", maintenance)

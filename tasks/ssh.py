@@ -126,21 +126,54 @@ def helper_argv(python):
     return ["sudo", "-n", python, "-I", "-S", HELPER]
 
 
+class AgentChannel:
+    """One server-side agent process per connection, answering a JSON line per request."""
+
+    def __init__(self, conn, python):
+        self.channel = conn.client.get_transport().open_session()
+        self.channel.exec_command(shlex.join([python, "-I", "-S", "-c", remote_script("agent.py"), "serve", "{}"]))
+        self.requests = self.channel.makefile_stdin("wb")
+        self.answers = self.channel.makefile("rb")
+
+    def call(self, op, args, timeout=None):
+        """Send one request and wait for its answer; None when the agent is gone."""
+        self.channel.settimeout(timeout)
+        self.requests.write((json.dumps({"op": op, "args": args}) + "\n").encode())
+        self.requests.flush()
+        line = self.answers.readline()
+        return json.loads(line) if line.strip() else None
+
+    def stderr(self):
+        out = b""
+        while self.channel.recv_stderr_ready():
+            out += self.channel.recv_stderr(65536)
+        return out.decode("utf-8", "replace")
+
+
 def agent(conn, step, op, *, python="python3", host_name=None, timeout=None, helper=False, **args):
     """Run one operation of the remote agent (tasks/remote/agent.py) and return its JSON answer.
 
-    The agent travels as `python3 -I -S -c SOURCE`: one round trip, nothing installed on the
-    server, no site packages or PYTHON* variables of the server in the way. With helper=True
-    the installed root-owned copy runs through sudo instead (the swap of a non-root user).
+    The agent travels as `python3 -I -S -c SOURCE`: nothing installed on the server, no site
+    packages or PYTHON* variables of the server in the way. It starts once per connection and
+    then answers each step over the open channel. With helper=True the installed root-owned
+    copy runs through sudo instead, once per call (the swap of a non-root user).
     """
-    program = helper_argv(python) if helper else [python, "-I", "-S", "-c", remote_script("agent.py")]
-    argv = [*program, op, json.dumps(args)]
-    result = run(conn, step, argv, timeout=timeout, check=False)
-    answer = _last_json(result.stdout)
     name = host_name or conn.host
-    if answer is None:
+    if helper:
+        result = run(conn, step, [*helper_argv(python), op, json.dumps(args)], timeout=timeout, check=False)
+        answer = _last_json(result.stdout)
         detail = (result.stderr or result.stdout).strip()[-2000:]
-        raise RemoteError(f"{step}: no answer from the server (exit {result.exited}): {detail}", host=name)
+    else:
+        try:
+            channel = getattr(conn, "_cutover_agent", None)
+            if channel is None or channel.channel.closed:
+                channel = conn._cutover_agent = AgentChannel(conn, python)
+            answer = channel.call(op, args, timeout)
+            detail = channel.stderr().strip()[-2000:] if answer is None else ""
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise RemoteError(f"{step}: the connection failed: {type(exc).__name__}: {exc}", host=name) from None
+    if answer is None:
+        raise RemoteError(f"{step}: no answer from the server: {detail or 'the connection closed'}", host=name)
     if "error" in answer:
         error = RemoteError(f"{step}: {answer['error']}", host=name, hint=answer.get("hint"))
         error.answer = answer

@@ -417,3 +417,39 @@ def test_soak_five_cycles_under_load(lab1, tmp_path):
     pauses = [e["pause_ms"] for e in history(server) if e.get("pause_ms") is not None]
     assert len(pauses) == 16 and max(pauses) < 50
     assert stopped(server) == []
+
+
+# --- torn responses: the file's length from one release, its bytes from the other ------------
+
+
+def swap_many(handle, count, sizes=(500, 3000)):
+    """Switch back and forth between two releases whose page sizes differ, under load."""
+    server = handle.servers[0]
+    host = handle.host()
+    layout = Layout(host.deploy_to)
+    bodies = {}
+    for i, size in enumerate(sizes):
+        release_id = f"2030010{i + 1}T000000Z"
+        Path(layout.release(release_id)).mkdir()
+        bodies[release_id] = (release_id * 1000)[:size].encode()
+        Path(layout.release(release_id), "index.html").write_bytes(bodies[release_id])
+    ids = list(bodies)
+    with ssh.connect(host) as conn:
+
+        def switch(release_id):
+            args = {"pidfile": server.pidfile, "pause": "sigstop", "pause_timeout": 5}
+            ssh.agent(conn, "swap", "swap", python=host.python, layout=layout.as_dict(), release_id=release_id, **args)
+
+        switch(ids[0])
+        with LoadGen(server.url, paths=("/index.html",), threads=4) as load:
+            for i in range(count):
+                switch(ids[(i + 1) % 2])
+    return load, bodies
+
+
+def test_no_torn_responses_across_many_switches(lab1):
+    load, bodies = swap_many(lab1, 200)
+    assert len(load.samples) > 2000
+    torn = [(s.status, len(s.body)) for s in load.samples if s.status != 200 or s.body not in bodies.values()]
+    assert torn == []
+    assert Path(lab1.servers[0].deploy_to, ".cutover", "release.map").read_text() == "current 20300101T000000Z\n"

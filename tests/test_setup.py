@@ -23,7 +23,7 @@ def test_setup_creates_the_layout_on_a_fresh_server(lab1, tmp_path):
     for sub in ("releases", "shared/media", ".cutover", "maintenance"):
         assert Path(fresh, sub).is_dir(), sub
     assert os.readlink(Path(fresh, "current")) == "releases/19700101T000000Z-placeholder"
-    snippet = Path(fresh, ".cutover", "apache-maintenance.conf").read_text()
+    snippet = Path(fresh, ".cutover", "apache.conf").read_text()
     assert f'RewriteCond "{fresh}/maintenance/index.html" -f' in snippet
     assert "not needed (root)" in result.stdout
     again = lab1.fab("setup", hosts_file=hosts_file)  # idempotent

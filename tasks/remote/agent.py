@@ -174,8 +174,8 @@ def _arm_watchdog(parent, timeout, log_path):
         os._exit(0)
 
 
-def _swap_now(current, temp_link, parent, pause_timeout, watchdog_log, hold_ms):
-    """The critical section: STOP parent, STOP children, rename, CONT all. Returns pause figures."""
+def _swap_now(renames, parent, pause_timeout, watchdog_log, hold_ms):
+    """The critical section: STOP parent, STOP children, the renames, CONT all. Returns pause figures."""
     disarm = _arm_watchdog(parent, pause_timeout, watchdog_log)
     refused = _realtime(10)
     children(parent)  # warm the code path and the /proc entry before the pause
@@ -187,7 +187,8 @@ def _swap_now(current, temp_link, parent, pause_timeout, watchdog_log, hold_ms):
         paused = children(parent)
         for pid in paused:
             os.kill(pid, signal.SIGSTOP)
-        os.replace(temp_link, current)
+        for source, target in renames:
+            os.replace(source, target)
         if hold_ms:
             time.sleep(hold_ms / 1000.0)  # fault tests only: widen the pause to act inside it
     finally:
@@ -213,24 +214,37 @@ def _swap_now(current, temp_link, parent, pause_timeout, watchdog_log, hold_ms):
 
 
 def _swap_to(paths, release_id, parent, a):
-    """One switch of current to releases/<release_id>: paused when parent is an httpd PID."""
-    temp_link = os.path.join(paths["deploy_to"], ".current.%d" % os.getpid())
-    try:
-        os.unlink(temp_link)
-    except FileNotFoundError:
-        pass
+    """One switch to releases/<release_id>: release.map (Apache's pin) and current, renamed
+    together, inside the pause when parent is an httpd PID."""
+    pid = os.getpid()
+    temp_link = os.path.join(paths["deploy_to"], ".current.%d" % pid)
+    release_map = os.path.join(paths["deploy_to"], ".cutover", "release.map")
+    temp_map = "%s.%d" % (release_map, pid)
+    for leftover in (temp_link, temp_map):
+        if os.path.lexists(leftover):
+            os.unlink(leftover)
+    if os.path.islink(os.path.dirname(release_map)):
+        raise Refused("%s is a symlink; refusing to write release.map through it" % os.path.dirname(release_map))
     os.symlink(os.path.join("releases", release_id), temp_link)
+    os.makedirs(os.path.dirname(release_map), exist_ok=True)
+    fd = os.open(temp_map, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write("current %s\n" % release_id)
+    os.chmod(temp_map, 0o644)
+    renames = [(temp_map, release_map), (temp_link, paths["current"])]
     try:
         if parent is None:
             t0 = time.perf_counter_ns()
-            os.replace(temp_link, paths["current"])
+            for source, target in renames:
+                os.replace(source, target)
             ms = round((time.perf_counter_ns() - t0) / 1e6, 3)
             return {"pause_ms": 0.0, "rename_ms": ms, "paused": 0, "realtime": False, "note": "httpd.pause is none"}
         log = os.path.join(paths["meta"], "watchdog.log")
-        return _swap_now(paths["current"], temp_link, parent, a["pause_timeout"], log, a.get("hold_ms", 0))
+        return _swap_now(renames, parent, a["pause_timeout"], log, a.get("hold_ms", 0))
     finally:
-        if os.path.lexists(temp_link):
-            os.unlink(temp_link)
+        for leftover in (temp_link, temp_map):
+            if os.path.lexists(leftover):
+                os.unlink(leftover)
 
 
 def _swap_and_verify(paths, release_id, parent, old, a):
@@ -820,7 +834,11 @@ def op_setup(a):
             f.write("<!doctype html><title>Nothing deployed yet</title><p>Nothing deployed yet.</p>\n")
         _point(paths, "current", placeholder)
         created.append(paths["current"])
-    snippet = os.path.join(paths["meta"], "apache-maintenance.conf")
+    release_map = os.path.join(paths["meta"], "release.map")
+    if not os.path.exists(release_map):  # Apache refuses to start while a RewriteMap file is missing
+        _write_json_text(release_map, "current %s\n" % current_release(paths))
+        created.append(release_map)
+    snippet = os.path.join(paths["meta"], "apache.conf")
     _write_json_text(snippet, a["snippet"])
     import pwd
 
@@ -872,24 +890,45 @@ OPS = {
 }
 
 
-def main(argv):
-    op, args = argv[1], json.loads(argv[2])
+def answer(op, args):
+    """One operation's JSON answer; a refusal or an OS error becomes {"error", "hint"}."""
     try:
         if globals().get("CUTOVER_HELPER"):
             args = helper_args(op, args)
-        answer = OPS[op](args)
+        return OPS[op](args)
     except Refused as exc:
-        answer = dict(exc.extra, error=str(exc))
+        out = dict(exc.extra, error=str(exc))
         if exc.hint:
-            answer["hint"] = exc.hint
+            out["hint"] = exc.hint
+        return out
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            answer = {"error": "the server's disk is full: %s" % exc, "hint": "free space under deploy_to"}
-        else:
-            answer = {"error": "%s: %s" % (type(exc).__name__, exc)}
-    sys.stdout.write(json.dumps(answer) + "\n")
+            return {"error": "the server's disk is full: %s" % exc, "hint": "free space under deploy_to"}
+        return {"error": "%s: %s" % (type(exc).__name__, exc)}
+
+
+def serve():
+    """Answer one request per line of stdin until EOF: one process for a whole deploy.
+
+    Each step then costs one message on the open SSH channel instead of a new channel, a
+    login shell and a Python start on the server.
+    """
+    if globals().get("CUTOVER_HELPER"):
+        return 1  # the root helper answers exactly one swap per sudo call
+    for line in sys.stdin:
+        request = json.loads(line)
+        sys.stdout.write(json.dumps(answer(request["op"], request["args"])) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def main(argv):
+    if argv[1] == "serve":
+        return serve()
+    out = answer(argv[1], json.loads(argv[2]))
+    sys.stdout.write(json.dumps(out) + "\n")
     sys.stdout.flush()
-    return 1 if "error" in answer else 0
+    return 1 if "error" in out else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,301 @@
+"""Speed, bytes and disk of a deploy on generated sites, and the seed's method side by side.
+
+    python3 bench/speed.py [--sizes 1000,10000,50000] [--repeat 3] [--pause-deploys 50]
+
+For each site size: a full first deploy, then deploys after changing one file, after changing 1%
+of the files, after adding 100 files (wall time, bytes sent, extra disk of the new release), and
+rollbacks. Then the pause over many deploys under wrk load, the time per step of a one-file
+change, and the seed's method (stop Apache, rename directories, start Apache) on the same lab
+and load. Writes the section "Speed" of bench/RESULTS.md.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from common import (
+    PROJECT,
+    Wrk,
+    fab,
+    generate_site,
+    history,
+    lab,
+    median,
+    percentile,
+    start_lab,
+    stop_lab,
+    write_section,
+)
+
+SIZES = {1000: 50 * 2**20, 10000: 200 * 2**20, 50000: 500 * 2**20}
+
+
+def extra_disk(server, release, previous):
+    """Bytes of the new release's files that are not hard links into the previous release."""
+    base = Path(server.deploy_to, "releases")
+    old_inodes = {p.stat().st_ino for p in (base / previous).rglob("*") if p.is_file() and not p.is_symlink()}
+    return sum(
+        p.stat().st_size
+        for p in (base / release).rglob("*")
+        if p.is_file() and not p.is_symlink() and p.stat().st_ino not in old_inodes
+    )
+
+
+def deploy(the_lab, server):
+    seconds, result = fab(the_lab.hosts_file, "deploy")
+    assert result.returncode == 0, result.stderr
+    entry = history(server)[-1]
+    return seconds, entry
+
+
+def change_files(paths):
+    changed = 0
+    for p in paths:
+        data = os.urandom(p.stat().st_size)
+        p.write_bytes(data)
+        changed += len(data)
+    return changed
+
+
+def measure_site(files, total, repeat, work):
+    site = generate_site(work / f"site{files}", files, total)
+    assets = sorted((site / "assets").rglob("*.bin"))
+    out = {"files": files, "mb": total / 2**20}
+    firsts = []
+    for _ in range(repeat):  # a full upload: a fresh server each time
+        the_lab, parent = start_lab(1)
+        try:
+            lab.write_hosts_file(the_lab, build=str(site))
+            seconds, entry = deploy(the_lab, the_lab.servers[0])
+            firsts.append((seconds, entry["bytes_sent"]))
+        finally:
+            stop_lab(the_lab, parent)
+    out["first"] = (median([f[0] for f in firsts]), median([f[1] for f in firsts]))
+    the_lab, parent = start_lab(1)
+    server = the_lab.servers[0]
+    try:
+        lab.write_hosts_file(the_lab, build=str(site))
+        deploy(the_lab, server)
+        cases = {
+            "one file": lambda i: [assets[(i * 7919) % len(assets)]],
+            "1% of files": lambda i: assets[i::100][: max(1, len(assets) // 100)],
+        }
+        for name, pick in cases.items():
+            rows = []
+            for i in range(repeat):
+                changed = change_files(pick(i + 1))
+                seconds, entry = deploy(the_lab, server)
+                rows.append(
+                    (
+                        seconds,
+                        entry["bytes_sent"],
+                        changed,
+                        extra_disk(server, entry["release"], entry["old"]),
+                        entry["steps"],
+                    )
+                )
+            out[name] = rows
+        rows = []
+        for i in range(repeat):
+            added = 0
+            for j in range(100):
+                data = os.urandom(20_000)
+                (site / "assets" / f"added{i}-{j}.bin").write_bytes(data)
+                added += len(data)
+            seconds, entry = deploy(the_lab, server)
+            rows.append(
+                (
+                    seconds,
+                    entry["bytes_sent"],
+                    added,
+                    extra_disk(server, entry["release"], entry["old"]),
+                    entry["steps"],
+                )
+            )
+        out["100 new files"] = rows
+        rollbacks = []
+        for i in range(repeat):
+            seconds, result = (
+                fab(the_lab.hosts_file, "rollback")
+                if i % 2 == 0
+                else fab(the_lab.hosts_file, "rollback", "--to", history(server)[-1]["old"])
+            )
+            assert result.returncode == 0, result.stderr
+            rollbacks.append(seconds)
+        out["rollback"] = median(rollbacks)
+    finally:
+        stop_lab(the_lab, parent)
+    shutil.rmtree(site, ignore_errors=True)
+    return out
+
+
+def pause_under_load(deploys, work):
+    the_lab, parent = start_lab(1)
+    server = the_lab.servers[0]
+    site = work / "pause-site"
+    shutil.copytree(PROJECT / "example" / "site", site)
+    try:
+        lab.write_hosts_file(the_lab, build=str(site))
+        deploy(the_lab, server)
+        wrk = Wrk(server.url, seconds=max(30, deploys * 2), threads=2, connections=8)
+        pauses = []
+        for i in range(deploys):
+            (site / "index.html").write_text((site / "index.html").read_text() + f"<!-- {i} -->\n")
+            pauses.append(deploy(the_lab, server)[1]["pause_ms"])
+        load = wrk.result()
+    finally:
+        stop_lab(the_lab, parent)
+    return pauses, load
+
+
+def _serving(url):
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def seed_method(work, rounds=5):
+    """The seed's way on the same lab and load: stop Apache, rename directories, start Apache."""
+    the_lab, parent = start_lab(1)
+    server = the_lab.servers[0]
+    try:
+        # Apache's DocumentRoot (deploy_to/current) becomes a real directory, as in the seed.
+        os.unlink(Path(server.deploy_to, "current"))
+        shutil.copytree(PROJECT / "example" / "site", Path(server.deploy_to, "current"))
+        conf = Path(server.httpd_conf)
+        pid = server.httpd_pid
+        wrk = Wrk(server.url, seconds=rounds * 3 + 4, threads=2, connections=8)
+        time.sleep(1)
+        downtimes = []
+        for i in range(rounds):
+            new = Path(server.deploy_to, "current_new")
+            shutil.copytree(PROJECT / "example" / "site", new)
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGTERM)  # apachectl stop
+            os.waitpid(pid, 0)
+            old = Path(server.deploy_to, f"current_old{i}")
+            os.rename(Path(server.deploy_to, "current"), old)
+            os.rename(new, Path(server.deploy_to, "current"))
+            proc = subprocess.Popen(
+                [lab.APACHE, "-f", str(conf), "-DFOREGROUND"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            pid = proc.pid
+            while not _serving(server.url):
+                time.sleep(0.005)
+            downtimes.append(time.monotonic() - t0)
+            time.sleep(1.5)
+        load = wrk.result()
+        server.httpd_pid = pid
+        lab._save(the_lab)
+    finally:
+        stop_lab(the_lab, parent)
+    return downtimes, load
+
+
+def rename_only(work, rounds=5):
+    """The seed's quicker variant: two mv's without stopping Apache (a 404 window between them)."""
+    the_lab, parent = start_lab(1)
+    server = the_lab.servers[0]
+    try:
+        root = Path(server.deploy_to)
+        os.unlink(root / "current")
+        shutil.copytree(PROJECT / "example" / "site", root / "current")
+        wrk = Wrk(server.url, seconds=rounds + 4, threads=2, connections=8)
+        time.sleep(1)
+        for i in range(rounds):
+            shutil.copytree(PROJECT / "example" / "site", root / "current_new")
+            subprocess.run(["mv", str(root / "current"), str(root / f"current_old{i}")], check=True)
+            subprocess.run(["mv", str(root / "current_new"), str(root / "current")], check=True)
+            time.sleep(1)
+        load = wrk.result()
+    finally:
+        stop_lab(the_lab, parent)
+    return load
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="1000,10000,50000")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--pause-deploys", type=int, default=50)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="cutover-speed-", dir="/tmp"))
+    try:
+        sites = [measure_site(int(n), SIZES[int(n)], args.repeat, work) for n in args.sizes.split(",")]
+        pauses, load = pause_under_load(args.pause_deploys, work)
+        seed_downtimes, seed_load = seed_method(work)
+        mv_load = rename_only(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    lines = [
+        f"Command: `python3 bench/speed.py --sizes {args.sizes} --repeat {args.repeat} --pause-deploys {args.pause_deploys}` "
+        "(lab servers: real sshd and Apache event MPM on 127.0.0.1; medians of the repeats; wall time is the whole `fab` "
+        "command, Python start-up included; extra disk counts the new release's files that are not hard links into the previous one).",
+        "",
+        "| site | change | wall time | bytes sent | changed bytes | sent / changed | extra disk / changed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    checks = []
+    for s in sites:
+        label = f"{s['files']:,} files, {s['mb']:.0f} MB"
+        first_s, first_b = s["first"]
+        lines.append(f"| {label} | first deploy (full upload) | {first_s:.2f} s | {first_b:,.0f} | | | |")
+        for name in ("one file", "1% of files", "100 new files"):
+            rows = s[name]
+            wall, sent, changed, disk = (median([r[k] for r in rows]) for k in range(4))
+            lines.append(
+                f"| {label} | {name} | {wall:.2f} s | {sent:,.0f} | {changed:,.0f} | {sent / changed:.2f} | {disk / changed:.2f} |"
+            )
+            if name == "one file":
+                checks.append((s, wall, sent, changed, disk, first_s))
+        lines.append(f"| {label} | rollback | {s['rollback']:.2f} s | 0 | | | |")
+    lines += [
+        "",
+        "Time per step of a one-file change (seconds, last run of each site):",
+        "",
+        "| site | " + " | ".join(sites[0]["one file"][-1][4]) + " |",
+        "|---|" + "---|" * len(sites[0]["one file"][-1][4]),
+    ]
+    for s in sites:
+        steps = s["one file"][-1][4]
+        lines.append(f"| {s['files']:,} files | " + " | ".join(f"{v:.3f}" for v in steps.values()) + " |")
+    lines += [
+        "",
+        f"Pause over {len(pauses)} deploys under wrk load (2 threads, 8 connections): p50 {median(pauses):.3f} ms, "
+        f"p99 {percentile(pauses, 99):.3f} ms, max {max(pauses):.3f} ms; failed requests {load['errors']} of {load['requests']:,}; "
+        f"worst request latency {load['max_latency_ms']:.1f} ms.",
+        "",
+        "The seed's method on the same lab and load, 5 switches each:",
+        "",
+        "| method | failed requests | downtime per switch |",
+        "|---|---|---|",
+        f"| stop Apache, rename directories, start Apache | {seed_load['errors']:,} of {seed_load['requests']:,} | median {median(seed_downtimes) * 1000:.0f} ms |",
+        f"| rename directories with two mv, Apache running | {mv_load['errors']:,} of {mv_load['requests']:,} (404s between the two mv) | the window between the mv's |",
+        f"| Cutover (paused httpd, one rename) | {load['errors']} of {load['requests']:,} | pause p99 {percentile(pauses, 99):.3f} ms |",
+        "",
+        "Targets, as ratios in this run (one-file change):",
+        "",
+    ]
+    for s, wall, sent, changed, disk, first_s in checks:
+        lines.append(
+            f"- {s['files']:,} files: sent {sent / changed:.2f}x the changed bytes ({sent - changed:,.0f} bytes over: file list); "
+            f"{first_s / wall:.1f}x faster than the full upload; extra disk {disk / changed:.2f}x the changed bytes."
+        )
+    write_section("Speed", lines)
+
+
+if __name__ == "__main__":
+    main()
