@@ -42,7 +42,16 @@ def main():
     for i in range(args.rounds):
         xml = Path(tempfile.mkdtemp()) / "murphy.xml"
         subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", "tests/test_murphy.py"],
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                f"--junitxml={xml}",
+                "tests/test_murphy.py",
+            ],
             cwd=PROJECT,
         )
         for case in ET.parse(xml).getroot().iter("testcase"):

@@ -38,7 +38,10 @@ def main():
                 failed_runs += fab(the_lab.hosts_file, "deploy")[1].returncode != 0
                 failed_runs += fab(the_lab.hosts_file, "rollback")[1].returncode != 0
                 if i % 10 == 0:
-                    print(f"cycle {i}/{args.cycles}: {len(load.samples)} requests, {len(load.failures())} failed", flush=True)
+                    print(
+                        f"cycle {i}/{args.cycles}: {len(load.samples)} requests, {len(load.failures())} failed",
+                        flush=True,
+                    )
         entries = [e for e in history(server)[1:] if e.get("pause_ms") is not None]
         pauses = [e["pause_ms"] for e in entries]
         failures, mixed = load.failures(), load.unknown(known)

@@ -116,7 +116,10 @@ def _placeholder_release(deploy_to):
     for d in (layout.shared, layout.meta):
         Path(d).mkdir(parents=True, exist_ok=True)
     os.symlink(f"releases/{PLACEHOLDER_RELEASE}", layout.current)
-    Path(layout.meta, "release.map").write_text(f"current {PLACEHOLDER_RELEASE}\n")  # Apache's RewriteMap
+    # Apache's RewriteMap (templates/apache.conf) must exist before Apache starts
+    Path(layout.meta, "maps").mkdir()
+    Path(layout.meta, "maps", f"{PLACEHOLDER_RELEASE}.map").write_text(f"current {PLACEHOLDER_RELEASE}\n")
+    os.symlink(f"maps/{PLACEHOLDER_RELEASE}.map", Path(layout.meta, "release.map"))
 
 
 def _snippet_host(deploy_to):

@@ -41,6 +41,7 @@ class LoadGen:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._workers = []
+        self._bodies = {}  # identical bodies share one object: a soak keeps millions of samples
 
     def _work(self):
         deadline = time.monotonic() + self.max_seconds
@@ -56,6 +57,7 @@ class LoadGen:
                 conn.request("GET", path)
                 response = conn.getresponse()
                 body = response.read()
+                body = self._bodies.setdefault(body, body)
                 sample = Sample(path, response.status, body, time.monotonic() - t0, t0)
                 if response.getheader("Connection", "").lower() == "close":
                     conn.close()
