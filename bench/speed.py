@@ -34,6 +34,11 @@ from common import (
 )
 
 SIZES = {1000: 50 * 2**20, 10000: 200 * 2**20, 50000: 500 * 2**20}
+COMPARE = "checksum"
+
+
+def hosts_file(the_lab, site):
+    return lab.write_hosts_file(the_lab, build=str(site), build_compare=COMPARE)
 
 
 def extra_disk(server, release, previous):
@@ -71,7 +76,7 @@ def measure_site(files, total, repeat, work):
     for _ in range(repeat):  # a full upload: a fresh server each time
         the_lab, parent = start_lab(1)
         try:
-            lab.write_hosts_file(the_lab, build=str(site))
+            hosts_file(the_lab, site)
             seconds, entry = deploy(the_lab, the_lab.servers[0])
             firsts.append((seconds, entry["bytes_sent"]))
         finally:
@@ -80,7 +85,7 @@ def measure_site(files, total, repeat, work):
     the_lab, parent = start_lab(1)
     server = the_lab.servers[0]
     try:
-        lab.write_hosts_file(the_lab, build=str(site))
+        hosts_file(the_lab, site)
         deploy(the_lab, server)
         cases = {
             "one file": lambda i: [assets[(i * 7919) % len(assets)]],
@@ -230,18 +235,27 @@ def main():
     parser.add_argument("--sizes", default="1000,10000,50000")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--pause-deploys", type=int, default=50)
+    parser.add_argument(
+        "--compare", choices=("checksum", "mtime"), default="checksum", help="build.compare of the sites"
+    )
     args = parser.parse_args()
+    global COMPARE
+    COMPARE = args.compare
     work = Path(tempfile.mkdtemp(prefix="cutover-speed-", dir="/tmp"))
     try:
         sites = [measure_site(int(n), SIZES[int(n)], args.repeat, work) for n in args.sizes.split(",")]
-        pauses, load = pause_under_load(args.pause_deploys, work)
-        seed_downtimes, seed_load = seed_method(work)
-        mv_load = rename_only(work)
+        if args.compare == "mtime":
+            pauses = None
+        else:
+            pauses, load = pause_under_load(args.pause_deploys, work)
+            seed_downtimes, seed_load = seed_method(work)
+            mv_load = rename_only(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     lines = [
-        f"Command: `python3 bench/speed.py --sizes {args.sizes} --repeat {args.repeat} --pause-deploys {args.pause_deploys}` "
+        f"Command: `python3 bench/speed.py --sizes {args.sizes} --repeat {args.repeat} --pause-deploys {args.pause_deploys} "
+        f"--compare {args.compare}` "
         "(lab servers: real sshd and Apache event MPM on 127.0.0.1; medians of the repeats; wall time is the whole `fab` "
         "command, Python start-up included; extra disk counts the new release's files that are not hard links into the previous one).",
         "",
@@ -272,6 +286,14 @@ def main():
     for s in sites:
         steps = s["one file"][-1][4]
         lines.append(f"| {s['files']:,} files | " + " | ".join(f"{v:.3f}" for v in steps.values()) + " |")
+    if pauses is None:
+        lines += ["", "Ratios (one-file change):", ""]
+        for s, wall, sent, changed, _disk, first_s in checks:
+            lines.append(
+                f"- {s['files']:,} files: {first_s / wall:.1f}x faster than the full upload; sent {sent / changed:.2f}x the changed bytes."
+            )
+        write_section("Speed (build.compare: mtime)", lines)
+        return
     lines += [
         "",
         f"Pause over {len(pauses)} deploys under wrk load (2 threads, 8 connections): p50 {median(pauses):.3f} ms, "

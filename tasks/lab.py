@@ -241,7 +241,7 @@ def start(root, count=1, mpm="event", ports=None, tmpfs_mb=None):
     return lab
 
 
-def write_hosts_file(lab, build=None, **overrides):
+def write_hosts_file(lab, build=None, build_compare="checksum", **overrides):
     """Write the lab's hosts.yaml: group `sandbox` with every server, settings per host."""
     build = build or str(TEMPLATES.parent / "example" / "site")
     hosts = []
@@ -262,7 +262,7 @@ def write_hosts_file(lab, build=None, **overrides):
             "python": "/usr/bin/python3",  # the server's own python, as on a fresh Debian server
             "key": str(lab.key),
             "known_hosts": str(lab.known_hosts),
-            "build": {"path": build, "required": ["index.html"]},
+            "build": {"path": build, "required": ["index.html"], "compare": build_compare},
             "keep_releases": 5,
             "shared": ["media"],
             "smoke": {"commands": ["test -s index.html"]},
