@@ -52,6 +52,12 @@ def each_host(hosts, fn):
         return list(zip(hosts, pool.map(call, hosts)))
 
 
+def shown(value, limit=80):
+    """A command-line value for an error message: repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...' ({len(value)} characters)"
+
+
 def say(host, step, seconds, detail=""):
     """One progress line: host, step, duration, detail."""
     name = host if isinstance(host, str) else host.name

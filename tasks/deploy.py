@@ -13,8 +13,8 @@ from pathlib import Path
 from invoke import task
 
 from . import maintenance, release, upload
-from .cli import Timer, boundary, fault_point, say, target
-from .errors import CutoverError, HealthError, LockError, MigrationError, RemoteError, SmokeError
+from .cli import Timer, boundary, fault_point, say, shown, target
+from .errors import ConfigError, CutoverError, HealthError, LockError, MigrationError, RemoteError, SmokeError
 from .fleet import HostRun, Run, close, connect, in_parallel, owner_record
 from .hostsfile import Build
 
@@ -26,7 +26,10 @@ def check(target_, build_override, command):
     hosts = list(target_.hosts)
     build = hosts[0].build
     if build_override:
-        build = Build(Path(build_override).resolve(), build.required, build.compare)
+        try:
+            build = Build(Path(build_override).resolve(), build.required, build.compare)
+        except OSError as exc:
+            raise ConfigError(f"--build {shown(build_override)}: {exc.strerror}") from None
     elif any(h.build != build for h in hosts[1:]):
         raise CutoverError("the hosts of this group name different builds; deploy them as separate groups")
     info = release.check_build(build)

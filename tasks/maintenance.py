@@ -7,7 +7,7 @@ from pathlib import Path
 
 from invoke import task
 
-from .cli import boundary, say, target
+from .cli import boundary, say, shown, target
 from .errors import ConfigError
 from .fleet import HostRun, Run, close, connect, in_parallel, owner_record
 
@@ -49,7 +49,7 @@ def check_retry_after(value):
     except (TypeError, ValueError):
         seconds = -1
     if not 1 <= seconds <= 7 * 86400:
-        raise ConfigError(f"--retry-after must be a whole number of seconds from 1 to 604800, got {value!r}")
+        raise ConfigError(f"--retry-after must be a whole number of seconds from 1 to 604800, got {shown(value)}")
     return seconds
 
 

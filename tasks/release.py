@@ -34,7 +34,8 @@ def git_commit(path):
 def check_release_name(value, argument):
     """A release name given on the command line: refused unless it has the release id form."""
     if not isinstance(value, str) or not RELEASE_ID.fullmatch(value):
-        raise ConfigError(f"{argument} {value!r} is not a release name (like 20261124T101500.123Z-1a2b3c4)")
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:75] + "...'"
+        raise ConfigError(f"{argument} {shown} is not a release name (like 20261124T101500.123Z-1a2b3c4)")
     return value
 
 
@@ -48,16 +49,23 @@ class BuildInfo:
 def check_build(build):
     """The local build exists, is not empty and holds build.required; refused otherwise."""
     path = build.path
-    if not path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ConfigError(f"the build path {str(path)[:80]}... cannot be used: {exc.strerror}") from None
+    if not is_dir:
         raise ConfigError(
             f"the build {path} does not exist or is not a directory",
             hint="build the site first, or set build.path in hosts.yaml (or pass --build)",
         )
     files = total = 0
-    for item in path.rglob("*"):
-        if item.is_file():
-            files += 1
-            total += item.stat().st_size
+    try:
+        for item in path.rglob("*"):
+            if item.is_file():
+                files += 1
+                total += item.stat().st_size
+    except OSError as exc:
+        raise ConfigError(f"cannot read the build {path}: {exc.filename}: {exc.strerror}") from None
     if files == 0:
         raise ConfigError(f"the build {path} is empty: refusing to deploy an empty site", hint="build the site first")
     missing = [r for r in build.required if not (path / r).is_file()]

@@ -7,7 +7,7 @@ from is kept (and marked in history), so `rollback --to` or a new deploy can ret
 from invoke import task
 
 from . import release
-from .cli import Timer, boundary, fault_point, target
+from .cli import Timer, boundary, fault_point, shown, target
 from .deploy import abort, finish, lock, swap
 from .errors import ConfigError, CutoverError
 from .fleet import HostRun, Run, close, connect, in_parallel, owner_record
@@ -54,7 +54,7 @@ def rollback_hosts(target_, to=None, force=False):
         if to is not None and not release.RELEASE_ID.fullmatch(to):
             kept = run.hosts[0].agent("releases", "state")["releases"]
             raise ConfigError(
-                f"--to {to!r} is not a release name; nothing was changed",
+                f"--to {shown(to)} is not a release name; nothing was changed",
                 hint=f"kept releases: {', '.join(reversed(kept))}",
             )
         if force:

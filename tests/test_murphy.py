@@ -382,6 +382,16 @@ CLI = [
 ]
 
 
+@pytest.mark.parametrize("which", CLI)
+def test_every_option_refuses_a_very_long_value(lab2, which):
+    task, option = which
+    result = lab2.fab(task, option, "x" * 5000)
+    assert result.returncode in (1, 2), result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr) < 1000  # the value is not echoed back whole
+    lab2.fab("maintenance-off")
+
+
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=NASTY.filter(lambda v: v and not v.startswith("-")), which=st.sampled_from(CLI))
 def test_command_line_values_are_refused_or_harmless(lab2, tmp_path_factory, value, which):
