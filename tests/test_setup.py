@@ -32,11 +32,19 @@ def test_setup_creates_the_layout_on_a_fresh_server(lab1, tmp_path):
     assert deployed.returncode == 0, deployed.stderr
 
 
-def test_setup_refuses_a_deploy_to_it_cannot_create(lab1, tmp_path):
+def test_setup_refuses_a_deploy_to_it_cannot_create(lab1, deploy_user, tmp_path):
+    name, _ = deploy_user
+    server = lab1.servers[0]
+    parent = Path(server.root, "root-owned")
+    parent.mkdir(mode=0o755)  # owned by root: the deploy user cannot create anything here
     hosts_file = tmp_path / "hosts.yaml"
-    hosts_file.write_text(lab1.hosts_file.read_text().replace("user: root", "user: nobody"))
+    text = lab1.hosts_file.read_text().replace("user: root", f"user: {name}")
+    hosts_file.write_text(text.replace(server.deploy_to, f"{parent}/site"))
     result = lab1.fab("setup", hosts_file=hosts_file)
-    assert result.returncode != 0
+    assert result.returncode == 4
+    assert f"cannot create {parent}/site: {parent} is not writable by this user" in result.stderr
+    assert f"install -d -o USER {parent}/site" in result.stderr
+    assert not Path(parent, "site").exists()
 
 
 @pytest.fixture
