@@ -25,6 +25,7 @@ STATES = {
     "command_line_values": "refused or harmless; no canary file anywhere; no traceback",
     "soak": "0 failed requests, every response one whole release, no httpd stopped",
     "rollback_never_picks": "rollback lands on the release live before, not the never-live one",
+    "very_long": "refused (exit 1 or 2), no traceback, the value not echoed whole",
     "torn": "0 responses with one release's length and another's bytes over 200 switches under load",
 }
 

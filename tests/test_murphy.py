@@ -382,7 +382,7 @@ CLI = [
 ]
 
 
-@pytest.mark.parametrize("which", CLI)
+@pytest.mark.parametrize("which", CLI, ids=[f"{task} {option}" for task, option in CLI])
 def test_every_option_refuses_a_very_long_value(lab2, which):
     task, option = which
     result = lab2.fab(task, option, "x" * 5000)
