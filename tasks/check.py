@@ -51,6 +51,20 @@ def _row(host, outcome):
     ], [f"{host.name}: {p}" for p in problems]
 
 
+def split_group(hosts, outcomes):
+    """A group whose hosts serve different releases (e.g. a deploy killed between two hosts' swaps)."""
+    serving = {h.name: o[0]["current"] for h, o in zip(hosts, outcomes) if not isinstance(o, CutoverError)}
+    releases = set(serving.values())
+    if len(releases) <= 1:
+        return []
+    newest = max(r for r in releases if r)
+    listed = ", ".join(f"{name} serves {release}" for name, release in serving.items())
+    return [
+        f"the group is split: {listed}; bring it back to one release with "
+        f"`fab rollback --to RELEASE` (e.g. --to {newest}) or a new `fab deploy`"
+    ]
+
+
 def render_table(rows):
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
@@ -63,11 +77,13 @@ def check(c):
     hosts = target(c).hosts
     rows = [["host", "ssh", "rsync", "deploy_to", "httpd", "disk free", "current", "maintenance"]]
     problems = []
-    for host, outcome in each_host(hosts, check_host):
+    each_host_results = each_host(hosts, check_host)
+    for host, outcome in each_host_results:
         row, found = _row(host, outcome)
         rows.append(row)
         problems += found
     print(render_table(rows))
+    problems += split_group(hosts, [outcome for _, outcome in each_host_results])
     if problems:
         print("\n" + "\n".join(problems))
         raise CutoverError(f"{len(problems)} problem(s) found on {len(hosts)} host(s); see above")

@@ -73,3 +73,22 @@ def test_check_fails_when_sshd_is_gone(lab1):
     result = lab1.fab("check")
     assert result.returncode == 1
     assert f"cannot reach 127.0.0.1 port {server.ssh_port}" in result.stdout
+
+
+def test_check_flags_a_split_group(lab_pair, tmp_path):
+    from .conftest import configure, current, make_build
+
+    configure(lab_pair, make_build(tmp_path, "a"))
+    assert lab_pair.fab("deploy").returncode == 0
+    one, two = lab_pair.servers
+    # what a deploy killed between the two hosts' swaps leaves: lab1 back on the placeholder
+    link = f"{one.deploy_to}/current.split"
+    os.symlink("releases/19700101T000000Z-placeholder", link)
+    os.replace(link, f"{one.deploy_to}/current")
+    result = lab_pair.fab("check")
+    assert result.returncode == 1
+    assert f"the group is split: lab1 serves 19700101T000000Z-placeholder, lab2 serves {current(two)}" in result.stdout
+    assert f"`fab rollback --to RELEASE` (e.g. --to {current(two)})" in result.stdout
+    fixed = lab_pair.fab("rollback", "--to", current(two))
+    assert fixed.returncode == 0, fixed.stderr
+    assert lab_pair.fab("check").returncode == 0
