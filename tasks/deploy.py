@@ -56,7 +56,7 @@ def lock(run, incoming=True):
         r.steps["lock"] = t.seconds
         say(r.host, "lock", t.seconds, f"live release {r.current or '(none)'}")
 
-    in_parallel(run.hosts, one, "lock")
+    in_parallel(run.hosts, one)
 
 
 def _lock_error(r, owner):
@@ -86,7 +86,7 @@ def upload_all(run, build):
         r.bytes_sent, r.files_sent = stats.bytes_sent, stats.files
         say(r.host, "upload", stats.seconds, f"{stats.files} files changed, {_size(stats.bytes_sent)} sent")
 
-    in_parallel(run.hosts, one, "upload")
+    in_parallel(run.hosts, one)
 
 
 def stage(run):
@@ -115,7 +115,7 @@ def stage(run):
             r.steps[step] = answer["timings"][step]
             say(r.host, step, answer["timings"][step])
 
-    in_parallel(run.hosts, one, "stage")
+    in_parallel(run.hosts, one)
 
 
 def _health_args(h):
@@ -165,12 +165,8 @@ def swap_args(h):
     return {"pidfile": h.httpd.pidfile, "pause": h.httpd.pause, "pause_timeout": h.httpd.pause_timeout}
 
 
-def swap(run, release_of=None):
-    """Steps 7-8: switch every host at once (httpd paused), verify; switch all back on any failure.
-
-    release_of(r) names the release each host switches to (the run's release by default).
-    """
-    release_of = release_of or (lambda r: run.release_id)
+def swap(run):
+    """Steps 7-8: switch every host at once (httpd paused), verify; switch all back on any failure."""
     hold_ms = int(os.environ.get("CUTOVER_TEST_HOLD_PAUSE_MS", "0"))  # fault tests widen the pause
 
     def one(r):
@@ -180,7 +176,7 @@ def swap(run, release_of=None):
             "swap",
             "swap",
             helper=r.uses_helper,
-            release_id=release_of(r),
+            release_id=run.release_id,
             verify=verify,
             swap_back=True,
             hold_ms=hold_ms,
@@ -205,7 +201,7 @@ def swap(run, release_of=None):
             say(r.host, "verify", 0, "healthy")
 
     try:
-        in_parallel(run.hosts, one, "swap")
+        in_parallel(run.hosts, one)
     except CutoverError as exc:
         undone = switch_back(run)
         if undone:
@@ -224,7 +220,7 @@ def switch_back(run):
         r.swapped = False
         say(r.host, "switch back", 0, f"{answer['old']} -> {answer['new']}, httpd paused {answer['pause_ms']} ms")
 
-    in_parallel(back, one, "switch back")
+    in_parallel(back, one)
     return [r.name for r in back]
 
 
@@ -271,7 +267,7 @@ def finish(run, clean=True):
             (removed + ", " if clean else "") + "unlocked",
         )
 
-    in_parallel(run.hosts, one, "finish")
+    in_parallel(run.hosts, one)
 
 
 def abort(run, error, remove=True):
@@ -314,7 +310,7 @@ def force_unlock(run):
                 f"cleared the lock of {owner.get('user')}@{owner.get('local_host')} since {owner.get('started')}",
             )
 
-    in_parallel(run.hosts, one, "force-unlock")
+    in_parallel(run.hosts, one)
 
 
 def dry_run(run, build, info):
@@ -333,7 +329,7 @@ def dry_run(run, build, info):
         if len(changed) > 20:
             print(f"    ... and {len(changed) - 20} more")
 
-    in_parallel(run.hosts, one, "plan")
+    in_parallel(run.hosts, one)
     print("dry run: nothing was changed")
 
 

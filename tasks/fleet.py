@@ -74,7 +74,7 @@ def owner_record(command):
     }
 
 
-def in_parallel(runs, fn, step):
+def in_parallel(runs, fn):
     """fn(run) on every host at once; raise the first failure after all have finished."""
     failed = [(run, outcome) for run, outcome in each_host(runs, fn) if isinstance(outcome, CutoverError)]
     if failed:
@@ -93,7 +93,7 @@ def connect(run):
         r.conn = ssh.connect(r.host)
         r.steps["connect"] = t.seconds
 
-    in_parallel(run.hosts, one, "connect")
+    in_parallel(run.hosts, one)
 
 
 def close(run):

@@ -72,7 +72,7 @@ def switch(run, on, message=None, retry_after=None):
         already = " (already)" if answer["was_on"] == on else ""
         say(r.host, "maintenance", 0, f"{state}{already}")
 
-    in_parallel(run.hosts, one, "maintenance")
+    in_parallel(run.hosts, one)
 
 
 def _run_on_group(c, on, message=None, retry_after=None):

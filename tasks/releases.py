@@ -17,7 +17,7 @@ def _read(c, op, **args):
 
     try:
         connect(run)
-        in_parallel(run.hosts, one, op)
+        in_parallel(run.hosts, one)
     finally:
         close(run)
     return [(r.host, answers[r.name]) for r in run.hosts]

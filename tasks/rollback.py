@@ -8,7 +8,7 @@ from invoke import task
 
 from . import release
 from .cli import Timer, boundary, fault_point, shown, target
-from .deploy import abort, finish, lock, swap
+from .deploy import abort, finish, force_unlock, lock, swap
 from .errors import ConfigError, CutoverError
 from .fleet import HostRun, Run, close, connect, in_parallel, owner_record
 
@@ -58,8 +58,6 @@ def rollback_hosts(target_, to=None, force=False):
                 hint=f"kept releases: {', '.join(reversed(kept))}",
             )
         if force:
-            from .deploy import force_unlock
-
             force_unlock(run)
         fault_point("lock")
         lock(run, incoming=False)
@@ -90,7 +88,7 @@ def _unlock(run):
 
     locked = [r for r in run.hosts if r.locked]
     if locked:
-        in_parallel(locked, one, "unlock")
+        in_parallel(locked, one)
 
 
 @task(

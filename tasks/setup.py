@@ -64,7 +64,7 @@ def setup(c, admin_user="root"):
 
     try:
         connect(run)
-        in_parallel(run.hosts, one, "setup")
+        in_parallel(run.hosts, one)
     finally:
         close(run)
     print(render_table(rows))
