@@ -19,6 +19,7 @@ import yaml
 
 from . import maintenance
 from .errors import CutoverError
+from .hostsfile import BUILTIN, Maintenance
 from .layout import Layout
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -122,17 +123,10 @@ def _placeholder_release(deploy_to):
     os.symlink(f"maps/{PLACEHOLDER_RELEASE}.map", Path(layout.meta, "release.map"))
 
 
-def _snippet_host(deploy_to):
-    """The settings the lab's maintenance snippet is rendered from (the lab's own defaults)."""
-    from types import SimpleNamespace
-
-    from .hostsfile import BUILTIN
-
-    m = BUILTIN["maintenance"]
-    return SimpleNamespace(
-        deploy_to=deploy_to,
-        maintenance=SimpleNamespace(allow=m["allow"], health_path="/health.txt", retry_after=m["retry_after"]),
-    )
+# The lab's maintenance settings: the defaults, plus a health path for the tests.
+LAB_MAINTENANCE = Maintenance(
+    **{**BUILTIN["maintenance"], "allow": tuple(BUILTIN["maintenance"]["allow"]), "health_path": "/health.txt"}
+)
 
 
 def start_server(root, name, client_pub, mpm="event", ports=None, tmpfs_mb=None):
@@ -172,7 +166,7 @@ def start_server(root, name, client_pub, mpm="event", ports=None, tmpfs_mb=None)
 
     pidfile = base / "apache" / "run" / "httpd.pid"
     conf = base / "apache" / "httpd.conf"
-    (base / "apache" / "conf.d" / "cutover.conf").write_text(maintenance.apache_snippet(_snippet_host(deploy_to)))
+    (base / "apache" / "conf.d" / "cutover.conf").write_text(maintenance.apache_snippet(deploy_to, LAB_MAINTENANCE))
     _render(
         "httpd.conf",
         conf,
@@ -267,7 +261,7 @@ def write_hosts_file(lab, build=None, build_compare="checksum", **overrides):
             "shared": ["media"],
             "smoke": {"commands": ["test -s index.html"]},
             "health": {"expect_status": 200, "expect_text": 'name="release"'},
-            "maintenance": {"health_path": "/health.txt"},
+            "maintenance": {"health_path": LAB_MAINTENANCE.health_path},
             **overrides,
         },
         "groups": {"sandbox": hosts},

@@ -21,19 +21,19 @@ def render_page(message, retry_after, now=None):
     return text.replace("@@message@@", html.escape(message)).replace("@@until@@", html.escape(until))
 
 
-def apache_snippet(host):
-    """Cutover's Apache rules for this host's deploy_to: maintenance mode and release pinning."""
-    maintenance = f"{host.deploy_to}/maintenance"
+def apache_snippet(deploy_to, maintenance):
+    """Cutover's Apache rules for one deploy_to: maintenance mode (with `maintenance`'s
+    allow list and health path) and release pinning."""
     lines = []
-    if host.maintenance.health_path:
-        lines.append(f"RewriteCond %{{REQUEST_URI}} !^{re.escape(host.maintenance.health_path)}$")
-    for address in host.maintenance.allow:
+    if maintenance.health_path:
+        lines.append(f"RewriteCond %{{REQUEST_URI}} !^{re.escape(maintenance.health_path)}$")
+    for address in maintenance.allow:
         lines.append(f"RewriteCond expr \"! -R '{address}'\"")
     text = (TEMPLATES / "apache.conf").read_text()
     return (
         text.replace("@@exceptions@@", "\n".join(lines))
-        .replace("@@maintenance@@", maintenance)
-        .replace("@@deploy_to@@", host.deploy_to)
+        .replace("@@maintenance@@", f"{deploy_to}/maintenance")
+        .replace("@@deploy_to@@", deploy_to)
     )
 
 

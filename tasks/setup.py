@@ -46,7 +46,9 @@ def setup(c, admin_user="root"):
     lines = []
 
     def one(r):
-        answer = r.agent("setup", "setup", shared=list(r.host.shared), snippet=apache_snippet(r.host))
+        answer = r.agent(
+            "setup", "setup", shared=list(r.host.shared), snippet=apache_snippet(r.host.deploy_to, r.host.maintenance)
+        )
         r.deploy_user = answer["user"]
         helper = "not needed (root)" if not r.uses_helper else "installed"
         if r.uses_helper:

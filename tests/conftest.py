@@ -1,6 +1,8 @@
 """Lab fixtures: real sshd and Apache servers on 127.0.0.1, stopped by PID after each module."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,8 +102,6 @@ LABELLED = ("index.html", "assets/style.css", "assets/app.js")
 
 def make_build(parent, label, extra=None):
     """A copy of the example site whose pages carry `label`; extra: {relative path: bytes}."""
-    import shutil
-
     build = Path(parent) / f"build-{label}"
     shutil.copytree(EXAMPLE, build)
     for rel in LABELLED:
@@ -130,8 +130,6 @@ def configure(handle, build=None, **overrides):
 
 
 def history(server):
-    import json
-
     path = Path(server.deploy_to, ".cutover", "history.jsonl")
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 

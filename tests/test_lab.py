@@ -1,5 +1,6 @@
 """The lab itself: real sshd and Apache come up on loopback, accept only the lab key, go down by PID."""
 
+import shlex
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -35,15 +36,9 @@ def test_rsync_uses_the_same_ssh_settings(lab2, tmp_path):
     host = lab2.host()
     (tmp_path / "f.txt").write_text("over rsync\n")
     dest = f"{host.deploy_to}/shared/rsync-probe/"
-    e = " ".join(ssh_quote(a) for a in ssh.ssh_command(host))
+    e = shlex.join(ssh.ssh_command(host))  # as tasks/upload.py passes it
     subprocess.run(["rsync", "-a", "-e", e, f"{tmp_path}/", f"127.0.0.1:{dest}"], check=True, capture_output=True)
     assert Path(dest, "f.txt").read_text() == "over rsync\n"
-
-
-def ssh_quote(arg):
-    import shlex
-
-    return shlex.quote(arg)
 
 
 def test_apache_serves_the_release_behind_current(lab2):

@@ -224,7 +224,7 @@ def _map_file(paths, release_id):
         if os.path.islink(d):
             raise Refused("%s is a symlink; refusing to write Apache's release map through it" % d)
     os.makedirs(maps, exist_ok=True)
-    _write_json_text(os.path.join(maps, release_id + ".map"), "current %s\n" % release_id)
+    _write_file(os.path.join(maps, release_id + ".map"), "current %s\n" % release_id)
     return os.path.join("maps", release_id + ".map")
 
 
@@ -390,12 +390,7 @@ def _now():
 
 
 def _write_json(path, data):
-    tmp = "%s.tmp%d" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _write_file(path, json.dumps(data))
 
 
 def _write_pid(paths, name):
@@ -778,13 +773,9 @@ def op_maintenance(a):
     was_on = os.path.exists(page)
     if a["on"]:
         os.makedirs(paths["maintenance"], exist_ok=True)
-        for name, text in (("retry-after", str(a["retry_after"])), ("index.html", a["page"])):
-            target = os.path.join(paths["maintenance"], name)
-            tmp = "%s.tmp%d" % (target, os.getpid())
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)  # readers see the old file or the new one, never half
+        # retry-after first: the page turns maintenance on, and Apache reads both
+        _write_file(os.path.join(paths["maintenance"], "retry-after"), str(a["retry_after"]))
+        _write_file(page, a["page"])  # readers see no page or the whole page, never half
     elif was_on:
         os.unlink(page)
     if was_on != a["on"]:
@@ -866,7 +857,7 @@ def op_setup(a):
         _point_map(paths, current_release(paths))
         created.append(release_map)
     snippet = os.path.join(paths["meta"], "apache.conf")
-    _write_json_text(snippet, a["snippet"])
+    _write_file(snippet, a["snippet"])
     import pwd
 
     return {"created": created, "user": pwd.getpwuid(os.geteuid()).pw_name, "snippet": snippet,
@@ -878,7 +869,7 @@ def op_install_helper(a):
     if os.geteuid() != 0:
         raise Refused("installing the helper needs root (connected as uid %d)" % os.geteuid())
     os.makedirs(os.path.dirname(a["path"]), mode=0o755, exist_ok=True)
-    _write_json_text(a["path"], "CUTOVER_HELPER = True\n" + a["source"], mode=0o755)
+    _write_file(a["path"], "CUTOVER_HELPER = True\n" + a["source"], mode=0o755)
     os.makedirs(os.path.dirname(HELPER_CONFIG), mode=0o755, exist_ok=True)
     try:
         with open(HELPER_CONFIG) as f:
@@ -886,15 +877,18 @@ def op_install_helper(a):
     except FileNotFoundError:
         sites = {}
     sites[a["deploy_to"]] = {"pidfile": a["pidfile"], "user": a["user"]}
-    _write_json_text(HELPER_CONFIG, json.dumps(sites, indent=2, sort_keys=True) + "\n")
+    _write_file(HELPER_CONFIG, json.dumps(sites, indent=2, sort_keys=True) + "\n")
     return {"path": a["path"], "sites": sorted(sites)}
 
 
-def _write_json_text(path, text, mode=0o644):
+def _write_file(path, text, mode=0o644):
+    """Replace path atomically: a fresh temp file (never through a symlink, even as root), fsync, rename."""
     tmp = "%s.tmp%d" % (path, os.getpid())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.chmod(tmp, mode)
     os.replace(tmp, path)
 
