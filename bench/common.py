@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,6 +45,40 @@ def fab(hosts_file, *args, env=None):
         text=True,
     )
     return time.monotonic() - t, result
+
+
+@contextmanager
+def example_lab():
+    """One lab server, and a working copy of the example site as its build; all removed afterwards."""
+    the_lab, parent = start_lab(1)
+    site = parent / "site"
+    shutil.copytree(PROJECT / "example" / "site", site)
+    lab.write_hosts_file(the_lab, build=str(site))
+    try:
+        yield the_lab, the_lab.servers[0], site
+    finally:
+        stop_lab(the_lab, parent)
+
+
+def deploy(the_lab, *args):
+    """`fab deploy ARGS` against the lab's first server; asserts success; returns (seconds, its history entry)."""
+    seconds, result = fab(the_lab.hosts_file, "deploy", *args)
+    assert result.returncode == 0, result.stderr
+    return seconds, history(the_lab.servers[0])[-1]
+
+
+def redeploy(the_lab, site, tag):
+    """Change one line of the site's index.html and deploy it; returns (seconds, history entry)."""
+    page = site / "index.html"
+    page.write_text(page.read_text() + f"<!-- {tag} -->\n")
+    return deploy(the_lab)
+
+
+def pauses_under_load(the_lab, site, deploys):
+    """pause_ms of `deploys` one-line deploys under continuous wrk load, and what wrk saw."""
+    wrk = Wrk(the_lab.servers[0].url, seconds=max(30, deploys * 3), threads=2, connections=8)
+    pauses = [redeploy(the_lab, site, f"load {i}")[1]["pause_ms"] for i in range(deploys)]
+    return pauses, wrk.result()
 
 
 def generate_site(path, files, total_bytes, seed=1):

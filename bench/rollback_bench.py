@@ -6,27 +6,17 @@ Writes the section "Rollback" of bench/RESULTS.md.
 """
 
 import argparse
-import shutil
-import tempfile
-from pathlib import Path
 
-from common import PROJECT, Wrk, fab, history, lab, median, percentile, start_lab, stop_lab, write_section
+from common import Wrk, example_lab, fab, history, median, percentile, redeploy, write_section
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
-    the_lab, parent = start_lab(1)
-    server = the_lab.servers[0]
-    work = Path(tempfile.mkdtemp(prefix="cutover-bench-builds-"))
-    try:
-        site = work / "site"
-        shutil.copytree(PROJECT / "example" / "site", site)
-        lab.write_hosts_file(the_lab, build=str(site))
+    with example_lab() as (the_lab, server, site):
         for i in range(2):
-            (site / "index.html").write_text((site / "index.html").read_text() + f"<!-- {i} -->\n")
-            assert fab(the_lab.hosts_file, "deploy")[1].returncode == 0
+            redeploy(the_lab, site, i)
         walls, inner, pauses = [], [], []
         wrk = Wrk(server.url, seconds=max(20, args.runs * 2), threads=2, connections=8)
         for i in range(args.runs):
@@ -38,9 +28,6 @@ def main():
             inner.append(history(server)[-1]["duration_s"])
             pauses.append(history(server)[-1]["pause_ms"])
         load = wrk.result()
-    finally:
-        stop_lab(the_lab, parent)
-        shutil.rmtree(work, ignore_errors=True)
     write_section(
         "Rollback",
         [

@@ -22,11 +22,14 @@ from pathlib import Path
 from common import (
     PROJECT,
     Wrk,
+    deploy,
+    example_lab,
     fab,
     generate_site,
     history,
     lab,
     median,
+    pauses_under_load,
     percentile,
     start_lab,
     stop_lab,
@@ -52,13 +55,6 @@ def extra_disk(server, release, previous):
     )
 
 
-def deploy(the_lab, server):
-    seconds, result = fab(the_lab.hosts_file, "deploy")
-    assert result.returncode == 0, result.stderr
-    entry = history(server)[-1]
-    return seconds, entry
-
-
 def change_files(paths):
     changed = 0
     for p in paths:
@@ -77,7 +73,7 @@ def measure_site(files, total, repeat, work):
         the_lab, parent = start_lab(1)
         try:
             hosts_file(the_lab, site)
-            seconds, entry = deploy(the_lab, the_lab.servers[0])
+            seconds, entry = deploy(the_lab)
             firsts.append((seconds, entry["bytes_sent"]))
         finally:
             stop_lab(the_lab, parent)
@@ -86,44 +82,26 @@ def measure_site(files, total, repeat, work):
     server = the_lab.servers[0]
     try:
         hosts_file(the_lab, site)
-        deploy(the_lab, server)
-        cases = {
-            "one file": lambda i: [assets[(i * 7919) % len(assets)]],
-            "1% of files": lambda i: assets[i::100][: max(1, len(assets) // 100)],
-        }
-        for name, pick in cases.items():
-            rows = []
-            for i in range(repeat):
-                changed = change_files(pick(i + 1))
-                seconds, entry = deploy(the_lab, server)
-                rows.append(
-                    (
-                        seconds,
-                        entry["bytes_sent"],
-                        changed,
-                        extra_disk(server, entry["release"], entry["old"]),
-                        entry["steps"],
-                    )
-                )
-            out[name] = rows
-        rows = []
-        for i in range(repeat):
-            added = 0
+        deploy(the_lab)
+
+        def add_100(i):
             for j in range(100):
-                data = os.urandom(20_000)
-                (site / "assets" / f"added{i}-{j}.bin").write_bytes(data)
-                added += len(data)
-            seconds, entry = deploy(the_lab, server)
-            rows.append(
-                (
-                    seconds,
-                    entry["bytes_sent"],
-                    added,
-                    extra_disk(server, entry["release"], entry["old"]),
-                    entry["steps"],
-                )
-            )
-        out["100 new files"] = rows
+                (site / "assets" / f"added{i}-{j}.bin").write_bytes(os.urandom(20_000))
+            return 100 * 20_000
+
+        changes = {  # name -> change the site (for repeat i), return the bytes changed
+            "one file": lambda i: change_files([assets[(i * 7919) % len(assets)]]),
+            "1% of files": lambda i: change_files(assets[i::100][: max(1, len(assets) // 100)]),
+            "100 new files": add_100,
+        }
+        for name, change in changes.items():
+            rows = []
+            for i in range(1, repeat + 1):
+                changed = change(i)
+                seconds, entry = deploy(the_lab)
+                disk = extra_disk(server, entry["release"], entry["old"])
+                rows.append((seconds, entry["bytes_sent"], changed, disk, entry["steps"]))
+            out[name] = rows
         rollbacks = []
         for i in range(repeat):
             seconds, result = (
@@ -138,25 +116,6 @@ def measure_site(files, total, repeat, work):
         stop_lab(the_lab, parent)
     shutil.rmtree(site, ignore_errors=True)
     return out
-
-
-def pause_under_load(deploys, work):
-    the_lab, parent = start_lab(1)
-    server = the_lab.servers[0]
-    site = work / "pause-site"
-    shutil.copytree(PROJECT / "example" / "site", site)
-    try:
-        lab.write_hosts_file(the_lab, build=str(site))
-        deploy(the_lab, server)
-        wrk = Wrk(server.url, seconds=max(30, deploys * 2), threads=2, connections=8)
-        pauses = []
-        for i in range(deploys):
-            (site / "index.html").write_text((site / "index.html").read_text() + f"<!-- {i} -->\n")
-            pauses.append(deploy(the_lab, server)[1]["pause_ms"])
-        load = wrk.result()
-    finally:
-        stop_lab(the_lab, parent)
-    return pauses, load
 
 
 def _serving(url):
@@ -247,7 +206,8 @@ def main():
         if args.compare == "mtime":
             pauses = None
         else:
-            pauses, load = pause_under_load(args.pause_deploys, work)
+            with example_lab() as (pause_lab, _, example):
+                pauses, load = pauses_under_load(pause_lab, example, args.pause_deploys)
             seed_downtimes, seed_load = seed_method(work)
             mv_load = rename_only(work)
     finally:
