@@ -38,13 +38,20 @@ def check(target_, build_override, command):
     return Run(command, release_id, runs, owner_record(command)), build, info
 
 
-def lock(run, incoming=True):
-    """Step 2: take the lock on every host (and create the incoming dir); a held lock stops all."""
+def lock(run, build_info=None):
+    """Step 2: take the lock on every host; a held lock stops all.
+
+    For a deploy (build_info given) also create the incoming release dir and hard-link the live
+    release's files into it (`prelink`), so that the upload sends and writes only what changed.
+    """
 
     def one(r):
         t = Timer()
+        args = {"release_id": None}
+        if build_info:
+            args = {"release_id": run.release_id, "prelink": dict(build_info.modes, shared=list(r.host.shared))}
         try:
-            answer = r.agent("lock", "begin", release_id=run.release_id if incoming else None, owner=run.owner)
+            answer = r.agent("lock", "begin", owner=run.owner, **args)
         except RemoteError as exc:
             if exc.answer.get("error") == "locked":
                 raise _lock_error(r, exc.answer.get("lock", {})) from None
@@ -53,8 +60,13 @@ def lock(run, incoming=True):
         r.current = answer["current"]
         r.releases = answer["releases"]
         r.previous = answer.get("previous")
-        r.steps["lock"] = t.seconds
-        say(r.host, "lock", t.seconds, f"live release {r.current or '(none)'}")
+        prelink = answer.get("prelink_s", 0.0)
+        r.steps["lock"] = t.seconds - prelink
+        say(r.host, "lock", t.seconds - prelink, f"live release {r.current or '(none)'}")
+        if "prelinked" in answer:
+            r.steps["prelink"] = prelink
+            problem = f" (stopped early: {answer['prelink_error']}; rsync sends the rest)" if answer["prelink_error"] else ""
+            say(r.host, "prelink", prelink, f"{answer['prelinked']} unchanged-mode files linked from {r.current}{problem}")
 
     in_parallel(run.hosts, one)
 
@@ -71,15 +83,13 @@ def _lock_error(r, owner):
 
 
 def upload_all(run, build):
-    """Step 3: rsync the build into releases/.incoming-<id>, hard-linking unchanged files."""
+    """Step 3: rsync the build into releases/.incoming-<id>, over the files prelinked there."""
 
     def one(r):
-        link_dest = r.layout.release(r.current) if r.current else None
         stats = upload.upload(
             r.host,
             build.path,
             r.layout.incoming(run.release_id),
-            link_dest=link_dest,
             progress=lambda text: print(f"[{r.name}] upload     {text}", flush=True),
         )
         r.steps["upload"] = stats.seconds
@@ -359,7 +369,7 @@ def deploy_to_hosts(target_, build_override=None, dry=False, force=False, migrat
         if force:
             force_unlock(run)
         fault_point("lock")
-        lock(run)
+        lock(run, info)
         fault_point("upload")
         upload_all(run, build)
         fault_point("stage")

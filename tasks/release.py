@@ -1,7 +1,10 @@
 """Release ids and the local build: decided and checked before anything remote happens."""
 
+import os
 import re
+import stat
 import subprocess
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -44,6 +47,7 @@ class BuildInfo:
     path: str
     files: int
     bytes: int
+    modes: dict  # {"default": the commonest file mode, "modes": {relative path: mode} for the others}
 
 
 def check_build(build):
@@ -58,15 +62,22 @@ def check_build(build):
             f"the build {path} does not exist or is not a directory",
             hint="build the site first, or set build.path in hosts.yaml (or pass --build)",
         )
-    files = total = 0
-    try:
-        for item in path.rglob("*"):
-            if item.is_file():
-                files += 1
-                total += item.stat().st_size
-    except OSError as exc:
+    total, modes = 0, {}
+
+    def fail(exc):
         raise ConfigError(f"cannot read the build {path}: {exc.filename}: {exc.strerror}") from None
-    if files == 0:
+
+    try:
+        for root, _dirs, names in os.walk(path, onerror=fail):
+            prefix = os.path.relpath(root, path) + "/" if root != str(path) else ""
+            for name in names:
+                st = os.lstat(os.path.join(root, name))
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+                    modes[prefix + name] = stat.S_IMODE(st.st_mode)
+    except OSError as exc:
+        fail(exc)
+    if not modes:
         raise ConfigError(f"the build {path} is empty: refusing to deploy an empty site", hint="build the site first")
     missing = [r for r in build.required if not (path / r).is_file()]
     if missing:
@@ -74,4 +85,6 @@ def check_build(build):
             f"the build {path} lacks {', '.join(missing)} (build.required)",
             hint="check the build, or change build.required in hosts.yaml",
         )
-    return BuildInfo(str(path), files, total)
+    default = Counter(modes.values()).most_common(1)[0][0]
+    others = {rel: mode for rel, mode in modes.items() if mode != default}
+    return BuildInfo(str(path), len(modes), total, {"default": default, "modes": others})

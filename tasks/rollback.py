@@ -60,7 +60,7 @@ def rollback_hosts(target_, to=None, force=False):
         if force:
             force_unlock(run)
         fault_point("lock")
-        lock(run, incoming=False)
+        lock(run)
         run.release_id = choose(run, to)
         if all(r.current == run.release_id for r in run.hosts):
             raise CutoverError(f"{run.release_id} is already live; nothing was changed")

@@ -20,20 +20,26 @@ class UploadStats:
     changed: tuple = ()
 
 
-def rsync_argv(host, build_path, dest, link_dest=None, dry_run=False):
-    """rsync's argv: archive, delete, hard links to the live release for unchanged files.
+def rsync_argv(host, build_path, dest, dry_run=False):
+    """rsync's argv: recursive, links, modes, delete; into a dir prelinked with the live files.
 
-    Never --inplace: a release is written once into a new directory and never changed.
-    The shared entries are excluded: they are symlinks into shared/, made on the server.
+    Never --inplace: rsync replaces a changed file with a new one, so the inodes the incoming
+    dir shares with the live release are never written. No owner or group (the deploy user
+    owns its releases) and, with checksums, no times: attribute changes are the other way to
+    touch a shared inode, and a build that rewrites every file with a new mtime still shares
+    every unchanged one. The shared entries are excluded: they are symlinks into shared/,
+    made on the server.
     Unchanged files are found by checksum by default: rsync's quick check (size and mtime to
     the second) takes a rebuilt file of the same size for unchanged and ships the old bytes.
-    build.compare: mtime trades that for speed, comparing mtimes to the nanosecond.
+    build.compare: mtime trades that for speed, comparing mtimes to the nanosecond (and keeping
+    the build's mtimes).
     """
-    argv = ["rsync", "--archive", "--delete", "--stats", "--info=progress2"]
-    argv.append("--checksum" if host.build.compare == "checksum" else "--modify-window=-1")
+    argv = ["rsync", "--archive", "--no-owner", "--no-group", "--delete", "--stats", "--info=progress2"]
+    if host.build.compare == "checksum":
+        argv += ["--checksum", "--no-times"]
+    else:
+        argv.append("--modify-window=-1")
     argv += ["-e", shlex.join(ssh.ssh_command(host))]
-    if link_dest:
-        argv.append(f"--link-dest={link_dest}")
     for entry in host.shared:
         argv.append(f"--exclude=/{entry}")
     if dry_run:
@@ -47,9 +53,9 @@ def _stat(text, label):
     return int(m.group(1).replace(",", "")) if m else 0
 
 
-def upload(host, build_path, dest, link_dest=None, dry_run=False, progress=None):
+def upload(host, build_path, dest, dry_run=False, progress=None):
     """Run rsync; returns UploadStats. progress(text) is called every few seconds on long uploads."""
-    argv = rsync_argv(host, build_path, dest, link_dest, dry_run)
+    argv = rsync_argv(host, build_path, dest, dry_run)
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     out, last = [], start

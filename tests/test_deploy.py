@@ -5,6 +5,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tasks.loadgen import LoadGen
 
 from .conftest import PROJECT, configure, current, history, known_bodies, make_build, releases, stopped_httpd
@@ -74,6 +76,47 @@ def test_one_file_change_sends_that_file_and_hard_links_the_rest(lab1, tmp_path)
     assert (new_dir / "assets/img7.bin").read_bytes() == changed
     assert (new_dir / "media").is_symlink()
     assert (new_dir / "media").resolve() == Path(server.deploy_to, "shared", "media").resolve()
+
+
+def _files(root):
+    return {str(p.relative_to(root)): p for p in Path(root).rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+def test_a_rebuild_that_rewrites_every_file_still_shares_every_unchanged_one(lab1, tmp_path):
+    # Site generators often write the whole output anew: same bytes, new mtimes. rsync's
+    # --link-dest then linked nothing and the new release cost the whole site again.
+    server = lab1.servers[0]
+    build = make_build(tmp_path, "a", {f"assets/img{i}.bin": os.urandom(30_000) for i in range(20)})
+    configure(lab1, build)
+    assert deploy(lab1).returncode == 0
+    first = current(server)
+    for path in _files(build).values():
+        path.write_bytes(path.read_bytes())  # rewritten: new mtime, same bytes
+        os.utime(path, (time.time() + 5, time.time() + 5))
+    result = deploy(lab1)
+    assert result.returncode == 0, result.stderr
+    old, new = _files(Path(server.deploy_to, "releases", first)), _files(Path(server.deploy_to, "releases", current(server)))
+    assert new.keys() == old.keys() and len(new) > 20
+    assert [rel for rel in new if new[rel].stat().st_ino != old[rel].stat().st_ino] == []
+    assert history(server)[-1]["bytes_sent"] < 20_000  # the file list, no file data
+
+
+@pytest.mark.parametrize("compare", ["checksum", "mtime"])
+def test_a_mode_change_makes_a_new_file_and_leaves_the_live_one_alone(lab1, tmp_path, compare):
+    server = lab1.servers[0]
+    build = make_build(tmp_path, "a")
+    configure(lab1, build, build_compare=compare)
+    assert deploy(lab1).returncode == 0
+    live = Path(server.deploy_to, "releases", current(server), "assets", "app.js")
+    before = live.stat()
+    (build / "assets" / "app.js").chmod(0o600)  # same bytes, same mtime, another mode
+    result = deploy(lab1)
+    assert result.returncode == 0, result.stderr
+    new = Path(server.deploy_to, "releases", current(server), "assets", "app.js")
+    assert oct(new.stat().st_mode & 0o777) == "0o600"
+    assert new.stat().st_ino != before.st_ino
+    assert (live.stat().st_mode, live.stat().st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+    assert new.read_bytes() == live.read_bytes()
 
 
 def test_failing_smoke_test_leaves_the_site_untouched(lab1, tmp_path):
