@@ -65,8 +65,10 @@ def lock(run, build_info=None):
         say(r.host, "lock", t.seconds - prelink, f"live release {r.current or '(none)'}")
         if "prelinked" in answer:
             r.steps["prelink"] = prelink
-            problem = f" (stopped early: {answer['prelink_error']}; rsync sends the rest)" if answer["prelink_error"] else ""
-            say(r.host, "prelink", prelink, f"{answer['prelinked']} unchanged-mode files linked from {r.current}{problem}")
+            note = f"{answer['prelinked']} files linked from {r.current}"
+            if answer["prelink_error"]:
+                note += f" (stopped early: {answer['prelink_error']}; rsync sends the rest)"
+            say(r.host, "prelink", prelink, note)
 
     in_parallel(run.hosts, one)
 

@@ -95,7 +95,8 @@ def test_a_rebuild_that_rewrites_every_file_still_shares_every_unchanged_one(lab
         os.utime(path, (time.time() + 5, time.time() + 5))
     result = deploy(lab1)
     assert result.returncode == 0, result.stderr
-    old, new = _files(Path(server.deploy_to, "releases", first)), _files(Path(server.deploy_to, "releases", current(server)))
+    releases_dir = Path(server.deploy_to, "releases")
+    old, new = _files(releases_dir / first), _files(releases_dir / current(server))
     assert new.keys() == old.keys() and len(new) > 20
     assert [rel for rel in new if new[rel].stat().st_ino != old[rel].stat().st_ino] == []
     assert history(server)[-1]["bytes_sent"] < 20_000  # the file list, no file data
