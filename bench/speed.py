@@ -64,6 +64,19 @@ def change_files(paths):
     return changed
 
 
+REBUILD = "every file rewritten, same bytes"
+
+
+def rewrite_all(site):
+    """What many site generators do: write the whole output anew (new mtimes); 0 bytes change."""
+    later = time.time() + 10
+    for p in site.rglob("*"):
+        if p.is_file():
+            p.write_bytes(p.read_bytes())
+            os.utime(p, (later, later))
+    return 0
+
+
 def measure_site(files, total, repeat, work):
     site = generate_site(work / f"site{files}", files, total)
     assets = sorted((site / "assets").rglob("*.bin"))
@@ -73,6 +86,7 @@ def measure_site(files, total, repeat, work):
         the_lab, parent = start_lab(1)
         try:
             hosts_file(the_lab, site)
+            os.sync()  # the generated site's writes are not the deploy's
             seconds, entry = deploy(the_lab)
             firsts.append((seconds, entry["bytes_sent"]))
         finally:
@@ -93,11 +107,13 @@ def measure_site(files, total, repeat, work):
             "one file": lambda i: change_files([assets[(i * 7919) % len(assets)]]),
             "1% of files": lambda i: change_files(assets[i::100][: max(1, len(assets) // 100)]),
             "100 new files": add_100,
+            REBUILD: lambda i: rewrite_all(site),
         }
         for name, change in changes.items():
             rows = []
             for i in range(1, repeat + 1):
                 changed = change(i)
+                os.sync()  # the change's writes are not the deploy's
                 seconds, entry = deploy(the_lab)
                 disk = extra_disk(server, entry["release"], entry["old"])
                 rows.append((seconds, entry["bytes_sent"], changed, disk, entry["steps"]))
@@ -217,7 +233,7 @@ def main():
         f"Command: `python3 bench/speed.py --sizes {args.sizes} --repeat {args.repeat} --pause-deploys {args.pause_deploys} "
         f"--compare {args.compare}` "
         "(lab servers: real sshd and Apache event MPM on 127.0.0.1; medians of the repeats; wall time is the whole `fab` "
-        "command, Python start-up included; extra disk counts the new release's files that are not hard links into the previous one).",
+        "command, Python start-up included, the disk synced before each; extra disk counts the new release's files that are not hard links into the previous one).",
         "",
         "| site | change | wall time | bytes sent | changed bytes | sent / changed | extra disk / changed |",
         "|---|---|---|---|---|---|---|",
@@ -227,12 +243,14 @@ def main():
         label = f"{s['files']:,} files, {s['mb']:.0f} MB"
         first_s, first_b = s["first"]
         lines.append(f"| {label} | first deploy (full upload) | {first_s:.2f} s | {first_b:,.0f} | | | |")
-        for name in ("one file", "1% of files", "100 new files"):
+        for name in ("one file", "1% of files", "100 new files", REBUILD):
             rows = s[name]
             wall, sent, changed, disk = (median([r[k] for r in rows]) for k in range(4))
-            lines.append(
-                f"| {label} | {name} | {wall:.2f} s | {sent:,.0f} | {changed:,.0f} | {sent / changed:.2f} | {disk / changed:.2f} |"
-            )
+            if changed:
+                ratios = f"{sent / changed:.2f} | {disk / changed:.2f}"
+            else:
+                ratios = f"(none changed) | {disk:,.0f} bytes"
+            lines.append(f"| {label} | {name} | {wall:.2f} s | {sent:,.0f} | {changed:,.0f} | {ratios} |")
             if name == "one file":
                 checks.append((s, wall, sent, changed, disk, first_s))
         lines.append(f"| {label} | rollback | {s['rollback']:.2f} s | 0 | | | |")

@@ -84,16 +84,18 @@ def _lock_error(r, owner):
     return LockError(held, host=r.name, hint=hint)
 
 
-def upload_all(run, build):
+def start_uploads(run, build):
+    """Step 3 begins with the lock step: rsync's SSH start overlaps it, its server side waiting
+    for the incoming dir (when_ready.py); on any failure abort() stops it."""
+    for r in run.hosts:
+        r.upload = upload.Upload(r.host, build.path, r.layout.incoming(run.release_id), when_ready=True)
+
+
+def upload_all(run):
     """Step 3: rsync the build into releases/.incoming-<id>, over the files prelinked there."""
 
     def one(r):
-        stats = upload.upload(
-            r.host,
-            build.path,
-            r.layout.incoming(run.release_id),
-            progress=lambda text: print(f"[{r.name}] upload     {text}", flush=True),
-        )
+        stats = r.upload.result(progress=lambda text: print(f"[{r.name}] upload     {text}", flush=True))
         r.steps["upload"] = stats.seconds
         r.bytes_sent, r.files_sent = stats.bytes_sent, stats.files
         say(r.host, "upload", stats.seconds, f"{stats.files} files changed, {_size(stats.bytes_sent)} sent")
@@ -290,6 +292,9 @@ def abort(run, error, remove=True):
     """
     notes = []
     for r in run.hosts:
+        if r.upload is not None:
+            r.upload.stop()  # before the incoming dir it writes into is removed
+    for r in run.hosts:
         if not r.locked or r.conn is None:
             continue
         try:
@@ -371,9 +376,10 @@ def deploy_to_hosts(target_, build_override=None, dry=False, force=False, migrat
         if force:
             force_unlock(run)
         fault_point("lock")
+        start_uploads(run, build)
         lock(run, info)
         fault_point("upload")
-        upload_all(run, build)
+        upload_all(run)
         fault_point("stage")
         stage(run)
         fault_point("swap")

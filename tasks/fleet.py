@@ -31,6 +31,7 @@ class HostRun:
     bytes_sent: int = 0
     files_sent: int = 0
     swap: dict = field(default_factory=dict)
+    upload: object = None  # the deploy's running rsync (tasks.upload.Upload)
     deploy_user: str | None = None
 
     @property

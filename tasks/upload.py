@@ -10,17 +10,19 @@ from . import ssh
 from .errors import RemoteError
 
 PROGRESS_EVERY = 2.0  # seconds between progress lines of a long upload
+WAIT_LIMIT = 600  # seconds an early-started upload waits on the server for the lock step
 
 
 @dataclass(frozen=True)
 class UploadStats:
     bytes_sent: int
     files: int
-    seconds: float
+    seconds: float  # from the result being awaited to the end
+    total_seconds: float  # from rsync's start to the end
     changed: tuple = ()
 
 
-def rsync_argv(host, build_path, dest, dry_run=False):
+def rsync_argv(host, build_path, dest, dry_run=False, when_ready=False):
     """rsync's argv: recursive, links, modes, delete; into a dir prelinked with the live files.
 
     Never --inplace: rsync replaces a changed file with a new one, so the inodes the incoming
@@ -40,6 +42,10 @@ def rsync_argv(host, build_path, dest, dry_run=False):
     else:
         argv.append("--modify-window=-1")
     argv += ["-e", shlex.join(ssh.ssh_command(host))]
+    if when_ready:
+        # the server side waits for the lock step to have made the incoming dir (when_ready.py)
+        wait = [host.python, "-I", "-S", "-c", ssh.remote_script("when_ready.py"), dest, str(WAIT_LIMIT), "rsync"]
+        argv.append(f"--rsync-path={shlex.join(wait)}")
     for entry in host.shared:
         argv.append(f"--exclude=/{entry}")
     if dry_run:
@@ -53,45 +59,80 @@ def _stat(text, label):
     return int(m.group(1).replace(",", "")) if m else 0
 
 
-def upload(host, build_path, dest, dry_run=False, progress=None):
-    """Run rsync; returns UploadStats. progress(text) is called every few seconds on long uploads."""
-    argv = rsync_argv(host, build_path, dest, dry_run)
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    out, last = [], start
-    buf = b""
-    while chunk := proc.stdout.read1(65536):
-        out.append(chunk)
-        buf = (buf + chunk)[-4096:]
-        now = time.monotonic()
-        if progress and now - last >= PROGRESS_EVERY:
-            m = re.findall(rb"([\d,]+)\s+(\d+)%", buf)
-            if m:
-                progress(f"{int(m[-1][0].replace(b',', b'')) / 1e6:.1f} MB, {int(m[-1][1])}%")
-            last = now
-    err = proc.stderr.read().decode("utf-8", "replace")
-    code = proc.wait()
-    text = b"".join(out).decode("utf-8", "replace")
-    if code != 0:
-        if "No space left on device" in err:
-            raise RemoteError(
-                f"upload: the server's disk is full under {host.deploy_to} (rsync exit {code}); "
-                "the incoming release is removed, the live site is untouched",
-                host=host.name,
-                hint="free space on the server (fewer keep_releases, old logs) and deploy again",
-            )
-        detail = err.strip().splitlines()[-3:] if err.strip() else [f"rsync exit {code}"]
-        raise RemoteError(f"upload: rsync exit {code}: {' / '.join(detail)}", host=host.name)
-    changed = ()
-    if dry_run:
-        changed = tuple(
-            line.split(" ", 1)[1]
-            for line in text.splitlines()
-            if re.match(r"^(\*deleting|[<>ch.]f)", line) and " " in line
+class Upload:
+    """One rsync run; started early (`when_ready`) it overlaps its SSH start with the lock step."""
+
+    def __init__(self, host, build_path, dest, dry_run=False, when_ready=False):
+        self.host, self.dry_run = host, dry_run
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            rsync_argv(host, build_path, dest, dry_run, when_ready),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
         )
-    return UploadStats(
-        bytes_sent=_stat(text, "Total bytes sent"),
-        files=_stat(text, r"Number of regular files transferred"),
-        seconds=time.monotonic() - start,
-        changed=changed,
-    )
+
+    def stop(self):
+        """Stop a running rsync (the deploy failed); its server side then exits too."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+    def result(self, progress=None):
+        """Wait for rsync; returns UploadStats. progress(text) is called every few seconds."""
+        try:
+            return self._result(progress)
+        finally:
+            self.stop()
+
+    def _result(self, progress):
+        host, proc, dry_run, start = self.host, self.proc, self.dry_run, time.monotonic()
+        out, last = [], start
+        buf = b""
+        while chunk := proc.stdout.read1(65536):
+            out.append(chunk)
+            buf = (buf + chunk)[-4096:]
+            now = time.monotonic()
+            if progress and now - last >= PROGRESS_EVERY:
+                m = re.findall(rb"([\d,]+)\s+(\d+)%", buf)
+                if m:
+                    progress(f"{int(m[-1][0].replace(b',', b'')) / 1e6:.1f} MB, {int(m[-1][1])}%")
+                last = now
+        err = proc.stderr.read().decode("utf-8", "replace")
+        code = proc.wait()
+        text = b"".join(out).decode("utf-8", "replace")
+        if code != 0:
+            if "No space left on device" in err:
+                raise RemoteError(
+                    f"upload: the server's disk is full under {host.deploy_to} (rsync exit {code}); "
+                    "the incoming release is removed, the live site is untouched",
+                    host=host.name,
+                    hint="free space on the server (fewer keep_releases, old logs) and deploy again",
+                )
+            detail = err.strip().splitlines()[-3:] if err.strip() else [f"rsync exit {code}"]
+            raise RemoteError(f"upload: rsync exit {code}: {' / '.join(detail)}", host=host.name)
+        changed = ()
+        if dry_run:
+            changed = tuple(
+                line.split(" ", 1)[1]
+                for line in text.splitlines()
+                if re.match(r"^(\*deleting|[<>ch.]f)", line) and " " in line
+            )
+        return UploadStats(
+            bytes_sent=_stat(text, "Total bytes sent"),
+            files=_stat(text, r"Number of regular files transferred"),
+            seconds=time.monotonic() - start,
+            total_seconds=time.monotonic() - self.started,
+            changed=changed,
+        )
+
+
+def upload(host, build_path, dest, dry_run=False, progress=None):
+    """Run rsync now and wait for it; returns UploadStats."""
+    return Upload(host, build_path, dest, dry_run).result(progress)

@@ -1,12 +1,14 @@
-"""`fab deploy` against lab servers: atomic switch under load, link-dest, smoke, verify, lock, watchdog."""
+"""`fab deploy` against lab servers: atomic switch under load, prelinked uploads, smoke, verify, lock, watchdog."""
 
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tasks import upload
 from tasks.loadgen import LoadGen
 
 from .conftest import PROJECT, configure, current, history, known_bodies, make_build, releases, stopped_httpd
@@ -182,6 +184,19 @@ def test_a_held_lock_refuses_a_second_deploy(lab1, tmp_path):
     assert len(releases(server)) == 2  # the refused deploy left nothing behind
 
 
+def _rsync_processes(server):
+    """Processes of this lab server's uploads: the local rsync and ssh, the server's rsync or its wait."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(server.deploy_to.encode() in arg for arg in cmdline) and any(b"rsync" in arg for arg in cmdline):
+            found.append(int(proc.name))
+    return found
+
+
 def test_a_dead_owners_lock_needs_force_unlock(lab1, tmp_path):
     server = lab1.servers[0]
     configure(lab1, make_build(tmp_path, "x"))
@@ -195,10 +210,39 @@ def test_a_dead_owners_lock_needs_force_unlock(lab1, tmp_path):
     assert refused.returncode == 5
     assert "locked by alice@laptop (pid 4242) running 'deploy' since 2026-11-24T03:00:00Z" in refused.stderr
     assert "owner looks dead: deploy again with --force-unlock" in refused.stderr
+    # the upload, started together with the lock step, is gone on both ends
+    deadline = time.monotonic() + 5
+    while _rsync_processes(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _rsync_processes(server) == []
+    assert [p.name for p in Path(server.deploy_to, "releases").iterdir() if p.name.startswith(".")] == []
     forced = deploy(lab1, "--force-unlock")
     assert forced.returncode == 0, forced.stderr
     assert "cleared the lock of alice@laptop since 2026-11-24T03:00:00Z" in forced.stdout
     assert history(server)[0]["event"] == "force-unlock"
+
+
+def test_an_early_upload_waits_for_the_incoming_dir_and_ends_with_its_client(lab1, tmp_path):
+    server = lab1.servers[0]
+    incoming = Path(server.deploy_to, "releases", ".incoming-20300101T000000.000Z")
+    build = make_build(tmp_path, "x")
+    waiting = upload.Upload(lab1.host(), build, str(incoming), when_ready=True)
+    time.sleep(1.0)  # long enough for ssh, the login shell and the wait to start
+    assert waiting.proc.poll() is None and not incoming.exists()
+    argv0 = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid in _rsync_processes(server)]
+    assert sorted(argv0) == [b"/usr/bin/python3", b"rsync", b"ssh"], "the server side waits for the incoming dir"
+    waiting.stop()  # the deploy failed before its lock step had made the dir
+    deadline = time.monotonic() + 5
+    while _rsync_processes(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _rsync_processes(server) == [] and not incoming.exists()
+    # and once the dir appears, it becomes rsync and uploads into it
+    ready = upload.Upload(lab1.host(), build, str(incoming), when_ready=True)
+    time.sleep(0.3)
+    incoming.mkdir()
+    stats = ready.result()
+    assert stats.files > 3 and (incoming / "index.html").read_bytes() == (build / "index.html").read_bytes()
+    shutil.rmtree(incoming)
 
 
 def test_watchdog_resumes_httpd_when_the_swap_is_killed_inside_the_pause(lab1, tmp_path):

@@ -550,14 +550,17 @@ def op_begin(a):
                 os.makedirs(d, exist_ok=True)
             if os.path.lexists(os.path.join(paths["releases"], release_id)):
                 raise Refused("release %s already exists on this server" % release_id)
-            incoming = os.path.join(paths["releases"], ".incoming-" + release_id)
-            os.mkdir(incoming)
+            # made under another name and renamed when complete: the upload's rsync, started
+            # at the same time as this step, waits for .incoming-<id> to appear (when_ready.py)
+            making = os.path.join(paths["releases"], ".prelink-" + release_id)
+            os.mkdir(making)
             if a.get("prelink") and answer["current"]:
                 t = time.monotonic()
                 answer["prelinked"], answer["prelink_error"] = _prelink(
-                    os.path.join(paths["releases"], answer["current"]), incoming, a["prelink"]
+                    os.path.join(paths["releases"], answer["current"]), making, a["prelink"]
                 )
                 answer["prelink_s"] = time.monotonic() - t
+            os.rename(making, os.path.join(paths["releases"], ".incoming-" + release_id))
         answer["free"] = _disk_free(paths["deploy_to"])
         return answer
     except BaseException:
@@ -726,7 +729,7 @@ def _cleanup(paths, keep, protect):
             _remove_release_dir(paths, name)
             removed.append(name)
     for name in os.listdir(paths["releases"]):
-        if name.startswith(".incoming-"):
+        if name.startswith((".incoming-", ".prelink-")):
             _remove_release_dir(paths, name)  # we hold the lock: any incoming dir is a dead deploy's
             removed.append(name)
     maps = os.path.join(paths["deploy_to"], ".cutover", "maps")
@@ -756,7 +759,7 @@ def op_abort(a):
     release_id = a["release_id"]
     removed = []
     if a.get("remove", True) and RELEASE_NAME.fullmatch(release_id or "") and current_release(paths) != release_id:
-        for name in (".incoming-" + release_id, release_id):
+        for name in (".prelink-" + release_id, ".incoming-" + release_id, release_id):
             if os.path.lexists(os.path.join(paths["releases"], name)):
                 _remove_release_dir(paths, name)
                 removed.append(name)
