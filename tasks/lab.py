@@ -318,15 +318,22 @@ def _stop_pid(pid, program, timeout=10):
 
 def stop_server(server):
     """Stop one lab server's httpd and sshd; resumes httpd's children first if they were paused."""
-    for pid in _httpd_children(server.httpd_pid):
+    for pid in _children(server.httpd_pid):
         os.kill(pid, signal.SIGCONT)
     _stop_pid(server.httpd_pid, APACHE)
+    if _is_ours(server.sshd_pid, SSHD):
+        for pid in _children(server.sshd_pid):  # sessions left open, e.g. by a failed test
+            try:
+                if os.path.basename(os.readlink(f"/proc/{pid}/exe")).startswith("sshd"):
+                    os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
     _stop_pid(server.sshd_pid, SSHD)
     if server.tmpfs:
         subprocess.run(["umount", server.deploy_to], check=False)
 
 
-def _httpd_children(pid):
+def _children(pid):
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:

@@ -144,7 +144,7 @@ def releases(server):
 
 def stopped_httpd(server):
     """PIDs of this server's httpd processes in the stopped state (T)."""
-    pids = [server.httpd_pid] + lab._httpd_children(server.httpd_pid)
+    pids = [server.httpd_pid] + lab._children(server.httpd_pid)
     out = []
     for pid in pids:
         try:

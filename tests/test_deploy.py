@@ -227,20 +227,25 @@ def test_an_early_upload_waits_for_the_incoming_dir_and_ends_with_its_client(lab
     incoming = Path(server.deploy_to, "releases", ".incoming-20300101T000000.000Z")
     build = make_build(tmp_path, "x")
     waiting = upload.Upload(lab1.host(), build, str(incoming), when_ready=True)
-    time.sleep(1.0)  # long enough for ssh, the login shell and the wait to start
-    assert waiting.proc.poll() is None and not incoming.exists()
-    argv0 = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid in _rsync_processes(server)]
-    assert sorted(argv0) == [b"/usr/bin/python3", b"rsync", b"ssh"], "the server side waits for the incoming dir"
-    waiting.stop()  # the deploy failed before its lock step had made the dir
+    try:
+        time.sleep(1.0)  # long enough for ssh, the login shell and the wait to start
+        assert waiting.proc.poll() is None and not incoming.exists()
+        argv0 = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid in _rsync_processes(server)]
+        assert sorted(argv0) == [b"/usr/bin/python3", b"rsync", b"ssh"], "the server side waits for the incoming dir"
+    finally:
+        waiting.stop()  # as when the deploy fails before its lock step has made the dir
     deadline = time.monotonic() + 5
     while _rsync_processes(server) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _rsync_processes(server) == [] and not incoming.exists()
     # and once the dir appears, it becomes rsync and uploads into it
     ready = upload.Upload(lab1.host(), build, str(incoming), when_ready=True)
-    time.sleep(0.3)
-    incoming.mkdir()
-    stats = ready.result()
+    try:
+        time.sleep(0.3)
+        incoming.mkdir()
+        stats = ready.result()
+    finally:
+        ready.stop()
     assert stats.files > 3 and (incoming / "index.html").read_bytes() == (build / "index.html").read_bytes()
     shutil.rmtree(incoming)
 

@@ -65,7 +65,7 @@ def test_everything_listens_on_loopback_only(lab2):
 def test_lab_goes_down_leaving_no_process():
     handle, root = start_lab(1)
     server = handle.servers[0]
-    children = lab._httpd_children(server.httpd_pid)
+    children = lab._children(server.httpd_pid)
     assert len(children) >= 1
     stop_lab(handle, root)  # asserts the recorded PIDs are gone
     assert all(process_gone(p) for p in children)

@@ -225,13 +225,10 @@ def test_two_runs_at_the_same_instant(lab1, tmp_path, second):
 # --- 6. the disk fills up during the upload ---------------------------------------------------
 
 
-def test_disk_full_during_upload():
+def test_disk_full_during_upload(tmp_path):
     handle, root = start_lab(1, tmpfs_mb=12)
     try:
-        import tempfile
-
-        tmp = Path(tempfile.mkdtemp(prefix="cutover-full-"))
-        new, nxt, known, shared = prepare(handle, tmp, {f"big/{i}.bin": os.urandom(1_000_000) for i in range(20)})
+        new, nxt, known, shared = prepare(handle, tmp_path, {f"big/{i}.bin": os.urandom(1_000_000) for i in range(20)})
         server = handle.servers[0]
         before = (current(server), releases(server))
         configure(handle, new)
