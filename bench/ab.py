@@ -1,10 +1,10 @@
 """Before / after in one run: the same deploys with an older commit of Cutover and with this one.
 
-    python3 bench/ab.py --before COMMIT [--files 10000] [--rounds 5]
+    python3 bench/ab.py --before COMMIT [--files 10000] [--rounds 5] [--firsts 3]
 
 Checks COMMIT out into a temporary git worktree, starts one lab server for each version, and
 deploys the same generated site to both, alternating between them so that both see the same
-machine noise: a first deploy (full upload), `--rounds` one-file changes, and `--rounds`
+machine noise: `--firsts` first deploys (full uploads, fresh servers each), `--rounds` one-file changes, and `--rounds`
 rebuilds that rewrite every file with the same bytes (new mtimes). Reports medians of wall
 time, bytes sent and extra disk, and the one-file step timings. Writes the section "Before /
 after" of bench/RESULTS.md.
@@ -42,6 +42,7 @@ def main():
     parser.add_argument("--before", required=True, help="the older commit to compare with")
     parser.add_argument("--files", type=int, default=10000, choices=sorted(SIZES))
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--firsts", type=int, default=3, help="full uploads per version, each on fresh servers")
     args = parser.parse_args()
     commit = subprocess.run(
         ["git", "-C", str(PROJECT), "rev-parse", "--short", args.before], capture_output=True, text=True, check=True
@@ -54,14 +55,22 @@ def main():
     try:
         site = generate_site(work / "site", args.files, SIZES[args.files])
         assets = sorted((site / "assets").rglob("*.bin"))
-        for name in versions:
-            labs[name] = start_lab(1)
-            lab.write_hosts_file(labs[name][0], build=str(site))
         rows = {name: {"first": [], "one file": [], "rebuild": [], "steps": None} for name in versions}
 
+        def fresh_labs():
+            for the_lab, parent in labs.values():
+                stop_lab(the_lab, parent)
+            for name in versions:
+                labs[name] = start_lab(1)
+                lab.write_hosts_file(labs[name][0], build=str(site))
+
+        calls = [0]
+
         def both(kind):
-            os.sync()
-            for name, project in versions.items():
+            calls[0] += 1
+            order = list(versions.items())
+            for name, project in order if calls[0] % 2 else order[::-1]:  # who goes first alternates
+                os.sync()
                 the_lab = labs[name][0]
                 seconds, entry = fab(project, the_lab)
                 disk = extra_disk(the_lab.servers[0], entry["release"], entry["old"]) if entry.get("old") else 0
@@ -69,7 +78,9 @@ def main():
                 if kind == "one file":
                     rows[name]["steps"] = entry["steps"]
 
-        both("first")
+        for _ in range(args.firsts):  # a full upload: fresh servers each time
+            fresh_labs()
+            both("first")
         for i in range(args.rounds):
             change_files([assets[(i * 7919) % len(assets)]])
             both("one file")
@@ -87,7 +98,8 @@ def main():
 
     label = f"{args.files:,}-file {SIZES[args.files] // 2**20} MB site"
     lines = [
-        f"Command: `python3 bench/ab.py --before {commit} --files {args.files} --rounds {args.rounds}` (two lab servers, "
+        f"Command: `python3 bench/ab.py --before {commit} --files {args.files} --rounds {args.rounds} --firsts {args.firsts}` "
+        "(two lab servers, "
         f"one per version, the same generated {label}; deploys alternate between the versions; medians; wall time "
         "is the whole `fab deploy`).",
         "",

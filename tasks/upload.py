@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from . import ssh
-from .errors import RemoteError
+from .errors import CutoverError, RemoteError
 
 PROGRESS_EVERY = 2.0  # seconds between progress lines of a long upload
 WAIT_LIMIT = 600  # seconds an early-started upload waits on the server for the lock step
@@ -65,12 +65,18 @@ class Upload:
     def __init__(self, host, build_path, dest, dry_run=False, when_ready=False):
         self.host, self.dry_run = host, dry_run
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            rsync_argv(host, build_path, dest, dry_run, when_ready),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                rsync_argv(host, build_path, dest, dry_run, when_ready),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+            )
+        except FileNotFoundError:
+            raise CutoverError(
+                "rsync is not installed on this machine (not found in PATH)",
+                hint="install it: apt-get install rsync, dnf install rsync or brew install rsync",
+            ) from None
 
     def stop(self):
         """Stop a running rsync (the deploy failed); its server side then exits too."""

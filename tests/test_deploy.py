@@ -122,6 +122,17 @@ def test_a_mode_change_makes_a_new_file_and_leaves_the_live_one_alone(lab1, tmp_
     assert new.read_bytes() == live.read_bytes()
 
 
+def test_no_local_rsync_is_a_clear_error_and_changes_nothing(lab1, tmp_path):
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "x"))
+    before = (current(server), releases(server))
+    result = deploy(lab1, env={"PATH": str(tmp_path / "empty")})
+    assert result.returncode == 1
+    assert "rsync is not installed on this machine" in result.stderr and "Traceback" not in result.stderr
+    assert (current(server), releases(server)) == before
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()
+
+
 def test_failing_smoke_test_leaves_the_site_untouched(lab1, tmp_path):
     server = lab1.servers[0]
     configure(lab1, make_build(tmp_path, "x"), smoke={"commands": ["test -s index.html", "echo broken >&2; exit 3"]})
