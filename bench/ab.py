@@ -61,7 +61,7 @@ def main():
             for the_lab, parent in labs.values():
                 stop_lab(the_lab, parent)
             for name in versions:
-                labs[name] = start_lab(1)
+                labs[name] = start_lab(1, fresh_fs=True)
                 lab.write_hosts_file(labs[name][0], build=str(site))
 
         calls = [0]
@@ -99,7 +99,7 @@ def main():
     label = f"{args.files:,}-file {SIZES[args.files] // 2**20} MB site"
     lines = [
         f"Command: `python3 bench/ab.py --before {commit} --files {args.files} --rounds {args.rounds} --firsts {args.firsts}` "
-        "(two lab servers, "
+        "(two lab servers, deploy_to on a new ext4 each, "
         f"one per version, the same generated {label}; deploys alternate between the versions; medians; wall time "
         "is the whole `fab deploy`).",
         "",

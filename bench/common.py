@@ -23,10 +23,14 @@ from tasks import lab  # noqa: E402
 RESULTS = PROJECT / "bench" / "RESULTS.md"
 
 
-def start_lab(count=1, mpm="event"):
+FRESH_FS_MB = 3072  # a new ext4 of this size for deploy_to, where the benchmark writes whole sites
+
+
+def start_lab(count=1, mpm="event", fresh_fs=False):
+    """Lab servers under a new temporary dir; fresh_fs: deploy_to on a new ext4 (lab.start_server)."""
     parent = Path(tempfile.mkdtemp(prefix="cutover-bench-", dir="/tmp"))
     parent.chmod(0o755)
-    return lab.start(parent / "lab", count=count, mpm=mpm), parent
+    return lab.start(parent / "lab", count=count, mpm=mpm, ext4_mb=FRESH_FS_MB if fresh_fs else None), parent
 
 
 def stop_lab(the_lab, parent):

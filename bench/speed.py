@@ -83,7 +83,7 @@ def measure_site(files, total, repeat, work):
     out = {"files": files, "mb": total / 2**20}
     firsts = []
     for _ in range(repeat):  # a full upload: a fresh server each time
-        the_lab, parent = start_lab(1)
+        the_lab, parent = start_lab(1, fresh_fs=True)
         try:
             hosts_file(the_lab, site)
             os.sync()  # the generated site's writes are not the deploy's
@@ -93,7 +93,7 @@ def measure_site(files, total, repeat, work):
             stop_lab(the_lab, parent)
     out["first"] = (median([f[0] for f in firsts]), median([f[1] for f in firsts]))
     out["first range"] = (min(f[0] for f in firsts), max(f[0] for f in firsts))
-    the_lab, parent = start_lab(1)
+    the_lab, parent = start_lab(1, fresh_fs=True)
     server = the_lab.servers[0]
     try:
         hosts_file(the_lab, site)
@@ -241,7 +241,7 @@ def main():
     lines = [
         f"Command: `python3 bench/speed.py --sizes {args.sizes} --repeat {args.repeat} --pause-deploys {args.pause_deploys} "
         f"--compare {args.compare}` "
-        "(lab servers: real sshd and Apache event MPM on 127.0.0.1; medians of the repeats; wall time is the whole `fab` "
+        "(lab servers: real sshd and Apache event MPM on 127.0.0.1, deploy_to on a new ext4 file system per server; medians of the repeats; wall time is the whole `fab` "
         "command, Python start-up included, the disk synced before each; extra disk counts the new release's files that are not hard links into the previous one).",
         "",
         "| site | change | wall time | bytes sent | changed bytes | sent / changed | extra disk / changed |",

@@ -41,7 +41,7 @@ class LabServer:
     pidfile: str
     sshd_pid: int
     httpd_pid: int
-    tmpfs: bool = False
+    mounted: bool = False  # deploy_to is a file system of its own, unmounted at stop
 
     @property
     def url(self):
@@ -129,10 +129,14 @@ LAB_MAINTENANCE = Maintenance(
 )
 
 
-def start_server(root, name, client_pub, mpm="event", ports=None, tmpfs_mb=None):
+def start_server(root, name, client_pub, mpm="event", ports=None, tmpfs_mb=None, ext4_mb=None):
     """Start one sshd and one Apache under root/name (on free ports, or the given pair).
 
     tmpfs_mb: put deploy_to on a tmpfs of that size, to fill the disk in fault tests.
+    ext4_mb: put deploy_to on a new ext4 file system of that size (a sparse image file, loop
+    mounted), so that benchmarks do not measure what earlier runs left on the shared disk:
+    creating a file on an ext4 where many files were deleted moments ago costs several times
+    more (the inode allocator checks recently deleted inodes).
     """
     base = Path(root) / name
     for sub in ("ssh", "apache/run", "apache/conf.d", "site"):
@@ -149,6 +153,14 @@ def start_server(root, name, client_pub, mpm="event", ports=None, tmpfs_mb=None)
     deploy_to = str(base / "site")
     if tmpfs_mb:
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_mb}m,mode=0755", "tmpfs", deploy_to], check=True)
+    elif ext4_mb:
+        image = base / "site.img"
+        with open(image, "wb") as f:
+            f.truncate(ext4_mb * 2**20)
+        init = "lazy_itable_init=0,lazy_journal_init=0"  # no initialisation left running in the background
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", init, str(image)], check=True)
+        subprocess.run(["mount", "-o", "loop", str(image), deploy_to], check=True)
+        Path(deploy_to).chmod(0o755)
     _placeholder_release(deploy_to)
 
     _keygen(base / "ssh" / "host_ed25519")
@@ -186,7 +198,7 @@ def start_server(root, name, client_pub, mpm="event", ports=None, tmpfs_mb=None)
             start_new_session=True,
         )
     server = LabServer(
-        name, str(base), ssh_port, http_port, deploy_to, str(pidfile), sshd.pid, httpd.pid, bool(tmpfs_mb)
+        name, str(base), ssh_port, http_port, deploy_to, str(pidfile), sshd.pid, httpd.pid, bool(tmpfs_mb or ext4_mb)
     )
     try:
         _wait_for(lambda: sshd.poll() is None and _listening(ssh_port), f"sshd of {name} (see {base}/ssh/sshd.log)")
@@ -201,7 +213,7 @@ def start_server(root, name, client_pub, mpm="event", ports=None, tmpfs_mb=None)
     return server
 
 
-def start(root, count=1, mpm="event", ports=None, tmpfs_mb=None):
+def start(root, count=1, mpm="event", ports=None, tmpfs_mb=None, ext4_mb=None):
     """Start `count` lab servers under root (a new directory); writes lab.json and hosts.yaml.
 
     ports: optional list of (ssh_port, http_port), one pair per server; default free ports.
@@ -222,7 +234,9 @@ def start(root, count=1, mpm="event", ports=None, tmpfs_mb=None):
     try:
         for i in range(1, count + 1):
             pair = ports[i - 1] if ports else None
-            server = start_server(root, f"lab{i}", f"{client_key}.pub", mpm=mpm, ports=pair, tmpfs_mb=tmpfs_mb)
+            server = start_server(
+                root, f"lab{i}", f"{client_key}.pub", mpm=mpm, ports=pair, tmpfs_mb=tmpfs_mb, ext4_mb=ext4_mb
+            )
             lab.servers.append(server)
             _save(lab)
             host_pub = Path(server.root, "ssh", "host_ed25519.pub").read_text().split()
@@ -329,7 +343,7 @@ def stop_server(server):
             except OSError:
                 pass
     _stop_pid(server.sshd_pid, SSHD)
-    if server.tmpfs:
+    if server.mounted:
         subprocess.run(["umount", server.deploy_to], check=False)
 
 

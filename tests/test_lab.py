@@ -70,3 +70,22 @@ def test_lab_goes_down_leaving_no_process():
     stop_lab(handle, root)  # asserts the recorded PIDs are gone
     assert all(process_gone(p) for p in children)
     assert not root.exists()
+
+
+def test_a_lab_on_a_new_ext4_is_unmounted_and_removed_at_stop(tmp_path):
+    probe = tmp_path / "probe.img"
+    with open(probe, "wb") as f:
+        f.truncate(8 * 2**20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(probe)], capture_output=True)
+    (tmp_path / "mnt").mkdir()
+    if subprocess.run(["mount", "-o", "loop", str(probe), str(tmp_path / "mnt")], capture_output=True).returncode:
+        pytest.skip("this machine cannot loop-mount a file system (used by the benchmarks only)")
+    subprocess.run(["umount", str(tmp_path / "mnt")], check=True)
+    handle, root = start_lab(1, ext4_mb=64)
+    server = handle.servers[0]
+    assert Path(server.deploy_to).is_mount()
+    with urllib.request.urlopen(server.url, timeout=5) as response:
+        assert response.status == 200  # the placeholder release, served from the new file system
+    stop_lab(handle, root)
+    assert not root.exists()
+    assert server.deploy_to not in Path("/proc/mounts").read_text()
