@@ -3,6 +3,7 @@
 import re
 import shlex
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -18,7 +19,6 @@ class UploadStats:
     bytes_sent: int
     files: int
     seconds: float  # from the result being awaited to the end
-    total_seconds: float  # from rsync's start to the end
     changed: tuple = ()
 
 
@@ -64,15 +64,18 @@ class Upload:
 
     def __init__(self, host, build_path, dest, dry_run=False, when_ready=False):
         self.host, self.dry_run = host, dry_run
-        self.started = time.monotonic()
+        # stderr into a file, not a pipe: rsync blocked on a full stderr pipe while this reads
+        # its stdout to the end would never finish (thousands of warnings fill 64 KB)
+        self.errors = tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(
                 rsync_argv(host, build_path, dest, dry_run, when_ready),
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stderr=self.errors,
                 stdin=subprocess.DEVNULL,
             )
         except FileNotFoundError:
+            self.errors.close()
             raise CutoverError(
                 "rsync is not installed on this machine (not found in PATH)",
                 hint="install it: apt-get install rsync, dnf install rsync or brew install rsync",
@@ -88,7 +91,7 @@ class Upload:
                 self.proc.kill()
                 self.proc.wait()
         self.proc.stdout.close()
-        self.proc.stderr.close()
+        self.errors.close()
 
     def result(self, progress=None):
         """Wait for rsync; returns UploadStats. progress(text) is called every few seconds."""
@@ -110,8 +113,9 @@ class Upload:
                 if m:
                     progress(f"{int(m[-1][0].replace(b',', b'')) / 1e6:.1f} MB, {int(m[-1][1])}%")
                 last = now
-        err = proc.stderr.read().decode("utf-8", "replace")
         code = proc.wait()
+        self.errors.seek(0)
+        err = self.errors.read().decode("utf-8", "replace")
         text = b"".join(out).decode("utf-8", "replace")
         if code != 0:
             if "No space left on device" in err:
@@ -134,7 +138,6 @@ class Upload:
             bytes_sent=_stat(text, "Total bytes sent"),
             files=_stat(text, r"Number of regular files transferred"),
             seconds=time.monotonic() - start,
-            total_seconds=time.monotonic() - self.started,
             changed=changed,
         )
 

@@ -446,3 +446,18 @@ def test_a_group_switches_back_when_one_host_fails_verify(lab_pair, tmp_path):
     assert "switched back on lab1 so the group stays on one release" in result.stderr
     assert [current(one), current(two)] == before
     assert stopped_httpd(one) == stopped_httpd(two) == []
+
+
+def test_an_upload_that_writes_much_to_stderr_still_finishes(lab1, tmp_path, monkeypatch):
+    # rsync with thousands of warnings: a full stderr pipe must not stall the upload
+    fake = tmp_path / "bin" / "rsync"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nhead -c 300000 /dev/zero | tr '\\0' w >&2\necho 'Total bytes sent: 1,234'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    running = upload.Upload(lab1.host(), make_build(tmp_path, "x"), "/nowhere")
+    done = threading.Thread(target=lambda: done.__dict__.update(stats=running.result()), daemon=True)
+    done.start()
+    done.join(timeout=20)
+    assert not done.is_alive(), "the upload hung on rsync's stderr"
+    assert done.stats.bytes_sent == 1234
