@@ -25,6 +25,15 @@ SAFE_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 URL = re.compile(r"^https?://[^\s\x00-\x1f\x7f]+$")
 ADDRESS = re.compile(r"^[0-9a-fA-F.:]+(/[0-9]{1,3})?$")
 URL_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+# A name never served from any release: one path component, `*` for any characters.
+NEVER_SERVE = re.compile(r"^[A-Za-z0-9._+@*-]+$")
+# Apache's AllowOverride and Options for the release directories (see templates/apache.conf).
+ALLOW_OVERRIDE = re.compile(
+    r"^(All|None|(AuthConfig|FileInfo|Indexes|Limit|Options(=[A-Za-z,]+)?)( (AuthConfig|FileInfo|Indexes|Limit|Options(=[A-Za-z,]+)?))*)$"
+)
+OPTIONS = re.compile(
+    r"^[+-]?(None|All|FollowSymLinks|SymLinksIfOwnerMatch|ExecCGI|Includes|IncludesNOEXEC|Indexes|MultiViews)( [+-]?(FollowSymLinks|SymLinksIfOwnerMatch|ExecCGI|Includes|IncludesNOEXEC|Indexes|MultiViews))*$"
+)
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,14 @@ class Migrate:
 
 
 @dataclass(frozen=True)
+class Apache:
+    """How Apache treats the release directories that pinned requests are mapped to."""
+
+    allow_override: str
+    options: str
+
+
+@dataclass(frozen=True)
 class Host:
     """One server as a deploy sees it, every setting resolved."""
 
@@ -88,11 +105,20 @@ class Host:
     build: Build
     keep_releases: int
     shared: tuple[str, ...]
+    serve: str  # the document root inside a release ("" for the release itself), e.g. "public"
+    never_serve: tuple[str, ...]
     httpd: Httpd
     smoke: Smoke
     health: Health
     maintenance: Maintenance
     migrate: Migrate
+    apache: Apache
+
+    @property
+    def served_shared(self):
+        """The shared entries inside `serve`, as URL paths relative to the site root."""
+        prefix = f"{self.serve}/" if self.serve else ""
+        return tuple(e[len(prefix) :] for e in self.shared if e.startswith(prefix))
 
 
 @dataclass(frozen=True)
@@ -149,6 +175,8 @@ BUILTIN = {
     "python": "python3",
     "keep_releases": 5,
     "shared": [],
+    "serve": None,
+    "never_serve": [".git", ".hg", ".svn", ".env", ".env.*", ".ht*"],
     "build": {"path": "build/", "required": ["index.html"], "compare": "checksum"},
     "httpd": {"pidfile": "/run/apache2/apache2.pid", "pause": "sigstop", "pause_timeout": 5},
     "smoke": {"commands": [], "url": None, "timeout": 60},
@@ -160,6 +188,7 @@ BUILTIN = {
         "message": "We are updating the site and will be back shortly.",
     },
     "migrate": {"command": None, "host": None, "timeout": 600, "always": False},
+    "apache": {"allow_override": "All", "options": "FollowSymLinks"},
 }
 TOP_KEYS = ("defaults", "groups", "default_group")
 HOST_ONLY_KEYS = ("host", "name")
@@ -274,6 +303,13 @@ def _deploy_to(at):
     return clean
 
 
+def _never_serve(at):
+    value = _string(at, NEVER_SERVE, "a file or directory name (letters, digits, . _ - + @, * for any)")
+    if value.strip("*.") == "":
+        raise at.error(f"{value!r} would hide every path; name files or directories such as .git or .env")
+    return value
+
+
 def _abspath(at):
     value = _string(at)
     if not value.startswith("/") or ".." in PurePosixPath(value).parts:
@@ -353,6 +389,10 @@ SECTIONS = {
         "timeout": lambda at: _number(at, 1, 86400),
         "always": _choice(True, False),
     },
+    "apache": {
+        "allow_override": lambda at: _string(at, ALLOW_OVERRIDE, "an AllowOverride value (All, None, FileInfo ...)"),
+        "options": lambda at: _string(at, OPTIONS, "an Options value (FollowSymLinks ...)"),
+    },
 }
 SETTINGS = {
     "deploy_to": _deploy_to,
@@ -363,6 +403,8 @@ SETTINGS = {
     "keep_releases": lambda at: _number(at, 2, 1000, integer=True),
     "python": lambda at: _program(at),
     "shared": _strings(_relpath),
+    "serve": lambda at: None if _scalar(at) is None else _relpath(at),
+    "never_serve": _strings(_never_serve),
 }
 
 
@@ -427,6 +469,8 @@ def _host(at, layers, base):
         build=Build(_local_path(s["build"]["path"], base), tuple(s["build"]["required"]), s["build"]["compare"]),
         keep_releases=s["keep_releases"],
         shared=tuple(s["shared"]),
+        serve=s["serve"] or "",
+        never_serve=tuple(s["never_serve"]),
         httpd=Httpd(**s["httpd"]),
         smoke=Smoke(tuple(s["smoke"]["commands"]), s["smoke"]["url"], s["smoke"]["timeout"]),
         health=Health(
@@ -443,6 +487,7 @@ def _host(at, layers, base):
             message=s["maintenance"]["message"],
         ),
         migrate=Migrate(**s["migrate"]),
+        apache=Apache(**s["apache"]),
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from . import maintenance
+from . import apache, hostsfile
 from .errors import CutoverError
 from .hostsfile import BUILTIN, Maintenance
 from .layout import Layout
@@ -42,6 +42,10 @@ class LabServer:
     sshd_pid: int
     httpd_pid: int
     mounted: bool = False  # deploy_to is a file system of its own, unmounted at stop
+    mpm: str = "event"
+    php: str | None = None  # None, "mod_php" (prefork) or "fpm" (php-fpm through proxy_fcgi)
+    fpm_pid: int = 0
+    site_conf: str = ""  # the site's own Apache config (as an operator writes it), @@deploy_to@@ filled in
 
     @property
     def url(self):
@@ -105,12 +109,12 @@ def _http_ok(url):
         return False
 
 
-def _placeholder_release(deploy_to):
+def _placeholder_release(deploy_to, serve=""):
     """Apache will not start without its DocumentRoot: give current a first release."""
     layout = Layout(deploy_to)
     release = Path(layout.release(PLACEHOLDER_RELEASE))
-    release.mkdir(parents=True)
-    (release / "index.html").write_text(
+    (release / serve).mkdir(parents=True)
+    (release / serve / "index.html").write_text(
         '<!doctype html><meta name="release" content="placeholder"><title>Cutover sandbox</title>'
         "<p>Nothing deployed yet.</p>\n"
     )
@@ -127,10 +131,107 @@ def _placeholder_release(deploy_to):
 LAB_MAINTENANCE = Maintenance(
     **{**BUILTIN["maintenance"], "allow": tuple(BUILTIN["maintenance"]["allow"]), "health_path": "/health.txt"}
 )
+PHP_MODES = (None, "mod_php", "fpm")
 
 
-def start_server(root, name, client_pub, mpm="event", ports=None, tmpfs_mb=None, ext4_mb=None):
-    """Start one sshd and one Apache under root/name (on free ports, or the given pair).
+def _program(pattern):
+    """The newest installed program or module matching a glob (php-fpm8.2, libphp8.2.so ...)."""
+    found = sorted(Path("/").glob(pattern.lstrip("/")))
+    if not found:
+        raise CutoverError(f"lab: nothing matches {pattern}; apt-get install libapache2-mod-php php-fpm")
+    return str(found[-1])
+
+
+def _php_conf(server):
+    """The Apache lines that hand .php files to PHP: mod_php in the prefork MPM, or php-fpm over FastCGI."""
+    if server.php == "mod_php":
+        return (
+            f"LoadModule php_module {_program('/usr/lib/apache2/modules/libphp*.so')}\n"
+            '<FilesMatch ".+\\.ph(?:ar|p|tml)$">\n    SetHandler application/x-httpd-php\n</FilesMatch>'
+        )
+    if server.php == "fpm":
+        return (
+            "LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so\n"
+            "LoadModule proxy_fcgi_module /usr/lib/apache2/modules/mod_proxy_fcgi.so\n"
+            '<FilesMatch ".+\\.ph(?:ar|p|tml)$">\n'
+            f'    SetHandler "proxy:unix:{server.root}/php/fpm.sock|fcgi://localhost"\n</FilesMatch>'
+        )
+    return ""
+
+
+def render_apache(lab, server):
+    """Write the server's httpd.conf and Cutover's rules from the lab's hosts.yaml; True if either changed.
+
+    The rules are what `fab setup` writes for that host (tasks/apache.py), so the lab serves
+    through exactly the rules a production server would.
+    """
+    host = hostsfile.load(lab.hosts_file).resolve(server.name).hosts[0]
+    base = Path(server.root, "apache")
+    rules = base / "conf.d" / "cutover.conf"
+    conf = Path(server.httpd_conf)
+    before = [p.read_text() if p.exists() else None for p in (rules, conf)]
+    rules.write_text(apache.snippet(host))
+    _render(
+        "httpd.conf",
+        conf,
+        root=base,
+        name=server.name,
+        http_port=server.http_port,
+        pidfile=server.pidfile,
+        mpm=server.mpm,
+        deploy_to=server.deploy_to,
+        document_root=apache.document_root(host),
+        php=_php_conf(server),
+        site_conf=server.site_conf.replace("@@deploy_to@@", server.deploy_to),
+    )
+    return before != [rules.read_text(), conf.read_text()]
+
+
+def apply_rules(lab):
+    """Re-render every server's Apache config from hosts.yaml; gracefully restart those that changed."""
+    for server in lab.servers:
+        if render_apache(lab, server):
+            graceful_restart(server)
+
+
+def graceful_restart(server):
+    """`apachectl graceful` by PID, and wait until the new generation of children serves."""
+    log = Path(server.root, "apache", "error.log")
+    mark = log.stat().st_size if log.exists() else 0
+    os.kill(server.httpd_pid, signal.SIGUSR1)
+
+    def restarted():
+        with open(log, "rb") as f:
+            f.seek(mark)
+            return b"resuming normal operations" in f.read() and _http_ok(server.url)
+
+    _wait_for(restarted, f"the graceful restart of Apache of {server.name} (see {log})")
+
+
+def _start_fpm(server):
+    """php-fpm with one pool of the lab's own (www-data, a socket under the server's root)."""
+    run = Path(server.root, "php")
+    run.mkdir()
+    (run / "fpm.conf").write_text(
+        f"[global]\npid = {run}/fpm.pid\nerror_log = {run}/fpm.log\ndaemonize = no\n\n"
+        f"[www]\nuser = www-data\ngroup = www-data\nlisten = {run}/fpm.sock\n"
+        "listen.owner = www-data\nlisten.group = www-data\nlisten.mode = 0660\n"
+        "pm = static\npm.max_children = 4\ncatch_workers_output = yes\n"
+    )
+    with open(run / "stdout.log", "ab") as log:
+        fpm = subprocess.Popen(
+            [_program("/usr/sbin/php-fpm*"), "--nodaemonize", "--fpm-config", str(run / "fpm.conf")],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    server.fpm_pid = fpm.pid
+    _wait_for(lambda: fpm.poll() is None and (run / "fpm.sock").exists(), f"php-fpm of {server.name} (see {run})")
+
+
+def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None, serve=""):
+    """Start one server's sshd, php-fpm (if asked) and Apache under its root, on its ports.
 
     tmpfs_mb: put deploy_to on a tmpfs of that size, to fill the disk in fault tests.
     ext4_mb: put deploy_to on a new ext4 file system of that size (a sparse image file, loop
@@ -138,7 +239,7 @@ def start_server(root, name, client_pub, mpm="event", ports=None, tmpfs_mb=None,
     creating a file on an ext4 where many files were deleted moments ago costs several times
     more (the inode allocator checks recently deleted inodes).
     """
-    base = Path(root) / name
+    base = Path(server.root)
     for sub in ("ssh", "apache/run", "apache/conf.d", "site"):
         (base / sub).mkdir(parents=True)
     for d in (base, base / "apache", base / "site"):
@@ -146,11 +247,10 @@ def start_server(root, name, client_pub, mpm="event", ports=None, tmpfs_mb=None,
     # sshd reads authorized_keys as the user logging in: the directory must let every user in.
     # The host key itself stays 0600.
     (base / "ssh").chmod(0o755)
-    ssh_port, http_port = ports or (free_port(), free_port())
-    for port in (ssh_port, http_port):
+    for port in (server.ssh_port, server.http_port):
         if _listening(port):
             raise CutoverError(f"lab: port {port} on 127.0.0.1 is already in use")
-    deploy_to = str(base / "site")
+    deploy_to = server.deploy_to
     if tmpfs_mb:
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_mb}m,mode=0755", "tmpfs", deploy_to], check=True)
     elif ext4_mb:
@@ -161,11 +261,12 @@ def start_server(root, name, client_pub, mpm="event", ports=None, tmpfs_mb=None,
         subprocess.run(["mkfs.ext4", "-q", "-F", "-E", init, str(image)], check=True)
         subprocess.run(["mount", "-o", "loop", str(image), deploy_to], check=True)
         Path(deploy_to).chmod(0o755)
-    _placeholder_release(deploy_to)
+    server.mounted = bool(tmpfs_mb or ext4_mb)
+    _placeholder_release(deploy_to, serve)
 
     _keygen(base / "ssh" / "host_ed25519")
     shutil.copy(client_pub, base / "ssh" / "authorized_keys")
-    _render("sshd_config", base / "ssh" / "sshd_config", root=base, ssh_port=ssh_port)
+    _render("sshd_config", base / "ssh" / "sshd_config", root=base, ssh_port=server.ssh_port)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
     with open(base / "ssh" / "sshd.log", "ab") as log:
         sshd = subprocess.Popen(
@@ -175,54 +276,45 @@ def start_server(root, name, client_pub, mpm="event", ports=None, tmpfs_mb=None,
             stderr=log,
             start_new_session=True,
         )
-
-    pidfile = base / "apache" / "run" / "httpd.pid"
-    conf = base / "apache" / "httpd.conf"
-    (base / "apache" / "conf.d" / "cutover.conf").write_text(maintenance.apache_snippet(deploy_to, LAB_MAINTENANCE))
-    _render(
-        "httpd.conf",
-        conf,
-        root=base / "apache",
-        name=name,
-        http_port=http_port,
-        pidfile=pidfile,
-        mpm=mpm,
-        deploy_to=deploy_to,
-    )
+    server.sshd_pid = sshd.pid
+    if server.php == "fpm":
+        _start_fpm(server)
+    render_apache(lab, server)
     with open(base / "apache" / "stdout.log", "ab") as log:
         httpd = subprocess.Popen(
-            [APACHE, "-f", str(conf), "-DFOREGROUND"],
+            [APACHE, "-f", server.httpd_conf, "-DFOREGROUND"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
             start_new_session=True,
         )
-    server = LabServer(
-        name, str(base), ssh_port, http_port, deploy_to, str(pidfile), sshd.pid, httpd.pid, bool(tmpfs_mb or ext4_mb)
+    server.httpd_pid = httpd.pid
+    _wait_for(
+        lambda: sshd.poll() is None and _listening(server.ssh_port), f"sshd of {server.name} (see {base}/ssh/sshd.log)"
     )
-    try:
-        _wait_for(lambda: sshd.poll() is None and _listening(ssh_port), f"sshd of {name} (see {base}/ssh/sshd.log)")
-        _wait_for(
-            lambda: httpd.poll() is None and pidfile.exists() and _http_ok(server.url),
-            f"Apache of {name} (see {base}/apache/error.log)",
-        )
-    except CutoverError:
-        _stop_pid(sshd.pid, SSHD)
-        _stop_pid(httpd.pid, APACHE)
-        raise
-    return server
+    _wait_for(
+        lambda: httpd.poll() is None and Path(server.pidfile).exists() and _http_ok(server.url),
+        f"Apache of {server.name} (see {base}/apache/error.log)",
+    )
 
 
-def start(root, count=1, mpm="event", ports=None, tmpfs_mb=None, ext4_mb=None):
+def start(root, count=1, mpm="event", ports=None, tmpfs_mb=None, ext4_mb=None, php=None, site_conf="", **settings):
     """Start `count` lab servers under root (a new directory); writes lab.json and hosts.yaml.
 
     ports: optional list of (ssh_port, http_port), one pair per server; default free ports.
+    php: None, "mod_php" (Apache's prefork MPM with mod_php) or "fpm" (php-fpm through proxy_fcgi).
+    site_conf: Apache config of the site itself, as an operator writes it (@@deploy_to@@ is filled in).
+    settings: hosts.yaml defaults for the lab's group (see write_hosts_file).
     """
     if os.geteuid() != 0:
         raise CutoverError("lab: lab servers run their own sshd, which needs root; run as root")
     for program in (SSHD, APACHE, "/usr/bin/rsync"):
         if not os.path.exists(program):
             raise CutoverError(f"lab: {program} is missing; apt-get install openssh-server apache2 rsync")
+    if php not in PHP_MODES:
+        raise CutoverError(f"lab: php must be one of {PHP_MODES}, not {php!r}")
+    if php == "mod_php":
+        mpm = "prefork"  # mod_php is not thread-safe
     root = Path(root)
     if root.exists():
         raise CutoverError(f"lab: {root} already exists (a lab still up?); stop it first or remove it")
@@ -231,21 +323,28 @@ def start(root, count=1, mpm="event", ports=None, tmpfs_mb=None, ext4_mb=None):
     client_key = root / "client_ed25519"
     _keygen(client_key)
     lab = Lab(root, [], client_key, root / "known_hosts")
-    try:
-        for i in range(1, count + 1):
-            pair = ports[i - 1] if ports else None
-            server = start_server(
-                root, f"lab{i}", f"{client_key}.pub", mpm=mpm, ports=pair, tmpfs_mb=tmpfs_mb, ext4_mb=ext4_mb
+    for i in range(1, count + 1):
+        ssh_port, http_port = ports[i - 1] if ports else (free_port(), free_port())
+        base = root / f"lab{i}"
+        lab.servers.append(
+            LabServer(
+                f"lab{i}", str(base), ssh_port, http_port, str(base / "site"), str(base / "apache" / "run" / "httpd.pid"),
+                0, 0, mpm=mpm, php=php, site_conf=site_conf,
             )
-            lab.servers.append(server)
-            _save(lab)
+        )  # fmt: skip
+    write_hosts_file(lab, **settings)
+    try:
+        for server in lab.servers:
+            try:
+                start_server(lab, server, f"{client_key}.pub", tmpfs_mb, ext4_mb, settings.get("serve") or "")
+            finally:
+                _save(lab)  # whatever started is recorded, so that stop() finds it
             host_pub = Path(server.root, "ssh", "host_ed25519.pub").read_text().split()
             with open(lab.known_hosts, "a") as f:
                 f.write(f"[127.0.0.1]:{server.ssh_port} {host_pub[0]} {host_pub[1]}\n")
     except BaseException:
         stop(root, remove=False)  # keep the logs the error points at
         raise
-    write_hosts_file(lab)
     return lab
 
 
@@ -335,6 +434,8 @@ def stop_server(server):
     for pid in _children(server.httpd_pid):
         os.kill(pid, signal.SIGCONT)
     _stop_pid(server.httpd_pid, APACHE)
+    if server.fpm_pid:
+        _stop_pid(server.fpm_pid, os.path.realpath(_program("/usr/sbin/php-fpm*")))
     if _is_ours(server.sshd_pid, SSHD):
         for pid in _children(server.sshd_pid):  # sessions left open, e.g. by a failed test
             try:
@@ -365,5 +466,5 @@ def stop(root, remove=True):
 
 
 def pids(lab):
-    """Every PID the lab started (httpd parents and sshd listeners)."""
-    return [p for s in lab.servers for p in (s.httpd_pid, s.sshd_pid)]
+    """Every PID the lab started (httpd parents, sshd listeners, php-fpm masters)."""
+    return [p for s in lab.servers for p in (s.httpd_pid, s.sshd_pid, s.fpm_pid) if p]

@@ -1,7 +1,6 @@
 """Maintenance mode: a 503 page with Retry-After, switched on and off atomically on every host."""
 
 import html
-import re
 import time
 from pathlib import Path
 
@@ -19,22 +18,6 @@ def render_page(message, retry_after, now=None):
     until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime((now or time.time()) + retry_after))
     text = (TEMPLATES / "maintenance.html").read_text()
     return text.replace("@@message@@", html.escape(message)).replace("@@until@@", html.escape(until))
-
-
-def apache_snippet(deploy_to, maintenance):
-    """Cutover's Apache rules for one deploy_to: maintenance mode (with `maintenance`'s
-    allow list and health path) and release pinning."""
-    lines = []
-    if maintenance.health_path:
-        lines.append(f"RewriteCond %{{REQUEST_URI}} !^{re.escape(maintenance.health_path)}$")
-    for address in maintenance.allow:
-        lines.append(f"RewriteCond expr \"! -R '{address}'\"")
-    text = (TEMPLATES / "apache.conf").read_text()
-    return (
-        text.replace("@@exceptions@@", "\n".join(lines))
-        .replace("@@maintenance@@", f"{deploy_to}/maintenance")
-        .replace("@@deploy_to@@", deploy_to)
-    )
 
 
 def check_message(message):

@@ -4,12 +4,11 @@ import dataclasses
 
 from invoke import task
 
-from . import ssh
+from . import apache, ssh
 from .check import render_table
 from .cli import boundary, say, target
 from .errors import ConfigError, CutoverError
 from .fleet import HostRun, Run, close, connect, in_parallel, owner_record
-from .maintenance import apache_snippet
 
 
 def sudoers_line(user, python):
@@ -46,9 +45,7 @@ def setup(c, admin_user="root"):
     lines = []
 
     def one(r):
-        answer = r.agent(
-            "setup", "setup", shared=list(r.host.shared), snippet=apache_snippet(r.host.deploy_to, r.host.maintenance)
-        )
+        answer = r.agent("setup", "setup", shared=list(r.host.shared), snippet=apache.snippet(r.host))
         r.deploy_user = answer["user"]
         helper = "not needed (root)" if not r.uses_helper else "installed"
         if r.uses_helper:

@@ -125,8 +125,10 @@ def known_bodies(*builds):
 
 
 def configure(handle, build=None, **overrides):
-    """Rewrite the lab's hosts.yaml with another build and default settings."""
+    """Rewrite the lab's hosts.yaml with another build and default settings; Apache follows the
+    settings that change Cutover's rules (as `fab setup` and a graceful restart would)."""
     lab.write_hosts_file(handle.lab, build=str(build) if build else None, **overrides)
+    lab.apply_rules(handle.lab)
 
 
 def history(server):

@@ -1,0 +1,62 @@
+"""Cutover's Apache rules for one host: maintenance mode, never-served paths, release pinning.
+
+Rendered from templates/apache.conf and the host's settings; `fab setup` writes the result to
+<deploy_to>/.cutover/apache.conf and the lab servers include the same text. Every value put
+into the rules was held to a narrow pattern by hostsfile.py, and is regex-escaped where Apache
+reads it as a regular expression.
+"""
+
+import re
+from pathlib import Path
+
+from . import release
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "apache.conf"
+
+
+def _glob(name):
+    """A never_serve name as a regex for one URL path component (`*` = any characters)."""
+    return "[^/]*".join(re.escape(part) for part in name.split("*"))
+
+
+def never_serve_pattern(names):
+    """The regex matching any URL path with a component named in never_serve."""
+    return f"(^|/)({'|'.join(_glob(n) for n in names)})(/|$)"
+
+
+def document_root(host):
+    """The DocumentRoot the site's VirtualHost must name: current, or its `serve` folder."""
+    return f"{host.deploy_to}/current/{host.serve}" if host.serve else f"{host.deploy_to}/current"
+
+
+def snippet(host):
+    """Cutover's Apache rules for `host` (a hostsfile.Host)."""
+    m = host.maintenance
+    exceptions = []
+    if m.health_path:
+        exceptions.append(f"RewriteCond %{{REQUEST_URI}} !^{re.escape(m.health_path)}$")
+    for address in m.allow:
+        exceptions.append(f"RewriteCond expr \"! -R '{address}'\"")
+    served = host.served_shared
+    shared = f"RewriteCond $1 !^({'|'.join(re.escape(e) for e in served)})(/|$)" if served else ""
+    serve = f"/{host.serve}" if host.serve else ""
+    values = {
+        "exceptions": "\n".join(exceptions),
+        "maintenance": f"{host.deploy_to}/maintenance",
+        "never_serve": f'RewriteRule "{never_serve_pattern(host.never_serve)}" - [NC,R=404]'
+        if host.never_serve
+        else "",
+        "releases_pattern": re.escape(f"{host.deploy_to}/releases"),
+        "serve_pattern": re.escape(serve),
+        "shared_exceptions": shared,
+        "release_id": release.RELEASE_ID.pattern.removeprefix("^").removesuffix("$"),
+        "serve": serve,
+        "options": host.apache.options,
+        "allow_override": host.apache.allow_override,
+        "document_root": document_root(host),
+        "deploy_to": host.deploy_to,
+    }
+    text = TEMPLATE.read_text()
+    for key, value in values.items():
+        text = text.replace(f"@@{key}@@", value)
+    return text

@@ -1,0 +1,129 @@
+"""Cutover's Apache rules on a lab Apache: pinning keeps every access rule of the site, and serves
+nothing outside `serve` or named in never_serve."""
+
+import http.client
+from pathlib import Path
+
+import pytest
+
+from .conftest import configure, current, make_build, start_lab, stop_lab
+
+# The site's own Apache config, as an operator (or a distribution's package) writes it: rules
+# for the path they know, <deploy_to>/current/...
+SITE_CONF = """
+<Directory "@@deploy_to@@/current">
+    AllowOverride All
+</Directory>
+<Directory "@@deploy_to@@/current/private">
+    Require all denied
+</Directory>
+<Files "secret.conf">
+    Require all denied
+</Files>
+"""
+
+
+def get(server, path):
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.getheader("X-Cutover-Release"), response.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def site_lab():
+    handle, root = start_lab(1, site_conf=SITE_CONF)
+    yield handle
+    stop_lab(handle, root)
+
+
+def protected_build(parent, label):
+    """The example site plus what its config protects, in each of the ways Apache can."""
+    return make_build(
+        parent,
+        label,
+        {
+            "private/orders.csv": b"alice,4111111111111111\n",  # <Directory .../current/private>
+            "internal/.htaccess": b"Require all denied\n",  # the app's own .htaccess
+            "internal/users.txt": b"alice:$2y$10$hash\n",
+            "config/secret.conf": b"password=hunter2\n",  # <Files> anywhere
+            ".env": b"DB_PASSWORD=hunter2\n",  # never_serve
+            ".git/config": b"[core]\n",
+            "sub/.env.local": b"X=1\n",
+            "public.txt": b"fine\n",
+        },
+    )
+
+
+PROTECTED = ["/private/orders.csv", "/internal/users.txt", "/config/secret.conf", "/.env", "/.git/config", "/sub/.env.local"]
+
+
+def test_pinning_never_serves_what_the_site_denies(site_lab, tmp_path):
+    server = site_lab.servers[0]
+    configure(site_lab, protected_build(tmp_path, "one"))
+    result = site_lab.fab("deploy")
+    assert result.returncode == 0, result.stderr
+    release_id = current(server)
+    for path in PROTECTED:
+        status, pinned, body = get(server, path)
+        assert status in (403, 404), (path, status, body[:80])
+        assert b"hunter2" not in body and b"4111" not in body and b"hash" not in body
+    # what the site allows is pinned to the live release
+    assert get(server, "/public.txt") == (200, release_id, b"fine\n")
+    assert get(server, "/")[:2] == (200, release_id)
+    # .git, .env and .env.* answer 404 (never_serve), whatever the site's rules
+    assert [get(server, p)[0] for p in ("/.env", "/.git/config", "/sub/.env.local", "/.ENV")] == [404] * 4
+
+
+def test_the_same_paths_are_denied_without_cutovers_rules(site_lab, tmp_path):
+    # the oracle: plain Apache with the site's config denies the same paths (never_serve aside)
+    server = site_lab.servers[0]
+    configure(site_lab, protected_build(tmp_path, "two"))
+    assert site_lab.fab("deploy").returncode == 0
+    rules = Path(server.root, "apache", "conf.d", "cutover.conf")
+    saved = rules.read_text()
+    try:
+        rules.write_text("")
+        from tasks import lab
+
+        lab.graceful_restart(server)
+        assert [get(server, p)[0] for p in PROTECTED[:3]] == [403, 403, 403]
+        assert get(server, "/.env")[0] == 200  # what never_serve adds
+    finally:
+        rules.write_text(saved)
+        lab.graceful_restart(server)
+
+
+def test_shared_entries_are_served_by_the_normal_mapping(site_lab, tmp_path):
+    server = site_lab.servers[0]
+    configure(site_lab, make_build(tmp_path, "media"))
+    assert site_lab.fab("deploy").returncode == 0
+    Path(server.deploy_to, "shared", "media", "photo.txt").write_text("user upload\n")
+    status, pinned, body = get(server, "/media/photo.txt")
+    assert (status, pinned, body) == (200, None, b"user upload\n")  # not pinned: no release holds it
+
+
+def test_serve_maps_the_site_to_a_folder_of_the_release(tmp_path):
+    handle, root = start_lab(1, serve="public", site_conf=SITE_CONF)
+    try:
+        server = handle.servers[0]
+        build = make_build(tmp_path, "app", {".env": b"DB_PASSWORD=hunter2\n", "composer.json": b"{}\n"})
+        public = build / "public"
+        public.mkdir()
+        (public / "index.html").write_text('<meta name="release" content="app"><p>public index</p>\n')
+        (public / "app.css").write_text("body{}\n")
+        configure(handle, build, serve="public", smoke={"url": f"{server.url}_next/"})
+        result = handle.fab("deploy")
+        assert result.returncode == 0, result.stderr
+        release_id = current(server)
+        assert get(server, "/") == (200, release_id, (public / "index.html").read_bytes())
+        assert get(server, "/app.css") == (200, release_id, b"body{}\n")
+        for path in ("/composer.json", "/.env", "/public/index.html"):
+            status, _, body = get(server, path)
+            assert status == 404, (path, status)
+            assert b"hunter2" not in body
+    finally:
+        stop_lab(handle, root)
