@@ -58,7 +58,14 @@ def protected_build(parent, label):
     )
 
 
-PROTECTED = ["/private/orders.csv", "/internal/users.txt", "/config/secret.conf", "/.env", "/.git/config", "/sub/.env.local"]
+PROTECTED = [
+    "/private/orders.csv",
+    "/internal/users.txt",
+    "/config/secret.conf",
+    "/.env",
+    "/.git/config",
+    "/sub/.env.local",
+]
 
 
 def test_pinning_never_serves_what_the_site_denies(site_lab, tmp_path):
