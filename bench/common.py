@@ -18,7 +18,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from tasks import lab  # noqa: E402
+import lab  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "RESULTS.md"
 

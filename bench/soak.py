@@ -15,7 +15,7 @@ from pathlib import Path
 from common import PROJECT, fab, history, lab, median, percentile, start_lab, stop_lab, write_section
 
 sys.path.insert(0, str(PROJECT))
-from tasks.loadgen import LoadGen  # noqa: E402
+from lab.loadgen import LoadGen  # noqa: E402
 from tests.conftest import known_bodies, make_build  # noqa: E402
 
 

@@ -179,7 +179,7 @@ def seed_method(work, rounds=5):
             time.sleep(1.5)
         load = wrk.result()
         server.httpd_pid = pid
-        lab._save(the_lab)
+        lab.servers._save(the_lab)
     finally:
         stop_lab(the_lab, parent)
     return downtimes, load

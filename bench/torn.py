@@ -7,14 +7,11 @@ Writes the section "Torn responses" of bench/RESULTS.md.
 """
 
 import argparse
-import os
 import re
-import signal
 import sys
-import time
 from pathlib import Path
 
-from common import PROJECT, start_lab, stop_lab, write_section
+from common import PROJECT, lab, start_lab, stop_lab, write_section
 
 sys.path.insert(0, str(PROJECT))
 from tests.conftest import LabHandle  # noqa: E402
@@ -26,10 +23,9 @@ def run(swaps, pinned):
     try:
         server = the_lab.servers[0]
         if not pinned:
-            conf = Path(server.root, "apache", "conf.d", "cutover.conf")
-            conf.write_text(re.sub(r"(?ms)^# 2\. Pin.*", "", conf.read_text()))
-            os.kill(server.httpd_pid, signal.SIGUSR1)  # graceful restart: the parent keeps its PID
-            time.sleep(2)
+            conf = Path(server.deploy_to, ".cutover", "apache.conf")
+            conf.write_text(re.sub(r"(?ms)^# 4\. Pin.*", "", conf.read_text()))
+            lab.graceful_restart(server)  # the parent keeps its PID
         load, bodies = swap_many(LabHandle(the_lab), swaps)
         torn = [s for s in load.samples if s.status != 200 or s.body not in bodies.values()]
         return len(load.samples), len(torn)

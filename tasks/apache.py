@@ -9,7 +9,7 @@ reads it as a regular expression.
 import re
 from pathlib import Path
 
-from . import release
+from .remote.paths import RELEASE_ID
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "apache.conf"
 
@@ -49,7 +49,7 @@ def snippet(host):
         "releases_pattern": re.escape(f"{host.deploy_to}/releases"),
         "serve_pattern": re.escape(serve),
         "shared_exceptions": shared,
-        "release_id": release.RELEASE_ID.pattern.removeprefix("^").removesuffix("$"),
+        "release_id": RELEASE_ID.pattern.removeprefix("^").removesuffix("$"),
         "serve": serve,
         "options": host.apache.options,
         "allow_override": host.apache.allow_override,

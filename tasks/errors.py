@@ -11,7 +11,7 @@ class CutoverError(Exception):
         self.message = message
         self.host = host
         self.hint = hint
-        self.answer = {}  # a remote step's whole JSON answer, when it came from one
+        self.details = {}  # a refusal's whole answer from the server (its output, the lock's owner ...)
 
     def __str__(self):
         text = f"{self.host}: {self.message}" if self.host else self.message
@@ -60,3 +60,33 @@ class MigrationError(CutoverError):
     """The migration failed; nothing was switched and maintenance mode stays on."""
 
     exit_code = 8
+
+
+class HookError(CutoverError):
+    """A hook failed after the switch: the new release is live, the hook's work is not done."""
+
+    exit_code = 9
+
+
+class GroupError(CutoverError):
+    """One or more hosts of a group failed a step; holds every host's outcome."""
+
+    def __init__(self, outcomes):
+        self.outcomes = outcomes
+        self.failures = [(r, e) for r, e in outcomes if isinstance(e, BaseException)]
+        first = self.failures[0][1]
+        self.exit_code = getattr(first, "exit_code", 1)
+        lines = [
+            str(CutoverError(e.message if isinstance(e, CutoverError) else repr(e), host=r.name))
+            for r, e in self.failures
+        ]
+        hints = []
+        for _, e in self.failures:
+            if getattr(e, "hint", None) and e.hint not in hints:
+                hints.append(e.hint)
+        super().__init__("; ".join(lines), hint="; ".join(hints) or None)
+
+    @property
+    def succeeded(self):
+        """The runs whose step succeeded."""
+        return [r for r, e in self.outcomes if not isinstance(e, BaseException)]

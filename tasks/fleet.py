@@ -1,42 +1,39 @@
-"""A group of hosts acting as one: a connection per host, parallel steps, one release id."""
+"""A group of hosts acting as one: a connection per host, steps run on all hosts in parallel."""
 
 import getpass
 import os
 import secrets
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fabric import Connection
 
-from . import ssh
-from .cli import Timer, each_host
-from .errors import CutoverError
-from .hostsfile import Host
-from .layout import Layout
+from . import agent, ssh
+from .config import Host
+from .errors import CutoverError, GroupError
+from .output import Timer
+
+STEP_TIMEOUT = 60  # seconds for a step whose time does not grow with a setting (views, unlock ...)
+MAX_THREADS = 16  # hosts worked on at once
 
 
 @dataclass
 class HostRun:
-    """One host's part of a deploy or rollback: its connection and what happened there."""
+    """One host's part of a run: its connection and what this run learned and did there."""
 
     host: Host
     conn: Connection | None = None
-    current: str | None = None  # the live release before this run
+    current: str | None = None  # the live release when this run took the lock
     releases: list = field(default_factory=list)  # kept releases, oldest first
-    previous: str | None = None  # what was live before `current`, from history
+    previous: str | None = None  # what was live before `current`, from history (rollback)
     locked: bool = False
-    swapped: bool = False
-    steps: dict = field(default_factory=dict)
+    switched: str = "no"  # "no", "yes", or "unknown" while a switch is under way or its answer was lost
+    switch: dict = field(default_factory=dict)  # the swap's answer: old, new, pause_ms, rename_ms ...
+    steps: dict = field(default_factory=dict)  # seconds per step
     bytes_sent: int = 0
-    files_sent: int = 0
-    swap: dict = field(default_factory=dict)
-    upload: object = None  # the deploy's running rsync (tasks.upload.Upload)
-    deploy_user: str | None = None
-
-    @property
-    def layout(self):
-        return Layout(self.host.deploy_to)
+    upload: object = None  # the deploy's running rsync (tasks.rsync.Upload)
 
     @property
     def name(self):
@@ -47,25 +44,30 @@ class HostRun:
         """A deploy user who is not root pauses httpd through the sudo helper that setup installs."""
         return self.host.httpd.pause == "sigstop" and (self.host.user or getpass.getuser()) != "root"
 
-    def agent(self, step, op, **args):
-        return ssh.agent(
-            self.conn, step, op, python=self.host.python, host_name=self.name, layout=self.layout.as_dict(), **args
+    def call(self, step, op, timeout=STEP_TIMEOUT, **args):
+        """One operation of the server side on this host (deploy_to added); its answer, or an error."""
+        return agent.call(
+            self.conn, self.name, self.host.python, step, op, dict(args, deploy_to=self.host.deploy_to), timeout
         )
 
 
 @dataclass
 class Run:
-    """A deploy or rollback across a group: one release id for the whole fleet."""
+    """A deploy, rollback or other task across a group: one release id for the whole fleet."""
 
     command: str
-    release_id: str
     hosts: list
-    owner: dict
+    release_id: str | None = None
+    who: dict = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
+    @classmethod
+    def of(cls, command, hosts, release_id=None):
+        return cls(command, [HostRun(h) for h in hosts], release_id, who(command))
 
-def owner_record(command):
-    """Who runs this deploy, for the lock and the history; the token proves lock ownership."""
+
+def who(command):
+    """Who runs this task, for the lock and the history; the token proves lock ownership."""
     return {
         "user": getpass.getuser(),
         "local_host": socket.gethostname(),
@@ -75,15 +77,27 @@ def owner_record(command):
     }
 
 
+def each_host(runs, fn):
+    """fn(run) for every run in parallel; returns [(run, result or the exception it raised)] in order."""
+
+    def call(r):
+        try:
+            return fn(r)
+        except Exception as exc:  # kept as that host's outcome; in_parallel raises them together
+            if isinstance(exc, CutoverError) and exc.host is None:
+                exc.host = r.name
+            return exc
+
+    with ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(runs)) or 1) as pool:
+        return list(zip(runs, pool.map(call, runs)))
+
+
 def in_parallel(runs, fn):
-    """fn(run) on every host at once; raise the first failure after all have finished."""
-    failed = [(run, outcome) for run, outcome in each_host(runs, fn) if isinstance(outcome, CutoverError)]
-    if failed:
-        first = failed[0][1]
-        if len(failed) > 1:
-            others = "; ".join(f"{r.name}: {e.message}" for r, e in failed[1:])
-            first.message += f" (also failed: {others})"
-        raise first
+    """fn(run) on every host at once; returns the outcomes, or raises one GroupError naming every failure."""
+    outcomes = each_host(runs, fn)
+    if any(isinstance(outcome, BaseException) for _, outcome in outcomes):
+        raise GroupError(outcomes)
+    return outcomes
 
 
 def connect(run):
@@ -101,3 +115,13 @@ def close(run):
     for r in run.hosts:
         if r.conn is not None:
             r.conn.close()
+
+
+def on_group(command, hosts, fn):
+    """Connect to every host, fn(run), close: the shape of every task that is not a deploy or rollback."""
+    run = Run.of(command, hosts)
+    try:
+        connect(run)
+        return fn(run)
+    finally:
+        close(run)

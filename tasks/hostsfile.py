@@ -6,14 +6,21 @@ mistake found here costs nothing.
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import yaml
 
+from .config import Apache, Build, Health, Host, Httpd, Inventory, Maintenance, Migrate, Smoke
 from .errors import ConfigError
+from .remote import limits
 
 HOSTS_FILE_ENV = "CUTOVER_HOSTS_FILE"
+# Bounds of the settings only the client uses; those the server checks too are in remote/limits.py.
+SMOKE_TIMEOUT = (1, 3600)
+MIGRATE_TIMEOUT = (1, 86400)
+PORTS = (1, 65535)
+KEEP_RELEASES = (2, 1000)
+VALUE_MAX = 4096  # characters of one string value
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 # Characters allowed in server-side paths (deploy_to, shared entries, pidfile). Everything is
@@ -36,135 +43,6 @@ OPTIONS = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class Build:
-    path: Path
-    required: tuple[str, ...]
-    compare: str = "checksum"  # how rsync finds unchanged files: "checksum" or "mtime"
-
-
-@dataclass(frozen=True)
-class Httpd:
-    pidfile: str
-    pause: str  # "sigstop" or "none"
-    pause_timeout: float
-
-
-@dataclass(frozen=True)
-class Smoke:
-    commands: tuple[str, ...]
-    url: str | None
-    timeout: float
-
-
-@dataclass(frozen=True)
-class Health:
-    urls: tuple[str, ...]
-    expect_status: int
-    expect_text: str | None
-    retries: int
-    timeout: float
-
-
-@dataclass(frozen=True)
-class Maintenance:
-    allow: tuple[str, ...]
-    health_path: str | None
-    retry_after: int
-    message: str
-
-
-@dataclass(frozen=True)
-class Migrate:
-    command: str | None
-    host: str | None
-    timeout: float
-    always: bool
-
-
-@dataclass(frozen=True)
-class Apache:
-    """How Apache treats the release directories that pinned requests are mapped to."""
-
-    allow_override: str
-    options: str
-
-
-@dataclass(frozen=True)
-class Host:
-    """One server as a deploy sees it, every setting resolved."""
-
-    name: str
-    host: str
-    port: int
-    user: str | None
-    key: Path | None
-    known_hosts: Path
-    python: str
-    deploy_to: str
-    build: Build
-    keep_releases: int
-    shared: tuple[str, ...]
-    serve: str  # the document root inside a release ("" for the release itself), e.g. "public"
-    never_serve: tuple[str, ...]
-    httpd: Httpd
-    smoke: Smoke
-    health: Health
-    maintenance: Maintenance
-    migrate: Migrate
-    apache: Apache
-
-    @property
-    def served_shared(self):
-        """The shared entries inside `serve`, as URL paths relative to the site root."""
-        prefix = f"{self.serve}/" if self.serve else ""
-        return tuple(e[len(prefix) :] for e in self.shared if e.startswith(prefix))
-
-
-@dataclass(frozen=True)
-class Target:
-    """What `-H NAME` resolved to: a group, or one host."""
-
-    name: str
-    hosts: tuple[Host, ...]
-
-
-@dataclass(frozen=True)
-class Inventory:
-    path: Path
-    groups: dict = field(hash=False)  # group name -> tuple[Host, ...]
-    default_group: str | None
-
-    def resolve(self, target):
-        """Resolve `-H` (a group, a host name, or a comma list of them) to hosts; None means default_group."""
-        if target is None or target == "":
-            if self.default_group is None:
-                raise ConfigError(
-                    f"no -H given and {self.path} sets no default_group",
-                    hint=f"name a group with -H ({self.known_names()}) or set default_group",
-                )
-            return Target(self.default_group, self.groups[self.default_group])
-        hosts = []
-        for name in target.split(","):
-            name = name.strip()
-            if name in self.groups:
-                found = list(self.groups[name])
-            else:
-                found = [h for hosts_ in self.groups.values() for h in hosts_ if h.name == name][:1]
-            if not found:
-                raise ConfigError(
-                    f"-H {name!r} is neither a group nor a host in {self.path}",
-                    hint=f"use one of: {self.known_names()}",
-                )
-            hosts.extend(h for h in found if h.name not in {x.name for x in hosts})
-        return Target(target, tuple(hosts))
-
-    def known_names(self):
-        groups = ", ".join(sorted(self.groups))
-        hosts = ", ".join(sorted({h.name for hs in self.groups.values() for h in hs}))
-        return f"groups {groups}; hosts {hosts}"
-
-
 # --- the schema -----------------------------------------------------------------------------
 
 BUILTIN = {
@@ -178,7 +56,7 @@ BUILTIN = {
     "serve": None,
     "never_serve": [".git", ".hg", ".svn", ".env", ".env.*", ".ht*"],
     "build": {"path": "build/", "required": ["index.html"], "compare": "checksum"},
-    "httpd": {"pidfile": "/run/apache2/apache2.pid", "pause": "sigstop", "pause_timeout": 5},
+    "httpd": {"pidfile": "/run/apache2/apache2.pid", "pause": "sigstop", "pause_timeout": limits.PAUSE_TIMEOUT_DEFAULT},
     "smoke": {"commands": [], "url": None, "timeout": 60},
     "health": {"url": [], "expect_status": 200, "expect_text": None, "retries": 5, "timeout": 5},
     "maintenance": {
@@ -255,8 +133,8 @@ def _string(at, pattern=None, what="", allow_none=False):
         return None
     if not isinstance(value, str) or value == "":
         raise at.error(f"must be a non-empty string, got {value!r}")
-    if "\x00" in value or "\n" in value or len(value) > 4096:
-        raise at.error("must be one line of at most 4096 characters without NUL")
+    if "\x00" in value or "\n" in value or len(value) > VALUE_MAX:
+        raise at.error(f"must be one line of at most {VALUE_MAX} characters without NUL")
     if pattern is not None and not pattern.fullmatch(value):
         raise at.error(f"{value!r} is not {what}")
     return value
@@ -363,30 +241,30 @@ SECTIONS = {
     "httpd": {
         "pidfile": _abspath,
         "pause": _choice("sigstop", "none"),
-        "pause_timeout": lambda at: _number(at, 0.5, 60),
+        "pause_timeout": lambda at: _number(at, *limits.PAUSE_TIMEOUT),
     },
     "smoke": {
         "commands": _strings(lambda at: _string(at)),
         "url": lambda at: _string(at, URL, "an http:// or https:// URL", allow_none=True),
-        "timeout": lambda at: _number(at, 1, 3600),
+        "timeout": lambda at: _number(at, *SMOKE_TIMEOUT),
     },
     "health": {
         "url": _urls,
-        "expect_status": lambda at: _number(at, 100, 599, integer=True),
+        "expect_status": lambda at: _number(at, *limits.EXPECT_STATUS, integer=True),
         "expect_text": lambda at: _string(at, allow_none=True),
-        "retries": lambda at: _number(at, 0, 100, integer=True),
-        "timeout": lambda at: _number(at, 0.5, 120),
+        "retries": lambda at: _number(at, *limits.HEALTH_RETRIES, integer=True),
+        "timeout": lambda at: _number(at, *limits.HEALTH_TIMEOUT),
     },
     "maintenance": {
         "allow": _strings(lambda at: _string(at, ADDRESS, "an IP address or network (127.0.0.1, 10.0.0.0/8)")),
         "health_path": lambda at: _string(at, URL_PATH, "a URL path such as /health", allow_none=True),
-        "retry_after": lambda at: _number(at, 1, 86400 * 7, integer=True),
+        "retry_after": lambda at: _number(at, *limits.RETRY_AFTER, integer=True),
         "message": lambda at: _string(at),
     },
     "migrate": {
         "command": lambda at: _string(at, allow_none=True),
         "host": lambda at: _string(at, SAFE_NAME, "a host name of the group", allow_none=True),
-        "timeout": lambda at: _number(at, 1, 86400),
+        "timeout": lambda at: _number(at, *MIGRATE_TIMEOUT),
         "always": _choice(True, False),
     },
     "apache": {
@@ -396,11 +274,11 @@ SECTIONS = {
 }
 SETTINGS = {
     "deploy_to": _deploy_to,
-    "port": lambda at: _number(at, 1, 65535, integer=True),
+    "port": lambda at: _number(at, *PORTS, integer=True),
     "user": lambda at: _string(at, SAFE_USER, "a user name (letters, digits, _ . -)"),
     "key": lambda at: _string(at),
     "known_hosts": lambda at: _string(at),
-    "keep_releases": lambda at: _number(at, 2, 1000, integer=True),
+    "keep_releases": lambda at: _number(at, *KEEP_RELEASES, integer=True),
     "python": lambda at: _program(at),
     "shared": _strings(_relpath),
     "serve": lambda at: None if _scalar(at) is None else _relpath(at),

@@ -6,11 +6,14 @@ from pathlib import Path
 
 from invoke import task
 
-from .cli import boundary, say, shown, target
+from .cli import boundary, target
 from .errors import ConfigError
-from .fleet import HostRun, Run, close, connect, in_parallel, owner_record
+from .fleet import in_parallel, on_group
+from .output import say, shown
+from .remote import limits
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+MESSAGE_MAX = 2000  # characters of --message
 
 
 def render_page(message, retry_after, now=None):
@@ -21,8 +24,8 @@ def render_page(message, retry_after, now=None):
 
 
 def check_message(message):
-    if message is not None and (len(message) > 2000 or "\x00" in message):
-        raise ConfigError("--message must be at most 2000 characters without NUL bytes")
+    if message is not None and (len(message) > MESSAGE_MAX or "\x00" in message):
+        raise ConfigError(f"--message must be at most {MESSAGE_MAX} characters without NUL bytes")
     return message
 
 
@@ -31,8 +34,9 @@ def check_retry_after(value):
         seconds = int(value)
     except (TypeError, ValueError):
         seconds = -1
-    if not 1 <= seconds <= 7 * 86400:
-        raise ConfigError(f"--retry-after must be a whole number of seconds from 1 to 604800, got {shown(value)}")
+    low, high = limits.RETRY_AFTER
+    if not low <= seconds <= high:
+        raise ConfigError(f"--retry-after must be a whole number of seconds from {low} to {high}, got {shown(value)}")
     return seconds
 
 
@@ -42,30 +46,12 @@ def switch(run, on, message=None, retry_after=None):
     def one(r):
         m = r.host.maintenance
         seconds = retry_after or m.retry_after
-        answer = r.agent(
-            "maintenance",
-            "maintenance",
-            on=on,
-            page=render_page(message or m.message, seconds) if on else None,
-            retry_after=seconds,
-            user=run.owner["user"],
-            local_host=run.owner["local_host"],
-        )
-        state = "on" if on else "off"
+        page = render_page(message or m.message, seconds) if on else None
+        answer = r.call("maintenance", "maintenance", on=on, page=page, retry_after=seconds, who=run.who)
         already = " (already)" if answer["was_on"] == on else ""
-        say(r.host, "maintenance", 0, f"{state}{already}")
+        say(r.host, "maintenance", 0, f"{'on' if on else 'off'}{already}")
 
     in_parallel(run.hosts, one)
-
-
-def _run_on_group(c, on, message=None, retry_after=None):
-    hosts = target(c).hosts
-    run = Run("maintenance", "", [HostRun(h) for h in hosts], owner_record("maintenance"))
-    try:
-        connect(run)
-        switch(run, on, message, retry_after)
-    finally:
-        close(run)
 
 
 @task(
@@ -79,11 +65,11 @@ def maintenance_on(c, message=None, retry_after=None):
     """Answer every request with a 503 maintenance page (Retry-After), on every host."""
     check_message(message)
     seconds = check_retry_after(retry_after) if retry_after is not None else None
-    _run_on_group(c, True, message, seconds)
+    on_group("maintenance", target(c), lambda run: switch(run, True, message, seconds))
 
 
 @task
 @boundary
 def maintenance_off(c):
     """Remove the maintenance page: the site answers normally again."""
-    _run_on_group(c, False)
+    on_group("maintenance", target(c), lambda run: switch(run, False))

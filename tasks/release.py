@@ -10,8 +10,7 @@ from datetime import UTC, datetime
 
 from .errors import ConfigError
 
-# Sortable UTC time to the millisecond, then the build's short git commit when there is one.
-RELEASE_ID = re.compile(r"^[0-9]{8}T[0-9]{6}(\.[0-9]{1,6})?Z(-[0-9a-z]{1,40})?$")
+GIT_TIMEOUT = 10  # seconds for `git rev-parse`
 
 
 def new_release_id(build_path, now=None):
@@ -26,20 +25,15 @@ def git_commit(path):
     """The short commit of the git work tree holding path, or None."""
     try:
         result = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True, timeout=10
+            ["git", "-C", str(path), "rev-parse", "--short=7", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
     commit = result.stdout.strip()
     return commit if result.returncode == 0 and re.fullmatch(r"[0-9a-f]{7,40}", commit) else None
-
-
-def check_release_name(value, argument):
-    """A release name given on the command line: refused unless it has the release id form."""
-    if not isinstance(value, str) or not RELEASE_ID.fullmatch(value):
-        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:75] + "...'"
-        raise ConfigError(f"{argument} {shown} is not a release name (like 20261124T101500.123Z-1a2b3c4)")
-    return value
 
 
 @dataclass(frozen=True)

@@ -2,25 +2,23 @@
 
 from invoke import task
 
-from .check import render_table
 from .cli import boundary, target
 from .errors import ConfigError
-from .fleet import HostRun, Run, close, connect, in_parallel, owner_record
+from .fleet import in_parallel, on_group
+from .output import table
+from .remote.paths import commit_of
+
+HISTORY_SHOWN = (1, 10000)  # bounds of -n
+HISTORY_DEFAULT = 20
 
 
 def _read(c, op, **args):
-    run = Run(op, "", [HostRun(h) for h in target(c).hosts], owner_record(op))
-    answers = {}
+    """The answer of one read-only op from every host: [(Host, answer)]."""
 
-    def one(r):
-        answers[r.name] = r.agent(op, op, **args)
+    def read(run):
+        return [(r.host, answer) for r, answer in in_parallel(run.hosts, lambda r: r.call(op, op, **args))]
 
-    try:
-        connect(run)
-        in_parallel(run.hosts, one)
-    finally:
-        close(run)
-    return [(r.host, answers[r.name]) for r in run.hosts]
+    return on_group(op, target(c), read)
 
 
 @task
@@ -30,38 +28,38 @@ def releases(c):
     for host, answer in _read(c, "releases"):
         rows = [["", "release", "deployed", "user", "commit", "note"]]
         for rel in answer["releases"]:
-            commit = rel["release"].split("Z-", 1)[1] if "Z-" in rel["release"] else "-"
             rows.append(
                 [
                     "*" if rel["current"] else "",
                     rel["release"],
                     rel["deployed"] or "-",
                     rel["user"] or "-",
-                    commit,
+                    commit_of(rel["release"]) or "-",
                     "rolled back" if rel["rolled_back"] else "",
                 ]
             )
         print(f"{host.name} ({host.deploy_to}): {len(answer['releases'])} release(s), * = live")
-        print(render_table(rows) + "\n")
+        print(table(rows) + "\n")
 
 
-@task(help={"n": "how many entries to show per host (default 20)"})
+@task(help={"n": f"how many entries to show per host (default {HISTORY_DEFAULT})"})
 @boundary
 def history(c, n=None):
     """Show the last entries of each host's deploy history."""
     # n arrives as text (no int default): invoke would answer a bad number with a traceback
     try:
-        n = 20 if n is None else int(n)
+        n = HISTORY_DEFAULT if n is None else int(n)
     except ValueError:
         n = 0
-    if not 1 <= n <= 10000:
-        raise ConfigError("-n must be a whole number from 1 to 10000")
+    low, high = HISTORY_SHOWN
+    if not low <= n <= high:
+        raise ConfigError(f"-n must be a whole number from {low} to {high}")
     for host, answer in _read(c, "history", n=n):
         rows = [["started", "event", "release", "from", "user", "result", "pause ms", "seconds"]]
         for e in answer["entries"]:
             rows.append(
                 [
-                    e.get("started") or e.get("at") or "-",
+                    e.get("started") or e.get("at") or "-",  # "at": lines written before one schema
                     e.get("event", "-"),
                     e.get("release") or "-",
                     e.get("old") or "-",
@@ -72,4 +70,4 @@ def history(c, n=None):
                 ]
             )
         print(f"{host.name}: last {len(answer['entries'])} entr{'y' if len(answer['entries']) == 1 else 'ies'}")
-        print(render_table(rows) + "\n")
+        print(table(rows) + "\n")

@@ -6,37 +6,42 @@ from is kept (and marked in history), so `rollback --to` or a new deploy can ret
 
 from invoke import task
 
-from . import release
-from .cli import Timer, boundary, fault_point, shown, target
-from .deploy import abort, finish, force_unlock, lock, swap
+from .cli import boundary, target
 from .errors import ConfigError, CutoverError
-from .fleet import HostRun, Run, close, connect, in_parallel, owner_record
+from .fleet import Run, close, connect
+from .output import Timer, shown
+from .remote.paths import PLACEHOLDER, RELEASE_ID
+from .steps.finish import abort, finish
+from .steps.lock import force_unlock, lock, unlock
+from .steps.swap import swap
+from .testhooks import fault_point
 
 
-def choose(run, to):
-    """The release to switch to: --to, or the one before the live release; the same on every host."""
+def choose(hosts, to):
+    """The release to switch to: --to, or the one before the live release; the same on every host.
+
+    hosts: what each host's lock step learned (name, current, releases oldest first, previous).
+    """
     if to is not None:
-        missing = [r.name for r in run.hosts if to not in r.releases]
+        missing = [r.name for r in hosts if to not in r.releases]
         if missing:
-            raise ConfigError(
-                f"--to {to}: no such release on {', '.join(missing)}",
-                hint=f"kept releases: {', '.join(reversed(run.hosts[0].releases))}",
-            )
+            raise ConfigError(f"--to {to}: no such release on {', '.join(missing)}", hint=_kept_hint(hosts))
+        if to == PLACEHOLDER:
+            raise ConfigError(f"--to {to}: that is setup's placeholder, not a deployed release", hint=_kept_hint(hosts))
         return to
     picks = {}
-    for r in run.hosts:
+    for r in hosts:
         if r.current is None or r.current not in r.releases:
             raise CutoverError("the live release is not a kept release; use --to RELEASE", host=r.name)
         # What was live before, from history; by release order only when history has nothing.
         # A release that a killed deploy promoted but never switched to is never chosen.
-        if r.previous in r.releases:
+        if r.previous in r.releases and r.previous != PLACEHOLDER:
             picks[r.name] = r.previous
             continue
         i = r.releases.index(r.current)
-        if i == 0:
+        if i == 0 or r.releases[i - 1] == PLACEHOLDER:
             raise CutoverError(
-                f"nothing to roll back to: {r.current} is the oldest kept release; nothing was changed",
-                host=r.name,
+                f"nothing to roll back to: {r.current} is the oldest deployed release; nothing was changed", host=r.name
             )
         picks[r.name] = r.releases[i - 1]
     if len(set(picks.values())) > 1:
@@ -45,23 +50,29 @@ def choose(run, to):
     return next(iter(picks.values()))
 
 
-def rollback_hosts(target_, to=None, force=False):
+def _kept_hint(hosts):
+    """The releases every host keeps, newest first: what --to can name."""
+    common = set.intersection(*(set(r.releases) for r in hosts)) - {PLACEHOLDER}
+    return f"releases kept on every host: {', '.join(sorted(common, reverse=True)) or 'none'}"
+
+
+def rollback_hosts(hosts, to=None, force=False):
     """The whole rollback: lock, choose, swap (with verify), record and unlock; returns the Run."""
     total = Timer()
-    run = Run("rollback", "", [HostRun(h) for h in target_.hosts], owner_record("rollback"))
+    run = Run.of("rollback", hosts)
     try:
         connect(run)
-        if to is not None and not release.RELEASE_ID.fullmatch(to):
-            kept = run.hosts[0].agent("releases", "state")["releases"]
+        if to is not None and not RELEASE_ID.fullmatch(to):
+            for r in run.hosts:
+                r.releases = r.call("releases", "state")["releases"]
             raise ConfigError(
-                f"--to {shown(to)} is not a release name; nothing was changed",
-                hint=f"kept releases: {', '.join(reversed(kept))}",
+                f"--to {shown(to)} is not a release name; nothing was changed", hint=_kept_hint(run.hosts)
             )
         if force:
             force_unlock(run)
         fault_point("lock")
-        lock(run)
-        run.release_id = choose(run, to)
+        lock(run, want_previous=to is None)
+        run.release_id = choose(run.hosts, to)
         if all(r.current == run.release_id for r in run.hosts):
             raise CutoverError(f"{run.release_id} is already live; nothing was changed")
         fault_point("swap")
@@ -70,25 +81,19 @@ def rollback_hosts(target_, to=None, force=False):
         finish(run, clean=False)
     except BaseException as exc:
         # a refusal before the swap is not a failed rollback: unlock without a history line
-        if any(r.swap for r in run.hosts):
+        if any(r.switched != "no" or r.switch for r in run.hosts):
             abort(run, exc, remove=False)
         else:
-            _unlock(run)
+            try:
+                unlock(run)
+            except CutoverError as failed:  # the refusal stays the error; the unlock failure is added
+                if isinstance(exc, CutoverError):
+                    exc.message += f"; unlocking failed too: {failed.message}"
         raise
     finally:
         close(run)
     print(f"rolled back to {run.release_id} on {len(run.hosts)} host(s) in {total.seconds:.2f} s", flush=True)
     return run
-
-
-def _unlock(run):
-    def one(r):
-        r.agent("unlock", "unlock", token=run.owner["token"])
-        r.locked = False
-
-    locked = [r for r in run.hosts if r.locked]
-    if locked:
-        in_parallel(locked, one)
 
 
 @task(

@@ -6,8 +6,10 @@ reaches it with no further setup.
 
 from invoke import task
 
-from . import lab
+import lab
+
 from .cli import boundary
+from .errors import ConfigError
 
 SANDBOX_DIR = "/tmp/cutover-sandbox"
 SANDBOX_PORTS = [(2201, 8081), (2202, 8082)]
@@ -18,7 +20,7 @@ SANDBOX_PORTS = [(2201, 8081), (2202, 8082)]
 def sandbox_up(c, mpm="event"):
     """Start two local lab servers (sshd + Apache on 127.0.0.1) as group `sandbox`."""
     if mpm not in ("event", "prefork"):
-        raise lab.CutoverError(f"--mpm must be event or prefork, got {mpm!r}")
+        raise ConfigError(f"--mpm must be event or prefork, got {mpm!r}")
     sandbox = lab.start(SANDBOX_DIR, count=len(SANDBOX_PORTS), mpm=mpm, ports=SANDBOX_PORTS)
     for s in sandbox.servers:
         print(f"{s.name}: ssh 127.0.0.1:{s.ssh_port}, site {s.url}, deploy_to {s.deploy_to}")

@@ -1,37 +1,45 @@
-"""`fab -H GROUP setup`: prepare each server once: the layout, and the swap helper for non-root users."""
+"""`fab -H GROUP setup`: prepare each server once: the layout, Cutover's Apache rules, and the swap
+helper for a deploy user who is not root."""
 
 import dataclasses
 
 from invoke import task
 
-from . import apache, ssh
-from .check import render_table
-from .cli import boundary, say, target
+from . import agent, apache, ssh
+from .cli import boundary, target
 from .errors import ConfigError, CutoverError
-from .fleet import HostRun, Run, close, connect, in_parallel, owner_record
+from .fleet import in_parallel, on_group
+from .output import say, table
+from .steps import health_args
 
 
-def sudoers_line(user, python):
-    """The one sudoers line that lets `user` run the swap helper as root, and nothing else."""
-    return f"{user} ALL=(root) NOPASSWD: {' '.join(ssh.helper_argv(python)[2:])} swap *"
+def sudoers_line(user, executable):
+    """The one sudoers line that lets `user` run the swap helper as root, and nothing else.
+
+    executable: the server's Python as an absolute path (sudoers accepts no other).
+    """
+    return f"{user} ALL=(root) NOPASSWD: {' '.join(agent.helper_argv(executable)[2:])} swap *"
 
 
-def install_helper(r, admin_user):
+def registration(r, deploy_user):
+    """What the helper allows for this site: everything but the release id comes from here."""
+    h = r.host
+    return {
+        "user": deploy_user,
+        "pidfile": h.httpd.pidfile,
+        "pause_timeout": h.httpd.pause_timeout,
+        "verify": health_args(h.health) if h.health.urls else None,
+    }
+
+
+def install_helper(r, admin_user, deploy_user):
     """Connect as the admin user and install the root-owned swap helper for this host's site."""
     admin = dataclasses.replace(r.host, user=admin_user)
     with ssh.connect(admin) as conn:
-        ssh.agent(
-            conn,
-            "install helper",
-            "install_helper",
-            python=r.host.python,
-            host_name=r.name,
-            path=ssh.HELPER,
-            source=ssh.remote_script("agent.py"),
-            deploy_to=r.host.deploy_to,
-            pidfile=r.host.httpd.pidfile,
-            user=r.deploy_user,
-        )
+        return agent.call(conn, r.name, r.host.python, "install helper", "install_helper", {
+            "path": agent.HELPER, "program": agent.helper_program(), "deploy_to": r.host.deploy_to,
+            "site": registration(r, deploy_user),
+        }, 60)  # fmt: skip
 
 
 @task(help={"admin-user": "the user (root, or one that can become root) that installs the swap helper (default root)"})
@@ -40,33 +48,27 @@ def setup(c, admin_user="root"):
     """Create the layout on each host; for a non-root deploy user install the swap helper."""
     if not admin_user or not all(ch.isalnum() or ch in "._-" for ch in admin_user):
         raise ConfigError(f"--admin-user {admin_user!r} is not a user name")
-    run = Run("setup", "", [HostRun(h) for h in target(c).hosts], owner_record("setup"))
     rows = [["host", "deploy_to", "created", "live release", "swap helper"]]
     lines = []
 
     def one(r):
-        answer = r.agent("setup", "setup", shared=list(r.host.shared), snippet=apache.snippet(r.host))
-        r.deploy_user = answer["user"]
+        answer = r.call("setup", "setup", rules=apache.snippet(r.host), serve=r.host.serve)
         helper = "not needed (root)" if not r.uses_helper else "installed"
         if r.uses_helper:
             try:
-                install_helper(r, admin_user)
+                install_helper(r, admin_user, answer["user"])
             except CutoverError as exc:
                 helper = "NOT installed"
                 lines.append(f"{r.name}: the swap helper could not be installed as {admin_user}: {exc.message}")
             lines.append(
                 f"{r.name}: add this line to /etc/sudoers.d/cutover on the server (visudo -f):\n"
-                f"    {sudoers_line(r.deploy_user, r.host.python)}"
+                f"    {sudoers_line(answer['user'], answer['executable'])}"
             )
         rows.append([r.name, r.host.deploy_to, str(len(answer["created"])), answer["current"] or "-", helper])
-        say(r.host, "setup", 0, f"Apache snippet for maintenance mode: Include {answer['snippet']}")
+        say(r.host, "setup", 0, f"Cutover's Apache rules: Include {answer['rules']}")
 
-    try:
-        connect(run)
-        in_parallel(run.hosts, one)
-    finally:
-        close(run)
-    print(render_table(rows))
+    on_group("setup", target(c), lambda run: in_parallel(run.hosts, one))
+    print(table(rows))
     for line in lines:
         print(line)
     if any(row[-1] == "NOT installed" for row in rows[1:]):

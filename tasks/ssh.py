@@ -1,20 +1,21 @@
-"""Connections to servers, and the one function through which every remote command goes.
+"""SSH connections to servers, and the two places a shell command line is built.
 
 Host keys are checked strictly against the configured known_hosts file; rsync's ssh gets the
-same settings (`ssh_command`). Every remote command is an argv list joined with shlex quoting.
+same settings (`ssh_command`). Values otherwise travel as JSON to Cutover's server side
+(tasks/agent.py); the only shell strings are argv lists joined with shlex quoting, here (`run`)
+and in tasks/agent.py and tasks/rsync.py.
 """
 
-import json
 import shlex
-from pathlib import Path
 
+import invoke
 import paramiko
 from fabric import Config, Connection
 
 from .errors import ConnectError, RemoteError
 
-REMOTE_DIR = Path(__file__).resolve().parent / "remote"
 CONNECT_TIMEOUT = 10
+KEEPALIVE_S = 5  # an SSH keepalive every few seconds keeps NAT and firewall state of a quiet deploy
 
 
 def connect(host):
@@ -64,6 +65,7 @@ def connect(host):
             host=host.name,
             hint="check host: and port: in hosts.yaml and that sshd runs there",
         ) from None
+    conn.transport.set_keepalive(KEEPALIVE_S)
     return conn
 
 
@@ -88,7 +90,7 @@ def ssh_command(host):
         "-o",
         f"ConnectTimeout={CONNECT_TIMEOUT}",
         "-o",
-        "ServerAliveInterval=5",
+        f"ServerAliveInterval={KEEPALIVE_S}",
         "-o",
         "ServerAliveCountMax=3",
     ]
@@ -99,13 +101,12 @@ def ssh_command(host):
     return argv
 
 
-def run(conn, step, argv, *, timeout=None, stdin=None, check=True):
+def run(conn, step, argv, *, timeout=None, check=True):
     """Run one argv on the server, every word quoted; a failure names the step and the host."""
     command = shlex.join(str(a) for a in argv)
-    kwargs = {"hide": True, "warn": True, "timeout": timeout, "in_stream": stdin or False}
     try:
-        result = conn.run(command, **kwargs)
-    except Exception as exc:  # invoke raises CommandTimedOut, paramiko socket errors, ...
+        result = conn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
+    except (TimeoutError, invoke.exceptions.CommandTimedOut, paramiko.SSHException, OSError) as exc:
         raise RemoteError(f"{step}: {type(exc).__name__}: {exc}", host=conn.host) from None
     if check and result.exited != 0:
         detail = (result.stderr or result.stdout).strip()
@@ -113,80 +114,6 @@ def run(conn, step, argv, *, timeout=None, stdin=None, check=True):
     return result
 
 
-def remote_script(name):
-    """The source of a script in tasks/remote/, as shipped to the server."""
-    return (REMOTE_DIR / name).read_text()
-
-
-HELPER = "/usr/local/lib/cutover/swap-helper"
-
-
-def helper_argv(python):
-    """How a deploy user who is not root runs the root-owned swap helper (installed by setup)."""
-    return ["sudo", "-n", python, "-I", "-S", HELPER]
-
-
-class AgentChannel:
-    """One server-side agent process per connection, answering a JSON line per request."""
-
-    def __init__(self, conn, python):
-        self.channel = conn.client.get_transport().open_session()
-        self.channel.exec_command(shlex.join([python, "-I", "-S", "-c", remote_script("agent.py"), "serve", "{}"]))
-        self.requests = self.channel.makefile_stdin("wb")
-        self.answers = self.channel.makefile("rb")
-
-    def call(self, op, args, timeout=None):
-        """Send one request and wait for its answer; None when the agent is gone."""
-        self.channel.settimeout(timeout)
-        self.requests.write((json.dumps({"op": op, "args": args}) + "\n").encode())
-        self.requests.flush()
-        line = self.answers.readline()
-        return json.loads(line) if line.strip() else None
-
-    def stderr(self):
-        out = b""
-        while self.channel.recv_stderr_ready():
-            out += self.channel.recv_stderr(65536)
-        return out.decode("utf-8", "replace")
-
-
-def agent(conn, step, op, *, python="python3", host_name=None, timeout=None, helper=False, **args):
-    """Run one operation of the remote agent (tasks/remote/agent.py) and return its JSON answer.
-
-    The agent travels as `python3 -I -S -c SOURCE`: nothing installed on the server, no site
-    packages or PYTHON* variables of the server in the way. It starts once per connection and
-    then answers each step over the open channel. With helper=True the installed root-owned
-    copy runs through sudo instead, once per call (the swap of a non-root user).
-    """
-    name = host_name or conn.host
-    if helper:
-        result = run(conn, step, [*helper_argv(python), op, json.dumps(args)], timeout=timeout, check=False)
-        answer = _last_json(result.stdout)
-        detail = (result.stderr or result.stdout).strip()[-2000:]
-    else:
-        try:
-            channel = getattr(conn, "_cutover_agent", None)
-            if channel is None or channel.channel.closed:
-                channel = conn._cutover_agent = AgentChannel(conn, python)
-            answer = channel.call(op, args, timeout)
-            detail = channel.stderr().strip()[-2000:] if answer is None else ""
-        except (OSError, paramiko.SSHException, EOFError) as exc:
-            raise RemoteError(f"{step}: the connection failed: {type(exc).__name__}: {exc}", host=name) from None
-    if answer is None:
-        raise RemoteError(f"{step}: no answer from the server: {detail or 'the connection closed'}", host=name)
-    if "error" in answer:
-        error = RemoteError(f"{step}: {answer['error']}", host=name, hint=answer.get("hint"))
-        error.answer = answer
-        raise error
-    return answer
-
-
-def _last_json(text):
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                return None
-    return None
+def destination(host, path):
+    """host:path as rsync reads it; an IPv6 address goes in brackets ([::1]:path)."""
+    return f"[{host.host}]:{path}" if ":" in host.host else f"{host.host}:{path}"

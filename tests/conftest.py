@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import hostsfile, lab
+import lab
+from tasks import hostsfile
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -43,11 +44,14 @@ class LabHandle:
         return hostsfile.load(self.hosts_file)
 
     def host(self, name="lab1"):
-        return self.inventory().resolve(name).hosts[0]
+        return self.inventory().resolve(name)[0]
 
     def fab(self, *args, hosts_file=None, env=None, timeout=300):
         """Run `fab ARGS` in the project with this lab's hosts.yaml; returns CompletedProcess."""
-        full_env = dict(os.environ, CUTOVER_HOSTS_FILE=str(hosts_file or self.hosts_file), **(env or {}))
+        # CUTOVER_TEST=1: the fault hooks some tests set (tasks/testhooks.py) take effect
+        full_env = dict(
+            os.environ, CUTOVER_HOSTS_FILE=str(hosts_file or self.hosts_file), CUTOVER_TEST="1", **(env or {})
+        )
         return subprocess.run(
             [sys.executable, "-m", "fabric", *args],
             cwd=PROJECT,
@@ -146,7 +150,7 @@ def releases(server):
 
 def stopped_httpd(server):
     """PIDs of this server's httpd processes in the stopped state (T)."""
-    pids = [server.httpd_pid] + lab._children(server.httpd_pid)
+    pids = [server.httpd_pid] + lab.children(server.httpd_pid)
     out = []
     for pid in pids:
         try:

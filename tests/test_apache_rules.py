@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import lab
+
 from .conftest import configure, current, make_build, start_lab, stop_lab
 
 # The site's own Apache config, as an operator (or a distribution's package) writes it: rules
@@ -90,12 +92,10 @@ def test_the_same_paths_are_denied_without_cutovers_rules(site_lab, tmp_path):
     server = site_lab.servers[0]
     configure(site_lab, protected_build(tmp_path, "two"))
     assert site_lab.fab("deploy").returncode == 0
-    rules = Path(server.root, "apache", "conf.d", "cutover.conf")
+    rules = Path(server.deploy_to, ".cutover", "apache.conf")
     saved = rules.read_text()
     try:
         rules.write_text("")
-        from tasks import lab
-
         lab.graceful_restart(server)
         assert [get(server, p)[0] for p in PROTECTED[:3]] == [403, 403, 403]
         assert get(server, "/.env")[0] == 200  # what never_serve adds

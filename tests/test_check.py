@@ -88,7 +88,24 @@ def test_check_flags_a_split_group(lab_pair, tmp_path):
     result = lab_pair.fab("check")
     assert result.returncode == 1
     assert f"the group is split: lab1 serves 19700101T000000Z-placeholder, lab2 serves {current(two)}" in result.stdout
-    assert f"`fab rollback --to RELEASE` (e.g. --to {current(two)})" in result.stdout
-    fixed = lab_pair.fab("rollback", "--to", current(two))
+    advice = f"`fab rollback --to {current(two)}` (kept on every host) or a new `fab deploy`"
+    assert advice in result.stdout
+    fixed = lab_pair.fab("rollback", "--to", current(two))  # the advice, followed
+    assert fixed.returncode == 0, fixed.stderr
+    assert lab_pair.fab("check").returncode == 0
+
+
+def test_check_advice_for_a_split_group_names_a_release_every_host_keeps(lab_pair, tmp_path):
+    # a deploy to one host of the group: only lab1 has the newest release
+    from .conftest import configure, current, make_build
+
+    configure(lab_pair, make_build(tmp_path, "a"))
+    assert lab_pair.fab("deploy").returncode == 0
+    both = current(lab_pair.servers[0])
+    assert lab_pair.fab("-H", "lab1", "deploy").returncode == 0
+    result = lab_pair.fab("check")
+    assert result.returncode == 1
+    assert f"`fab rollback --to {both}` (kept on every host)" in result.stdout
+    fixed = lab_pair.fab("rollback", "--to", both)
     assert fixed.returncode == 0, fixed.stderr
     assert lab_pair.fab("check").returncode == 0

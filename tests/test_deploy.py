@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import upload
-from tasks.loadgen import LoadGen
+from lab.loadgen import LoadGen
+from tasks import rsync
 
 from .conftest import PROJECT, configure, current, history, known_bodies, make_build, releases, stopped_httpd
 
@@ -220,7 +220,7 @@ def test_a_dead_owners_lock_needs_force_unlock(lab1, tmp_path):
     refused = deploy(lab1)
     assert refused.returncode == 5
     assert "locked by alice@laptop (pid 4242) running 'deploy' since 2026-11-24T03:00:00Z" in refused.stderr
-    assert "owner looks dead: deploy again with --force-unlock" in refused.stderr
+    assert "its SSH session is gone, so its owner is dead: run again with --force-unlock" in refused.stderr
     # the upload, started together with the lock step, is gone on both ends
     deadline = time.monotonic() + 5
     while _rsync_processes(server) and time.monotonic() < deadline:
@@ -237,7 +237,7 @@ def test_an_early_upload_waits_for_the_incoming_dir_and_ends_with_its_client(lab
     server = lab1.servers[0]
     incoming = Path(server.deploy_to, "releases", ".incoming-20300101T000000.000Z")
     build = make_build(tmp_path, "x")
-    waiting = upload.Upload(lab1.host(), build, str(incoming), when_ready=True)
+    waiting = rsync.Upload(lab1.host(), build, str(incoming), when_ready=True)
     try:
         time.sleep(1.0)  # long enough for ssh, the login shell and the wait to start
         assert waiting.proc.poll() is None and not incoming.exists()
@@ -250,7 +250,7 @@ def test_an_early_upload_waits_for_the_incoming_dir_and_ends_with_its_client(lab
         time.sleep(0.05)
     assert _rsync_processes(server) == [] and not incoming.exists()
     # and once the dir appears, it becomes rsync and uploads into it
-    ready = upload.Upload(lab1.host(), build, str(incoming), when_ready=True)
+    ready = rsync.Upload(lab1.host(), build, str(incoming), when_ready=True)
     try:
         time.sleep(0.3)
         incoming.mkdir()
@@ -293,8 +293,8 @@ def test_watchdog_resumes_httpd_when_the_swap_is_killed_inside_the_pause(lab1, t
 
 def test_watchdog_resumes_httpd_after_pause_timeout(lab1):
     server = lab1.servers[0]
-    from tasks import ssh
-    from tasks.layout import Layout
+    from tasks import agent, ssh
+    from tasks.remote.paths import Layout
 
     host = lab1.host()
     layout = Layout(host.deploy_to)
@@ -305,10 +305,10 @@ def test_watchdog_resumes_httpd_after_pause_timeout(lab1):
 
     def run_swap():
         with ssh.connect(host) as conn:
-            result["answer"] = ssh.agent(
-                conn, "swap", "swap", python=host.python, layout=layout.as_dict(), release_id=release_id,
-                pidfile=server.pidfile, pause="sigstop", pause_timeout=1, hold_ms=4000,
-            )  # fmt: skip
+            result["answer"] = agent.call(conn, host.name, host.python, "swap", "swap", {
+                "deploy_to": host.deploy_to, "release_id": release_id, "pidfile": server.pidfile, "pause": "sigstop",
+                "pause_timeout": 1, "hold_ms": 4000,
+            }, 30)  # fmt: skip
 
     swapper = threading.Thread(target=run_swap)
     swapper.start()
@@ -384,21 +384,20 @@ def test_dry_run_lists_changes_and_changes_nothing(lab1, tmp_path):
 
 
 def test_hostile_values_are_refused_or_quoted(lab1, tmp_path):
-    from tasks import ssh
+    from tasks import agent, ssh
     from tasks.errors import RemoteError
-    from tasks.layout import Layout
 
     canary = tmp_path / "canary"
     host = lab1.host()
     with ssh.connect(host) as conn:
         for hostile in (f"20300101T000000Z; touch {canary}", f"$(touch {canary})", "../../etc", "20300101T000000Z\n"):
             try:
-                ssh.agent(
-                    conn, "swap", "swap", python=host.python, layout=Layout(host.deploy_to).as_dict(), release_id=hostile,
-                    pidfile=host.httpd.pidfile, pause="sigstop", pause_timeout=1,
-                )  # fmt: skip
+                agent.call(conn, host.name, host.python, "swap", "swap", {
+                    "deploy_to": host.deploy_to, "release_id": hostile, "pidfile": host.httpd.pidfile,
+                    "pause": "sigstop", "pause_timeout": 1,
+                }, 30)  # fmt: skip
             except RemoteError as exc:
-                assert "is not a release name" in str(exc)
+                assert "is not a release id" in str(exc)
             else:
                 raise AssertionError(f"{hostile!r} was accepted")
     # a build path with shell metacharacters is passed to rsync as one argument, never to a shell
@@ -455,7 +454,7 @@ def test_an_upload_that_writes_much_to_stderr_still_finishes(lab1, tmp_path, mon
     fake.write_text("#!/bin/sh\nhead -c 300000 /dev/zero | tr '\\0' w >&2\necho 'Total bytes sent: 1,234'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
-    running = upload.Upload(lab1.host(), make_build(tmp_path, "x"), "/nowhere")
+    running = rsync.Upload(lab1.host(), make_build(tmp_path, "x"), "/nowhere")
     done = threading.Thread(target=lambda: done.__dict__.update(stats=running.result()), daemon=True)
     done.start()
     done.join(timeout=20)

@@ -35,8 +35,8 @@ def write(tmp_path, text):
 
 def test_layers_defaults_group_host(tmp_path):
     inv = hostsfile.load(write(tmp_path, GOOD))
-    web1, web2 = inv.resolve("prod").hosts
-    stage = inv.resolve("staging").hosts[0]
+    web1, web2 = inv.resolve("prod")
+    stage = inv.resolve("staging")[0]
     assert (web1.port, web1.keep_releases, web1.deploy_to) == (22, 5, "/var/www/site")
     assert (web2.port, web2.keep_releases) == (2222, 3)
     assert (stage.name, stage.deploy_to, stage.user) == ("stage", "/var/www/staging", "deploy")
@@ -45,9 +45,9 @@ def test_layers_defaults_group_host(tmp_path):
 
 def test_resolve_names_and_default_group(tmp_path):
     inv = hostsfile.load(write(tmp_path, GOOD))
-    assert [h.name for h in inv.resolve(None).hosts] == ["web1.example.com", "web2.example.com"]
-    assert [h.name for h in inv.resolve("stage").hosts] == ["stage"]
-    assert [h.name for h in inv.resolve("stage,web1.example.com").hosts] == ["stage", "web1.example.com"]
+    assert [h.name for h in inv.resolve(None)] == ["web1.example.com", "web2.example.com"]
+    assert [h.name for h in inv.resolve("stage")] == ["stage"]
+    assert [h.name for h in inv.resolve("stage,web1.example.com")] == ["stage", "web1.example.com"]
     with pytest.raises(ConfigError) as err:
         inv.resolve("prdo")
     assert "-H 'prdo' is neither a group nor a host" in str(err.value)

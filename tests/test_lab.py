@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks import lab, ssh
+import lab
+from tasks import ssh
 from tasks.errors import ConnectError
-from tasks.layout import Layout
+from tasks.remote.paths import PLACEHOLDER, Layout
 
 from .conftest import process_gone, start_lab, stop_lab
 
@@ -48,7 +49,7 @@ def test_apache_serves_the_release_behind_current(lab2):
     with urllib.request.urlopen(server.url + "probe.txt") as response:
         assert response.status == 200
         assert response.read() == b"served through current\n"
-    assert Path(layout.current).resolve().name == lab.PLACEHOLDER_RELEASE
+    assert Path(layout.current).resolve().name == PLACEHOLDER
 
 
 def test_everything_listens_on_loopback_only(lab2):
@@ -65,7 +66,7 @@ def test_everything_listens_on_loopback_only(lab2):
 def test_lab_goes_down_leaving_no_process():
     handle, root = start_lab(1)
     server = handle.servers[0]
-    children = lab._children(server.httpd_pid)
+    children = lab.children(server.httpd_pid)
     assert len(children) >= 1
     stop_lab(handle, root)  # asserts the recorded PIDs are gone
     assert all(process_gone(p) for p in children)

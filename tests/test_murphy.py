@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks import hostsfile, ssh
+from lab.loadgen import LoadGen
+from tasks import agent, hostsfile, ssh
 from tasks.errors import ConfigError
-from tasks.layout import Layout
-from tasks.loadgen import LoadGen
+from tasks.remote.paths import Layout
 
 from .conftest import PROJECT, configure, current, history, known_bodies, make_build, releases, start_lab, stop_lab
 from .conftest import stopped_httpd as stopped
@@ -62,7 +62,7 @@ def wait_resumed(server, seconds=10):
 def lock_state(handle, server):
     host = handle.host(server.name)
     with ssh.connect(host) as conn:
-        return ssh.agent(conn, "state", "state", python=host.python, layout=Layout(host.deploy_to).as_dict())["lock"]
+        return agent.call(conn, host.name, host.python, "state", "state", {"deploy_to": host.deploy_to}, 30)["lock"]
 
 
 def assert_whole(handle, known, shared_before, build_next):
@@ -165,7 +165,7 @@ def test_ssh_connection_cut_during_the_swap(lab1, tmp_path):
     new, nxt, known, shared = prepare(lab1, tmp_path)
     server = lab1.servers[0]
     configure(lab1, new)
-    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), CUTOVER_TEST_HOLD_PAUSE_MS="1500")
+    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), CUTOVER_TEST="1", CUTOVER_TEST_HOLD_PAUSE_MS="1500")
     proc = subprocess.Popen(
         [sys.executable, "-m", "fabric", "deploy"],
         cwd=PROJECT,
@@ -202,7 +202,7 @@ def test_two_runs_at_the_same_instant(lab1, tmp_path, second):
     configure(lab1, new)
     assert lab1.fab("deploy").returncode == 0  # so that a rollback has somewhere to go
     configure(lab1, nxt)
-    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), CUTOVER_TEST_HOLD_PAUSE_MS="800")
+    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), CUTOVER_TEST="1", CUTOVER_TEST_HOLD_PAUSE_MS="800")
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "fabric", cmd],
@@ -348,7 +348,7 @@ def test_hosts_file_values_are_refused_or_harmless(tmp_path_factory, value, fiel
     path = tmp_path_factory.mktemp("h") / "hosts.yaml"
     path.write_text(yaml.safe_dump({"defaults": defaults, "groups": {"g": [host]}}))
     try:
-        h = hostsfile.load(path).resolve("g").hosts[0]
+        h = hostsfile.load(path).resolve("g")[0]
     except ConfigError as exc:
         assert str(exc).startswith(str(path))
         return
@@ -445,7 +445,15 @@ def swap_many(handle, count, sizes=(500, 3000)):
 
         def switch(release_id):
             args = {"pidfile": server.pidfile, "pause": "sigstop", "pause_timeout": 5}
-            ssh.agent(conn, "swap", "swap", python=host.python, layout=layout.as_dict(), release_id=release_id, **args)
+            agent.call(
+                conn,
+                host.name,
+                host.python,
+                "swap",
+                "swap",
+                dict(args, deploy_to=host.deploy_to, release_id=release_id),
+                30,
+            )
 
         switch(ids[0])
         with LoadGen(server.url, paths=("/index.html",), threads=4) as load:

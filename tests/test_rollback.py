@@ -3,7 +3,8 @@
 import json
 from pathlib import Path
 
-from tasks.loadgen import LoadGen
+from lab.loadgen import LoadGen
+from tasks.remote.paths import PLACEHOLDER
 
 from .conftest import configure, current, history, known_bodies, make_build, releases, stopped_httpd
 
@@ -57,12 +58,16 @@ def test_rollback_to_valid_missing_and_hostile_values(lab1, tmp_path):
     missing = lab1.fab("rollback", "--to", "20200101T000000Z")
     assert missing.returncode == 2
     assert "--to 20200101T000000Z: no such release on lab1" in missing.stderr
-    assert f"kept releases: {', '.join(reversed(kept))}" in missing.stderr
+    deployed = [k for k in kept if k != PLACEHOLDER]
+    assert f"releases kept on every host: {', '.join(reversed(deployed))}" in missing.stderr
+    placeholder = lab1.fab("rollback", "--to", PLACEHOLDER)
+    assert placeholder.returncode == 2
+    assert f"--to {PLACEHOLDER}: that is setup's placeholder, not a deployed release" in placeholder.stderr
     for hostile in ("..", "/", "../../etc", "$(touch /tmp/cutover-pwned)", "a;b", "x\ny", "9" * 5000):
         refused = lab1.fab("rollback", "--to", hostile)
         assert refused.returncode == 2, hostile
         assert "is not a release name; nothing was changed" in refused.stderr
-        assert kept[0] in refused.stderr  # the valid ones are listed
+        assert f"releases kept on every host: {', '.join(reversed(deployed))}" in refused.stderr
     assert not Path("/tmp/cutover-pwned").exists()
     assert current(server) == kept[1] and releases(server) == kept and live == kept[-1]
     assert not Path(server.deploy_to, ".cutover", "lock").exists()

@@ -1,5 +1,6 @@
 """`fab setup` on lab servers: the layout, and the sudo swap helper for a deploy user who is not root."""
 
+import json
 import os
 import pwd
 import shutil
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import ssh
+from tasks import agent, ssh
+from tasks.errors import RemoteError
 
 from .conftest import configure, current, history, make_build
 
@@ -17,11 +19,14 @@ def test_setup_creates_the_layout_on_a_fresh_server(lab1, tmp_path):
     server = lab1.servers[0]
     fresh = server.deploy_to + "-fresh"
     hosts_file = tmp_path / "hosts.yaml"
-    hosts_file.write_text(lab1.hosts_file.read_text().replace(server.deploy_to, fresh))
+    # Apache serves the lab's own deploy_to, not this one: no health check after the switch
+    text = lab1.hosts_file.read_text().replace(server.deploy_to, fresh).replace(f"url: {server.url}", "url: null")
+    hosts_file.write_text(text)
     result = lab1.fab("setup", hosts_file=hosts_file)
     assert result.returncode == 0, result.stderr
-    for sub in ("releases", "shared/media", ".cutover", "maintenance"):
+    for sub in ("releases", "shared", ".cutover", "maintenance"):
         assert Path(fresh, sub).is_dir(), sub
+    assert not Path(fresh, "shared", "media").exists()  # the first deploy seeds it from the build
     assert os.readlink(Path(fresh, "current")) == "releases/19700101T000000Z-placeholder"
     snippet = Path(fresh, ".cutover", "apache.conf").read_text()
     assert f'RewriteCond "{fresh}/maintenance/index.html" -f' in snippet
@@ -30,6 +35,7 @@ def test_setup_creates_the_layout_on_a_fresh_server(lab1, tmp_path):
     assert again.returncode == 0 and "  0  " in again.stdout.splitlines()[-1]
     deployed = lab1.fab("deploy", hosts_file=hosts_file)
     assert deployed.returncode == 0, deployed.stderr
+    assert Path(fresh, "shared", "media").is_dir()
 
 
 def test_setup_refuses_a_deploy_to_it_cannot_create(lab1, deploy_user, tmp_path):
@@ -60,7 +66,7 @@ def deploy_user(lab1):
     for path in [server.deploy_to, *(str(p) for p in Path(server.deploy_to).rglob("*"))]:
         os.lchown(path, uid, uid)
     sudoers = Path(f"/etc/sudoers.d/{name}")
-    helper, config = Path(ssh.HELPER), Path("/etc/cutover/helper.json")
+    helper, config = Path(agent.HELPER), Path("/etc/cutover/helper.json")
     created = [p for p in (helper, config, helper.parent, config.parent) if not p.exists()]
     run_dir = Path("/run/cutover")
     run_dir_created = not run_dir.exists()
@@ -79,7 +85,8 @@ def deploy_user(lab1):
 def test_non_root_deploy_user_swaps_through_the_sudo_helper(lab1, deploy_user, tmp_path):
     name, sudoers = deploy_user
     server = lab1.servers[0]
-    configure(lab1, make_build(tmp_path, "helper"), user=name)
+    # python: a bare name, as in the default hosts.yaml; sudoers needs the absolute path
+    configure(lab1, make_build(tmp_path, "helper"), user=name, python="python3")
     # without setup the swap cannot pause root's httpd: refused, and the site is untouched
     before = current(server)
     refused = lab1.fab("deploy")
@@ -87,21 +94,64 @@ def test_non_root_deploy_user_swaps_through_the_sudo_helper(lab1, deploy_user, t
     assert current(server) == before
     result = lab1.fab("setup")
     assert result.returncode == 0, result.stderr
-    line = f"{name} ALL=(root) NOPASSWD: /usr/bin/python3 -I -S {ssh.HELPER} swap *"
+    line = f"{name} ALL=(root) NOPASSWD: /usr/bin/python3 -I -S {agent.HELPER} swap *"
     assert line in result.stdout
-    helper = Path(ssh.HELPER)
+    helper = Path(agent.HELPER)
     assert helper.stat().st_uid == 0 and oct(helper.stat().st_mode & 0o777) == "0o755"
     sudoers.write_text(line + "\n")
     sudoers.chmod(0o440)
+    assert subprocess.run(["visudo", "-c", "-f", str(sudoers)], capture_output=True).returncode == 0
     deployed = lab1.fab("deploy")
     assert deployed.returncode == 0, deployed.stderr
     assert current(server) != before
     assert history(server)[-1]["pause_ms"] > 0
     assert Path(server.deploy_to, "releases", current(server)).stat().st_uid == pwd.getpwnam(name).pw_uid
+    assert lab1.fab("check").returncode == 0
     # the helper runs nothing but the swap, and only for the registered site
     with ssh.connect(lab1.host()) as conn:
-        out = ssh.run(conn, "probe", [*ssh.helper_argv("/usr/bin/python3"), "check", "{}"], check=False)
+        sudo = agent.helper_argv("python3")
+        out = ssh.run(conn, "probe", [*sudo, "check", "{}"], check=False)
         assert out.exited != 0  # sudoers allows only "swap ..."
-        hostile = '{"layout": {"deploy_to": "/etc"}, "release_id": "20300101T000000Z"}'
-        out = ssh.run(conn, "probe", [*ssh.helper_argv("/usr/bin/python3"), "swap", hostile], check=False)
+        hostile = '{"deploy_to": "/etc", "release_id": "20300101T000000Z"}'
+        out = ssh.run(conn, "probe", [*sudo, "swap", hostile], check=False)
         assert "/etc is not registered for user" in out.stdout
+        # a health check of a root-only file: the helper takes its checks from its registration,
+        # so the answer is the same whether the text is in the file or not, and names no file
+        answers = []
+        for text in ("root:", "no such text in the file"):
+            probe = {"deploy_to": server.deploy_to, "release_id": current(server), "verify": {
+                "urls": ["file:///etc/shadow"], "expect_status": None, "expect_text": text, "retries": 0, "timeout": 1,
+            }, "swap_back": False}  # fmt: skip
+            out = ssh.run(conn, "probe", [*sudo, "swap", json.dumps(probe)], check=False)
+            answer = json.loads(out.stdout)
+            assert "shadow" not in out.stdout and answer["health"] == "ok", out.stdout
+            answers.append({k: answer[k] for k in ("health", "old", "new")})
+        assert answers[0] == answers[1]
+    # an upgraded Cutover meets an old helper: check says so, setup installs the new one
+    helper.write_text(helper.read_text() + "# an older version\n")
+    stale = lab1.fab("check")
+    assert stale.returncode == 1
+    assert f"the swap helper {agent.HELPER} is from another version of Cutover: run `fab setup`" in stale.stdout
+    assert lab1.fab("setup").returncode == 0 and lab1.fab("check").returncode == 0
+
+
+def test_the_server_refuses_a_health_check_of_anything_but_http(lab1):
+    host = lab1.host()
+    release_id = current(lab1.servers[0])
+    with ssh.connect(host) as conn:
+        for url in ("file:///etc/shadow", "ftp://127.0.0.1/", "data:,root"):
+            verify = {"urls": [url], "expect_status": 200, "expect_text": None, "retries": 0, "timeout": 1}
+            with pytest.raises(RemoteError) as refused:
+                agent.call(conn, host.name, host.python, "swap", "swap", {
+                    "deploy_to": host.deploy_to, "release_id": release_id, "pidfile": host.httpd.pidfile,
+                    "pause": "sigstop", "pause_timeout": 1, "verify": verify,
+                }, 30)  # fmt: skip
+            assert f"health url {url!r} is not an http:// or https:// URL" in str(refused.value)
+        for bad in (0, -1, float("nan"), 61, "5"):
+            with pytest.raises(RemoteError) as refused:
+                agent.call(conn, host.name, host.python, "swap", "swap", {
+                    "deploy_to": host.deploy_to, "release_id": release_id, "pidfile": host.httpd.pidfile,
+                    "pause": "sigstop", "pause_timeout": bad,
+                }, 30)  # fmt: skip
+            assert "pause_timeout must be from 0.5 to 60 seconds" in str(refused.value)
+    assert current(lab1.servers[0]) == release_id

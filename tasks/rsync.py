@@ -1,4 +1,4 @@
-"""The upload: rsync over the connection's own SSH settings into the incoming release dir."""
+"""rsync over the connection's own SSH settings into the incoming release dir."""
 
 import re
 import shlex
@@ -6,9 +6,13 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import ssh
 from .errors import CutoverError, RemoteError
+
+WHEN_READY = Path(__file__).resolve().parent / "remote" / "when_ready.py"
+STOP_WAIT = 5  # seconds a stopped rsync gets to exit before it is killed
 
 PROGRESS_EVERY = 2.0  # seconds between progress lines of a long upload
 WAIT_LIMIT = 600  # seconds an early-started upload waits on the server for the lock step
@@ -44,13 +48,13 @@ def rsync_argv(host, build_path, dest, dry_run=False, when_ready=False):
     argv += ["-e", shlex.join(ssh.ssh_command(host))]
     if when_ready:
         # the server side waits for the lock step to have made the incoming dir (when_ready.py)
-        wait = [host.python, "-I", "-S", "-c", ssh.remote_script("when_ready.py"), dest, str(WAIT_LIMIT), "rsync"]
+        wait = [host.python, "-I", "-S", "-c", WHEN_READY.read_text(), dest, str(WAIT_LIMIT), "rsync"]
         argv.append(f"--rsync-path={shlex.join(wait)}")
     for entry in host.shared:
         argv.append(f"--exclude=/{entry}")
     if dry_run:
         argv += ["--dry-run", "--itemize-changes"]
-    argv += [f"{str(build_path).rstrip('/')}/", f"{host.host}:{dest}/"]
+    argv += [f"{str(build_path).rstrip('/')}/", ssh.destination(host, f"{dest}/")]
     return argv
 
 
@@ -86,7 +90,7 @@ class Upload:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=5)
+                self.proc.wait(timeout=STOP_WAIT)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -15,18 +15,15 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
+from tasks.errors import CutoverError
 
-from . import apache, hostsfile
-from .errors import CutoverError
-from .hostsfile import BUILTIN, Maintenance
-from .layout import Layout
+from .render import PHP_MODES, program, render, render_apache, write_hosts_file
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 SSHD = "/usr/sbin/sshd"
 APACHE = "/usr/sbin/apache2"
 STATE_FILE = "lab.json"
-PLACEHOLDER_RELEASE = "19700101T000000Z-placeholder"
+START_TIMEOUT = 15  # seconds a lab server's sshd, Apache or php-fpm gets to come up
+STOP_TIMEOUT = 10  # seconds a stopped process gets to exit before SIGKILL
 
 
 @dataclass
@@ -75,18 +72,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def _render(template, path, **values):
-    text = (TEMPLATES / "lab" / template).read_text()
-    for key, value in values.items():
-        text = text.replace(f"@@{key}@@", str(value))
-    Path(path).write_text(text)
-
-
 def _keygen(path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cutover-lab", "-f", str(path)], check=True)
 
 
-def _wait_for(check, what, timeout=15):
+def _wait_for(check, what, timeout=START_TIMEOUT):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -107,84 +97,6 @@ def _http_ok(url):
             return r.status < 500
     except OSError:
         return False
-
-
-def _placeholder_release(deploy_to, serve=""):
-    """Apache will not start without its DocumentRoot: give current a first release."""
-    layout = Layout(deploy_to)
-    release = Path(layout.release(PLACEHOLDER_RELEASE))
-    (release / serve).mkdir(parents=True)
-    (release / serve / "index.html").write_text(
-        '<!doctype html><meta name="release" content="placeholder"><title>Cutover sandbox</title>'
-        "<p>Nothing deployed yet.</p>\n"
-    )
-    for d in (layout.shared, layout.meta):
-        Path(d).mkdir(parents=True, exist_ok=True)
-    os.symlink(f"releases/{PLACEHOLDER_RELEASE}", layout.current)
-    # Apache's RewriteMap (templates/apache.conf) must exist before Apache starts
-    Path(layout.meta, "maps").mkdir()
-    Path(layout.meta, "maps", f"{PLACEHOLDER_RELEASE}.map").write_text(f"current {PLACEHOLDER_RELEASE}\n")
-    os.symlink(f"maps/{PLACEHOLDER_RELEASE}.map", Path(layout.meta, "release.map"))
-
-
-# The lab's maintenance settings: the defaults, plus a health path for the tests.
-LAB_MAINTENANCE = Maintenance(
-    **{**BUILTIN["maintenance"], "allow": tuple(BUILTIN["maintenance"]["allow"]), "health_path": "/health.txt"}
-)
-PHP_MODES = (None, "mod_php", "fpm")
-
-
-def _program(pattern):
-    """The newest installed program or module matching a glob (php-fpm8.2, libphp8.2.so ...)."""
-    found = sorted(Path("/").glob(pattern.lstrip("/")))
-    if not found:
-        raise CutoverError(f"lab: nothing matches {pattern}; apt-get install libapache2-mod-php php-fpm")
-    return str(found[-1])
-
-
-def _php_conf(server):
-    """The Apache lines that hand .php files to PHP: mod_php in the prefork MPM, or php-fpm over FastCGI."""
-    if server.php == "mod_php":
-        return (
-            f"LoadModule php_module {_program('/usr/lib/apache2/modules/libphp*.so')}\n"
-            '<FilesMatch ".+\\.ph(?:ar|p|tml)$">\n    SetHandler application/x-httpd-php\n</FilesMatch>'
-        )
-    if server.php == "fpm":
-        return (
-            "LoadModule proxy_module /usr/lib/apache2/modules/mod_proxy.so\n"
-            "LoadModule proxy_fcgi_module /usr/lib/apache2/modules/mod_proxy_fcgi.so\n"
-            '<FilesMatch ".+\\.ph(?:ar|p|tml)$">\n'
-            f'    SetHandler "proxy:unix:{server.root}/php/fpm.sock|fcgi://localhost"\n</FilesMatch>'
-        )
-    return ""
-
-
-def render_apache(lab, server):
-    """Write the server's httpd.conf and Cutover's rules from the lab's hosts.yaml; True if either changed.
-
-    The rules are what `fab setup` writes for that host (tasks/apache.py), so the lab serves
-    through exactly the rules a production server would.
-    """
-    host = hostsfile.load(lab.hosts_file).resolve(server.name).hosts[0]
-    base = Path(server.root, "apache")
-    rules = base / "conf.d" / "cutover.conf"
-    conf = Path(server.httpd_conf)
-    before = [p.read_text() if p.exists() else None for p in (rules, conf)]
-    rules.write_text(apache.snippet(host))
-    _render(
-        "httpd.conf",
-        conf,
-        root=base,
-        name=server.name,
-        http_port=server.http_port,
-        pidfile=server.pidfile,
-        mpm=server.mpm,
-        deploy_to=server.deploy_to,
-        document_root=apache.document_root(host),
-        php=_php_conf(server),
-        site_conf=server.site_conf.replace("@@deploy_to@@", server.deploy_to),
-    )
-    return before != [rules.read_text(), conf.read_text()]
 
 
 def apply_rules(lab):
@@ -220,7 +132,7 @@ def _start_fpm(server):
     )
     with open(run / "stdout.log", "ab") as log:
         fpm = subprocess.Popen(
-            [_program("/usr/sbin/php-fpm*"), "--nodaemonize", "--fpm-config", str(run / "fpm.conf")],
+            [program("/usr/sbin/php-fpm*"), "--nodaemonize", "--fpm-config", str(run / "fpm.conf")],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -230,7 +142,7 @@ def _start_fpm(server):
     _wait_for(lambda: fpm.poll() is None and (run / "fpm.sock").exists(), f"php-fpm of {server.name} (see {run})")
 
 
-def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None, serve=""):
+def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
     """Start one server's sshd, php-fpm (if asked) and Apache under its root, on its ports.
 
     tmpfs_mb: put deploy_to on a tmpfs of that size, to fill the disk in fault tests.
@@ -240,7 +152,7 @@ def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None, serve="")
     more (the inode allocator checks recently deleted inodes).
     """
     base = Path(server.root)
-    for sub in ("ssh", "apache/run", "apache/conf.d", "site"):
+    for sub in ("ssh", "apache/run", "site"):
         (base / sub).mkdir(parents=True)
     for d in (base, base / "apache", base / "site"):
         d.chmod(0o755)  # Apache's children (www-data) must reach the site
@@ -262,11 +174,10 @@ def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None, serve="")
         subprocess.run(["mount", "-o", "loop", str(image), deploy_to], check=True)
         Path(deploy_to).chmod(0o755)
     server.mounted = bool(tmpfs_mb or ext4_mb)
-    _placeholder_release(deploy_to, serve)
 
     _keygen(base / "ssh" / "host_ed25519")
     shutil.copy(client_pub, base / "ssh" / "authorized_keys")
-    _render("sshd_config", base / "ssh" / "sshd_config", root=base, ssh_port=server.ssh_port)
+    render("sshd_config", base / "ssh" / "sshd_config", root=base, ssh_port=server.ssh_port)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
     with open(base / "ssh" / "sshd.log", "ab") as log:
         sshd = subprocess.Popen(
@@ -308,9 +219,9 @@ def start(root, count=1, mpm="event", ports=None, tmpfs_mb=None, ext4_mb=None, p
     """
     if os.geteuid() != 0:
         raise CutoverError("lab: lab servers run their own sshd, which needs root; run as root")
-    for program in (SSHD, APACHE, "/usr/bin/rsync"):
-        if not os.path.exists(program):
-            raise CutoverError(f"lab: {program} is missing; apt-get install openssh-server apache2 rsync")
+    for needed in (SSHD, APACHE, "/usr/bin/rsync"):
+        if not os.path.exists(needed):
+            raise CutoverError(f"lab: {needed} is missing; apt-get install openssh-server apache2 rsync")
     if php not in PHP_MODES:
         raise CutoverError(f"lab: php must be one of {PHP_MODES}, not {php!r}")
     if php == "mod_php":
@@ -336,7 +247,7 @@ def start(root, count=1, mpm="event", ports=None, tmpfs_mb=None, ext4_mb=None, p
     try:
         for server in lab.servers:
             try:
-                start_server(lab, server, f"{client_key}.pub", tmpfs_mb, ext4_mb, settings.get("serve") or "")
+                start_server(lab, server, f"{client_key}.pub", tmpfs_mb, ext4_mb)
             finally:
                 _save(lab)  # whatever started is recorded, so that stop() finds it
             host_pub = Path(server.root, "ssh", "host_ed25519.pub").read_text().split()
@@ -346,44 +257,6 @@ def start(root, count=1, mpm="event", ports=None, tmpfs_mb=None, ext4_mb=None, p
         stop(root, remove=False)  # keep the logs the error points at
         raise
     return lab
-
-
-def write_hosts_file(lab, build=None, build_compare="checksum", **overrides):
-    """Write the lab's hosts.yaml: group `sandbox` with every server, settings per host."""
-    build = build or str(TEMPLATES.parent / "example" / "site")
-    hosts = []
-    for s in lab.servers:
-        hosts.append(
-            {
-                "name": s.name,
-                "host": "127.0.0.1",
-                "port": s.ssh_port,
-                "deploy_to": s.deploy_to,
-                "httpd": {"pidfile": s.pidfile},
-                "health": {"url": s.url},
-            }
-        )
-    data = {
-        "defaults": {
-            "user": "root",
-            "python": "/usr/bin/python3",  # the server's own python, as on a fresh Debian server
-            "key": str(lab.key),
-            "known_hosts": str(lab.known_hosts),
-            "build": {"path": build, "required": ["index.html"], "compare": build_compare},
-            "keep_releases": 5,
-            "shared": ["media"],
-            "smoke": {"commands": ["test -s index.html"]},
-            "health": {"expect_status": 200, "expect_text": 'name="release"'},
-            "maintenance": {"health_path": LAB_MAINTENANCE.health_path},
-            **overrides,
-        },
-        "groups": {"sandbox": hosts},
-        "default_group": "sandbox",
-    }
-    lab.hosts_file.write_text(
-        "# Written by the Cutover lab for its own servers.\n" + yaml.safe_dump(data, sort_keys=False)
-    )
-    return lab.hosts_file
 
 
 def _save(lab):
@@ -411,7 +284,7 @@ def _is_ours(pid, program):
         return False
 
 
-def _stop_pid(pid, program, timeout=10):
+def _stop_pid(pid, program, timeout=STOP_TIMEOUT):
     """Stop a process we started, by PID, after checking it is still that program."""
     if not _is_ours(pid, program):
         return
@@ -431,13 +304,13 @@ def _stop_pid(pid, program, timeout=10):
 
 def stop_server(server):
     """Stop one lab server's httpd and sshd; resumes httpd's children first if they were paused."""
-    for pid in _children(server.httpd_pid):
+    for pid in children(server.httpd_pid):
         os.kill(pid, signal.SIGCONT)
     _stop_pid(server.httpd_pid, APACHE)
     if server.fpm_pid:
-        _stop_pid(server.fpm_pid, os.path.realpath(_program("/usr/sbin/php-fpm*")))
+        _stop_pid(server.fpm_pid, os.path.realpath(program("/usr/sbin/php-fpm*")))
     if _is_ours(server.sshd_pid, SSHD):
-        for pid in _children(server.sshd_pid):  # sessions left open, e.g. by a failed test
+        for pid in children(server.sshd_pid):  # sessions left open, e.g. by a failed test
             try:
                 if os.path.basename(os.readlink(f"/proc/{pid}/exe")).startswith("sshd"):
                     os.kill(pid, signal.SIGTERM)
@@ -448,7 +321,7 @@ def stop_server(server):
         subprocess.run(["umount", server.deploy_to], check=False)
 
 
-def _children(pid):
+def children(pid):
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:

@@ -1,0 +1,187 @@
+"""The client half of Cutover's server protocol (tasks/remote/protocol.py).
+
+The server side is the package tasks/remote/, standard library only. It travels as one bundle
+over the SSH channel's stdin to a short bootstrap (`python3 -I -S -c BOOTSTRAP N serve`), which
+registers the files as the package `cutover` and answers one JSON request per line. Nothing is
+installed on the server, and the command line stays short: the bundle has no size limit and
+no `ps` listing shows it. A non-root deploy user's swap goes instead through the root-owned
+helper that `fab setup` installed: the same files, with the helper's gate, run by sudo.
+"""
+
+import hashlib
+import json
+import shlex
+from pathlib import Path
+
+import paramiko
+
+from .errors import LockError, MigrationError, RemoteError, SmokeError
+
+REMOTE = Path(__file__).resolve().parent / "remote"
+BUNDLE = ("protocol", "paths", "limits", "history", "httpd", "swap", "health", "lock", "stage", "shared",
+          "finish", "views", "install", "helper")  # fmt: skip
+HELPER_BUNDLE = ("protocol", "paths", "limits", "httpd", "swap", "health", "helper")  # what sudo runs as root
+HELPER = "/usr/local/lib/cutover/swap-helper"
+DETAIL_KEPT = 2000  # characters of a dying agent's stderr shown
+
+_LOADER = """\
+import json, sys
+from importlib.machinery import ModuleSpec
+class Bundle:
+    def __init__(self, sources): self.sources = sources
+    def find_spec(self, name, path=None, target=None):
+        if name == "cutover" or (name.startswith("cutover.") and name[8:] in self.sources):
+            return ModuleSpec(name, self, is_package=name == "cutover")
+    def create_module(self, spec): return None
+    def exec_module(self, module):
+        if module.__name__ != "cutover":
+            source = self.sources[module.__name__[8:]]
+            exec(compile(source, "cutover/%s.py" % module.__name__[8:], "exec"), module.__dict__)
+"""
+BOOTSTRAP = (
+    _LOADER
+    + """\
+sys.meta_path.insert(0, Bundle(json.loads(sys.stdin.buffer.read(int(sys.argv[1])))))
+from cutover import protocol
+sys.exit(protocol.main(sys.argv[2:]))
+"""
+)
+
+# error kind from the server -> the client's error class
+KINDS = {"locked": LockError, "smoke": SmokeError, "migration": MigrationError}
+
+
+def sources(names):
+    return {name: (REMOTE / f"{name}.py").read_text() for name in names}
+
+
+def helper_program():
+    """The sudo helper as one file: the helper bundle and the loader, gate on."""
+    return (
+        "# Cutover's swap helper, installed by `fab setup`; run through sudo (see README).\n"
+        + _LOADER
+        + f"sys.meta_path.insert(0, Bundle({sources(HELPER_BUNDLE)!r}))\n"
+        + "from cutover import protocol\nsys.exit(protocol.main(sys.argv[1:], helper=True))\n"
+    )
+
+
+def helper_hash():
+    """sha256 of the helper this Cutover installs: `fab check` compares it with the server's."""
+    return hashlib.sha256(helper_program().encode()).hexdigest()
+
+
+def helper_argv(python):
+    """How a deploy user who is not root runs the root-owned swap helper."""
+    return ["sudo", "-n", python, "-I", "-S", HELPER]
+
+
+def failure(step, answer, host):
+    """The error for a refusal: its class from the answer's kind, the whole answer kept as details."""
+    cls = KINDS.get(answer.get("kind"), RemoteError)
+    error = cls(f"{step}: {answer['error']}", host=host, hint=answer.get("hint"))
+    error.details = answer
+    return error
+
+
+class Channel:
+    """One server-side agent per connection, answering a JSON line per request."""
+
+    def __init__(self, conn, python, open_timeout):
+        bundle = json.dumps(sources(BUNDLE)).encode()
+        self.channel = conn.client.get_transport().open_session(timeout=open_timeout)
+        self.channel.exec_command(shlex.join([python, "-I", "-S", "-c", BOOTSTRAP, str(len(bundle)), "serve"]))
+        self.channel.settimeout(open_timeout)
+        self.channel.sendall(bundle)
+        self.answers = self.channel.makefile("rb")
+
+    def call(self, op, args, timeout):
+        """Send one request and wait up to timeout seconds for its answer; None when the agent is gone."""
+        self.channel.settimeout(timeout)
+        self.channel.sendall((json.dumps({"op": op, "args": args}) + "\n").encode())
+        line = self.answers.readline()
+        return json.loads(line) if line.strip() else None
+
+    def stderr(self):
+        out = b""
+        while self.channel.recv_stderr_ready():
+            out += self.channel.recv_stderr(65536)
+        return out.decode("utf-8", "replace")
+
+    def close(self):
+        self.channel.close()
+
+
+def call(conn, host_name, python, step, op, args, timeout):
+    """One operation on the server over the connection's agent; returns its answer or raises.
+
+    A call that gets no answer within `timeout` seconds ends with a clear error, and the agent
+    is dropped (its answer may still come); the next call starts a new one.
+    """
+    channel = getattr(conn, "_cutover_channel", None)
+    try:
+        if channel is None or channel.channel.closed:
+            channel = conn._cutover_channel = Channel(conn, python, timeout)
+        answer = channel.call(op, args, timeout)
+        detail = channel.stderr().strip()[-DETAIL_KEPT:] if answer is None else ""
+    except TimeoutError:
+        _drop(conn)
+        raise RemoteError(
+            f"{step}: no answer from the server within {timeout:.0f} s (the network or the server is silent)",
+            host=host_name,
+        ) from None
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        _drop(conn)
+        raise RemoteError(f"{step}: the connection failed: {type(exc).__name__}: {exc}", host=host_name) from None
+    if answer is None:
+        _drop(conn)
+        raise RemoteError(f"{step}: no answer from the server: {detail or 'the connection closed'}", host=host_name)
+    if "error" in answer:
+        raise failure(step, answer, host_name)
+    return answer
+
+
+def _drop(conn):
+    channel = getattr(conn, "_cutover_channel", None)
+    conn._cutover_channel = None
+    if channel is not None:
+        channel.close()
+
+
+def call_helper(conn, host_name, python, step, args, timeout):
+    """The swap through the root-owned sudo helper (a non-root deploy user); returns its answer or raises."""
+    from . import ssh
+
+    result = ssh.run(conn, step, [*helper_argv(python), "swap", json.dumps(args)], timeout=timeout, check=False)
+    answer = _last_json(result.stdout)
+    if answer is None:
+        detail = (result.stderr or result.stdout).strip()[-DETAIL_KEPT:]
+        raise RemoteError(
+            f"{step}: no answer from the swap helper: {detail or f'exit {result.exited}'}", host=host_name
+        )
+    if "error" in answer:
+        raise failure(step, answer, host_name)
+    return answer
+
+
+def _last_json(text):
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
+class LocalAgent:
+    """The same server side, run in this process against a local deploy_to: for tests of the
+    server's decisions without SSH (no lab, milliseconds per call)."""
+
+    def call(self, op, args):
+        from .remote import protocol
+
+        answer = protocol.answer(op, args)
+        if "error" in answer:
+            raise failure(op, answer, "local")
+        return answer

@@ -1,0 +1,128 @@
+"""Cutover's configuration as frozen dataclasses, built once by hostsfile.load after validation;
+the rest of the code trusts them and never looks at raw YAML."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Build:
+    path: Path
+    required: tuple[str, ...]
+    compare: str = "checksum"  # how rsync finds unchanged files: "checksum" or "mtime"
+
+
+@dataclass(frozen=True)
+class Httpd:
+    pidfile: str
+    pause: str  # "sigstop" or "none"
+    pause_timeout: float
+
+
+@dataclass(frozen=True)
+class Smoke:
+    commands: tuple[str, ...]
+    url: str | None
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Health:
+    urls: tuple[str, ...]
+    expect_status: int
+    expect_text: str | None
+    retries: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    allow: tuple[str, ...]
+    health_path: str | None
+    retry_after: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Migrate:
+    command: str | None
+    host: str | None
+    timeout: float
+    always: bool
+
+
+@dataclass(frozen=True)
+class Apache:
+    """How Apache treats the release directories that pinned requests are mapped to."""
+
+    allow_override: str
+    options: str
+
+
+@dataclass(frozen=True)
+class Host:
+    """One server as a deploy sees it, every setting resolved."""
+
+    name: str
+    host: str
+    port: int
+    user: str | None
+    key: Path | None
+    known_hosts: Path
+    python: str
+    deploy_to: str
+    build: Build
+    keep_releases: int
+    shared: tuple[str, ...]
+    serve: str  # the document root inside a release ("" for the release itself), e.g. "public"
+    never_serve: tuple[str, ...]
+    httpd: Httpd
+    smoke: Smoke
+    health: Health
+    maintenance: Maintenance
+    migrate: Migrate
+    apache: Apache
+
+    @property
+    def served_shared(self):
+        """The shared entries inside `serve`, as URL paths relative to the site root."""
+        prefix = f"{self.serve}/" if self.serve else ""
+        return tuple(e[len(prefix) :] for e in self.shared if e.startswith(prefix))
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    groups: dict = field(hash=False)  # group name -> tuple[Host, ...]
+    default_group: str | None
+
+    def resolve(self, target):
+        """The hosts named by `-H` (a group, a host name, or a comma list of them); None means default_group."""
+        if target is None or target == "":
+            if self.default_group is None:
+                raise ConfigError(
+                    f"no -H given and {self.path} sets no default_group",
+                    hint=f"name a group with -H ({self.known_names()}) or set default_group",
+                )
+            return self.groups[self.default_group]
+        hosts = []
+        for name in target.split(","):
+            name = name.strip()
+            if name in self.groups:
+                found = list(self.groups[name])
+            else:
+                found = [h for hosts_ in self.groups.values() for h in hosts_ if h.name == name][:1]
+            if not found:
+                raise ConfigError(
+                    f"-H {name!r} is neither a group nor a host in {self.path}",
+                    hint=f"use one of: {self.known_names()}",
+                )
+            hosts.extend(h for h in found if h.name not in {x.name for x in hosts})
+        return tuple(hosts)
+
+    def known_names(self):
+        groups = ", ".join(sorted(self.groups))
+        hosts = ", ".join(sorted({h.name for hs in self.groups.values() for h in hs}))
+        return f"groups {groups}; hosts {hosts}"

@@ -1,0 +1,126 @@
+"""The end of a run: clean up old releases and leftovers, record it in history, release the lock;
+or, after a failure, remove what the run uploaded, record that, and release the lock."""
+
+import json
+import os
+import shutil
+
+from . import history, lock, paths
+from .protocol import Refused
+
+
+def to_remove(kept, current, protect, keep):
+    """Which kept releases (oldest first) to remove so that `keep` remain; never current or protected."""
+    spare = {current, *protect} - {None}
+    return [name for name in kept[: max(0, len(kept) - keep)] if name not in spare]
+
+
+def remove_release_dir(layout, name):
+    """Remove releases/<name>, after checking on this server that it is a real directory there."""
+    path = os.path.join(layout.releases, name)
+    if "/" in name or name in (".", "..") or os.path.realpath(os.path.dirname(path)) != os.path.realpath(layout.releases):
+        raise Refused("refusing to remove %s: not directly inside %s" % (path, layout.releases))
+    if os.path.islink(path):
+        raise Refused("refusing to remove %s: it is a symlink" % path)
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, someone else's
+    return True
+
+
+def cleanup(layout, keep, protect):
+    """Remove old releases beyond `keep` and what dead runs left behind; call only under the lock."""
+    current = paths.current_release(layout)
+    removed = []
+    for name in to_remove(paths.releases(layout), current, protect, keep):
+        remove_release_dir(layout, name)
+        removed.append(name)
+    for name in os.listdir(layout.releases):
+        if name.startswith((".incoming-", ".prelink-")):
+            remove_release_dir(layout, name)  # we hold the lock: any incoming dir is a dead run's
+            removed.append(name)
+    kept = set(paths.releases(layout))
+    if os.path.isdir(layout.maps) and not os.path.islink(layout.maps):
+        for name in os.listdir(layout.maps):
+            if name.endswith(".map") and name[: -len(".map")] not in kept:
+                os.unlink(os.path.join(layout.maps, name))
+    for name in os.listdir(layout.meta):
+        # the result file of a swap whose agent died before reading it
+        if name.startswith("swap-") and name.endswith(".json") and name[5:-5].isdigit():
+            if not _pid_alive(int(name[5:-5])):
+                os.unlink(os.path.join(layout.meta, name))
+    for temp in lock.stale_temps(layout):
+        shutil.rmtree(temp, ignore_errors=True)
+    return removed
+
+
+def _owner_if_ours(layout, token):
+    try:
+        with open(layout.owner) as f:
+            held = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return held if held.get("token") == token else None
+
+
+def _run_fields(a, held, release_id):
+    """The history fields of a deploy or rollback: what the server knows, plus the client's timings."""
+    return {
+        "release": release_id,
+        "old": held.get("old"),
+        "duration_s": a.get("duration_s"),
+        "steps": a.get("steps"),
+        "bytes_sent": a.get("bytes_sent"),
+        "pause_ms": a.get("pause_ms"),
+        "rename_ms": a.get("rename_ms"),
+        "hooks": a.get("hooks"),
+    }
+
+
+def op_finish(a):
+    """Clean up (keep_releases, never the live or the previous release), record, release the lock."""
+    import time
+
+    layout = paths.Layout(a["deploy_to"])
+    release_id = paths.release_id(a["release_id"])
+    held = _owner_if_ours(layout, a["token"])
+    if held is None:
+        raise Refused("this run no longer holds the lock of %s; nothing was cleaned or recorded" % layout.deploy_to,
+                      hint="another run cleared it with --force-unlock; check `fab history` and `fab releases`")
+    t = time.monotonic()
+    removed = cleanup(layout, a["keep"], [held.get("old"), release_id]) if a.get("clean", True) else []
+    fields = _run_fields(a, held, release_id)
+    fields["steps"] = dict(fields["steps"] or {}, cleanup=round(time.monotonic() - t, 4))
+    history.record(layout, held["command"], held, "ok", started=held.get("started"), cleaned=removed, **fields)
+    lock.release(layout, a["token"])
+    return {"removed": removed, "cleanup_s": time.monotonic() - t}
+
+
+def op_abort(a):
+    """A run failed: remove what it uploaded (never the live release), record, release the lock."""
+    layout = paths.Layout(a["deploy_to"])
+    release_id = a.get("release_id")
+    held = _owner_if_ours(layout, a["token"]) if a.get("token") else None
+    removed = []
+    live = paths.current_release(layout)
+    if held and a.get("remove") and paths.RELEASE_ID.fullmatch(release_id or "") and live != release_id:
+        for name in (".prelink-" + release_id, ".incoming-" + release_id, release_id):
+            if os.path.lexists(os.path.join(layout.releases, name)):
+                remove_release_dir(layout, name)
+                removed.append(name)
+    if held and a.get("record", True):
+        try:
+            history.record(layout, held["command"], held, "failed", started=held.get("started"), cleaned=removed,
+                           error=a.get("error"), **_run_fields(a, held, release_id))
+        except OSError:
+            pass  # a full disk must not keep the lock: unlocking matters more than the record
+    released = lock.release(layout, a["token"]) if held else False
+    return {"removed": removed, "released": released, "current": live}

@@ -1,0 +1,88 @@
+"""The health check on the server: every URL answers the expected status (and text), from the
+expected release when Cutover's Apache rules say which one answered.
+
+Only http and https URLs are fetched, and every field is checked here, since the sudo helper
+runs this as root for a caller it does not trust.
+"""
+
+import time
+
+from . import limits
+from .protocol import Refused
+
+RELEASE_HEADER = "X-Cutover-Release"  # set by Cutover's Apache rules for loopback clients
+
+
+def checked(verify):
+    """verify, with every field of the right type and bounds; Refused otherwise."""
+    if not isinstance(verify, dict):
+        raise Refused("health settings must be a mapping")
+    urls = verify.get("urls")
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+        raise Refused("health urls must be a non-empty list of URLs")
+    for url in urls:
+        if not url.lower().startswith(("http://", "https://")) or any(c.isspace() or ord(c) < 32 for c in url):
+            raise Refused("health url %r is not an http:// or https:// URL" % url[:80])
+    text = verify.get("expect_text")
+    if text is not None and not isinstance(text, str):
+        raise Refused("health expect_text must be text")
+    status = verify.get("expect_status")
+    if isinstance(status, bool) or not isinstance(status, int) or not limits.within(status, limits.EXPECT_STATUS):
+        raise Refused("health expect_status must be a status code from 100 to 599")
+    retries = verify.get("retries")
+    if isinstance(retries, bool) or not isinstance(retries, int) or not limits.within(retries, limits.HEALTH_RETRIES):
+        raise Refused("health retries must be a whole number from 0 to 100")
+    if not limits.within(verify.get("timeout"), limits.HEALTH_TIMEOUT):
+        raise Refused("health timeout must be from 0.5 to 120 seconds")
+    return {"urls": urls, "expect_status": status, "expect_text": text, "retries": retries,
+            "timeout": verify["timeout"]}
+
+
+def _get(url, timeout):
+    """(status, release header, start of the body) of a GET."""
+    import urllib.request  # only the steps that fetch a URL pay for this import
+
+    # Only the http and https handlers: a file://, ftp:// or data: URL, given or redirected
+    # to, finds no opener ("unknown url type").
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.HTTPHandler, urllib.request.HTTPSHandler, urllib.request.HTTPRedirectHandler,
+                    urllib.request.HTTPErrorProcessor, urllib.request.HTTPDefaultErrorHandler):
+        opener.add_handler(handler())
+    request = urllib.request.Request(url, headers={"Cache-Control": "no-cache", "Connection": "close"})
+    try:
+        with opener.open(request, timeout=timeout) as r:
+            return r.status, r.headers.get(RELEASE_HEADER), r.read(limits.HEALTH_BODY_READ).decode("utf-8", "replace")
+    except urllib.request.HTTPError as exc:
+        body = exc.read(limits.HEALTH_BODY_READ).decode("utf-8", "replace")
+        return exc.code, exc.headers.get(RELEASE_HEADER), body
+
+
+def problem(verify, release_id):
+    """None when every URL answers as expected; else the last problem seen, after the retries."""
+    verify = checked(verify)
+    found = None
+    text = verify["expect_text"]
+    if text:
+        text = text.replace("{release}", release_id)
+    for attempt in range(verify["retries"] + 1):
+        if attempt:
+            time.sleep(limits.HEALTH_RETRY_DELAY)
+        found = None
+        for url in verify["urls"]:
+            try:
+                status, served_by, body = _get(url, verify["timeout"])
+            except (OSError, ValueError) as exc:
+                found = "%s: %s" % (url, getattr(exc, "reason", exc))
+                break
+            if status != verify["expect_status"]:
+                found = "%s answered %d, expected %d" % (url, status, verify["expect_status"])
+                break
+            if served_by and served_by != release_id:
+                found = "%s answered from release %s, not %s" % (url, served_by, release_id)
+                break
+            if text and text not in body:
+                found = "%s answered %d without the text %r" % (url, status, text)
+                break
+        if found is None:
+            return None
+    return found

@@ -1,0 +1,90 @@
+"""history.jsonl: one JSON line per deploy, rollback, maintenance switch and forced unlock.
+
+Every line has one schema, built here and only here:
+    {"event", "started", "user", "local_host", "result", ...what the event adds}
+A deploy or rollback adds release, old, duration_s, steps, bytes_sent, pause_ms, rename_ms,
+cleaned, hooks and, when it failed, error. Lines are appended with one O_APPEND write each, so
+two writers never interleave; a torn last line (a full disk) is skipped when read.
+"""
+
+import json
+import os
+
+from . import paths
+
+TAIL_READ = 262144  # bytes read from the end first: enough for the last ~1,000 entries
+
+
+def record(layout, event, who, result, started=None, **fields):
+    """Append one entry. who: {"user", "local_host"} of the person running Cutover."""
+    entry = {"event": event, "started": started or paths.now(), "user": who.get("user"),
+             "local_host": who.get("local_host"), "result": result}
+    entry.update((k, v) for k, v in fields.items() if v is not None)
+    line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+    fd = os.open(layout.history, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)  # one write with O_APPEND: lines never interleave
+    finally:
+        os.close(fd)
+    return entry
+
+
+def _parse(lines):
+    out = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a torn line from a full disk: skip it, keep the rest
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
+
+
+def read(layout, last=None):
+    """The entries, oldest first; with `last`, only the last ones (read from the end of the file)."""
+    try:
+        with open(layout.history, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - TAIL_READ) if last else 0
+            f.seek(start)
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    lines = data.splitlines()
+    if start:
+        lines = lines[1:]  # the first line may be cut
+    entries = _parse(lines)
+    if last is None:
+        return entries
+    if len(entries) < last and start:
+        return read(layout)[-last:]
+    return entries[-last:]
+
+
+def previous_of(entries, current):
+    """The release live before `current`: the `old` of the last switch that made it live."""
+    for e in reversed(entries):
+        if e.get("result") == "ok" and e.get("event") in ("deploy", "rollback") and e.get("release") == current:
+            return e.get("old")
+    return None
+
+
+def previous(layout, current):
+    """previous_of() over the history, read from its end first."""
+    found = previous_of(read(layout, last=1000), current)
+    return found if found is not None else previous_of(read(layout), current)
+
+
+def release_notes(entries):
+    """{release: {"deployed", "user", "rolled_back"}} from the entries."""
+    info = {}
+    for e in entries:
+        if e.get("result") != "ok":
+            continue
+        if e.get("event") == "deploy":
+            info.setdefault(e.get("release"), {}).update(deployed=e.get("started"), user=e.get("user"), rolled_back=False)
+        elif e.get("event") == "rollback":
+            info.setdefault(e.get("old"), {})["rolled_back"] = True
+            info.setdefault(e.get("release"), {})["rolled_back"] = False
+    return info

@@ -1,0 +1,185 @@
+"""The steps before the switch: lock (with the incoming release and its prelink), stage (link
+shared entries, smoke tests, promote) and the migration."""
+
+import errno
+import os
+import stat
+import time
+
+from . import history, lock, paths, shared
+from .protocol import Refused
+
+OUTPUT_KEPT = 3000  # characters of a failed command's output sent back
+
+
+def op_lock(a):
+    """Take the lock; for a deploy also make the incoming release, hard-linked from the live one."""
+    layout = paths.Layout(a["deploy_to"])
+    release_id = paths.release_id(a["release_id"]) if a.get("release_id") else None
+    if not os.path.isdir(layout.deploy_to):
+        raise Refused(
+            "deploy_to %s does not exist on this server" % layout.deploy_to,
+            hint="run `fab setup` or create it (owned by the deploy user)",
+        )
+    current = paths.current_release(layout)
+    kept = paths.releases(layout)
+    if current not in kept:
+        current = None
+    lock.take(layout, dict(a["who"], release=release_id, old=current))
+    try:
+        answer = {"current": current, "releases": kept}
+        if a.get("want_previous"):
+            answer["previous"] = history.previous(layout, current)
+        if release_id:
+            answer.update(_make_incoming(layout, release_id, current, a.get("prelink")))
+        return answer
+    except BaseException:
+        lock.release(layout, a["who"]["token"])
+        raise
+
+
+def _make_incoming(layout, release_id, current, plan):
+    """releases/.incoming-<id>, made as .prelink-<id> and renamed when complete: the upload's
+    rsync, started together with the lock step, waits for .incoming-<id> (when_ready.py)."""
+    for d in (layout.releases, layout.shared):
+        os.makedirs(d, exist_ok=True)
+    if os.path.lexists(layout.release(release_id)):
+        raise Refused("release %s already exists on this server" % release_id)
+    making = layout.prelink(release_id)
+    os.mkdir(making)
+    out = {"incoming": layout.incoming(release_id)}
+    if plan and current:
+        t = time.monotonic()
+        out["prelinked"], out["prelink_error"] = prelink(layout.release(current), making, plan)
+        out["prelink_s"] = time.monotonic() - t
+    os.rename(making, layout.incoming(release_id))
+    return out
+
+
+def prelink(live, incoming, plan):
+    """Hard-link the live release's files into the incoming dir; rsync then sends only the changes.
+
+    A file is linked only when its mode is the mode the build gives it: rsync (no times, no
+    owner, no group) then never changes an inode the live release shares, it replaces what
+    differs with a new file. Directories are made anew, symlinks and shared entries left to
+    rsync and stage. Best effort: on an error, what is linked stays and rsync sends the rest.
+    Returns (files linked, error or None).
+    """
+    default, modes, skip = plan["default"], plan["modes"], set(plan["shared"])
+    linked = [0]
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+    def walk(src_fd, dst_fd, prefix):
+        with os.scandir(src_fd) as it:
+            entries = list(it)
+        for e in entries:
+            rel = prefix + e.name
+            if rel in skip:
+                continue
+            if e.is_dir(follow_symlinks=False):
+                os.mkdir(e.name, 0o755, dir_fd=dst_fd)
+                src = os.open(e.name, flags, dir_fd=src_fd)
+                try:
+                    dst = os.open(e.name, flags, dir_fd=dst_fd)
+                    try:
+                        walk(src, dst, rel + "/")
+                    finally:
+                        os.close(dst)
+                finally:
+                    os.close(src)
+            elif e.is_file(follow_symlinks=False):
+                if stat.S_IMODE(e.stat(follow_symlinks=False).st_mode) != modes.get(rel, default):
+                    continue
+                try:
+                    os.link(e.name, e.name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
+                    linked[0] += 1
+                except OSError as exc:
+                    if exc.errno != errno.EMLINK:  # too many links to that inode: rsync copies it
+                        raise
+
+    try:
+        src = os.open(live, flags)
+        try:
+            dst = os.open(incoming, flags)
+            try:
+                walk(src, dst, "")
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+    except OSError as exc:
+        return linked[0], "%s: %s" % (type(exc).__name__, exc)
+    return linked[0], None
+
+
+def tail(text, limit=OUTPUT_KEPT):
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def run_command(what, command, cwd, env, timeout, kind=None):
+    """Run one configured shell command in cwd; Refused (with its output) unless it exits 0."""
+    import subprocess  # only the steps that run commands start processes
+
+    try:
+        run = subprocess.run(
+            ["/bin/sh", "-c", command], cwd=cwd, env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.output or b"").decode("utf-8", "replace")
+        raise Refused("%s %r timed out after %ss" % (what, command, timeout), kind=kind, output=tail(out))
+    out = run.stdout.decode("utf-8", "replace")
+    if run.returncode != 0:
+        raise Refused("%s %r exited %d" % (what, command, run.returncode), kind=kind, output=tail(out))
+    return out
+
+
+def release_env(layout, release_id, release_dir):
+    """What a smoke command, hook or migration finds in its environment."""
+    return {"RELEASE_DIR": release_dir, "RELEASE_ID": release_id, "DEPLOY_TO": layout.deploy_to}
+
+
+def op_stage(a):
+    """Link shared entries, run the smoke tests, promote: one round trip after the upload."""
+    layout = paths.Layout(a["deploy_to"])
+    release_id = paths.release_id(a["release_id"])
+    incoming = layout.incoming(release_id)
+    timings = {}
+    t = time.monotonic()
+    if not os.path.isdir(incoming):
+        raise Refused("incoming release %s is missing" % incoming)
+    if a.get("pidfile"):
+        from . import httpd
+
+        httpd.parent(a["pidfile"])  # refuse now, before any host of the group switches
+    linked = shared.link(layout, incoming, a["shared"])
+    timings["link"] = time.monotonic() - t
+    t = time.monotonic()
+    env = release_env(layout, release_id, incoming)
+    smoke = a["smoke"]
+    for command in smoke["commands"]:
+        run_command("smoke command", command, incoming, env, smoke["timeout"], kind="smoke")
+    if smoke.get("url"):
+        from . import health
+
+        paths.point(layout.next, os.path.relpath(incoming, layout.deploy_to))
+        problem = health.problem(dict(smoke["health"], urls=[smoke["url"]]), release_id)
+        if problem:
+            raise Refused("smoke URL failed: %s" % problem, kind="smoke")
+    timings["smoke"] = time.monotonic() - t
+    t = time.monotonic()
+    os.rename(incoming, layout.release(release_id))
+    timings["promote"] = time.monotonic() - t
+    return {"timings": timings, "shared": linked}
+
+
+def op_migrate(a):
+    """Run the migration command inside the promoted release."""
+    layout = paths.Layout(a["deploy_to"])
+    release_id = paths.release_id(a["release_id"])
+    release_dir = layout.release(release_id)
+    t = time.monotonic()
+    migration = a["migration"]
+    out = run_command("migration", migration["command"], release_dir, release_env(layout, release_id, release_dir),
+                      migration["timeout"], kind="migration")
+    return {"output": tail(out), "seconds": time.monotonic() - t}

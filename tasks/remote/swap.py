@@ -1,0 +1,299 @@
+"""The swap protocol: switch `current` to a release with httpd paused, then verify.
+
+op_swap, top to bottom:
+  1. check the release exists and the pidfile names a live httpd (before anything is paused);
+  2. fork a child detached from the SSH session (a dropped connection cannot stop it);
+  3. in it, write the release's Apache map and the two temp symlinks (outside the pause);
+  4. arm a watchdog: a detached process that sends SIGCONT to every httpd process after
+     pause_timeout, or at once if the swap process dies;
+  5. enter SCHED_FIFO (bounded by RLIMIT_RTTIME), SIGSTOP httpd's parent, read its children
+     from /proc (one read), SIGSTOP them;
+  6. rename the release map and `current` (two symlinks renamed over two symlinks);
+  7. SIGCONT children and parent, back to normal priority, disarm the watchdog;
+  8. GET the health URLs; on failure switch straight back (the same steps) and check again;
+  9. report old and new release, pause and rename times through a result file.
+Between steps 5 and 7 the process only calls kill(), reads one /proc file and renames.
+"""
+
+import gc
+import json
+import os
+import resource
+import select
+import signal
+import stat
+import time
+
+from . import health, httpd, limits, paths
+from .protocol import Refused
+
+# If the critical section ever spins, the kernel stops it after 0.2 s of real-time CPU
+# (SIGXCPU) and kills it after 1 s; the watchdog then resumes httpd.
+RTTIME_LIMIT_US = (200000, 1000000)
+SWAP_PRIORITY = 10  # SCHED_FIFO priority of the swap inside the pause
+WATCHDOG_PRIORITY = 20  # above the swap's: the watchdog runs even if the swap spins
+DISARM = b"done"
+
+
+def _realtime(priority):
+    """Enter SCHED_FIFO with a bounded CPU budget; returns None, or why normal priority is used."""
+    try:
+        resource.setrlimit(resource.RLIMIT_RTTIME, RTTIME_LIMIT_US)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        return None
+    except (OSError, AttributeError, ValueError) as exc:
+        return "real-time priority refused (%s); paused at normal priority" % exc
+
+
+def _normal_priority():
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass  # real time was refused (or is unknown here): already at normal priority
+
+
+def _arm_watchdog(parent, timeout, log_path):
+    """Fork a detached watchdog; returns the pipe end that disarms it.
+
+    The watchdog resumes every httpd process when the timeout passes, or at once when the
+    pipe closes without DISARM (the swap process died between STOP and CONT).
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(r)
+        return w
+    try:
+        os.close(w)
+        os.setsid()
+        _realtime(WATCHDOG_PRIORITY)
+        ready = select.select([r], [], [], timeout)[0]
+        word = os.read(r, 16) if ready else b""
+        if word != DISARM:
+            pids = httpd.signal_all(parent, signal.SIGCONT)
+            why = "the swap process died" if ready else "pause_timeout of %ss passed" % timeout
+            with open(log_path, "a") as f:
+                f.write("%s watchdog: %s; SIGCONT sent to %s\n" % (paths.now(), why, pids))
+    finally:
+        os._exit(0)
+
+
+def _pause_and_rename(renames, parent, pause_timeout, watchdog_log, hold_ms):
+    """The critical section: STOP parent, STOP children, the renames, CONT all. Returns pause figures."""
+    disarm = _arm_watchdog(parent, pause_timeout, watchdog_log)
+    refused = _realtime(SWAP_PRIORITY)
+    httpd.children(parent)  # warm the code path and the /proc entry before the pause
+    gc.disable()
+    paused = []
+    try:
+        t0 = time.perf_counter_ns()
+        os.kill(parent, signal.SIGSTOP)
+        paused = httpd.children(parent)
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
+        r0 = time.perf_counter_ns()
+        for fd, source, target in renames:
+            os.rename(source, target, src_dir_fd=fd, dst_dir_fd=fd)
+        r1 = time.perf_counter_ns()
+        if hold_ms:
+            time.sleep(hold_ms / 1000.0)  # fault tests only: widen the pause to act inside it
+    finally:
+        for pid in paused:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass  # exited while paused
+        os.kill(parent, signal.SIGCONT)
+        t1 = time.perf_counter_ns()
+        _normal_priority()
+        gc.enable()
+        try:
+            os.write(disarm, DISARM)
+            fired = False
+        except BrokenPipeError:
+            fired = True  # the watchdog already gave up waiting and resumed httpd
+        os.close(disarm)
+    notes = [refused] if refused else []
+    if not httpd.has_children_file(parent):
+        notes.append("this kernel has no /proc/PID/task/PID/children: httpd's children were found by reading all of /proc inside the pause")
+    if fired:
+        notes = ["the watchdog resumed httpd after pause_timeout (%ss)" % pause_timeout]
+    return {"pause_ms": round((t1 - t0) / 1e6, 3), "rename_ms": round((r1 - r0) / 1e6, 3), "paused": len(paused) + 1,
+            "realtime": refused is None, "note": "; ".join(notes) or None}
+
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+class Dirs:
+    """deploy_to, .cutover and .cutover/maps opened once, never through a symlink.
+
+    Every file the switch writes is made relative to these descriptors: even the root-owned
+    sudo helper, working in a directory its caller owns, then cannot be steered elsewhere by a
+    symlink planted in place of .cutover or maps.
+    """
+
+    def __init__(self, layout):
+        self.top = os.open(layout.deploy_to, DIR_FLAGS)
+        self.meta = self._subdir(self.top, ".cutover")
+        self.maps = self._subdir(self.meta, "maps")
+
+    @staticmethod
+    def _subdir(parent, name):
+        try:
+            os.mkdir(name, 0o755, dir_fd=parent)
+        except FileExistsError:
+            pass
+        try:
+            return os.open(name, DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            raise Refused("%s is not a plain directory (%s); refusing to write the release pin through it" % (name, exc.strerror))
+
+    def close(self):
+        for fd in (self.maps, self.meta, self.top):
+            os.close(fd)
+
+
+def _write_at(dir_fd, name, text):
+    """Replace name in dir_fd atomically with text (a fresh temp file, synced, renamed)."""
+    temp = "%s.tmp%d" % (name, os.getpid())
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def _temp_symlink_at(dir_fd, name, target):
+    temp = "%s.%d" % (name, os.getpid())
+    try:
+        os.unlink(temp, dir_fd=dir_fd)  # left by a dead process that had our PID
+    except FileNotFoundError:
+        pass
+    os.symlink(target, temp, dir_fd=dir_fd)
+    return temp
+
+
+def _pin_files(dirs, release_id):
+    """The release's map file, and temp symlinks for release.map and current: what the switch renames."""
+    _write_at(dirs.maps, release_id + ".map", "current %s\n" % release_id)
+    temp_map = _temp_symlink_at(dirs.meta, "release.map", "maps/%s.map" % release_id)
+    temp_current = _temp_symlink_at(dirs.top, "current", "releases/" + release_id)
+    return [(dirs.meta, temp_map, "release.map"), (dirs.top, temp_current, "current")]
+
+
+def point_map(layout, release_id):
+    """Point .cutover/release.map at the map of release_id (outside any pause: setup)."""
+    dirs = Dirs(layout)
+    try:
+        _write_at(dirs.maps, release_id + ".map", "current %s\n" % release_id)
+        temp = _temp_symlink_at(dirs.meta, "release.map", "maps/%s.map" % release_id)
+        os.rename(temp, "release.map", src_dir_fd=dirs.meta, dst_dir_fd=dirs.meta)
+    finally:
+        dirs.close()
+
+
+def switch(layout, release_id, parent, settings):
+    """One switch to releases/<release_id>: release.map (Apache's pin) and current, renamed
+    together, inside the pause when parent is an httpd PID.
+
+    Both are symlinks: renaming one over another frees no inode, which keeps each rename near
+    10 us; a regular file renamed over another costs over 100 us on ext4, inside the pause.
+    """
+    dirs = Dirs(layout)
+    renames = []
+    try:
+        try:
+            st = os.stat("releases/" + release_id, dir_fd=dirs.top, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            raise Refused("release %s does not exist on this server" % release_id)
+        renames = _pin_files(dirs, release_id)
+        if parent is None:
+            t0 = time.perf_counter_ns()
+            for fd, source, target in renames:
+                os.rename(source, target, src_dir_fd=fd, dst_dir_fd=fd)
+            ms = round((time.perf_counter_ns() - t0) / 1e6, 3)
+            return {"pause_ms": 0.0, "rename_ms": ms, "paused": 0, "realtime": False, "note": "httpd.pause is none"}
+        return _pause_and_rename(renames, parent, settings["pause_timeout"], settings["watchdog_log"], settings["hold_ms"])
+    finally:
+        for fd, temp, _ in renames:
+            try:
+                os.unlink(temp, dir_fd=fd)
+            except FileNotFoundError:
+                pass  # renamed into place, as intended
+        dirs.close()
+
+
+def switch_and_verify(layout, release_id, parent, old, settings):
+    """Switch, check health, and switch straight back to `old` when the new release fails it."""
+    result = dict(switch(layout, release_id, parent, settings), old=old, new=release_id)
+    verify = settings["verify"]
+    if verify:
+        problem = health.problem(verify, release_id)
+        result["health"] = problem or "ok"
+        if problem and settings["swap_back"] and old:
+            back = switch(layout, old, parent, settings)
+            result["swapped_back"] = True
+            result["swap_back_pause_ms"] = back["pause_ms"]
+            again = health.problem(dict(verify, expect_text=None), old)
+            result["health_after_swap_back"] = again or "ok"
+    return result
+
+
+def settings_of(a):
+    """The swap's settings from a request, each checked: the server trusts no bound of the client."""
+    timeout = a.get("pause_timeout", limits.PAUSE_TIMEOUT_DEFAULT)
+    if not limits.within(timeout, limits.PAUSE_TIMEOUT):
+        raise Refused("pause_timeout must be from %s to %s seconds, got %r" % (limits.PAUSE_TIMEOUT + (timeout,)))
+    hold = a.get("hold_ms", 0)
+    if not limits.within(hold, (0, 1000 * limits.PAUSE_TIMEOUT[1])):
+        raise Refused("hold_ms must be from 0 to %d" % (1000 * limits.PAUSE_TIMEOUT[1]))
+    if a.get("pause") not in ("sigstop", "none"):
+        raise Refused("pause must be sigstop or none")
+    verify = a.get("verify")
+    return {"pause_timeout": timeout, "hold_ms": hold, "pause": a["pause"], "pidfile": a.get("pidfile"),
+            "verify": health.checked(verify) if verify else None, "swap_back": bool(a.get("swap_back"))}
+
+
+def op_swap(a):
+    """Point current at releases/<release_id> with httpd paused, then verify; detached from SSH."""
+    layout = paths.Layout(a["deploy_to"])
+    release_id = paths.release_id(a["release_id"])
+    settings = settings_of(a)
+    target = layout.release(release_id)
+    if not os.path.isdir(target) or os.path.islink(target):
+        raise Refused("release %s does not exist on this server" % release_id)
+    old = paths.current_release(layout)
+    parent = httpd.parent(settings["pidfile"]) if settings["pause"] == "sigstop" else None
+    # The swap's own files: in .cutover, or for the sudo helper in its root-owned directory.
+    meta = a.get("meta") or layout.meta
+    settings["watchdog_log"] = os.path.join(meta, os.path.basename(layout.watchdog_log))
+    result_path = os.path.join(meta, os.path.basename(layout.swap_result(os.getpid())))
+    child = os.fork()
+    if child == 0:
+        # Detached from the SSH session: a dropped connection cannot stop it between STOP and
+        # CONT, nor between a failed health check and the switch back.
+        os.setsid()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        try:
+            paths.write_file(os.path.join(meta, os.path.basename(layout.swap_pid)), "%d\n" % os.getpid())
+            result = switch_and_verify(layout, release_id, parent, old, settings)
+        except BaseException as exc:  # reported through the result file, never lost
+            result = {"error": "swap failed: %s" % exc, "old": old}
+        paths.write_file(result_path, json.dumps(result))
+        os._exit(0)
+    os.waitpid(child, 0)
+    with open(result_path) as f:
+        result = json.load(f)
+    os.unlink(result_path)
+    if "error" in result:
+        # `current` tells the client whether this host switched before the failure
+        raise Refused(result["error"], current=paths.current_release(layout))
+    return result

@@ -1,0 +1,97 @@
+"""Read-only views of a server (check, state, history, releases) and the maintenance switch."""
+
+import os
+import shutil
+import sys
+
+from . import history, httpd, limits, lock, paths
+from .protocol import Refused
+
+
+def _disk_free(path):
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def op_check(a):
+    """Preflight: rsync present, deploy_to usable, httpd alive, disk space, the sudo helper's version."""
+    layout = paths.Layout(a["deploy_to"])
+    out = {"rsync": shutil.which("rsync"), "python": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable}
+    if os.path.isdir(layout.deploy_to):
+        out["deploy_to"] = "ok" if os.access(layout.deploy_to, os.W_OK | os.X_OK) else "not writable"
+    else:
+        parent = layout.deploy_to
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        out["deploy_to"] = "missing, can be created" if os.access(parent, os.W_OK) else "missing, cannot be created"
+    try:
+        pid = httpd.parent(a["pidfile"])
+        out["httpd"] = {"ok": True, "pid": pid, "children": len(httpd.children(pid))}
+    except Refused as exc:
+        out["httpd"] = {"ok": False, "problem": str(exc)}
+    out["disk_free"] = _disk_free(layout.deploy_to)
+    out["current"] = paths.current_release(layout)
+    out["releases"] = paths.releases(layout)
+    out["maintenance"] = os.path.exists(layout.maintenance_page)
+    if a.get("helper_path"):
+        from . import install
+
+        out["helper_sha256"] = install.installed_hash(a["helper_path"])
+    return out
+
+
+def op_state(a):
+    """Releases, current, lock, maintenance and stopped httpd PIDs of one server."""
+    layout = paths.Layout(a["deploy_to"])
+    out = {
+        "releases": paths.releases(layout),
+        "current": paths.current_release(layout),
+        "lock": lock.owner(layout),
+        "maintenance": os.path.exists(layout.maintenance_page),
+    }
+    if a.get("pidfile"):
+        try:
+            out["stopped"] = httpd.stopped(a["pidfile"])
+        except Refused as exc:
+            out["stopped"] = None
+            out["httpd_problem"] = str(exc)
+    return out
+
+
+def op_history(a):
+    """The last n history entries, oldest first."""
+    return {"entries": history.read(paths.Layout(a["deploy_to"]), last=a["n"])}
+
+
+def op_releases(a):
+    """Kept releases, newest first, with deploy time, user and whether one was rolled away from."""
+    layout = paths.Layout(a["deploy_to"])
+    notes = history.release_notes(history.read(layout))
+    current = paths.current_release(layout)
+    out = []
+    for name in reversed(paths.releases(layout)):
+        d = notes.get(name, {})
+        out.append({"release": name, "current": name == current, "deployed": d.get("deployed"),
+                    "user": d.get("user"), "rolled_back": d.get("rolled_back", False)})
+    return {"releases": out, "current": current}
+
+
+def op_maintenance(a):
+    """Place (on) or remove (off) maintenance/index.html atomically; idempotent."""
+    layout = paths.Layout(a["deploy_to"])
+    was_on = os.path.exists(layout.maintenance_page)
+    if a["on"]:
+        if not limits.within(a["retry_after"], limits.RETRY_AFTER):
+            raise Refused("retry_after must be from %d to %d seconds" % limits.RETRY_AFTER)
+        os.makedirs(layout.maintenance, exist_ok=True)
+        # retry-after first: the page turns maintenance on, and Apache reads both
+        paths.write_file(layout.retry_after, str(int(a["retry_after"])))
+        paths.write_file(layout.maintenance_page, a["page"])  # readers see no page or the whole page, never half
+    elif was_on:
+        os.unlink(layout.maintenance_page)
+    if was_on != a["on"]:
+        os.makedirs(layout.meta, exist_ok=True)
+        history.record(layout, "maintenance-" + ("on" if a["on"] else "off"), a["who"], "ok")
+    return {"was_on": was_on, "on": a["on"]}

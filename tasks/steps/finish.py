@@ -1,0 +1,72 @@
+"""Steps 9-10: clean up, record and unlock; or, after a failure, remove this run's upload,
+record the failure and unlock."""
+
+import time
+
+from ..errors import CutoverError
+from ..fleet import each_host, in_parallel
+from ..output import say
+
+CLEANUP_TIMEOUT = 600  # seconds: removing old releases of a large site
+
+
+def _timings(run, r):
+    """What the client measured of this run on one host, for its history line."""
+    return {
+        "release_id": run.release_id,
+        "duration_s": round(time.time() - run.started, 3),
+        "steps": {k: round(v, 4) for k, v in r.steps.items()},
+        "bytes_sent": r.bytes_sent,
+        "pause_ms": r.switch.get("pause_ms"),
+        "rename_ms": r.switch.get("rename_ms"),
+    }
+
+
+def finish(run, clean=True):
+    """Keep keep_releases releases (never the live or the previous one), record, unlock."""
+
+    def one(r):
+        answer = r.call(
+            "finish", "finish", timeout=CLEANUP_TIMEOUT, token=run.who["token"], clean=clean, keep=r.host.keep_releases,
+            **_timings(run, r),
+        )  # fmt: skip
+        r.locked = False
+        r.steps["cleanup"] = answer["cleanup_s"]
+        removed = f"removed {len(answer['removed'])} old release(s)" if answer["removed"] else "nothing to remove"
+        say(
+            r.host,
+            "cleanup" if clean else "record",
+            answer["cleanup_s"],
+            (removed + ", " if clean else "") + "unlocked",
+        )
+
+    in_parallel(run.hosts, one)
+
+
+def abort(run, error, remove=True):
+    """On any failure: stop the uploads, remove this run's incoming release (never a live one),
+    record the failure and unlock, on every host still reachable, in parallel. Returns one note
+    per host on what it serves now; a host that cannot be reached keeps its lock, which
+    --force-unlock clears once its owner (this run) is gone."""
+    for r in run.hosts:
+        if r.upload is not None:
+            r.upload.stop()  # before the incoming dir it writes into is removed
+    locked = [r for r in run.hosts if r.locked and r.conn is not None]
+
+    def one(r):
+        answer = r.call(
+            "abort", "abort", timeout=CLEANUP_TIMEOUT, token=run.who["token"], remove=remove, error=str(error),
+            **_timings(run, r),
+        )  # fmt: skip
+        r.locked = False
+        return f"{r.name} serves {answer['current']}"
+
+    notes = []
+    for r, outcome in each_host(locked, one):
+        if isinstance(outcome, CutoverError):
+            notes.append(f"{r.name}: could not clean up ({outcome.message}); its lock stays until --force-unlock")
+        elif isinstance(outcome, BaseException):
+            notes.append(f"{r.name}: could not clean up ({outcome!r}); its lock stays until --force-unlock")
+        else:
+            notes.append(outcome)
+    return notes

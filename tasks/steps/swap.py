@@ -1,0 +1,89 @@
+"""Steps 7-8: switch every host at once (httpd paused), verify; switch all back on any failure."""
+
+from .. import agent, testhooks
+from ..errors import CutoverError, GroupError, HealthError, RemoteError
+from ..fleet import in_parallel
+from ..output import Timer, say
+from . import MARGIN, health_args, health_seconds
+
+
+def _timeout(h):
+    # the pause, the health check, the switch back and the health check after it
+    return 2 * h.httpd.pause_timeout + 2 * health_seconds(h.health) + MARGIN
+
+
+def switch(r, step, release_id, verify):
+    """One host's switch to release_id (and verify, switching back on failure); the swap's answer."""
+    h = r.host
+    if r.uses_helper:
+        # the helper takes the rest (pidfile, pause_timeout, health settings) from its registration
+        args = {
+            "deploy_to": h.deploy_to,
+            "release_id": release_id,
+            "verify": verify is not None,
+            "swap_back": verify is not None,
+        }
+        return agent.call_helper(r.conn, r.name, h.python, step, args, _timeout(h))
+    return r.call(
+        step, "swap", timeout=_timeout(h), release_id=release_id, pidfile=h.httpd.pidfile, pause=h.httpd.pause,
+        pause_timeout=h.httpd.pause_timeout, hold_ms=testhooks.hold_ms(), verify=verify, swap_back=verify is not None,
+    )  # fmt: skip
+
+
+def swap(run):
+    """Switch every host to the run's release at once; if any fails, switch back those that switched."""
+
+    def one(r):
+        t = Timer()
+        verify = health_args(r.host.health) if r.host.health.urls else None
+        r.switched = "unknown"  # until an answer says otherwise, this host may have switched
+        try:
+            answer = switch(r, "swap", run.release_id, verify)
+        except RemoteError as exc:
+            if exc.details:  # the server answered: it says where current is now
+                r.switched = "yes" if exc.details.get("current") == run.release_id else "no"
+            raise
+        r.switch = answer
+        r.switched = "no" if answer.get("swapped_back") else "yes"
+        r.steps["swap"] = t.seconds
+        note = f" ({answer['note']})" if answer.get("note") else ""
+        say(
+            r.host, "swap", t.seconds, f"{answer['old']} -> {answer['new']}, httpd paused {answer['pause_ms']} ms{note}"
+        )
+        if verify is None:
+            say(r.host, "verify", 0, "skipped: no health.url")
+        elif answer["health"] != "ok":
+            raise HealthError(
+                f"health check failed after the switch: {answer['health']}; switched back to {answer['old']} at once "
+                f"(health after switching back: {answer.get('health_after_swap_back', 'not checked')})"
+            )
+        else:
+            say(r.host, "verify", 0, "healthy")
+
+    try:
+        in_parallel(run.hosts, one)
+    except BaseException as exc:  # any failure, Ctrl-C included: the group must not stay split
+        try:
+            undone = switch_back(run)
+        except GroupError as failed:
+            if isinstance(exc, CutoverError):
+                exc.message += f"; switching the others back failed too: {failed.message}"
+            raise exc from None
+        if undone and isinstance(exc, CutoverError):
+            exc.message += f"; switched back on {', '.join(undone)} so the group stays on one release"
+        raise
+
+
+def switch_back(run):
+    """Return every host this run switched (or may have) to the release it served before; names them."""
+    back = [r for r in run.hosts if r.switched in ("yes", "unknown") and r.current]
+    if not back:
+        return []
+
+    def one(r):
+        answer = switch(r, "switch back", r.current, None)
+        r.switched = "no"
+        say(r.host, "switch back", 0, f"{answer['old']} -> {answer['new']}, httpd paused {answer['pause_ms']} ms")
+
+    in_parallel(back, one)
+    return [r.name for r in back]

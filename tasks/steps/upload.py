@@ -1,0 +1,26 @@
+"""Step 3: rsync the build into each host's releases/.incoming-<id>, over the prelinked files."""
+
+from .. import rsync
+from ..fleet import in_parallel
+from ..output import say, size
+from ..remote.paths import Layout
+
+
+def start_uploads(run, build):
+    """Start rsync on every host together with the lock step: its SSH start overlaps the lock, its
+    server side waiting for the incoming dir (when_ready.py); on any failure abort() stops it."""
+    for r in run.hosts:
+        dest = Layout(r.host.deploy_to).incoming(run.release_id)
+        r.upload = rsync.Upload(r.host, build.path, dest, when_ready=True)
+
+
+def upload_all(run):
+    """Wait for every host's upload; one line each with files changed and bytes sent."""
+
+    def one(r):
+        stats = r.upload.result(progress=lambda text: print(f"[{r.name}] upload     {text}", flush=True))
+        r.steps["upload"] = stats.seconds
+        r.bytes_sent = stats.bytes_sent
+        say(r.host, "upload", stats.seconds, f"{stats.files} files changed, {size(stats.bytes_sent)} sent")
+
+    in_parallel(run.hosts, one)

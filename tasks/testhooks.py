@@ -1,0 +1,37 @@
+"""Hooks for the fault tests (tests/test_murphy.py), inert unless CUTOVER_TEST=1 is set too.
+
+CUTOVER_TEST_KILL_AT=STEP[:SECONDS] kills this process at a step of a deploy or rollback;
+CUTOVER_TEST_HOLD_PAUSE_MS widens httpd's pause so a test can act inside it. Both need
+CUTOVER_TEST=1, so a variable left in an operator's shell can never freeze a production httpd.
+"""
+
+import os
+import signal
+import threading
+
+ENABLE = "CUTOVER_TEST"
+KILL_AT = "CUTOVER_TEST_KILL_AT"
+HOLD_PAUSE = "CUTOVER_TEST_HOLD_PAUSE_MS"
+
+
+def _enabled():
+    return os.environ.get(ENABLE) == "1"
+
+
+def fault_point(step):
+    """SIGKILL this process at `step`, or `step:SECONDS` into it."""
+    if not _enabled():
+        return
+    name, _, delay = os.environ.get(KILL_AT, "").partition(":")
+    if name != step:
+        return
+    if not delay:
+        os.kill(os.getpid(), signal.SIGKILL)
+    timer = threading.Timer(float(delay), os.kill, (os.getpid(), signal.SIGKILL))
+    timer.daemon = True
+    timer.start()
+
+
+def hold_ms():
+    """Milliseconds to hold httpd paused after the renames (0 outside the fault tests)."""
+    return int(os.environ.get(HOLD_PAUSE, "0")) if _enabled() else 0
