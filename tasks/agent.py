@@ -15,7 +15,7 @@ from pathlib import Path
 
 import paramiko
 
-from .errors import LockError, MigrationError, RemoteError, SmokeError
+from .errors import HookError, LockError, MigrationError, RemoteError, SmokeError
 
 REMOTE = Path(__file__).resolve().parent / "remote"
 BUNDLE = ("protocol", "paths", "limits", "history", "httpd", "swap", "health", "lock", "stage", "shared",
@@ -48,7 +48,7 @@ sys.exit(protocol.main(sys.argv[2:]))
 )
 
 # error kind from the server -> the client's error class
-KINDS = {"locked": LockError, "smoke": SmokeError, "migration": MigrationError}
+KINDS = {"locked": LockError, "smoke": SmokeError, "migration": MigrationError, "hook": HookError}
 
 
 def sources(names):

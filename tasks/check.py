@@ -5,17 +5,42 @@ from invoke import task
 from . import agent, ssh
 from .cli import boundary, target
 from .errors import CutoverError
-from .fleet import Run, close, each_host
+from .fleet import STEP_TIMEOUT, Run, close, each_host
 from .output import table
+from .remote.health import DENIED
 from .remote.paths import PLACEHOLDER
+from .remote.views import PROBED_OUTSIDE
+from .steps import health_args, origin, protected_urls
 
 MIN_FREE = 100 * 1024 * 1024  # below this a deploy may fill the disk
 
 
+def probe_args(host):
+    """What check asks the server to request over HTTP: the health URL, and what must be denied."""
+    if not host.health.urls:
+        return None
+    base = origin(host.health.urls[0])
+    probes = [base + "/" + name.replace("*", "cutover-probe") for name in host.never_serve]
+    return {
+        "verify": health_args(host.health),
+        "denied": probes + protected_urls(host),
+        "serve": host.serve,
+        "origin": base,
+    }
+
+
 def check_host(r):
-    """Check one server: SSH with a checked host key, rsync, deploy_to, httpd, disk, the swap helper."""
+    """Check one server: SSH with a checked host key, rsync, deploy_to, httpd, disk, the swap helper,
+    and over HTTP: the front page, Cutover's rules, the paths that must not be served."""
     r.conn = ssh.connect(r.host)
-    found = r.call("check", "check", pidfile=r.host.httpd.pidfile, helper_path=agent.HELPER if r.uses_helper else None)
+    probe = probe_args(r.host)
+    timeout = (
+        STEP_TIMEOUT + (len(probe["denied"]) + PROBED_OUTSIDE + 2) * r.host.health.timeout if probe else STEP_TIMEOUT
+    )
+    found = r.call(
+        "check", "check", timeout=timeout, pidfile=r.host.httpd.pidfile, probe=probe,
+        helper_path=agent.HELPER if r.uses_helper else None,
+    )  # fmt: skip
     problems = []
     if not found["rsync"]:
         problems.append("rsync is not installed on the server: apt-get install rsync")
@@ -25,6 +50,9 @@ def check_host(r):
         problems.append(found["httpd"]["problem"])
     if found["disk_free"] < MIN_FREE:
         problems.append(f"only {found['disk_free'] // 2**20} MB free under {r.host.deploy_to}")
+    http = http_problems(r.host, found)
+    found["http_ok"] = not http
+    problems += http
     if r.uses_helper:
         if found.get("helper_sha256") is None:
             problems.append(f"the swap helper {agent.HELPER} is not installed: run `fab setup`")
@@ -33,10 +61,34 @@ def check_host(r):
     return found, problems
 
 
+def http_problems(host, found):
+    """What the HTTP probes found wrong."""
+    http = found.get("http")
+    if http is None:
+        return []
+    problems = []
+    url = host.health.urls[0]
+    if http["front"] != "ok":
+        problems.append(f"the front page does not answer as the health check expects: {http['front']}")
+    if not http["reachable"]:
+        return problems
+    if http["release"] is None:
+        rules = f"{host.deploy_to}/.cutover/apache.conf"
+        problems.append(
+            f"Cutover's Apache rules are not active at {url}: Include {rules} in the site's VirtualHost (README)"
+        )
+    elif http["release"] != found["current"]:
+        problems.append(f"{url} answered from release {http['release']}, but current is {found['current']}")
+    for probed, status in http["denied"].items():
+        if status not in DENIED:
+            problems.append(f"{probed} answered {status}: it must never be served (401, 403 or 404)")
+    return problems
+
+
 def _row(r, outcome):
     if isinstance(outcome, BaseException):
         shown = str(outcome) if isinstance(outcome, CutoverError) else f"{r.name}: {outcome!r}"
-        return [r.name, "FAIL", "-", "-", "-", "-", "-", "-"], [shown]
+        return [r.name, "FAIL", "-", "-", "-", "-", "-", "-", "-"], [shown]
     found, problems = outcome
     httpd = found["httpd"]
     return [
@@ -48,7 +100,14 @@ def _row(r, outcome):
         f"{found['disk_free'] / 2**30:.1f} GB",
         found["current"] or "-",
         "ON" if found["maintenance"] else "off",
+        _http_cell(found, problems),
     ], [f"{r.name}: {p}" for p in problems]
+
+
+def _http_cell(found, problems):
+    if "http" not in found:
+        return "-"
+    return "ok" if found["http_ok"] else "FAIL"
 
 
 def split_group(outcomes):
@@ -73,7 +132,7 @@ def split_group(outcomes):
 def check(c):
     """Preflight every host: SSH and host key, rsync, deploy_to, httpd, free disk, maintenance."""
     run = Run.of("check", target(c))
-    rows = [["host", "ssh", "rsync", "deploy_to", "httpd", "disk free", "current", "maintenance"]]
+    rows = [["host", "ssh", "rsync", "deploy_to", "httpd", "disk free", "current", "maintenance", "http"]]
     problems = []
     try:
         outcomes = each_host(run.hosts, check_host)

@@ -51,6 +51,17 @@ class Migrate:
     host: str | None
     timeout: float
     always: bool
+    user: str | None = None  # run the migration as this user (e.g. the web server's), not the deploy user
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """Commands run on each server inside the new release at named points of a deploy or rollback."""
+
+    before_switch: tuple[str, ...]
+    after_switch: tuple[str, ...]
+    after_rollback: tuple[str, ...]
+    timeout: float
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,9 @@ class Host:
     build: Build
     keep_releases: int
     shared: tuple[str, ...]
+    writable: tuple[str, ...]  # made writable by web_user (ACL, else group and mode)
+    web_user: str
+    protected: tuple[str, ...]  # URL paths that must answer 401, 403 or 404 (check and verify probe them)
     serve: str  # the document root inside a release ("" for the release itself), e.g. "public"
     never_serve: tuple[str, ...]
     httpd: Httpd
@@ -84,6 +98,7 @@ class Host:
     maintenance: Maintenance
     migrate: Migrate
     apache: Apache
+    hooks: Hooks
 
     @property
     def served_shared(self):

@@ -19,6 +19,7 @@ from .output import Timer, say, shown, size
 from .remote.paths import Layout
 from .steps import migrate as migration
 from .steps.finish import abort, finish
+from .steps.hooks import run_hooks
 from .steps.lock import force_unlock, lock
 from .steps.stage import stage
 from .steps.swap import swap
@@ -61,9 +62,9 @@ def deploy_to_hosts(hosts, build_override=None, dry=False, force=False, migratin
         start_uploads(run, build)
         lock(run, info)
         fault_point("upload")
-        upload_all(run)
+        upload_all(run, build)
         fault_point("stage")
-        stage(run)
+        stage(run, build)
         fault_point("swap")
         if migrating:
             maintenance.switch(run, True)
@@ -72,8 +73,11 @@ def deploy_to_hosts(hosts, build_override=None, dry=False, force=False, migratin
             maintenance.switch(run, False)
         else:
             swap(run)
+        hook_error = run_hooks(run, "after_switch", run.release_id)
         fault_point("finish")
         finish(run)
+        if hook_error:
+            raise hook_error
     except BaseException as exc:
         notes = abort(run, exc)
         failed = exc.failures if isinstance(exc, GroupError) else [(None, exc)]

@@ -34,6 +34,8 @@ class HostRun:
     steps: dict = field(default_factory=dict)  # seconds per step
     bytes_sent: int = 0
     upload: object = None  # the deploy's running rsync (tasks.rsync.Upload)
+    missing_shared: list = field(default_factory=list)  # shared entries the server lacks: seeded from the build
+    hooks: list = field(default_factory=list)  # what each hook did, for the history
 
     @property
     def name(self):

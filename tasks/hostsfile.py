@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from .config import Apache, Build, Health, Host, Httpd, Inventory, Maintenance, Migrate, Smoke
+from .config import Apache, Build, Health, Hooks, Host, Httpd, Inventory, Maintenance, Migrate, Smoke
 from .errors import ConfigError
 from .remote import limits
 
@@ -65,7 +65,11 @@ BUILTIN = {
         "retry_after": 600,
         "message": "We are updating the site and will be back shortly.",
     },
-    "migrate": {"command": None, "host": None, "timeout": 600, "always": False},
+    "migrate": {"command": None, "host": None, "timeout": 600, "always": False, "user": None},
+    "hooks": {"before_switch": [], "after_switch": [], "after_rollback": [], "timeout": 60},
+    "writable": [],
+    "web_user": "www-data",
+    "protected": [],
     "apache": {"allow_override": "All", "options": "FollowSymLinks"},
 }
 TOP_KEYS = ("defaults", "groups", "default_group")
@@ -266,6 +270,13 @@ SECTIONS = {
         "host": lambda at: _string(at, SAFE_NAME, "a host name of the group", allow_none=True),
         "timeout": lambda at: _number(at, *MIGRATE_TIMEOUT),
         "always": _choice(True, False),
+        "user": lambda at: _string(at, SAFE_USER, "a user name (letters, digits, _ . -)", allow_none=True),
+    },
+    "hooks": {
+        "before_switch": _strings(lambda at: _string(at)),
+        "after_switch": _strings(lambda at: _string(at)),
+        "after_rollback": _strings(lambda at: _string(at)),
+        "timeout": lambda at: _number(at, *SMOKE_TIMEOUT),
     },
     "apache": {
         "allow_override": lambda at: _string(at, ALLOW_OVERRIDE, "an AllowOverride value (All, None, FileInfo ...)"),
@@ -281,6 +292,9 @@ SETTINGS = {
     "keep_releases": lambda at: _number(at, *KEEP_RELEASES, integer=True),
     "python": lambda at: _program(at),
     "shared": _strings(_relpath),
+    "writable": _strings(_relpath),
+    "web_user": lambda at: _string(at, SAFE_USER, "a user name (letters, digits, _ . -)"),
+    "protected": _strings(lambda at: _string(at, URL_PATH, "a URL path such as /private/")),
     "serve": lambda at: None if _scalar(at) is None else _relpath(at),
     "never_serve": _strings(_never_serve),
 }
@@ -347,6 +361,9 @@ def _host(at, layers, base):
         build=Build(_local_path(s["build"]["path"], base), tuple(s["build"]["required"]), s["build"]["compare"]),
         keep_releases=s["keep_releases"],
         shared=tuple(s["shared"]),
+        writable=tuple(s["writable"]),
+        web_user=s["web_user"],
+        protected=tuple(s["protected"]),
         serve=s["serve"] or "",
         never_serve=tuple(s["never_serve"]),
         httpd=Httpd(**s["httpd"]),
@@ -366,6 +383,7 @@ def _host(at, layers, base):
         ),
         migrate=Migrate(**s["migrate"]),
         apache=Apache(**s["apache"]),
+        hooks=Hooks(**{k: tuple(v) if isinstance(v, list) else v for k, v in s["hooks"].items()}),
     )
 
 

@@ -12,6 +12,7 @@ from .fleet import Run, close, connect
 from .output import Timer, shown
 from .remote.paths import PLACEHOLDER, RELEASE_ID
 from .steps.finish import abort, finish
+from .steps.hooks import run_hooks
 from .steps.lock import force_unlock, lock, unlock
 from .steps.swap import swap
 from .testhooks import fault_point
@@ -77,8 +78,11 @@ def rollback_hosts(hosts, to=None, force=False):
             raise CutoverError(f"{run.release_id} is already live; nothing was changed")
         fault_point("swap")
         swap(run)
+        hook_error = run_hooks(run, "after_rollback", run.release_id)
         fault_point("finish")
         finish(run, clean=False)
+        if hook_error:
+            raise hook_error
     except BaseException as exc:
         # a refusal before the swap is not a failed rollback: unlock without a history line
         if any(r.switched != "no" or r.switch for r in run.hosts):

@@ -66,14 +66,14 @@ def _stat(text, label):
 class Upload:
     """One rsync run; started early (`when_ready`) it overlaps its SSH start with the lock step."""
 
-    def __init__(self, host, build_path, dest, dry_run=False, when_ready=False):
+    def __init__(self, host, argv, dry_run=False):
         self.host, self.dry_run = host, dry_run
         # stderr into a file, not a pipe: rsync blocked on a full stderr pipe while this reads
         # its stdout to the end would never finish (thousands of warnings fill 64 KB)
         self.errors = tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(
-                rsync_argv(host, build_path, dest, dry_run, when_ready),
+                argv,
                 stdout=subprocess.PIPE,
                 stderr=self.errors,
                 stdin=subprocess.DEVNULL,
@@ -84,6 +84,11 @@ class Upload:
                 "rsync is not installed on this machine (not found in PATH)",
                 hint="install it: apt-get install rsync, dnf install rsync or brew install rsync",
             ) from None
+
+    @classmethod
+    def start(cls, host, build_path, dest, dry_run=False, when_ready=False):
+        """rsync the build into dest (see rsync_argv), started now."""
+        return cls(host, rsync_argv(host, build_path, dest, dry_run, when_ready), dry_run)
 
     def stop(self):
         """Stop a running rsync (the deploy failed); its server side then exits too."""
@@ -146,6 +151,15 @@ class Upload:
         )
 
 
+def seed(host, build_path, entries, dest):
+    """Upload the build's copies of these shared entries (files or directories) into dest, keeping
+    their paths: what the first deploy seeds shared/ with. Returns UploadStats."""
+    argv = rsync_argv(host, build_path, dest)
+    sources = [f"{str(build_path).rstrip('/')}/./{entry}" for entry in entries]
+    argv = [a for a in argv[:-2] if not a.startswith("--exclude=")] + ["--relative", *sources, argv[-1]]
+    return Upload(host, argv).result()
+
+
 def upload(host, build_path, dest, dry_run=False, progress=None):
     """Run rsync now and wait for it; returns UploadStats."""
-    return Upload(host, build_path, dest, dry_run).result(progress)
+    return Upload.start(host, build_path, dest, dry_run).result(progress)

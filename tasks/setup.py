@@ -10,7 +10,7 @@ from .cli import boundary, target
 from .errors import ConfigError, CutoverError
 from .fleet import in_parallel, on_group
 from .output import say, table
-from .steps import health_args
+from .steps import health_args, protected_urls
 
 
 def sudoers_line(user, executable):
@@ -28,7 +28,7 @@ def registration(r, deploy_user):
         "user": deploy_user,
         "pidfile": h.httpd.pidfile,
         "pause_timeout": h.httpd.pause_timeout,
-        "verify": health_args(h.health) if h.health.urls else None,
+        "verify": health_args(h.health, protected=protected_urls(h)) if h.health.urls else None,
     }
 
 

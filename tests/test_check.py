@@ -12,9 +12,11 @@ def test_check_passes_on_healthy_servers(lab2):
     result = lab2.fab("-H", "sandbox", "check")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["host", "ssh", "rsync", "deploy_to", "httpd", "disk", "free", "current", "maintenance"]
+    header = ["host", "ssh", "rsync", "deploy_to", "httpd", "disk", "free", "current", "maintenance", "http"]
+    assert lines[0].split() == header
     for line, server in zip(lines[1:3], lab2.servers):
         assert line.split()[:5] == [server.name, "ok", "ok", "ok", "ok"]
+        assert line.split()[-1] == "ok"  # front page, Cutover's rules active, nothing protected served
         assert f"(pid {server.httpd_pid})" in line
     assert "all 2 host(s) ready" in result.stdout
 
@@ -32,7 +34,8 @@ def test_check_fails_when_apache_is_stopped(lab1):
     result = lab1.fab("check")
     assert result.returncode == 1
     assert f"lab1: httpd pidfile {server.pidfile} " in result.stdout
-    assert "1 problem(s) found on 1 host(s)" in result.stderr
+    assert f"lab1: the front page does not answer as the health check expects: {server.url}: no answer" in result.stdout
+    assert "2 problem(s) found on 1 host(s)" in result.stderr  # one for the pidfile, one for HTTP, not one per probe
 
 
 def test_check_fails_on_a_changed_host_key(lab1, tmp_path):

@@ -237,7 +237,7 @@ def test_an_early_upload_waits_for_the_incoming_dir_and_ends_with_its_client(lab
     server = lab1.servers[0]
     incoming = Path(server.deploy_to, "releases", ".incoming-20300101T000000.000Z")
     build = make_build(tmp_path, "x")
-    waiting = rsync.Upload(lab1.host(), build, str(incoming), when_ready=True)
+    waiting = rsync.Upload.start(lab1.host(), build, str(incoming), when_ready=True)
     try:
         time.sleep(1.0)  # long enough for ssh, the login shell and the wait to start
         assert waiting.proc.poll() is None and not incoming.exists()
@@ -250,7 +250,7 @@ def test_an_early_upload_waits_for_the_incoming_dir_and_ends_with_its_client(lab
         time.sleep(0.05)
     assert _rsync_processes(server) == [] and not incoming.exists()
     # and once the dir appears, it becomes rsync and uploads into it
-    ready = rsync.Upload(lab1.host(), build, str(incoming), when_ready=True)
+    ready = rsync.Upload.start(lab1.host(), build, str(incoming), when_ready=True)
     try:
         time.sleep(0.3)
         incoming.mkdir()
@@ -454,7 +454,7 @@ def test_an_upload_that_writes_much_to_stderr_still_finishes(lab1, tmp_path, mon
     fake.write_text("#!/bin/sh\nhead -c 300000 /dev/zero | tr '\\0' w >&2\necho 'Total bytes sent: 1,234'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
-    running = rsync.Upload(lab1.host(), make_build(tmp_path, "x"), "/nowhere")
+    running = rsync.Upload.start(lab1.host(), make_build(tmp_path, "x"), "/nowhere")
     done = threading.Thread(target=lambda: done.__dict__.update(stats=running.result()), daemon=True)
     done.start()
     done.join(timeout=20)

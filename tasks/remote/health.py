@@ -11,18 +11,26 @@ from . import limits
 from .protocol import Refused
 
 RELEASE_HEADER = "X-Cutover-Release"  # set by Cutover's Apache rules for loopback clients
+DENIED = (401, 403, 404)  # what a protected URL may answer
+
+
+def _http_urls(urls, what):
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise Refused("%s must be a list of URLs" % what)
+    for url in urls:
+        if not url.lower().startswith(("http://", "https://")) or any(c.isspace() or ord(c) < 32 for c in url):
+            raise Refused("health url %r is not an http:// or https:// URL" % url[:80])
+    return urls
 
 
 def checked(verify):
     """verify, with every field of the right type and bounds; Refused otherwise."""
     if not isinstance(verify, dict):
         raise Refused("health settings must be a mapping")
-    urls = verify.get("urls")
-    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
-        raise Refused("health urls must be a non-empty list of URLs")
-    for url in urls:
-        if not url.lower().startswith(("http://", "https://")) or any(c.isspace() or ord(c) < 32 for c in url):
-            raise Refused("health url %r is not an http:// or https:// URL" % url[:80])
+    urls = _http_urls(verify.get("urls"), "health urls")
+    if not urls:
+        raise Refused("health urls must not be empty")
+    protected = _http_urls(verify.get("protected") or [], "protected urls")
     text = verify.get("expect_text")
     if text is not None and not isinstance(text, str):
         raise Refused("health expect_text must be text")
@@ -35,7 +43,7 @@ def checked(verify):
     if not limits.within(verify.get("timeout"), limits.HEALTH_TIMEOUT):
         raise Refused("health timeout must be from 0.5 to 120 seconds")
     return {"urls": urls, "expect_status": status, "expect_text": text, "retries": retries,
-            "timeout": verify["timeout"]}
+            "timeout": verify["timeout"], "protected": protected}
 
 
 def _get(url, timeout):
@@ -84,5 +92,32 @@ def problem(verify, release_id):
                 found = "%s answered %d without the text %r" % (url, status, text)
                 break
         if found is None:
+            found = denied_problem(verify["protected"], verify["timeout"])
+        if found is None:
             return None
     return found
+
+
+def denied_problem(urls, timeout):
+    """None when every protected URL answers 401, 403 or 404; else the first that does not."""
+    for url in urls:
+        status = status_of(url, timeout)
+        if status not in DENIED:
+            return "%s answered %s: it is protected (protected:) and must answer 401, 403 or 404" % (url, status)
+    return None
+
+
+def status_of(url, timeout):
+    """The status of a GET, or the error that prevented one (as text)."""
+    try:
+        return _get(url, timeout)[0]
+    except (OSError, ValueError) as exc:
+        return "no answer (%s)" % getattr(exc, "reason", exc)
+
+
+def release_of(url, timeout):
+    """The release Cutover's Apache rules say answered url, or None (the rules are not active)."""
+    try:
+        return _get(url, timeout)[1]
+    except (OSError, ValueError):
+        return None

@@ -23,6 +23,7 @@ OPS = {
     "unlock": ("lock", "op_unlock"),
     "stage": ("stage", "op_stage"),
     "migrate": ("stage", "op_migrate"),
+    "hook": ("stage", "op_hook"),
     "swap": ("swap", "op_swap"),
     "finish": ("finish", "op_finish"),
     "abort": ("finish", "op_abort"),
@@ -34,8 +35,8 @@ OPS = {
 class Refused(Exception):
     """A reason to stop, with advice, sent back as {"error", "kind", "hint", ...extra}.
 
-    kind tells the client which of its errors this is: "locked", "smoke", "migration", or
-    None for a plain failure of the step.
+    kind tells the client which of its errors this is: "locked", "smoke", "migration", "hook",
+    or None for a plain failure of the step.
     """
 
     def __init__(self, message, hint=None, kind=None, **extra):

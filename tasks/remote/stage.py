@@ -32,6 +32,7 @@ def op_lock(a):
             answer["previous"] = history.previous(layout, current)
         if release_id:
             answer.update(_make_incoming(layout, release_id, current, a.get("prelink")))
+            answer["missing_shared"] = shared.missing(layout, a.get("shared", []))
         return answer
     except BaseException:
         lock.release(layout, a["who"]["token"])
@@ -116,22 +117,64 @@ def tail(text, limit=OUTPUT_KEPT):
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
-def run_command(what, command, cwd, env, timeout, kind=None):
-    """Run one configured shell command in cwd; Refused (with its output) unless it exits 0."""
-    import subprocess  # only the steps that run commands start processes
+def _as_user(name):
+    """argv prefix and preexec function that run a command as user `name` (root: setuid; else sudo -n)."""
+    import pwd
 
     try:
+        user = pwd.getpwnam(name)
+    except KeyError:
+        raise Refused("user %r does not exist on this server" % name)
+    if os.geteuid() == user.pw_uid:
+        return [], None
+    if os.geteuid() != 0:
+        return ["sudo", "-n", "-u", name, "--"], None
+
+    def drop():
+        os.setgroups([])
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+
+    return [], drop
+
+
+def run_command(what, command, cwd, env, timeout, kind=None, user=None):
+    """Run one configured shell command in cwd (as `user` if given); Refused (with its output)
+    unless it exits 0."""
+    import subprocess  # only the steps that run commands start processes
+
+    prefix, preexec = _as_user(user) if user else ([], None)
+    try:
         run = subprocess.run(
-            ["/bin/sh", "-c", command], cwd=cwd, env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+            prefix + ["/bin/sh", "-c", command], cwd=cwd, env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, preexec_fn=preexec,
         )
     except subprocess.TimeoutExpired as exc:
         out = (exc.output or b"").decode("utf-8", "replace")
         raise Refused("%s %r timed out after %ss" % (what, command, timeout), kind=kind, output=tail(out))
     out = run.stdout.decode("utf-8", "replace")
     if run.returncode != 0:
-        raise Refused("%s %r exited %d" % (what, command, run.returncode), kind=kind, output=tail(out))
+        hint = None
+        if prefix and "password is required" in out:
+            hint = "let the deploy user run commands as %s without a password (sudoers), or deploy as root" % user
+        raise Refused("%s %r exited %d" % (what, command, run.returncode), kind=kind, output=tail(out), hint=hint)
     return out
+
+
+def run_hooks(point, commands, cwd, env, timeout):
+    """Run the hooks of one point in order; returns what each did. A failing one stops the rest:
+    Refused(kind=hook) with its output and the hooks that ran."""
+    done = []
+    for command in commands:
+        t = time.monotonic()
+        try:
+            out = run_command("%s hook" % point, command, cwd, env, timeout)
+        except Refused as exc:
+            done.append({"point": point, "command": command, "seconds": round(time.monotonic() - t, 3),
+                         "failed": True, "output": exc.extra.get("output", "")})
+            raise Refused(str(exc), kind="hook", output=exc.extra.get("output"), hooks=done)
+        done.append({"point": point, "command": command, "seconds": round(time.monotonic() - t, 3), "output": tail(out, 500)})
+    return done
 
 
 def release_env(layout, release_id, release_dir):
@@ -153,6 +196,8 @@ def op_stage(a):
 
         httpd.parent(a["pidfile"])  # refuse now, before any host of the group switches
     linked = shared.link(layout, incoming, a["shared"])
+    fresh = [e for e, how in linked.items() if how != "linked"] + [e for e in a.get("writable", []) if e not in linked]
+    writable = shared.make_writable(incoming, a.get("writable", []), a.get("web_user"), fresh) if a.get("writable") else {}
     timings["link"] = time.monotonic() - t
     t = time.monotonic()
     env = release_env(layout, release_id, incoming)
@@ -168,9 +213,27 @@ def op_stage(a):
             raise Refused("smoke URL failed: %s" % problem, kind="smoke")
     timings["smoke"] = time.monotonic() - t
     t = time.monotonic()
-    os.rename(incoming, layout.release(release_id))
+    release_dir = layout.release(release_id)
+    os.rename(incoming, release_dir)
     timings["promote"] = time.monotonic() - t
-    return {"timings": timings, "shared": linked}
+    hooks = a.get("hooks") or {}
+    done = []
+    if hooks.get("commands"):
+        t = time.monotonic()
+        env = dict(release_env(layout, release_id, release_dir), PREVIOUS_RELEASE=paths.current_release(layout) or "")
+        done = run_hooks("before_switch", hooks["commands"], release_dir, env, hooks["timeout"])
+        timings["before_switch"] = time.monotonic() - t
+    return {"timings": timings, "shared": linked, "writable": writable, "hooks": done}
+
+
+def op_hook(a):
+    """Run the hooks of one point (after_switch, after_rollback) inside the live release."""
+    layout = paths.Layout(a["deploy_to"])
+    release_id = paths.release_id(a["release_id"])
+    release_dir = layout.release(release_id)
+    env = dict(release_env(layout, release_id, release_dir), PREVIOUS_RELEASE=a.get("previous") or "")
+    hooks = a["hooks"]
+    return {"hooks": run_hooks(a["point"], hooks["commands"], release_dir, env, hooks["timeout"])}
 
 
 def op_migrate(a):
@@ -181,5 +244,5 @@ def op_migrate(a):
     t = time.monotonic()
     migration = a["migration"]
     out = run_command("migration", migration["command"], release_dir, release_env(layout, release_id, release_dir),
-                      migration["timeout"], kind="migration")
+                      migration["timeout"], kind="migration", user=migration.get("user"))
     return {"output": tail(out), "seconds": time.monotonic() - t}

@@ -39,6 +39,35 @@ def op_check(a):
         from . import install
 
         out["helper_sha256"] = install.installed_hash(a["helper_path"])
+    if a.get("probe"):
+        out["http"] = _probe(layout, out["current"], a["probe"])
+    return out
+
+
+PROBED_OUTSIDE = 20  # entries of the release outside `serve` requested by check
+
+
+def _probe(layout, current, probe):
+    """Over HTTP on this server: the front page as the health check expects it, which release
+    answered (Cutover's rules active?), and the status of every URL that must not be served:
+    the given ones and each entry of the live release outside `serve`."""
+    from . import health
+
+    verify = health.checked(dict(probe["verify"], retries=0, protected=[]))
+    if current == paths.PLACEHOLDER:
+        verify["expect_text"] = None  # nothing deployed yet: setup's page cannot hold the site's text
+    timeout = verify["timeout"]
+    reached = health.status_of(verify["urls"][0], timeout)
+    if not isinstance(reached, int):  # Apache down: one problem, not one per probe
+        return {"front": "%s: %s" % (verify["urls"][0], reached), "release": None, "denied": {}, "reachable": False}
+    out = {"front": health.problem(verify, current or "") or "ok", "reachable": True,
+           "release": health.release_of(verify["urls"][0], timeout)}
+    urls = list(probe.get("denied", []))
+    serve = probe.get("serve")
+    if serve and current:
+        names = sorted(n for n in os.listdir(layout.release(current)) if n != serve.split("/")[0])
+        urls += [probe["origin"] + "/" + n for n in names[:PROBED_OUTSIDE]]
+    out["denied"] = {url: health.status_of(url, timeout) for url in urls}
     return out
 
 

@@ -18,13 +18,18 @@ def lock(run, build_info=None, want_previous=False):
         t = Timer()
         args = {"who": run.who, "want_previous": want_previous}
         if build_info:
-            args.update(release_id=run.release_id, prelink=dict(build_info.modes, shared=list(r.host.shared)))
+            # writable entries are never hard-linked: the web server writes into them in place
+            skip = list(r.host.shared) + list(r.host.writable)
+            args.update(
+                release_id=run.release_id, prelink=dict(build_info.modes, shared=skip), shared=list(r.host.shared)
+            )
         try:
             answer = r.call("lock", "lock", timeout=LOCK_TIMEOUT, **args)
         except LockError as exc:
             raise lock_error(exc.details.get("lock", {})) from None
         r.locked = True
         r.current, r.releases, r.previous = answer["current"], answer["releases"], answer.get("previous")
+        r.missing_shared = answer.get("missing_shared", [])
         prelink = answer.get("prelink_s", 0.0)
         r.steps["lock"] = t.seconds - prelink
         say(r.host, "lock", t.seconds - prelink, f"live release {r.current or '(none)'}")

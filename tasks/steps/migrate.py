@@ -33,7 +33,7 @@ def migrate(run):
     m = r.host.migrate
     try:
         answer = r.call("migrate", "migrate", timeout=m.timeout + MARGIN, release_id=run.release_id,
-                        migration={"command": m.command, "timeout": m.timeout})  # fmt: skip
+                        migration={"command": m.command, "timeout": m.timeout, "user": m.user})  # fmt: skip
     except MigrationError as exc:
         raise MigrationError(
             f"{exc.details.get('error', exc.message)}{indented(exc.details.get('output'))}\n  nothing was switched; "

@@ -4,7 +4,7 @@ from .. import agent, testhooks
 from ..errors import CutoverError, GroupError, HealthError, RemoteError
 from ..fleet import in_parallel
 from ..output import Timer, say
-from . import MARGIN, health_args, health_seconds
+from . import MARGIN, health_args, health_seconds, protected_urls
 
 
 def _timeout(h):
@@ -35,7 +35,7 @@ def swap(run):
 
     def one(r):
         t = Timer()
-        verify = health_args(r.host.health) if r.host.health.urls else None
+        verify = health_args(r.host.health, protected=protected_urls(r.host)) if r.host.health.urls else None
         r.switched = "unknown"  # until an answer says otherwise, this host may have switched
         try:
             answer = switch(r, "swap", run.release_id, verify)

@@ -1,5 +1,7 @@
 """Step 3: rsync the build into each host's releases/.incoming-<id>, over the prelinked files."""
 
+import os
+
 from .. import rsync
 from ..fleet import in_parallel
 from ..output import say, size
@@ -11,16 +13,28 @@ def start_uploads(run, build):
     server side waiting for the incoming dir (when_ready.py); on any failure abort() stops it."""
     for r in run.hosts:
         dest = Layout(r.host.deploy_to).incoming(run.release_id)
-        r.upload = rsync.Upload(r.host, build.path, dest, when_ready=True)
+        r.upload = rsync.Upload.start(r.host, build.path, dest, when_ready=True)
 
 
-def upload_all(run):
-    """Wait for every host's upload; one line each with files changed and bytes sent."""
+def upload_all(run, build):
+    """Wait for every host's upload; one line each with files changed and bytes sent. Shared entries
+    the server lacks and the build has are then uploaded too: stage seeds shared/ with them."""
 
     def one(r):
         stats = r.upload.result(progress=lambda text: print(f"[{r.name}] upload     {text}", flush=True))
         r.steps["upload"] = stats.seconds
         r.bytes_sent = stats.bytes_sent
         say(r.host, "upload", stats.seconds, f"{stats.files} files changed, {size(stats.bytes_sent)} sent")
+        seeds = [e for e in r.missing_shared if os.path.lexists(os.path.join(build.path, e))]
+        if seeds:
+            dest = Layout(r.host.deploy_to).incoming(run.release_id)
+            stats = rsync.seed(r.host, build.path, seeds, dest)
+            r.bytes_sent += stats.bytes_sent
+            say(
+                r.host,
+                "upload",
+                stats.seconds,
+                f"{', '.join(seeds)} from the build, to seed shared/ ({size(stats.bytes_sent)} sent)",
+            )
 
     in_parallel(run.hosts, one)
