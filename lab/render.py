@@ -79,7 +79,7 @@ def render_apache(lab, server):
     return before != [rules.read_text(), conf.read_text()]
 
 
-def write_hosts_file(lab, build=None, build_compare="checksum", **overrides):
+def write_hosts_file(lab, build=None, build_compare="checksum", required=("index.html",), **overrides):
     """Write the lab's hosts.yaml: group `sandbox` with every server, settings per host."""
     build = build or str(TEMPLATES.parent / "example" / "site")
     hosts = []
@@ -100,7 +100,7 @@ def write_hosts_file(lab, build=None, build_compare="checksum", **overrides):
             "python": "/usr/bin/python3",  # the server's own python, as on a fresh Debian server
             "key": str(lab.key),
             "known_hosts": str(lab.known_hosts),
-            "build": {"path": build, "required": ["index.html"], "compare": build_compare},
+            "build": {"path": build, "required": list(required), "compare": build_compare},
             "keep_releases": 5,
             "shared": ["media"],
             "smoke": {"commands": ["test -s index.html"]},

@@ -9,7 +9,7 @@ class App
     {
         $path = parse_url($uri, PHP_URL_PATH);
         header('Content-Type: text/plain');
-        if ($path === '/') {
+        if ($path === '/' || $path === '/index.php' || $path === '/legacy.php') {
             echo 'shop ' . RELEASE . "\n";
         } elseif (preg_match('#^/products/(\d+)$#', $path, $m)) {
             echo "product {$m[1]} " . RELEASE . "\n";

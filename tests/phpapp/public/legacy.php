@@ -1,0 +1,2 @@
+<?php
+echo "the old script ran: the rewrite did not\n";
