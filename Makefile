@@ -1,13 +1,16 @@
 # Cutover: the two commands of the README, and their pieces.
 PYTHON ?= python3
-DEBIAN_PACKAGES = openssh-server openssh-client apache2 rsync wrk sqlite3 sudo python3
+DEBIAN_PACKAGES = openssh-server openssh-client apache2 libapache2-mod-php php-fpm php-cli rsync wrk sqlite3 sudo python3
+# a program of each package above: `make install` installs the packages when any one is missing
+PROGRAMS = /usr/sbin/sshd /usr/bin/ssh /usr/sbin/apache2 /usr/bin/php rsync wrk sqlite3 sudo /usr/bin/python3
 
 .PHONY: install demo test lint bench
 
 # Debian packages (only when a program is missing) and the Python requirements.
 install:
-	@command -v /usr/sbin/sshd /usr/sbin/apache2 rsync wrk sqlite3 sudo /usr/bin/python3 >/dev/null 2>&1 || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; }
+	@missing=0; for p in $(PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing=1; done; \
+	ls /usr/lib/apache2/modules/libphp*.so /usr/sbin/php-fpm* >/dev/null 2>&1 || missing=1; \
+	if [ $$missing = 1 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; fi
 	@$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt 2>&1 | grep -v "as the 'root' user" || true
 
 # Start the local sandbox (two lab servers) and deploy the example site to it.
