@@ -114,9 +114,13 @@ class Channel:
 def call(conn, host_name, python, step, op, args, timeout):
     """One operation on the server over the connection's agent; returns its answer or raises.
 
-    A call that gets no answer within `timeout` seconds ends with a clear error, and the agent
-    is dropped (its answer may still come); the next call starts a new one.
+    A call that gets no answer within `timeout` seconds ends with a clear error, and the
+    connection is given up: a network that went silent stays silent, so a later call on it (the
+    abort path) fails at once instead of waiting out a timeout of its own.
     """
+    lost = getattr(conn, "_cutover_lost", None)
+    if lost:
+        raise RemoteError(f"{step}: not sent: the connection was lost earlier ({lost})", host=host_name)
     channel = getattr(conn, "_cutover_channel", None)
     try:
         if channel is None or channel.channel.closed:
@@ -124,13 +128,13 @@ def call(conn, host_name, python, step, op, args, timeout):
         answer = channel.call(op, args, timeout)
         detail = channel.stderr().strip()[-DETAIL_KEPT:] if answer is None else ""
     except TimeoutError:
-        _drop(conn)
+        _drop(conn, f"no answer within {timeout:.0f} s")
         raise RemoteError(
             f"{step}: no answer from the server within {timeout:.0f} s (the network or the server is silent)",
             host=host_name,
         ) from None
     except (OSError, paramiko.SSHException, EOFError) as exc:
-        _drop(conn)
+        _drop(conn, type(exc).__name__)
         raise RemoteError(f"{step}: the connection failed: {type(exc).__name__}: {exc}", host=host_name) from None
     if answer is None:
         _drop(conn)
@@ -140,9 +144,12 @@ def call(conn, host_name, python, step, op, args, timeout):
     return answer
 
 
-def _drop(conn):
+def _drop(conn, lost=None):
+    """Forget the connection's agent; with `lost`, give up the connection itself."""
     channel = getattr(conn, "_cutover_channel", None)
     conn._cutover_channel = None
+    if lost:
+        conn._cutover_lost = lost
     if channel is not None:
         channel.close()
 

@@ -1,8 +1,10 @@
 """Hooks for the fault tests (tests/test_murphy.py), inert unless CUTOVER_TEST=1 is set too.
 
 CUTOVER_TEST_KILL_AT=STEP[:SECONDS] kills this process at a step of a deploy or rollback;
-CUTOVER_TEST_HOLD_PAUSE_MS widens httpd's pause so a test can act inside it. Both need
-CUTOVER_TEST=1, so a variable left in an operator's shell can never freeze a production httpd.
+CUTOVER_TEST_HOLD_PAUSE_MS widens httpd's pause so a test can act inside it;
+CUTOVER_TEST_MARGIN shortens the margin added to every step's timeout, so a test of a silent
+network ends in seconds. All need CUTOVER_TEST=1, so a variable left in an operator's shell can
+never freeze a production httpd or cut a deploy short.
 """
 
 import os
@@ -12,6 +14,7 @@ import threading
 ENABLE = "CUTOVER_TEST"
 KILL_AT = "CUTOVER_TEST_KILL_AT"
 HOLD_PAUSE = "CUTOVER_TEST_HOLD_PAUSE_MS"
+MARGIN = "CUTOVER_TEST_MARGIN"
 
 
 def _enabled():
@@ -35,3 +38,8 @@ def fault_point(step):
 def hold_ms():
     """Milliseconds to hold httpd paused after the renames (0 outside the fault tests)."""
     return int(os.environ.get(HOLD_PAUSE, "0")) if _enabled() else 0
+
+
+def margin(default):
+    """Seconds added to a step's timeout (default, unless a test shortens it)."""
+    return float(os.environ.get(MARGIN, default)) if _enabled() and os.environ.get(MARGIN) else default

@@ -187,9 +187,46 @@ def test_ssh_connection_cut_during_the_swap(lab1, tmp_path):
     out, err = proc.communicate(timeout=60)
     wait_resumed(server)
     assert time.monotonic() - cut < 1.5 + 5 + 1
-    assert proc.returncode != 0
-    assert "swap" in err
+    assert proc.returncode == 4
+    assert "lab1: swap: " in err and "connection" in err, err
     assert current(server) in releases(server)
+    assert_whole(lab1, known, shared, nxt)
+
+
+def test_a_silent_network_ends_the_run_with_a_clear_error(lab1, tmp_path):
+    # The sshd process of the deploy's connection is stopped while the smoke test runs: the
+    # TCP connection stays up, but nothing comes back, as when a link goes silent.
+    new, nxt, known, shared = prepare(lab1, tmp_path)
+    server = lab1.servers[0]
+    marker = tmp_path / "smoking"
+    before = current(server)
+    configure(lab1, new, smoke={"commands": [f"touch {marker}; sleep 1"], "timeout": 3})
+    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), CUTOVER_TEST="1", CUTOVER_TEST_MARGIN="2")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists(), "the smoke test never ran"
+    import json
+
+    session = json.loads(Path(server.deploy_to, ".cutover", "lock", "owner.json").read_text())["session_pid"]
+    os.kill(session, signal.SIGSTOP)
+    silent = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=60)
+        ended = time.monotonic() - silent
+    finally:
+        os.kill(session, signal.SIGCONT)
+    # the stage step's timeout: one smoke command of 3 s plus the margin of 2 s
+    assert proc.returncode == 4, err
+    assert ended < 3 + 2 + 3, ended
+    assert "lab1: stage: no answer from the server within 5 s (the network or the server is silent)" in err
+    assert "could not clean up" in err and "not sent: the connection was lost earlier" in err
+    assert "its lock stays until --force-unlock" in err
+    assert current(server) == before  # the failure came before the switch
     assert_whole(lab1, known, shared, nxt)
 
 

@@ -37,7 +37,15 @@ SETTINGS = {
     "hooks": {"after_switch": ["rm -f storage/cache/page.txt"], "after_rollback": ["rm -f storage/cache/page.txt"]},
 }
 # paths that must never answer 2xx: denied by <Directory>, by .htaccess, outside public/, never_serve
-DENIED = ["/private/orders.csv", "/private/", "/.env", "/public/index.php", "/src/App.php", "/composer.json", "/.htaccess"]
+DENIED = [
+    "/private/orders.csv",
+    "/private/",
+    "/.env",
+    "/public/index.php",
+    "/src/App.php",
+    "/composer.json",
+    "/.htaccess",
+]
 SERVED = ["/", "/products/7", "/assets/app.css", "/index.php", "/legacy.php"]
 
 

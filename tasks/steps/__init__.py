@@ -2,9 +2,14 @@
 
 from urllib.parse import urlsplit
 
+from .. import testhooks
 from ..remote import limits
 
-MARGIN = 30  # seconds added to a step's timeout for SSH, process start and bookkeeping
+MARGIN_S = 30  # seconds added to a step's timeout for SSH, process start and bookkeeping
+
+
+def margin():
+    return testhooks.margin(MARGIN_S)
 
 
 def health_seconds(health, urls=None):

@@ -5,7 +5,7 @@ and verified; the run ends with HookError (exit 9) after recording and unlocking
 from ..errors import HookError
 from ..fleet import each_host
 from ..output import Timer, indented, say
-from . import MARGIN
+from . import margin
 
 
 def run_hooks(run, point, release_id):
@@ -17,7 +17,7 @@ def run_hooks(run, point, release_id):
         if not commands:
             return None
         t = Timer()
-        timeout = len(commands) * r.host.hooks.timeout + MARGIN
+        timeout = len(commands) * r.host.hooks.timeout + margin()
         try:
             answer = r.call(
                 point, "hook", timeout=timeout, point=point, release_id=release_id, previous=r.current,

@@ -2,7 +2,7 @@
 
 from ..errors import ConfigError, MigrationError
 from ..output import indented, say
-from . import MARGIN
+from . import margin
 
 
 def migration_host(run):
@@ -32,7 +32,7 @@ def migrate(run):
     r = migration_host(run)
     m = r.host.migrate
     try:
-        answer = r.call("migrate", "migrate", timeout=m.timeout + MARGIN, release_id=run.release_id,
+        answer = r.call("migrate", "migrate", timeout=m.timeout + margin(), release_id=run.release_id,
                         migration={"command": m.command, "timeout": m.timeout, "user": m.user})  # fmt: skip
     except MigrationError as exc:
         raise MigrationError(

@@ -6,7 +6,7 @@ import os
 from ..errors import HookError, SmokeError
 from ..fleet import in_parallel
 from ..output import indented, say
-from . import MARGIN, health_args, health_seconds
+from . import health_args, health_seconds, margin
 
 SHARED_SAID = {"seeded": "seeded from the build", "created": "created empty"}
 
@@ -19,7 +19,7 @@ def stage(run, build):
         smoke = {"commands": list(h.smoke.commands), "timeout": h.smoke.timeout, "url": h.smoke.url,
                  "health": health_args(h.health, [h.smoke.url] if h.smoke.url else [])}  # fmt: skip
         hooks = {"commands": list(h.hooks.before_switch), "timeout": h.hooks.timeout}
-        timeout = (len(h.smoke.commands) * h.smoke.timeout + len(hooks["commands"]) * h.hooks.timeout) + MARGIN
+        timeout = (len(h.smoke.commands) * h.smoke.timeout + len(hooks["commands"]) * h.hooks.timeout) + margin()
         if h.smoke.url:
             timeout += health_seconds(h.health, [h.smoke.url])
         pidfile = h.httpd.pidfile if h.httpd.pause == "sigstop" else None

@@ -4,12 +4,12 @@ from .. import agent, testhooks
 from ..errors import CutoverError, GroupError, HealthError, RemoteError
 from ..fleet import in_parallel
 from ..output import Timer, say
-from . import MARGIN, health_args, health_seconds, protected_urls
+from . import health_args, health_seconds, margin, protected_urls
 
 
 def _timeout(h):
     # the pause, the health check, the switch back and the health check after it
-    return 2 * h.httpd.pause_timeout + 2 * health_seconds(h.health) + MARGIN
+    return 2 * h.httpd.pause_timeout + 2 * health_seconds(h.health) + margin()
 
 
 def switch(r, step, release_id, verify):

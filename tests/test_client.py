@@ -1,0 +1,107 @@
+"""The client's pure decisions, without a server: the rollback target, release ids, rsync's argv,
+the sudoers line, Cutover's Apache rules, a group's errors."""
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tasks import apache, hostsfile, release, rsync, setup
+from tasks.errors import CutoverError, GroupError, HealthError, LockError
+from tasks.remote.paths import PLACEHOLDER, RELEASE_ID, commit_of
+from tasks.rollback import choose
+
+A, B, C = "20261101T000000.000Z", "20261102T000000.000Z", "20261103T000000.000Z"
+
+
+def host_run(name, current, releases, previous=None):
+    return SimpleNamespace(name=name, current=current, releases=releases, previous=previous)
+
+
+def test_rollback_goes_to_the_release_live_before_from_history():
+    hosts = [host_run("web1", C, [PLACEHOLDER, A, B, C], previous=A), host_run("web2", C, [A, B, C], previous=A)]
+    assert choose(hosts, None) == A  # B was promoted by a killed deploy, never live: not chosen
+
+
+def test_rollback_falls_back_to_release_order_and_never_to_the_placeholder():
+    assert choose([host_run("web1", C, [PLACEHOLDER, B, C])], None) == B
+    with pytest.raises(CutoverError, match="nothing to roll back to"):
+        choose([host_run("web1", B, [PLACEHOLDER, B], previous=PLACEHOLDER)], None)
+
+
+def test_rollback_to_must_be_kept_on_every_host_and_not_the_placeholder():
+    hosts = [host_run("web1", C, [A, B, C]), host_run("web2", C, [B, C])]
+    with pytest.raises(CutoverError) as missing:
+        choose(hosts, A)
+    assert (
+        str(missing.value) == f"--to {A}: no such release on web2\n  what to do: releases kept on every host: {C}, {B}"
+    )
+    assert choose(hosts, B) == B
+    with pytest.raises(CutoverError, match="setup's placeholder"):
+        choose([host_run("web1", C, [PLACEHOLDER, C])], PLACEHOLDER)
+
+
+def test_a_group_that_would_roll_back_to_different_releases_is_refused():
+    hosts = [host_run("web1", C, [A, B, C], previous=A), host_run("web2", C, [A, B, C], previous=B)]
+    with pytest.raises(CutoverError, match=r"different releases \(web1: .*A?, web2: "):
+        choose(hosts, None)
+
+
+def test_release_ids_sort_by_time_and_carry_the_commit(tmp_path):
+    now = datetime(2026, 11, 25, 10, 15, 0, 123456, tzinfo=UTC)
+    plain = release.new_release_id(tmp_path, now)
+    assert plain == "20261125T101500.123Z" and RELEASE_ID.fullmatch(plain) and commit_of(plain) is None
+    assert commit_of("20261125T101500.123Z-1a2b3c4") == "1a2b3c4"
+    assert sorted([C, A, B]) == [A, B, C]
+
+
+def lab_host(tmp_path, **settings):
+    text = "defaults:\n  deploy_to: /var/www/site\n"
+    for key, value in settings.items():
+        text += f"  {key}: {value}\n"
+    text += "groups:\n  g:\n    - {host: web1.example.com}\n"
+    (tmp_path / "hosts.yaml").write_text(text)
+    return hostsfile.load(tmp_path / "hosts.yaml").resolve("g")[0]
+
+
+def test_rsync_never_writes_in_place_and_brackets_an_ipv6_address(tmp_path):
+    host = lab_host(tmp_path, shared="[media]")
+    argv = rsync.rsync_argv(host, Path("/b"), "/var/www/site/releases/.incoming-x")
+    assert "--inplace" not in argv and "--delete" in argv and "--checksum" in argv and "--no-times" in argv
+    assert "--exclude=/media" in argv and argv[-2:] == ["/b/", "web1.example.com:/var/www/site/releases/.incoming-x/"]
+    (tmp_path / "hosts.yaml").write_text(
+        "defaults:\n  deploy_to: /var/www/site\ngroups:\n  g:\n    - {host: 'fe80::1'}\n"
+    )
+    v6 = hostsfile.load(tmp_path / "hosts.yaml").resolve("g")[0]
+    assert rsync.rsync_argv(v6, Path("/b"), "/d")[-1] == "[fe80::1]:/d/"
+
+
+def test_the_sudoers_line_names_an_absolute_python():
+    line = setup.sudoers_line("deploy", "/usr/bin/python3")
+    assert line == "deploy ALL=(root) NOPASSWD: /usr/bin/python3 -I -S /usr/local/lib/cutover/swap-helper swap *"
+
+
+def test_the_rules_pin_files_keep_shared_entries_on_the_normal_mapping_and_deny_never_serve(tmp_path):
+    host = lab_host(tmp_path, serve="public", shared="[public/uploads, storage]")
+    rules = apache.snippet(host)
+    assert '"/var/www/site/releases/%1/public/$1" -f' in rules
+    assert "RewriteCond ${cutover_escape:/$1} -U" in rules
+    assert "RewriteCond $1 !^(uploads)(/|$)" in rules  # storage is outside public/: never reachable
+    assert 'Alias /_next "/var/www/site/next/public"' in rules
+    assert apache.document_root(host) == "/var/www/site/current/public"
+    pattern = re.compile(apache.never_serve_pattern(host.never_serve), re.I)
+    for path in ("/.env", "/a/.git/config", "/.env.local", "/x/.htaccess", "/.ENV"):
+        assert pattern.search(path), path
+    for path in ("/environment", "/a/git/x", "/.envoy/"):
+        assert not pattern.search(path), path
+    assert "@@" not in rules
+
+
+def test_a_group_error_names_every_failed_host_and_keeps_the_first_exit_status():
+    one, two = SimpleNamespace(name="web1"), SimpleNamespace(name="web2")
+    error = GroupError([(one, LockError("locked by x", hint="wait")), (two, HealthError("unhealthy", hint="wait"))])
+    assert error.exit_code == LockError.exit_code
+    assert str(error) == "web1: locked by x; web2: unhealthy\n  what to do: wait"
+    assert error.succeeded == []
