@@ -18,16 +18,14 @@ from pathlib import Path
 
 from common import PROJECT, write_section
 
-STATE = "200, one whole release, no httpd stopped, shared/ unchanged, lock free or dead owner, next deploy ok"
-STATES = {
-    "hosts_file_values": "each value refused with file:line, or accepted only when free of shell metacharacters and ..",
-    "every_remote_word": "each value arrives on the server byte for byte (printf round trip)",
-    "command_line_values": "refused or harmless; no canary file anywhere; no traceback",
-    "soak": "0 failed requests, every response one whole release, no httpd stopped",
-    "rollback_never_picks": "rollback lands on the release live before, not the never-live one",
-    "very_long": "refused (exit 1 or 2), no traceback, the value not echoed whole",
-    "torn": "0 responses with one release's length and another's bytes over 200 switches under load",
-}
+sys.path.insert(0, str(PROJECT))
+from tests import test_murphy  # noqa: E402
+
+
+def asserted(case_name):
+    """What a case asserts: the first paragraph of its test's docstring (tests/test_murphy.py)."""
+    function = getattr(test_murphy, case_name.split("[")[0])
+    return " ".join((function.__doc__ or "").split("\n\n")[0].split())
 
 
 def name(testcase):
@@ -60,7 +58,7 @@ def main():
             key = name(case)
             runs[key] += 1
             failures[key] += any(child.tag in ("failure", "error") for child in case)
-            states[key] = next((v for k, v in STATES.items() if k in case.get("name")), STATE)
+            states[key] = asserted(case.get("name"))
         print(f"round {i + 1}/{args.rounds}: {sum(failures.values())} failures so far", flush=True)
     rows = [f"| {k} | {runs[k]} | {failures[k]} | {states[k]} |" for k in runs]
     write_section(

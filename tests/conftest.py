@@ -149,14 +149,17 @@ def releases(server):
 
 
 def stopped_httpd(server):
-    """PIDs of this server's httpd processes in the stopped state (T)."""
+    """PIDs of this server's httpd processes in the stopped state (T). Read from /proc here, not
+    through Cutover, as an independent check; fails when the httpd parent is gone, so that "none
+    stopped" can never mean "Apache died"."""
+    assert not process_gone(server.httpd_pid), f"httpd of {server.name} (pid {server.httpd_pid}) is gone"
     pids = [server.httpd_pid] + lab.children(server.httpd_pid)
     out = []
     for pid in pids:
         try:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
-            continue
+            continue  # a child that exited since the listing
         if state == "T":
             out.append(pid)
     return out

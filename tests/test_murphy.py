@@ -116,6 +116,9 @@ DEPLOY_KILLS = {
 
 @pytest.mark.parametrize("case", list(DEPLOY_KILLS))
 def test_deploy_killed(lab1, tmp_path, case):
+    """fab killed at this step of a deploy: no request fails and every answer is one whole release; then
+    the site answers 200 with one whole release, no httpd is stopped, shared/ is unchanged, the lock is
+    free or its owner dead, and the next deploy succeeds."""
     kill_at, settings_, extra = DEPLOY_KILLS[case]
     new, nxt, known, shared = prepare(lab1, tmp_path, extra)
     hold = settings_.pop("hold", 0)
@@ -135,6 +138,8 @@ def test_deploy_killed(lab1, tmp_path, case):
 
 @pytest.mark.parametrize("kill_at,hold", [("swap", 0), ("swap:0.4", 1200), ("finish", 0)])
 def test_rollback_killed(lab1, tmp_path, kill_at, hold):
+    """fab killed at this step of a rollback; then the site answers 200 with one whole release, no httpd is
+    stopped, shared/ is unchanged, the lock is free or its owner dead, and the next deploy succeeds."""
     new, nxt, known, shared = prepare(lab1, tmp_path)
     configure(lab1, new)
     assert lab1.fab("deploy").returncode == 0
@@ -144,6 +149,8 @@ def test_rollback_killed(lab1, tmp_path, kill_at, hold):
 
 
 def test_rollback_never_picks_a_release_that_was_never_live(lab1, tmp_path):
+    """A release that a killed deploy promoted but never switched to is skipped: rollback lands on the
+    release live before."""
     new, nxt, known, shared = prepare(lab1, tmp_path)
     server = lab1.servers[0]
     first = current(server)
@@ -162,6 +169,9 @@ def test_rollback_never_picks_a_release_that_was_never_live(lab1, tmp_path):
 
 
 def test_ssh_connection_cut_during_the_swap(lab1, tmp_path):
+    """The sshd process of the connection killed inside the pause: httpd resumes, fab exits 4 naming the
+    swap and the connection; then the site answers 200 with one whole release, no httpd is stopped,
+    shared/ is unchanged, the lock is free or its owner dead, and the next deploy succeeds."""
     new, nxt, known, shared = prepare(lab1, tmp_path)
     server = lab1.servers[0]
     configure(lab1, new)
@@ -194,6 +204,10 @@ def test_ssh_connection_cut_during_the_swap(lab1, tmp_path):
 
 
 def test_a_silent_network_ends_the_run_with_a_clear_error(lab1, tmp_path):
+    """The connection goes silent during the smoke test: fab exits 4 at the step's timeout with that
+    message, the abort path does not wait again, the live release is unchanged; then the site answers
+    200 with one whole release, no httpd is stopped, shared/ is unchanged, the lock is free or its owner
+    dead, and the next deploy succeeds."""
     # The sshd process of the deploy's connection is stopped while the smoke test runs: the
     # TCP connection stays up, but nothing comes back, as when a link goes silent.
     new, nxt, known, shared = prepare(lab1, tmp_path)
@@ -235,6 +249,9 @@ def test_a_silent_network_ends_the_run_with_a_clear_error(lab1, tmp_path):
 
 @pytest.mark.parametrize("second", ["deploy", "rollback"])
 def test_two_runs_at_the_same_instant(lab1, tmp_path, second):
+    """Two runs started at the same instant: one succeeds, the other exits 5 naming who holds the lock;
+    then the site answers 200 with one whole release, no httpd is stopped, shared/ is unchanged, the
+    lock is free or its owner dead, and the next deploy succeeds."""
     new, nxt, known, shared = prepare(lab1, tmp_path)
     configure(lab1, new)
     assert lab1.fab("deploy").returncode == 0  # so that a rollback has somewhere to go
@@ -263,6 +280,9 @@ def test_two_runs_at_the_same_instant(lab1, tmp_path, second):
 
 
 def test_disk_full_during_upload(tmp_path):
+    """The disk fills up during the upload: exit 4 saying so, the live release and the kept releases
+    unchanged, no incoming dir or lock left; then the site answers 200 with one whole release, no httpd
+    is stopped, shared/ is unchanged, the lock is free or its owner dead, and the next deploy succeeds."""
     handle, root = start_lab(1, tmpfs_mb=12)
     try:
         new, nxt, known, shared = prepare(handle, tmp_path, {f"big/{i}.bin": os.urandom(1_000_000) for i in range(20)})
@@ -305,6 +325,8 @@ def _pidfile(kind, tmp_path):
     ],
 )
 def test_a_lying_pidfile_is_refused_before_anything_pauses(lab1, tmp_path, kind, message):
+    """A pidfile that names no process, another program or no PID: refused with that reason before anything
+    pauses; nothing stopped, nothing switched."""
     new, nxt, known, shared = prepare(lab1, tmp_path)
     server = lab1.servers[0]
     path, proc = _pidfile(kind, tmp_path)
@@ -350,6 +372,7 @@ NASTY = st.one_of(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=NASTY)
 def test_every_remote_word_is_quoted(lab2, value):
+    """Each value reaches the server byte for byte through the one quoting function (printf round trip)."""
     host = lab2.host()
     with ssh.connect(host) as conn:
         out = ssh.run(conn, "echo", ["printf", "%s", value])
@@ -364,6 +387,7 @@ def test_every_remote_word_is_quoted(lab2, value):
     ),
 )
 def test_hosts_file_values_are_refused_or_harmless(tmp_path_factory, value, field):
+    """Each value is refused with file:line:key, or accepted only when free of shell metacharacters and '..'."""
     import yaml
 
     host = {"host": "web1.example.com"}
@@ -418,9 +442,10 @@ CLI = [
 
 @pytest.mark.parametrize("which", CLI, ids=[f"{task} {option}" for task, option in CLI])
 def test_every_option_refuses_a_very_long_value(lab2, which):
+    """Refused with exit 2, no traceback, the value not echoed back whole."""
     task, option = which
     result = lab2.fab(task, option, "x" * 5000)
-    assert result.returncode in (1, 2), result.stderr
+    assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr) < 1000  # the value is not echoed back whole
     lab2.fab("maintenance-off")
@@ -429,11 +454,12 @@ def test_every_option_refuses_a_very_long_value(lab2, which):
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=NASTY.filter(lambda v: v and not v.startswith("-")), which=st.sampled_from(CLI))
 def test_command_line_values_are_refused_or_harmless(lab2, tmp_path_factory, value, which):
+    """Refused (exit 2) or harmless (exit 0); no canary file anywhere; no traceback."""
     canary = f"cutover-canary-{os.getpid()}"
     value = value.replace("CANARY", canary)
     task, option = which
     result = lab2.fab(task, option, value)
-    assert result.returncode in (0, 1, 2), result.stderr
+    assert result.returncode in (0, 2), result.stderr
     assert "Traceback" not in result.stderr
     for where in (Path("/tmp"), PROJECT, Path.home(), *(Path(s.deploy_to) for s in lab2.servers)):
         assert not (where / canary).exists()
@@ -445,6 +471,7 @@ def test_command_line_values_are_refused_or_harmless(lab2, tmp_path_factory, val
 
 
 def test_soak_five_cycles_under_load(lab1, tmp_path):
+    """0 failed requests, every response one whole release, no httpd stopped."""
     server = lab1.servers[0]
     builds = [make_build(tmp_path, f"s{i}") for i in range(5)]
     known = known_bodies(*builds, make_build(tmp_path, "example-1"))
@@ -500,6 +527,7 @@ def swap_many(handle, count, sizes=(500, 3000)):
 
 
 def test_no_torn_responses_across_many_switches(lab1):
+    """0 responses with one release's length and another's bytes over 200 switches under load."""
     load, bodies = swap_many(lab1, 200)
     assert len(load.samples) > 2000
     torn = [(s.status, len(s.body)) for s in load.samples if s.status != 200 or s.body not in bodies.values()]

@@ -289,10 +289,14 @@ def op_swap(a):
             result = {"error": "swap failed: %s" % exc, "old": old}
         paths.write_file(result_path, json.dumps(result))
         os._exit(0)
-    os.waitpid(child, 0)
-    with open(result_path) as f:
-        result = json.load(f)
-    os.unlink(result_path)
+    status = os.waitpid(child, 0)[1]
+    try:
+        with open(result_path) as f:
+            result = json.load(f)
+        os.unlink(result_path)
+    except (OSError, ValueError):
+        how = "was killed by signal %d" % os.WTERMSIG(status) if os.WIFSIGNALED(status) else "died"
+        result = {"error": "the swap process %s before it reported; the watchdog resumed httpd" % how}
     if "error" in result:
         # `current` tells the client whether this host switched before the failure
         raise Refused(result["error"], current=paths.current_release(layout))
