@@ -153,7 +153,7 @@ def machine():
                 cpu = line.split(":", 1)[1].strip()
                 break
     except OSError:
-        pass
+        pass  # no /proc/cpuinfo: the figures say "unknown" CPU
     rsync = subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     return f"{os.cpu_count()} cores, {cpu}, Linux {platform.release()}, Python {platform.python_version()}, {rsync}"
 

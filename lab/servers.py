@@ -315,7 +315,7 @@ def stop_server(server):
                 if os.path.basename(os.readlink(f"/proc/{pid}/exe")).startswith("sshd"):
                     os.kill(pid, signal.SIGTERM)
             except OSError:
-                pass
+                pass  # the session ended since the listing: nothing to stop
     _stop_pid(server.sshd_pid, SSHD)
     if server.mounted:
         subprocess.run(["umount", server.deploy_to], check=False)

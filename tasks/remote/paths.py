@@ -109,24 +109,28 @@ def now():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def write_file(path, text, mode=0o644):
-    """Replace path atomically: a fresh temp file (never through a symlink, even as root), fsync, rename."""
+def write_file(path, text, mode=0o644, dir_fd=None):
+    """Replace path atomically: a fresh temp file (never through a symlink, even as root), fsync,
+    rename. With dir_fd, path is a name inside that open directory."""
     tmp = "%s.tmp%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
     with os.fdopen(fd, "w") as f:
         f.write(text)
         f.flush()
+        os.fchmod(f.fileno(), mode)
         os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    os.rename(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
-def temp_symlink(link, target):
-    """A new symlink to target beside link (link.<pid>), ready to be renamed over link."""
+def temp_symlink(link, target, dir_fd=None):
+    """A new symlink to target beside link (link.<pid>), ready to be renamed over link. With
+    dir_fd, link is a name inside that open directory."""
     temp = "%s.%d" % (link, os.getpid())
-    if os.path.lexists(temp):
-        os.unlink(temp)  # left by a dead process that had our PID
-    os.symlink(target, temp)
+    try:
+        os.unlink(temp, dir_fd=dir_fd)  # left by a dead process that had our PID
+    except FileNotFoundError:
+        pass
+    os.symlink(target, temp, dir_fd=dir_fd)
     return temp
 
 

@@ -154,32 +154,11 @@ class Dirs:
             os.close(fd)
 
 
-def _write_at(dir_fd, name, text):
-    """Replace name in dir_fd atomically with text (a fresh temp file, synced, renamed)."""
-    temp = "%s.tmp%d" % (name, os.getpid())
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-
-
-def _temp_symlink_at(dir_fd, name, target):
-    temp = "%s.%d" % (name, os.getpid())
-    try:
-        os.unlink(temp, dir_fd=dir_fd)  # left by a dead process that had our PID
-    except FileNotFoundError:
-        pass
-    os.symlink(target, temp, dir_fd=dir_fd)
-    return temp
-
-
 def _pin_files(dirs, release_id):
     """The release's map file, and temp symlinks for release.map and current: what the switch renames."""
-    _write_at(dirs.maps, release_id + ".map", "current %s\n" % release_id)
-    temp_map = _temp_symlink_at(dirs.meta, "release.map", "maps/%s.map" % release_id)
-    temp_current = _temp_symlink_at(dirs.top, "current", "releases/" + release_id)
+    paths.write_file(release_id + ".map", "current %s\n" % release_id, dir_fd=dirs.maps)
+    temp_map = paths.temp_symlink("release.map", "maps/%s.map" % release_id, dir_fd=dirs.meta)
+    temp_current = paths.temp_symlink("current", "releases/" + release_id, dir_fd=dirs.top)
     return [(dirs.meta, temp_map, "release.map"), (dirs.top, temp_current, "current")]
 
 
@@ -187,8 +166,8 @@ def point_map(layout, release_id):
     """Point .cutover/release.map at the map of release_id (outside any pause: setup)."""
     dirs = Dirs(layout)
     try:
-        _write_at(dirs.maps, release_id + ".map", "current %s\n" % release_id)
-        temp = _temp_symlink_at(dirs.meta, "release.map", "maps/%s.map" % release_id)
+        paths.write_file(release_id + ".map", "current %s\n" % release_id, dir_fd=dirs.maps)
+        temp = paths.temp_symlink("release.map", "maps/%s.map" % release_id, dir_fd=dirs.meta)
         os.rename(temp, "release.map", src_dir_fd=dirs.meta, dst_dir_fd=dirs.meta)
     finally:
         dirs.close()
