@@ -12,14 +12,11 @@ after" of bench/RESULTS.md.
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from common import PROJECT, generate_site, history, lab, median, start_lab, stop_lab, write_section
+from common import PROJECT, before_tree, generate_site, history, lab, median, start_lab, stop_lab, write_section
 from speed import SIZES, change_files, extra_disk, rewrite_all
 
 
@@ -37,19 +34,8 @@ def fab(project, the_lab):
     return seconds, history(the_lab.servers[0])[-1]
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--before", required=True, help="the older commit to compare with")
-    parser.add_argument("--files", type=int, default=10000, choices=sorted(SIZES))
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--firsts", type=int, default=3, help="full uploads per version, each on fresh servers")
-    args = parser.parse_args()
-    commit = subprocess.run(
-        ["git", "-C", str(PROJECT), "rev-parse", "--short", args.before], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    work = Path(tempfile.mkdtemp(prefix="cutover-ab-", dir="/tmp"))
-    old_tree = work / "before"
-    subprocess.run(["git", "-C", str(PROJECT), "worktree", "add", "--detach", str(old_tree), commit], check=True)
+def compare(args, work, old_tree):
+    """The deploys of both versions, alternating; {version: {kind: [(seconds, bytes, disk)], "steps": ...}}."""
     versions = {"before": old_tree, "after": PROJECT}
     labs = {}
     try:
@@ -90,8 +76,18 @@ def main():
     finally:
         for the_lab, parent in labs.values():
             stop_lab(the_lab, parent)
-        subprocess.run(["git", "-C", str(PROJECT), "worktree", "remove", "--force", str(old_tree)], check=False)
-        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--before", required=True, help="the older commit to compare with")
+    parser.add_argument("--files", type=int, default=10000, choices=sorted(SIZES))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--firsts", type=int, default=3, help="full uploads per version, each on fresh servers")
+    args = parser.parse_args()
+    with before_tree(args.before, "cutover-ab-") as (commit, work, old_tree):
+        rows = compare(args, work, old_tree)
 
     def med(name, kind, k):
         return median([r[k] for r in rows[name][kind]])
@@ -108,7 +104,7 @@ def main():
         f"| first deploy (full upload), wall time | {med('before', 'first', 0):.2f} s | {med('after', 'first', 0):.2f} s |",
         f"| one-file change, wall time | {med('before', 'one file', 0):.2f} s | {med('after', 'one file', 0):.2f} s |",
         "| full upload / one-file change | "
-        + " | ".join(f"{med(n, 'first', 0) / med(n, 'one file', 0):.1f}x" for n in versions)
+        + " | ".join(f"{med(n, 'first', 0) / med(n, 'one file', 0):.1f}x" for n in ("before", "after"))
         + " |",
         f"| one-file change, bytes sent | {med('before', 'one file', 1):,.0f} | {med('after', 'one file', 1):,.0f} |",
         f"| rebuild, every file rewritten with the same bytes: wall time | {med('before', 'rebuild', 0):.2f} s | "
@@ -121,7 +117,7 @@ def main():
         "| version | " + " | ".join(sorted(rows["after"]["steps"])) + " |",
         "|---|" + "---|" * len(rows["after"]["steps"]),
     ]
-    for name in versions:
+    for name in ("before", "after"):
         steps = rows[name]["steps"]
         lines.append(
             f"| {name} | " + " | ".join(f"{steps.get(k, 0):.3f}" for k in sorted(rows["after"]["steps"])) + " |"

@@ -9,13 +9,10 @@ see the same machine noise. Writes the section "Agent start-up" of bench/RESULTS
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
-from common import PROJECT, median, start_lab, stop_lab, write_section
+from common import PROJECT, before_tree, median, start_lab, stop_lab, write_section
 
 BATCHES = 6
 
@@ -61,7 +58,11 @@ print(json.dumps({"start": start, "step": step}))
 
 def measure(tree, hosts_file, rounds):
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(hosts_file), str(rounds)], cwd=tree, capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHILD, str(hosts_file), str(rounds)],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return json.loads(out)
 
@@ -71,25 +72,18 @@ def main():
     parser.add_argument("--before", required=True, help="the older commit to compare with")
     parser.add_argument("--rounds", type=int, default=60)
     args = parser.parse_args()
-    commit = subprocess.run(
-        ["git", "-C", str(PROJECT), "rev-parse", "--short", args.before], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    work = Path(tempfile.mkdtemp(prefix="cutover-agent-", dir="/tmp"))
-    old_tree = work / "before"
-    subprocess.run(["git", "-C", str(PROJECT), "worktree", "add", "--detach", str(old_tree), commit], check=True)
-    the_lab, parent = start_lab(1)
     figures = {"before": {"start": [], "step": []}, "after": {"start": [], "step": []}}
-    try:
-        versions = [("before", old_tree), ("after", PROJECT)]
-        for batch in range(BATCHES):
-            for name, tree in versions if batch % 2 else versions[::-1]:
-                got = measure(tree, the_lab.hosts_file, args.rounds // BATCHES)
-                for key in ("start", "step"):
-                    figures[name][key] += got[key]
-    finally:
-        stop_lab(the_lab, parent)
-        subprocess.run(["git", "-C", str(PROJECT), "worktree", "remove", "--force", str(old_tree)], check=False)
-        shutil.rmtree(work, ignore_errors=True)
+    with before_tree(args.before, "cutover-agent-") as (commit, _, old_tree):
+        the_lab, parent = start_lab(1)
+        try:
+            versions = [("before", old_tree), ("after", PROJECT)]
+            for batch in range(BATCHES):
+                for name, tree in versions if batch % 2 else versions[::-1]:
+                    got = measure(tree, the_lab.hosts_file, args.rounds // BATCHES)
+                    for key in ("start", "step"):
+                        figures[name][key] += got[key]
+        finally:
+            stop_lab(the_lab, parent)
     bundle = sum(len((PROJECT / "tasks" / "remote" / f"{m}.py").read_bytes()) for m in _bundle())
     rows = []
     for name in ("before", "after"):

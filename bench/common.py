@@ -26,16 +26,34 @@ RESULTS = PROJECT / "bench" / "RESULTS.md"
 FRESH_FS_MB = 3072  # a new ext4 of this size for deploy_to, where the benchmark writes whole sites
 
 
-def start_lab(count=1, mpm="event", fresh_fs=False):
-    """Lab servers under a new temporary dir; fresh_fs: deploy_to on a new ext4 (lab.start_server)."""
+def start_lab(count=1, mpm="event", fresh_fs=False, **options):
+    """Lab servers under a new temporary dir; fresh_fs: deploy_to on a new ext4 (lab.start_server);
+    options: more of lab.start's (php, site_conf, settings)."""
     parent = Path(tempfile.mkdtemp(prefix="cutover-bench-", dir="/tmp"))
     parent.chmod(0o755)
-    return lab.start(parent / "lab", count=count, mpm=mpm, ext4_mb=FRESH_FS_MB if fresh_fs else None), parent
+    ext4 = FRESH_FS_MB if fresh_fs else None
+    return lab.start(parent / "lab", count=count, mpm=mpm, ext4_mb=ext4, **options), parent
 
 
 def stop_lab(the_lab, parent):
     lab.stop(the_lab.root)
     shutil.rmtree(parent, ignore_errors=True)
+
+
+@contextmanager
+def before_tree(revision, prefix):
+    """(short commit, work dir, checkout of `revision` in work/before); both removed afterwards."""
+    commit = subprocess.run(
+        ["git", "-C", str(PROJECT), "rev-parse", "--short", revision], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    tree = work / "before"
+    subprocess.run(["git", "-C", str(PROJECT), "worktree", "add", "--detach", str(tree), commit], check=True)
+    try:
+        yield commit, work, tree
+    finally:
+        subprocess.run(["git", "-C", str(PROJECT), "worktree", "remove", "--force", str(tree)], check=False)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def fab(hosts_file, *args, env=None):

@@ -11,6 +11,7 @@ requests. Writes the section "PHP sites" of bench/RESULTS.md.
 """
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -70,6 +71,13 @@ def measure(php, work, seconds, rounds, deploys):
         stop_lab(the_lab, parent)
 
 
+def _added_us(rate, base):
+    """CPU time a request costs more than with no rules: the machine's cores over the rates (wrk
+    keeps both cores busy), in microseconds."""
+    cores = os.cpu_count()
+    return (cores / rate - cores / base) * 1e6
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
@@ -84,17 +92,18 @@ def main():
         f"{args.deploys}` (one lab server per mode, the test app of tests/phpapp; wrk -t2 -c8; requests per second "
         f"are medians of {args.rounds} alternating rounds of {args.seconds} s).",
         "",
-        "| mode | rules | static file (req/s) | PHP page (req/s) | static vs none | PHP vs none |",
-        "|---|---|---|---|---|---|",
+        "| mode | rules | static file (req/s) | PHP page (req/s) | static vs none | PHP vs none | CPU added per request, static / PHP |",
+        "|---|---|---|---|---|---|---|",
     ]
     pause_rows = []
     for php, label in (("mod_php", "mod_php, prefork"), ("fpm", "php-fpm, event")):
         rates, pauses, seen = measure(php, work, args.seconds, args.rounds, args.deploys)
         for name in ("none", "pin, no access check", "Cutover's rules"):
             s, p = rates[(name, "static")], rates[(name, "php")]
+            s0, p0 = rates[("none", "static")], rates[("none", "php")]
             lines.append(
-                f"| {label} | {name} | {s:,.0f} | {p:,.0f} | {s / rates[('none', 'static')]:.2f} | "
-                f"{p / rates[('none', 'php')]:.2f} |"
+                f"| {label} | {name} | {s:,.0f} | {p:,.0f} | {s / s0:.2f} | {p / p0:.2f} | "
+                f"{_added_us(s, s0):.0f} / {_added_us(p, p0):.0f} us |"
             )
         pause_rows.append(
             f"| {label} | {len(pauses)} | {percentile(pauses, 50):.3f} | {percentile(pauses, 99):.3f} | "
