@@ -105,3 +105,58 @@ def test_a_group_error_names_every_failed_host_and_keeps_the_first_exit_status()
     assert error.exit_code == LockError.exit_code
     assert str(error) == "web1: locked by x; web2: unhealthy\n  what to do: wait"
     assert error.succeeded == []
+
+
+def _fleet(*names):
+    health = SimpleNamespace(urls=(), retries=0, timeout=1, expect_status=200, expect_text=None)
+    runs = []
+    for name in names:
+        host = SimpleNamespace(name=name, health=health, httpd=SimpleNamespace(pause_timeout=1), protected=())
+        runs.append(SimpleNamespace(name=name, host=host, current="old", switched="no", switch={}, steps={}))
+    return SimpleNamespace(hosts=runs, release_id="new")
+
+
+def test_a_failed_swap_switches_back_every_host_that_switched_and_keeps_both_errors(monkeypatch, capsys):
+    from tasks.errors import RemoteError
+    from tasks.steps import swap as swap_step
+
+    calls = []
+
+    def switch(r, step, release_id, verify):
+        calls.append((r.name, step, release_id))
+        if step == "swap" and r.name == "web2":
+            raise RemoteError("swap: the connection failed: OSError")  # no answer: may have switched
+        if step == "switch back" and r.name == "web2":
+            raise RemoteError("switch back: not sent: the connection was lost earlier")
+        return {"old": "old", "new": release_id, "pause_ms": 0.1, "health": "ok"}
+
+    monkeypatch.setattr(swap_step, "switch", switch)
+    run = _fleet("web1", "web2")
+    with pytest.raises(GroupError) as failed:
+        swap_step.swap(run)
+    message = str(failed.value)
+    assert message.startswith("web2: swap: the connection failed: OSError")
+    assert (
+        "switching the others back failed too: web2: switch back: not sent: the connection was lost earlier" in message
+    )
+    assert sorted(c for c in calls if c[1] == "switch back") == [
+        ("web1", "switch back", "old"),
+        ("web2", "switch back", "old"),
+    ]
+    assert [r.switched for r in run.hosts] == ["no", "unknown"]  # web1 is back; web2's state is unknown
+
+
+def test_any_exception_during_the_swap_switches_back(monkeypatch, capsys):
+    from tasks.steps import swap as swap_step
+
+    def switch(r, step, release_id, verify):
+        if step == "swap" and r.name == "web2":
+            raise KeyError("an answer without 'old'")  # a bug, not a CutoverError
+        return {"old": "old", "new": release_id, "pause_ms": 0.1, "health": "ok"}
+
+    monkeypatch.setattr(swap_step, "switch", switch)
+    run = _fleet("web1", "web2")
+    with pytest.raises(GroupError):
+        swap_step.swap(run)
+    assert [r.switched for r in run.hosts] == ["no", "no"]
+    assert "[web1] switch back" in capsys.readouterr().out

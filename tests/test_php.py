@@ -1,6 +1,6 @@
 """A PHP application on real Apache: mod_php under the prefork MPM, and php-fpm through proxy_fcgi
-under the event MPM. The app (tests/phpapp) has a front controller with .htaccess rewrites and no
-RewriteBase, a public/ document root, a private directory denied both by the site's <Directory>
+under the event MPM. The app (tests/phpapp) has front controllers with .htaccess rewrites, without
+RewriteBase and with it (blog/), a public/ document root, a private directory denied both by the site's <Directory>
 and by its own .htaccess, shared data PHP writes to, and a cache an after_switch hook clears."""
 
 import http.client
@@ -46,7 +46,7 @@ DENIED = [
     "/composer.json",
     "/.htaccess",
 ]
-SERVED = ["/", "/products/7", "/assets/app.css", "/index.php", "/legacy.php"]
+SERVED = ["/", "/products/7", "/assets/app.css", "/index.php", "/legacy.php", "/blog/posts/3"]
 
 
 def build(parent, label):
@@ -139,12 +139,13 @@ def test_a_php_app_deploys_and_rolls_back_under_load(php_lab, tmp_path):
             # the new code answers right after the switch, the app's cache cleared by the hook
             assert request(server, "/") == (200, f"shop {label}\n")
             assert request(server, "/products/42") == (200, f"product 42 {label}\n")
+            assert request(server, "/blog/posts/1") == (200, f"blog {label}\n")  # with RewriteBase
             assert request(server, "/page") == (200, f"page {label}\n")
     served = [(p, s, b) for p, s, b in visitors.seen if p in SERVED]
     denied = [(p, s, b) for p, s, b in visitors.seen if p in DENIED]
     assert len(served) > 100 and len(denied) > 100
     assert [x for x in served if x[1] != 200] == []
-    bodies = {f"shop {v}\n" for v in labels} | {f"product 7 {v}\n" for v in labels}
+    bodies = {f"shop {v}\n" for v in labels} | {f"product 7 {v}\n" for v in labels} | {f"blog {v}\n" for v in labels}
     bodies |= {(builds[v] / "public/assets/app.css").read_text() for v in labels}
     assert [x for x in served if x[2] not in bodies] == []  # every answer one whole release
     assert [x for x in denied if x[1] not in (403, 404)] == []
