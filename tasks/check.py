@@ -13,6 +13,7 @@ from .remote.views import PROBED_OUTSIDE
 from .steps import health_args, origin, protected_urls
 
 MIN_FREE = 100 * 1024 * 1024  # below this a deploy may fill the disk
+MIN_PYTHON = (3, 7)  # what tasks/remote/ needs on the server
 
 
 def probe_args(host):
@@ -42,6 +43,8 @@ def check_host(r):
         helper_path=agent.HELPER if r.uses_helper else None,
     )  # fmt: skip
     problems = []
+    if tuple(int(x) for x in found["python"].split(".")[:2]) < MIN_PYTHON:
+        problems.append(f"the server's Python ({found['executable']}) is {found['python']}: Cutover needs 3.7 or newer")
     if not found["rsync"]:
         problems.append("rsync is not installed on the server: apt-get install rsync")
     if not found["deploy_to"].startswith(("ok", "missing, can be")):
