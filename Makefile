@@ -19,6 +19,8 @@ demo: install
 	$(PYTHON) -m fabric sandbox-up
 	$(PYTHON) -m fabric -H sandbox deploy
 	@echo "the example site is live: http://127.0.0.1:8081/ and http://127.0.0.1:8082/"
+	@echo "maintenance mode as a visitor sees it: fab maintenance-on, then curl -i --interface 127.0.0.2 http://127.0.0.1:8081/"
+	@echo "(127.0.0.1 itself is on maintenance.allow, so the health check passes during a migration, and gets the site)"
 
 # The whole test suite against real sshd and Apache lab servers.
 test: install

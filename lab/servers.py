@@ -302,13 +302,32 @@ def _stop_pid(pid, program, timeout=STOP_TIMEOUT):
     os.kill(pid, signal.SIGKILL)
 
 
+def _from_pidfile(path, program, config):
+    """The PID in a pidfile of this lab's, if it runs `program` with our `config` on its command line
+    (an Apache restarted by hand has a new PID, but writes the same pidfile)."""
+    try:
+        pid = int(Path(path).read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if _is_ours(pid, program) and str(config).encode() in cmdline else None
+
+
 def stop_server(server):
-    """Stop one lab server's httpd and sshd; resumes httpd's children first if they were paused."""
-    for pid in children(server.httpd_pid):
-        os.kill(pid, signal.SIGCONT)
-    _stop_pid(server.httpd_pid, APACHE)
-    if server.fpm_pid:
-        _stop_pid(server.fpm_pid, os.path.realpath(program("/usr/sbin/php-fpm*")))
+    """Stop one lab server's httpd, php-fpm and sshd: the PIDs recorded at start, and those their
+    pidfiles name now; resumes httpd's children first if they were paused."""
+    base = Path(server.root)
+    httpds = {server.httpd_pid, _from_pidfile(server.pidfile, APACHE, server.httpd_conf)} - {None, 0}
+    for httpd in httpds:
+        for pid in children(httpd):
+            os.kill(pid, signal.SIGCONT)
+        _stop_pid(httpd, APACHE)
+    fpm = os.path.realpath(program("/usr/sbin/php-fpm*")) if server.php == "fpm" else None
+    for pid in {server.fpm_pid, fpm and _from_pidfile(base / "php" / "fpm.pid", fpm, base / "php")} - {None, 0}:
+        _stop_pid(pid, fpm)
+    sshd = _from_pidfile(base / "ssh" / "sshd.pid", SSHD, base / "ssh" / "sshd_config")
+    if sshd and sshd != server.sshd_pid:
+        _stop_pid(sshd, SSHD)
     if _is_ours(server.sshd_pid, SSHD):
         for pid in children(server.sshd_pid):  # sessions left open, e.g. by a failed test
             try:
@@ -329,13 +348,16 @@ def children(pid):
 
 
 def stop(root, remove=True):
-    """Stop every server of the lab under root by PID, then remove the directory."""
+    """Stop every server of the lab under root by PID, then remove the directory; returns whether
+    a lab was there."""
     root = Path(root)
-    if (root / STATE_FILE).exists():
+    found = (root / STATE_FILE).exists()
+    if found:
         for server in load(root).servers:
             stop_server(server)
     if remove:
         shutil.rmtree(root, ignore_errors=True)
+    return found
 
 
 def pids(lab):

@@ -6,13 +6,27 @@ import sys
 from invoke.exceptions import Exit
 
 from . import hostsfile
-from .errors import CutoverError
+from .errors import ConfigError, CutoverError
 
 
-def target(c):
-    """The hosts named by -H (a group, a host, or a comma list), or default_group without -H."""
+def target(c, split=True):
+    """The hosts named by -H (a group, a host, or a comma list), or default_group without -H.
+
+    split=False: refuse a selection that takes some hosts of a group but not all (a deploy or
+    rollback would leave that group serving two releases).
+    """
     name = c.config.get("cutover", {}).get("target")
-    return hostsfile.load().resolve(name)
+    inventory = hostsfile.load()
+    hosts = inventory.resolve(name)
+    if not split:
+        for group, members in inventory.split_groups(hosts):
+            chosen = [h.name for h in hosts if h.name in members]
+            raise ConfigError(
+                f"-H {name} takes {', '.join(chosen)} but not all of group {group} ({', '.join(members)}): "
+                f"the group would serve two releases; nothing was changed",
+                hint=f"name the whole group (-H {group}), or add --split to do it anyway",
+            )
+    return hosts
 
 
 def boundary(fn):

@@ -137,6 +137,16 @@ class Inventory:
             hosts.extend(h for h in found if h.name not in {x.name for x in hosts})
         return tuple(hosts)
 
+    def split_groups(self, hosts):
+        """The groups of which `hosts` hold some hosts but not all: a deploy to them splits those groups."""
+        chosen = {h.name for h in hosts}
+        out = []
+        for name, members in self.groups.items():
+            names = {h.name for h in members}
+            if names & chosen and not names <= chosen:
+                out.append((name, sorted(names)))
+        return out
+
     def known_names(self):
         groups = ", ".join(sorted(self.groups))
         hosts = ", ".join(sorted({h.name for hs in self.groups.values() for h in hs}))

@@ -125,9 +125,10 @@ def dry_run(run, build, info):
         "force-unlock": "first clear a lock whose owner is gone (its SSH session ended)",
         "build": "deploy this directory instead of build.path from hosts.yaml",
         "migrate": "run migrate.command in the new release, with maintenance mode on around it",
+        "split": "deploy to some hosts of a group only (-H naming hosts), leaving it on two releases",
     }
 )
 @boundary
-def deploy(c, dry_run=False, force_unlock=False, build=None, migrate=False):
+def deploy(c, dry_run=False, force_unlock=False, build=None, migrate=False, split=False):
     """Ship the local build: upload, smoke test, switch live atomically, verify."""
-    deploy_to_hosts(target(c), build, dry_run, force_unlock, migrate)
+    deploy_to_hosts(target(c, split or dry_run), build, dry_run, force_unlock, migrate)

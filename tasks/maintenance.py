@@ -48,8 +48,16 @@ def switch(run, on, message=None, retry_after=None):
         seconds = retry_after or m.retry_after
         page = render_page(message or m.message, seconds) if on else None
         answer = r.call("maintenance", "maintenance", on=on, page=page, retry_after=seconds, who=run.who)
-        already = " (already)" if answer["was_on"] == on else ""
-        say(r.host, "maintenance", 0, f"{'on' if on else 'off'}{already}")
+        if not answer["changed"]:
+            state = f"{'on' if on else 'off'} (already)"
+        elif on and answer["was_on"]:
+            state = "on (page updated)"
+        else:
+            state = "on" if on else "off"
+        if on:
+            through = [*m.allow, *([m.health_path] if m.health_path else [])]
+            state += f": visitors get 503 with Retry-After {seconds}; still served to {', '.join(through)}"
+        say(r.host, "maintenance", 0, state)
 
     in_parallel(run.hosts, one)
 

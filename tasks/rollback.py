@@ -104,9 +104,10 @@ def rollback_hosts(hosts, to=None, force=False):
     help={
         "to": "the release to switch to (default: the one before the live release)",
         "force-unlock": "first clear a lock whose owner is gone (its SSH session ended)",
+        "split": "roll back some hosts of a group only (-H naming hosts), leaving it on two releases",
     }
 )
 @boundary
-def rollback(c, to=None, force_unlock=False):
+def rollback(c, to=None, force_unlock=False, split=False):
     """Switch back to the previous release (or --to RELEASE), paused like a deploy; no upload."""
-    rollback_hosts(target(c), to, force_unlock)
+    rollback_hosts(target(c, split), to, force_unlock)

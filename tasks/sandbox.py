@@ -4,12 +4,14 @@ The sandbox uses fixed ports and paths so that the `sandbox` group of the shippe
 reaches it with no further setup.
 """
 
+import os
+
 from invoke import task
 
 import lab
 
 from .cli import boundary
-from .errors import ConfigError
+from .errors import ConfigError, CutoverError
 
 SANDBOX_DIR = "/tmp/cutover-sandbox"
 SANDBOX_PORTS = [(2201, 8081), (2202, 8082)]
@@ -21,7 +23,15 @@ def sandbox_up(c, mpm="event"):
     """Start two local lab servers (sshd + Apache on 127.0.0.1) as group `sandbox`."""
     if mpm not in ("event", "prefork"):
         raise ConfigError(f"--mpm must be event or prefork, got {mpm!r}")
-    sandbox = lab.start(SANDBOX_DIR, count=len(SANDBOX_PORTS), mpm=mpm, ports=SANDBOX_PORTS)
+    if os.path.exists(SANDBOX_DIR):
+        # a sandbox left up, half made by a failed start, or with an Apache restarted by hand
+        lab.stop(SANDBOX_DIR)
+        print(f"sandbox: stopped and removed the one left in {SANDBOX_DIR}")
+    try:
+        sandbox = lab.start(SANDBOX_DIR, count=len(SANDBOX_PORTS), mpm=mpm, ports=SANDBOX_PORTS)
+    except CutoverError:
+        lab.stop(SANDBOX_DIR)  # nothing half made stays behind to block the next sandbox-up
+        raise
     for s in sandbox.servers:
         print(f"{s.name}: ssh 127.0.0.1:{s.ssh_port}, site {s.url}, deploy_to {s.deploy_to}")
     print("sandbox up: try `fab -H sandbox check`, then `fab -H sandbox deploy`")
@@ -30,6 +40,8 @@ def sandbox_up(c, mpm="event"):
 @task
 @boundary
 def sandbox_down(c):
-    """Stop the sandbox servers (by the PIDs it recorded) and remove its directory."""
-    lab.stop(SANDBOX_DIR)
-    print(f"sandbox down: {SANDBOX_DIR} removed")
+    """Stop the sandbox servers (by the PIDs it recorded or its pidfiles name) and remove its directory."""
+    if lab.stop(SANDBOX_DIR):
+        print(f"sandbox down: {SANDBOX_DIR} removed")
+    else:
+        print(f"sandbox down: no sandbox in {SANDBOX_DIR}; nothing to stop")

@@ -105,7 +105,12 @@ def test_check_advice_for_a_split_group_names_a_release_every_host_keeps(lab_pai
     configure(lab_pair, make_build(tmp_path, "a"))
     assert lab_pair.fab("deploy").returncode == 0
     both = current(lab_pair.servers[0])
-    assert lab_pair.fab("-H", "lab1", "deploy").returncode == 0
+    refused = lab_pair.fab("-H", "lab1", "deploy")
+    assert refused.returncode == 2
+    assert "-H lab1 takes lab1 but not all of group sandbox (lab1, lab2): the group would serve two" in refused.stderr
+    assert "name the whole group (-H sandbox), or add --split to do it anyway" in refused.stderr
+    assert current(lab_pair.servers[0]) == both
+    assert lab_pair.fab("-H", "lab1", "deploy", "--split").returncode == 0
     result = lab_pair.fab("check")
     assert result.returncode == 1
     assert f"`fab rollback --to {both}` (kept on every host)" in result.stdout

@@ -1,7 +1,10 @@
 """The lab itself: real sshd and Apache come up on loopback, accept only the lab key, go down by PID."""
 
+import os
 import shlex
+import signal
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -9,10 +12,10 @@ import pytest
 
 import lab
 from tasks import ssh
-from tasks.errors import ConnectError
+from tasks.errors import ConnectError, CutoverError
 from tasks.remote.paths import PLACEHOLDER, Layout
 
-from .conftest import process_gone, start_lab, stop_lab
+from .conftest import new_lab_dir, process_gone, start_lab, stop_lab
 
 
 def test_sshd_accepts_the_lab_key(lab2):
@@ -90,3 +93,44 @@ def test_a_lab_on_a_new_ext4_is_unmounted_and_removed_at_stop(tmp_path):
     stop_lab(handle, root)
     assert not root.exists()
     assert server.deploy_to not in Path("/proc/mounts").read_text()
+
+
+def test_stop_finds_an_apache_restarted_by_hand(tmp_path):
+    handle, root = start_lab(1)
+    server = handle.servers[0]
+    # what a user does between sandbox-up and sandbox-down: apachectl restart (a new parent PID)
+    os.kill(server.httpd_pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while not process_gone(server.httpd_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    Path(server.pidfile).unlink(missing_ok=True)
+    restarted = subprocess.Popen(
+        [lab.APACHE, "-f", server.httpd_conf, "-DFOREGROUND"], stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    while not Path(server.pidfile).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lab.stop(root) is True
+    restarted.wait(timeout=10)  # stopped by the PID its pidfile named
+    os.rmdir(root.parent)
+
+
+def test_a_lab_that_failed_to_start_is_stopped_and_a_new_one_starts():
+    import socket
+
+    root = new_lab_dir()  # reachable by Apache's www-data children
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    ports = [(lab.servers.free_port(), lab.servers.free_port()), (lab.servers.free_port(), busy.getsockname()[1])]
+    try:
+        with pytest.raises(CutoverError, match=f"port {ports[1][1]} on 127.0.0.1 is already in use"):
+            lab.start(root, count=2, ports=ports)
+        first = lab.load(root).servers[0]
+        assert lab.stop(root) is True and not root.exists()
+        assert process_gone(first.httpd_pid) and process_gone(first.sshd_pid)
+    finally:
+        busy.close()
+    again = lab.start(root, count=1)
+    assert lab.stop(root) is True and all(process_gone(p) for p in lab.pids(again))
+    os.rmdir(root.parent)

@@ -50,13 +50,17 @@ def test_maintenance_on_and_off(lab1, tmp_path):
 def switch_on_and_off(lab1, server):
     on = lab1.fab("maintenance-on", "--message", "Migrating <orders> & more", "--retry-after", "120")
     assert on.returncode == 0, on.stderr
+    # the output says who still sees the site: a visitor on this machine is on the allow list
+    assert "on: visitors get 503 with Retry-After 120; still served to 127.0.0.1, ::1, /health.txt" in on.stdout
     status, headers, body = get(server)
     assert status == 503
     assert headers["Retry-After"] == "120"
     assert "Migrating &lt;orders&gt; &amp; more" in body
     assert get(server, "/health.txt")[:1] == (200,)  # the health path goes through
     assert get(server, source="127.0.0.1")[0] == 200  # so does maintenance.allow
-    assert lab1.fab("maintenance-on").returncode == 0  # idempotent
+    again = lab1.fab("maintenance-on", "--message", "Migrating <orders> & more", "--retry-after", "120")
+    assert "on (already)" in again.stdout  # idempotent
+    assert "on (page updated)" in lab1.fab("maintenance-on", "--message", "Almost done").stdout
     checked = lab1.fab("check")
     assert checked.stdout.splitlines()[1].split()[-2] == "ON"  # the maintenance column
     off = lab1.fab("maintenance-off")

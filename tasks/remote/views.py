@@ -111,10 +111,14 @@ def op_maintenance(a):
     """Place (on) or remove (off) maintenance/index.html atomically; idempotent."""
     layout = paths.Layout(a["deploy_to"])
     was_on = os.path.exists(layout.maintenance_page)
+    changed = was_on != a["on"]
     if a["on"]:
         if not limits.within(a["retry_after"], limits.RETRY_AFTER):
             raise Refused("retry_after must be from %d to %d seconds" % limits.RETRY_AFTER)
         os.makedirs(layout.maintenance, exist_ok=True)
+        if was_on:
+            with open(layout.maintenance_page) as f:
+                changed = f.read() != a["page"]  # a new message or Retry-After
         # retry-after first: the page turns maintenance on, and Apache reads both
         paths.write_file(layout.retry_after, str(int(a["retry_after"])))
         paths.write_file(layout.maintenance_page, a["page"])  # readers see no page or the whole page, never half
@@ -123,4 +127,4 @@ def op_maintenance(a):
     if was_on != a["on"]:
         os.makedirs(layout.meta, exist_ok=True)
         history.record(layout, "maintenance-" + ("on" if a["on"] else "off"), a["who"], "ok")
-    return {"was_on": was_on, "on": a["on"]}
+    return {"was_on": was_on, "on": a["on"], "changed": changed}
