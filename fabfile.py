@@ -1,10 +1,24 @@
 """Cutover's tasks: `fab --list` shows them, `fab --help TASK` their options."""
 
+import os
+import signal
+import sys
+
 from invoke import Collection
 
-from tasks import check, deploy, maintenance, releases, rollback, sandbox, setup
+
+def _interrupted_early(signum, frame):
+    # Ctrl-C while fab starts up, before a task runs (invoke would exit 1 without a word)
+    print("cutover: interrupted before the task started; nothing was changed", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+signal.signal(signal.SIGINT, _interrupted_early)
+
+from tasks import check, deploy, init, maintenance, releases, rollback, sandbox, setup  # noqa: E402 (after the handler)
 
 ns = Collection(
+    init.init,
     setup.setup,
     check.check,
     deploy.deploy,

@@ -144,6 +144,12 @@ def call(conn, host_name, python, step, op, args, timeout):
     return answer
 
 
+def abandon(conn):
+    """Close the connection's agent without waiting for the answer it owes (after Ctrl-C); the
+    next call starts a new one."""
+    _drop(conn)
+
+
 def _drop(conn, lost=None):
     """Forget the connection's agent; with `lost`, give up the connection itself."""
     channel = getattr(conn, "_cutover_channel", None)

@@ -1,6 +1,8 @@
 """The task boundary: -H resolved against hosts.yaml, a CutoverError turned into one line and an exit."""
 
 import functools
+import os
+import signal
 import sys
 
 from invoke.exceptions import Exit
@@ -34,6 +36,7 @@ def boundary(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # fabfile.py's early handler ends here
         try:
             return fn(*args, **kwargs)
         except CutoverError as exc:
@@ -42,5 +45,9 @@ def boundary(fn):
         except KeyboardInterrupt:
             print("cutover: interrupted", file=sys.stderr, flush=True)
             raise Exit(code=130) from None
+        except BrokenPipeError:
+            # `fab releases | head`: the reader is gone; say nothing more, and nothing at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise Exit(code=1) from None
 
     return wrapper

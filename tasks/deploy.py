@@ -13,9 +13,9 @@ from invoke import task
 from . import maintenance, release, rsync
 from .cli import boundary, target
 from .config import Build
-from .errors import ConfigError, CutoverError, GroupError, HealthError
+from .errors import ConfigError, CutoverError, GroupError, HealthError, Interrupted
 from .fleet import Run, close, connect, in_parallel
-from .output import Timer, say, shown, size
+from .output import Timer, count, line, say, shown, since_start, size
 from .remote.paths import Layout
 from .steps import migrate as migration
 from .steps.finish import abort, finish
@@ -51,7 +51,8 @@ def deploy_to_hosts(hosts, build_override=None, dry=False, force=False, migratin
     migrating = migrating or settings.always
     if migrating and not settings.command:
         raise ConfigError("--migrate needs migrate.command in hosts.yaml", hint="set migrate: {command: ...}")
-    print(f"deploying release {run.release_id} to {', '.join(r.name for r in run.hosts)}", flush=True)
+    doing = "dry run of release" if dry else "deploying release"
+    line(f"{doing} {run.release_id} to {', '.join(r.name for r in run.hosts)}")
     try:
         connect(run)
         if dry:
@@ -79,7 +80,9 @@ def deploy_to_hosts(hosts, build_override=None, dry=False, force=False, migratin
         if hook_error:
             raise hook_error
     except BaseException as exc:
-        notes = abort(run, exc)
+        notes = abort(run, "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else exc)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"interrupted\n  the site now: {'; '.join(notes) or 'unchanged'}") from None
         failed = exc.failures if isinstance(exc, GroupError) else [(None, exc)]
         if migrating and any(isinstance(e, HealthError) for _, e in failed):
             notes.append("maintenance mode stays ON: the database is migrated but the old release is live")
@@ -90,17 +93,18 @@ def deploy_to_hosts(hosts, build_override=None, dry=False, force=False, migratin
         close(run)
     sent = sum(r.bytes_sent for r in run.hosts)
     pauses = "/".join(f"{r.switch.get('pause_ms')}" for r in run.hosts)
-    print(
-        f"deployed {run.release_id} to {len(run.hosts)} host(s) in {total.seconds:.2f} s: "
-        f"{size(sent)} sent, httpd paused {pauses} ms",
-        flush=True,
+    whole = since_start()
+    started = f" ({whole:.2f} s since fab started)" if whole else ""
+    line(
+        f"deployed {run.release_id} to {count(len(run.hosts), 'host')} in {total.seconds:.2f} s{started}: "
+        f"{size(sent)} sent, httpd paused {pauses} ms"
     )
     return run
 
 
 def dry_run(run, build, info):
     """--dry-run: the plan and the files that would change on each host; nothing is changed."""
-    print(f"release {run.release_id}: {info.files} files, {size(info.bytes)} from {build.path}")
+    line(f"release {run.release_id}: {count(info.files, 'file')}, {size(info.bytes)} from {build.path}")
 
     def one(r):
         current = r.call("plan", "state")["current"]
@@ -108,14 +112,15 @@ def dry_run(run, build, info):
         dest = layout.release(current) if current else layout.releases + "/.dry-run-empty"
         stats = rsync.upload(r.host, build.path, dest, dry_run=True)
         changed = [c for c in stats.changed if not c.endswith("/")]
-        say(r.host, "plan", stats.seconds, f"live {current or '(none)'}; {len(changed)} files would change")
-        for line in changed[:DRY_RUN_SHOWN]:
-            print(f"    {line}")
+        shown = [f"    {path}" for path in changed[:DRY_RUN_SHOWN]]
         if len(changed) > DRY_RUN_SHOWN:
-            print(f"    ... and {len(changed) - DRY_RUN_SHOWN} more")
+            shown.append(f"    ... and {len(changed) - DRY_RUN_SHOWN} more")
+        say(r.host, "plan", stats.seconds, f"live {current or '(none)'}; {count(len(changed), 'file')} would change")
+        for text in shown:
+            line(text)
 
     in_parallel(run.hosts, one)
-    print("dry run: nothing was changed")
+    line("dry run: nothing was changed")
     return run
 
 

@@ -62,6 +62,12 @@ class MigrationError(CutoverError):
     exit_code = 8
 
 
+class Interrupted(CutoverError):
+    """Ctrl-C: the run stopped; the message says what each host serves now."""
+
+    exit_code = 130
+
+
 class HookError(CutoverError):
     """A hook failed after the switch: the new release is live, the hook's work is not done."""
 

@@ -90,8 +90,20 @@ def each_host(runs, fn):
                 exc.host = r.name
             return exc
 
-    with ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(runs)) or 1) as pool:
-        return list(zip(runs, pool.map(call, runs)))
+    pool = ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(runs)) or 1)
+    futures = [pool.submit(call, r) for r in runs]
+    try:
+        results = [f.result() for f in futures]
+    except BaseException:
+        # Ctrl-C: stop waiting for the hosts' running steps. Their agents are abandoned (the
+        # waiting threads then end), so what follows (switch back, abort) talks to new ones.
+        pool.shutdown(wait=False, cancel_futures=True)
+        for r in runs:
+            if getattr(r, "conn", None) is not None:
+                agent.abandon(r.conn)
+        raise
+    pool.shutdown()
+    return list(zip(runs, results))
 
 
 def in_parallel(runs, fn):

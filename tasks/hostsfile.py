@@ -227,9 +227,18 @@ def _group(at, defaults, base):
     return tuple(hosts)
 
 
+def default_path():
+    """Which hosts.yaml a task reads: CUTOVER_HOSTS_FILE, else hosts.yaml in the current directory
+    (a site's own, with `fab -r CUTOVER_DIR` run from the site), else Cutover's own."""
+    if os.environ.get(HOSTS_FILE_ENV):
+        return Path(os.environ[HOSTS_FILE_ENV])
+    here = Path.cwd() / "hosts.yaml"
+    return here if here.exists() else PROJECT_DIR / "hosts.yaml"
+
+
 def load(path=None):
-    """Load hosts.yaml (CUTOVER_HOSTS_FILE, else hosts.yaml beside the fabfile) into an Inventory."""
-    path = Path(path or os.environ.get(HOSTS_FILE_ENV) or PROJECT_DIR / "hosts.yaml")
+    """Load hosts.yaml (see default_path) into an Inventory."""
+    path = Path(path) if path else default_path()
     try:
         text = path.read_text()
     except OSError as exc:

@@ -1,14 +1,41 @@
 """What Cutover prints: one line per step per host, sizes, tables, values shown in messages."""
 
+import os
+import sys
+import threading
 import time
 
 SHOWN_MAX = 80  # characters of a command-line value repeated in an error message
+_PRINTING = threading.Lock()  # hosts report from threads: one whole line at a time
 
 
 def say(host, step, seconds, detail=""):
     """One progress line: host, step, duration, detail."""
     name = host if isinstance(host, str) else host.name
-    print(f"[{name}] {step:<10} {seconds * 1000:7.0f} ms  {detail}".rstrip(), flush=True)
+    line(f"[{name}] {step:<10} {seconds * 1000:7.0f} ms  {detail}".rstrip())
+
+
+def line(text):
+    """Print one line whole, never interleaved with another thread's."""
+    with _PRINTING:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+
+def count(n, thing):
+    """'1 file', '2 files'."""
+    return f"{n:,} {thing}" if n == 1 else f"{n:,} {thing}s"
+
+
+def since_start():
+    """Seconds since this process started (Python's start-up and imports included), or None."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None  # no /proc (macOS): the task's own timer is all there is
 
 
 def shown(value, limit=SHOWN_MAX):

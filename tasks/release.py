@@ -13,27 +13,36 @@ from .errors import ConfigError
 GIT_TIMEOUT = 10  # seconds for `git rev-parse`
 
 
-def new_release_id(build_path, now=None):
-    """A new release id: UTC timestamp (ms) plus the build's short git commit, e.g. 20261124T101500.123Z-1a2b3c4."""
+def new_release_id(build_path, now=None, commit=None):
+    """A new release id: UTC timestamp (ms) plus the build's short git commit, e.g.
+    20261124T101500.123Z-1a2b3c4, with -dirty when the work tree has uncommitted changes (the
+    build is then not what that commit holds). commit: given (a build from a git ref), or looked up."""
     now = now or datetime.now(UTC)
     stamp = now.strftime("%Y%m%dT%H%M%S") + f".{now.microsecond // 1000:03d}Z"
-    commit = git_commit(build_path)
+    if commit is None:
+        commit = git_commit(build_path)
+        if commit and git_dirty(build_path):
+            commit += "-dirty"
     return f"{stamp}-{commit}" if commit else stamp
+
+
+def _git(path, *args):
+    try:
+        result = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout if result.returncode == 0 else None
 
 
 def git_commit(path):
     """The short commit of the git work tree holding path, or None."""
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "--short=7", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=GIT_TIMEOUT,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and re.fullmatch(r"[0-9a-f]{7,40}", commit) else None
+    commit = (_git(path, "rev-parse", "--short=7", "HEAD") or "").strip()
+    return commit if re.fullmatch(r"[0-9a-f]{7,40}", commit) else None
+
+
+def git_dirty(path):
+    """Whether the work tree holding path has changes not committed (ignored files aside)."""
+    return bool((_git(path, "status", "--porcelain") or "").strip())
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def releases(c):
                     rel["release"],
                     rel["deployed"] or "-",
                     rel["user"] or "-",
-                    commit_of(rel["release"]) or "-",
+                    (commit_of(rel["release"]) or "-") + (" (dirty)" if rel["release"].endswith("-dirty") else ""),
                     "rolled back" if rel["rolled_back"] else "",
                 ]
             )

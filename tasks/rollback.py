@@ -7,9 +7,9 @@ from is kept (and marked in history), so `rollback --to` or a new deploy can ret
 from invoke import task
 
 from .cli import boundary, target
-from .errors import ConfigError, CutoverError
+from .errors import ConfigError, CutoverError, Interrupted
 from .fleet import Run, close, connect
-from .output import Timer, shown
+from .output import Timer, count, line, shown
 from .remote.paths import PLACEHOLDER, RELEASE_ID
 from .steps.finish import abort, finish
 from .steps.hooks import run_hooks
@@ -86,7 +86,9 @@ def rollback_hosts(hosts, to=None, force=False):
     except BaseException as exc:
         # a refusal before the swap is not a failed rollback: unlock without a history line
         if any(r.switched != "no" or r.switch for r in run.hosts):
-            abort(run, exc, remove=False)
+            notes = abort(run, "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else exc, remove=False)
+            if isinstance(exc, KeyboardInterrupt):
+                raise Interrupted(f"interrupted\n  the site now: {'; '.join(notes)}") from None
         else:
             try:
                 unlock(run)
@@ -96,7 +98,7 @@ def rollback_hosts(hosts, to=None, force=False):
         raise
     finally:
         close(run)
-    print(f"rolled back to {run.release_id} on {len(run.hosts)} host(s) in {total.seconds:.2f} s", flush=True)
+    line(f"rolled back to {run.release_id} on {count(len(run.hosts), 'host')} in {total.seconds:.2f} s")
     return run
 
 

@@ -1,7 +1,12 @@
 """`fab deploy` against lab servers: atomic switch under load, prelinked uploads, smoke, verify, lock, watchdog."""
 
+import json
 import os
+import re
+import shlex
 import shutil
+import subprocess
+import sys
 import time
 from concurrent import futures
 from pathlib import Path
@@ -50,7 +55,7 @@ def test_deploy_under_load_fails_no_request_and_serves_whole_releases(lab2, tmp_
         release_id = current(server)
         assert history(server)[-1]["release"] == release_id
         assert history(server)[-1]["result"] == "ok"
-    assert f"deployed {release_id} to 2 host(s)" in result.stdout
+    assert f"deployed {release_id} to 2 hosts in " in result.stdout and " s since fab started)" in result.stdout
     assert "httpd paused" in result.stdout
     assert current(lab2.servers[0]) == current(lab2.servers[1])  # one release id for the fleet
 
@@ -69,6 +74,7 @@ def test_one_file_change_sends_that_file_and_hard_links_the_rest(lab1, tmp_path)
     configure(lab1, b)
     result = deploy(lab1)
     assert result.returncode == 0, result.stderr
+    assert re.search(r"\[lab1\] upload +\d+ ms  1 file changed, ", result.stdout), result.stdout
     second = current(server)
     assert second != first
     sent = history(server)[-1]["bytes_sent"]
@@ -287,7 +293,7 @@ def test_watchdog_resumes_httpd_when_the_swap_is_killed_inside_the_pause(lab1, t
     while not stopped_httpd(server) and time.monotonic() < deadline:
         time.sleep(0.005)
     assert stopped_httpd(server), "httpd was never paused"
-    swap_pid = int(Path(server.deploy_to, ".cutover", "swap.pid").read_text())
+    swap_pid = int(Path(server.deploy_to, ".cutover", "swap.pid").read_text().split()[0])
     os.kill(swap_pid, 9)
     killed = time.monotonic()
     while stopped_httpd(server) and time.monotonic() - killed < 5:
@@ -389,6 +395,7 @@ def test_dry_run_lists_changes_and_changes_nothing(lab1, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "new-page.html" in result.stdout
     assert "files would change" in result.stdout
+    assert result.stdout.startswith("dry run of release ") and "deploying release" not in result.stdout
     assert "dry run: nothing was changed" in result.stdout
     assert (current(server), releases(server)) == before
     assert not Path(server.deploy_to, ".cutover", "lock").exists()
@@ -473,3 +480,19 @@ def test_an_upload_that_writes_much_to_stderr_still_finishes(lab1, tmp_path, mon
         running.stop()
         raise AssertionError("the upload hung on rsync's stderr") from None
     assert stats.bytes_sent == 1234
+
+
+def test_output_piped_into_head_ends_quietly(lab1, tmp_path):
+    configure(lab1, make_build(tmp_path, "x"))
+    assert deploy(lab1).returncode == 0
+    # far more output than a pipe holds, so that fab writes on after head has gone
+    entry = history(lab1.servers[0])[-1]
+    with open(Path(lab1.servers[0].deploy_to, ".cutover", "history.jsonl"), "a") as f:
+        f.write((json.dumps(entry) + "\n") * 3000)
+    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file))
+    piped = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m fabric history -n 3000 | head -1", shell=True, cwd=PROJECT, env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert piped.stdout == "lab1: last 3000 entries\n"
+    assert piped.stderr == ""  # no BrokenPipeError traceback

@@ -53,7 +53,7 @@ def wait_resumed(server, seconds=10):
     swap_pid = Path(server.deploy_to, ".cutover", "swap.pid")
     while swap_pid.exists() and time.monotonic() < deadline:  # the detached swap may still verify
         try:
-            os.kill(int(swap_pid.read_text()), 0)
+            os.kill(int(swap_pid.read_text().split()[0]), 0)
         except (ProcessLookupError, ValueError):
             break
         time.sleep(0.02)
@@ -533,3 +533,58 @@ def test_no_torn_responses_across_many_switches(lab1):
     torn = [(s.status, len(s.body)) for s in load.samples if s.status != 200 or s.body not in bodies.values()]
     assert torn == []
     assert Path(lab1.servers[0].deploy_to, ".cutover", "release.map").read_text() == "current 20300101T000000Z\n"
+
+
+def test_ctrl_c_during_the_smoke_test_stops_at_once_and_says_what_each_host_serves(lab1, tmp_path):
+    """Ctrl-C in the middle of a step: fab stops waiting at once, removes its upload, unlocks, and
+    says which release each host serves; exit 130."""
+    new, nxt, known, shared = prepare(lab1, tmp_path)
+    server = lab1.servers[0]
+    before = current(server)
+    marker = tmp_path / "smoking"
+    configure(lab1, new, smoke={"commands": [f"touch {marker}; sleep 4"]})
+    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists(), "the smoke test never ran"
+    proc.send_signal(signal.SIGINT)
+    pressed = time.monotonic()
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - pressed < 2.5  # not the 4 s the smoke command still runs
+    assert proc.returncode == 130, err
+    assert f"cutover: error: interrupted\n  the site now: lab1 serves {before}" in err
+    assert current(server) == before
+    wait_until_gone = time.monotonic() + 10
+    while Path(server.deploy_to, ".cutover", "lock").exists() and time.monotonic() < wait_until_gone:
+        time.sleep(0.05)
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()
+
+    # the abandoned smoke command ends on the server; nothing of that run may go live after it
+    def smoke_running():
+        for proc_dir in Path("/proc").iterdir():
+            try:
+                if str(marker).encode() in (proc_dir / "cmdline").read_bytes():
+                    return True
+            except OSError:
+                continue  # exited since the listing
+        return False
+
+    gone = time.monotonic() + 15
+    while smoke_running() and time.monotonic() < gone:
+        time.sleep(0.05)
+    assert not smoke_running()
+    assert current(server) == before
+    assert_whole(lab1, known, shared, nxt)
+
+
+def test_ctrl_c_before_the_task_starts_says_so():
+    """Ctrl-C while fab loads the tasks: a message and exit 130, not invoke's silent exit 1."""
+    code = "import fabfile, os, signal, time; os.kill(os.getpid(), signal.SIGINT); time.sleep(5)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 130
+    assert result.stderr == "cutover: interrupted before the task started; nothing was changed\n"

@@ -32,7 +32,7 @@ def test_rollback_under_load_lands_on_the_previous_release(lab_pair, tmp_path):
     assert len(load.samples) > 50
     assert [current(s) for s in lab_pair.servers] == [deployed[0], deployed[0]]
     assert releases(server)[-2:] == deployed  # the rolled-away release is kept
-    assert f"rolled back to {deployed[0]} on 2 host(s)" in result.stdout
+    assert f"rolled back to {deployed[0]} on 2 hosts" in result.stdout
     entry = history(server)[-1]
     assert (entry["event"], entry["release"], entry["old"], entry["result"]) == (
         "rollback",

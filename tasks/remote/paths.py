@@ -26,8 +26,9 @@ import time
 
 from .protocol import Refused
 
-# Sortable UTC time (to the millisecond), then the build's short git commit when there is one.
-RELEASE_ID = re.compile(r"^[0-9]{8}T[0-9]{6}(\.[0-9]{1,6})?Z(-[0-9a-z]{1,40})?$")
+# Sortable UTC time (to the millisecond), then the build's short git commit when there is one,
+# and -dirty when the build had changes that commit does not hold.
+RELEASE_ID = re.compile(r"^[0-9]{8}T[0-9]{6}(\.[0-9]{1,6})?Z(-[0-9a-z]{1,40})?(-dirty)?$")
 PLACEHOLDER = "19700101T000000Z-placeholder"  # setup's first release, so Apache has a DocumentRoot
 
 

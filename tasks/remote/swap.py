@@ -237,6 +237,33 @@ def settings_of(a):
             "verify": health.checked(verify) if verify else None, "swap_back": bool(a.get("swap_back"))}
 
 
+RUNNING_SWAP_WAIT_S = 2 * limits.PAUSE_TIMEOUT[1] + 60  # its pause, verify, switch back and verify again
+
+
+def _start_time(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _wait_for_running_swap(pid_file):
+    """Wait while an earlier swap of this site still runs (a client that was interrupted or lost
+    its connection and now switches back): two switches at once could end on either release."""
+    try:
+        with open(pid_file) as f:
+            pid, start = f.read().split()[:2]
+        pid = int(pid)
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + RUNNING_SWAP_WAIT_S
+    while _start_time(pid) == start:
+        if time.monotonic() > deadline:
+            raise Refused("an earlier swap of this site (pid %d) is still running" % pid)
+        time.sleep(0.01)
+
+
 def op_swap(a):
     """Point current at releases/<release_id> with httpd paused, then verify; detached from SSH."""
     layout = paths.Layout(a["deploy_to"])
@@ -249,6 +276,8 @@ def op_swap(a):
     parent = httpd.parent(settings["pidfile"]) if settings["pause"] == "sigstop" else None
     # The swap's own files: in .cutover, or for the sudo helper in its root-owned directory.
     meta = a.get("meta") or layout.meta
+    pid_file = os.path.join(meta, os.path.basename(layout.swap_pid))
+    _wait_for_running_swap(pid_file)
     settings["watchdog_log"] = os.path.join(meta, os.path.basename(layout.watchdog_log))
     result_path = os.path.join(meta, os.path.basename(layout.swap_result(os.getpid())))
     child = os.fork()
@@ -262,7 +291,7 @@ def op_swap(a):
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         try:
-            paths.write_file(os.path.join(meta, os.path.basename(layout.swap_pid)), "%d\n" % os.getpid())
+            paths.write_file(pid_file, "%d %s\n" % (os.getpid(), _start_time(os.getpid())))
             result = switch_and_verify(layout, release_id, parent, old, settings)
         except BaseException as exc:  # reported through the result file, never lost
             result = {"error": "swap failed: %s" % exc, "old": old}

@@ -4,7 +4,7 @@ import os
 
 from .. import rsync
 from ..fleet import in_parallel
-from ..output import say, size
+from ..output import count, line, say, size
 from ..remote.paths import Layout
 
 
@@ -21,10 +21,10 @@ def upload_all(run, build):
     the server lacks and the build has are then uploaded too: stage seeds shared/ with them."""
 
     def one(r):
-        stats = r.upload.result(progress=lambda text: print(f"[{r.name}] upload     {text}", flush=True))
+        stats = r.upload.result(progress=lambda text: line(f"[{r.name}] upload     {text}"))
         r.steps["upload"] = stats.seconds
         r.bytes_sent = stats.bytes_sent
-        say(r.host, "upload", stats.seconds, f"{stats.files} files changed, {size(stats.bytes_sent)} sent")
+        say(r.host, "upload", stats.seconds, f"{count(stats.files, 'file')} changed, {size(stats.bytes_sent)} sent")
         seeds = [e for e in r.missing_shared if os.path.lexists(os.path.join(build.path, e))]
         if seeds:
             dest = Layout(r.host.deploy_to).incoming(run.release_id)
