@@ -12,6 +12,10 @@ class Build:
     path: Path
     required: tuple[str, ...]
     compare: str = "checksum"  # how rsync finds unchanged files: "checksum" or "mtime"
+    git: Path | None = None  # `deploy --ref`: the repository (default: the one holding hosts.yaml)
+    command: str | None = None  # `deploy --ref`: run in the exported tree, on this machine
+    output: str = "."  # `deploy --ref`: what of the built tree is uploaded
+    timeout: float = 1800
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,13 @@ is a module of tasks/steps/. Phase one (lock to stage) runs on every host in par
 every host is ready do they all swap. If any swap or verify fails, the switched hosts switch back.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 from invoke import task
 
-from . import maintenance, release, rsync
+from . import gitbuild, maintenance, release, rsync
 from .cli import boundary, target
-from .config import Build
 from .errors import ConfigError, CutoverError, GroupError, HealthError, Interrupted
 from .fleet import Run, close, connect, in_parallel
 from .output import Timer, count, line, say, shown, since_start, size
@@ -29,28 +29,46 @@ from .testhooks import fault_point
 DRY_RUN_SHOWN = 20  # changed files listed per host by --dry-run
 
 
-def check(hosts, build_override):
-    """Step 1: validate the build and decide the release id; nothing remote yet."""
+def check(hosts, build_override, built=None):
+    """Step 1: validate the build and decide the release id; nothing remote yet. built: a build
+    of a git ref (tasks/gitbuild.py), made already."""
     build = hosts[0].build
-    if build_override:
+    if any(h.build != build for h in hosts[1:]):
+        raise ConfigError("the hosts of this group name different builds; deploy them as separate groups")
+    if built:
+        build = built.build
+    elif build_override:
         try:
-            build = Build(Path(build_override).resolve(), build.required, build.compare)
+            build = replace(build, path=Path(build_override).resolve())
         except OSError as exc:
             raise ConfigError(f"--build {shown(build_override)}: {exc.strerror}") from None
-    elif any(h.build != build for h in hosts[1:]):
-        raise ConfigError("the hosts of this group name different builds; deploy them as separate groups")
     info = release.check_build(build)
-    return Run.of("deploy", hosts, release.new_release_id(build.path)), build, info
+    release_id = release.new_release_id(build.path, commit=built.commit if built else None)
+    run = Run.of("deploy", hosts, release_id)
+    run.ref = built.ref if built else None
+    return run, build, info
 
 
-def deploy_to_hosts(hosts, build_override=None, dry=False, force=False, migrating=False):
+def deploy_to_hosts(hosts, build_override=None, dry=False, force=False, migrating=False, ref=None):
     """The whole deploy, step by step; returns the Run."""
     total = Timer()
-    run, build, info = check(hosts, build_override)
-    settings = migration.check_settings(run)
+    if ref and build_override:
+        raise ConfigError("--ref and --build name two builds; give one")
+    settings = migration.check_settings(hosts)
     migrating = migrating or settings.always
     if migrating and not settings.command:
         raise ConfigError("--migrate needs migrate.command in hosts.yaml", hint="set migrate: {command: ...}")
+    built = gitbuild.build(hosts[0], ref, say=line) if ref else None
+    try:
+        return _deploy(total, hosts, build_override, dry, force, migrating, built)
+    finally:
+        if built:
+            built.remove()
+
+
+def _deploy(total, hosts, build_override, dry, force, migrating, built):
+    """The steps from check to finish, and the failure path."""
+    run, build, info = check(hosts, build_override, built)
     doing = "dry run of release" if dry else "deploying release"
     line(f"{doing} {run.release_id} to {', '.join(r.name for r in run.hosts)}")
     try:
@@ -131,9 +149,10 @@ def dry_run(run, build, info):
         "build": "deploy this directory instead of build.path from hosts.yaml",
         "migrate": "run migrate.command in the new release, with maintenance mode on around it",
         "split": "deploy to some hosts of a group only (-H naming hosts), leaving it on two releases",
+        "ref": "build and deploy this branch, tag or commit of the local git repository (build.command)",
     }
 )
 @boundary
-def deploy(c, dry_run=False, force_unlock=False, build=None, migrate=False, split=False):
+def deploy(c, dry_run=False, force_unlock=False, build=None, migrate=False, split=False, ref=None):
     """Ship the local build: upload, smoke test, switch live atomically, verify."""
-    deploy_to_hosts(target(c, split or dry_run), build, dry_run, force_unlock, migrate)
+    deploy_to_hosts(target(c, split or dry_run), build, dry_run, force_unlock, migrate, ref)

@@ -62,6 +62,12 @@ class MigrationError(CutoverError):
     exit_code = 8
 
 
+class BuildError(CutoverError):
+    """`deploy --ref`: exporting or building the release failed; nothing remote was touched."""
+
+    exit_code = 10
+
+
 class Interrupted(CutoverError):
     """Ctrl-C: the run stopped; the message says what each host serves now."""
 

@@ -62,6 +62,7 @@ class Run:
     release_id: str | None = None
     who: dict = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    ref: str | None = None  # the git ref a deploy was built from (deploy --ref)
 
     @classmethod
     def of(cls, command, hosts, release_id=None):

@@ -17,6 +17,7 @@ from .remote import limits
 HOSTS_FILE_ENV = "CUTOVER_HOSTS_FILE"
 # Bounds of the settings only the client uses; those the server checks too are in remote/limits.py.
 SMOKE_TIMEOUT = (1, 3600)
+BUILD_TIMEOUT = (1, 86400)
 MIGRATE_TIMEOUT = (1, 86400)
 PORTS = (1, 65535)
 KEEP_RELEASES = (2, 1000)
@@ -32,7 +33,15 @@ BUILTIN = {
     "shared": [],
     "serve": None,
     "never_serve": [".git", ".hg", ".svn", ".env", ".env.*", ".ht*"],
-    "build": {"path": "build/", "required": ["index.html"], "compare": "checksum"},
+    "build": {
+        "path": "build/",
+        "required": ["index.html"],
+        "compare": "checksum",
+        "git": None,
+        "command": None,
+        "output": ".",
+        "timeout": 1800,
+    },
     "httpd": {"pidfile": "/run/apache2/apache2.pid", "pause": "sigstop", "pause_timeout": limits.PAUSE_TIMEOUT_DEFAULT},
     "smoke": {"commands": [], "url": None, "timeout": 60},
     "health": {"url": [], "expect_status": 200, "expect_text": None, "retries": 5, "timeout": 5},
@@ -58,6 +67,10 @@ SECTIONS = {
         "path": lambda at: y.string(at),
         "required": y.strings(lambda at: y.relpath(at, local=True)),
         "compare": y.choice("checksum", "mtime"),
+        "git": lambda at: y.string(at, allow_none=True),
+        "command": lambda at: y.string(at, allow_none=True),
+        "output": lambda at: "." if y.scalar(at) == "." else y.relpath(at, local=True),
+        "timeout": lambda at: y.number(at, *BUILD_TIMEOUT),
     },
     "httpd": {
         "pidfile": y.abspath,
@@ -175,7 +188,15 @@ def _host(at, layers, base):
         known_hosts=_local_path(s["known_hosts"], base),
         python=s["python"],
         deploy_to=s["deploy_to"],
-        build=Build(_local_path(s["build"]["path"], base), tuple(s["build"]["required"]), s["build"]["compare"]),
+        build=Build(
+            _local_path(s["build"]["path"], base),
+            tuple(s["build"]["required"]),
+            s["build"]["compare"],
+            git=_local_path(s["build"]["git"], base) if s["build"]["git"] else None,
+            command=s["build"]["command"],
+            output=s["build"]["output"],
+            timeout=s["build"]["timeout"],
+        ),
         keep_releases=s["keep_releases"],
         shared=tuple(s["shared"]),
         writable=tuple(s["writable"]),

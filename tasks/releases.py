@@ -6,7 +6,7 @@ from .cli import boundary, target
 from .errors import ConfigError
 from .fleet import in_parallel, on_group
 from .output import table
-from .remote.paths import commit_of
+from .remote.paths import PLACEHOLDER, commit_of
 
 HISTORY_SHOWN = (1, 10000)  # bounds of -n
 HISTORY_DEFAULT = 20
@@ -21,12 +21,18 @@ def _read(c, op, **args):
     return on_group(op, target(c), read)
 
 
+def _commit(release_id):
+    if release_id == PLACEHOLDER:
+        return "-"
+    return (commit_of(release_id) or "-") + (" (dirty)" if release_id.endswith("-dirty") else "")
+
+
 @task
 @boundary
 def releases(c):
     """List the kept releases of each host, newest first, the live one marked."""
     for host, answer in _read(c, "releases"):
-        rows = [["", "release", "deployed", "user", "commit", "note"]]
+        rows = [["", "release", "deployed", "user", "ref", "commit", "note"]]
         for rel in answer["releases"]:
             rows.append(
                 [
@@ -34,8 +40,13 @@ def releases(c):
                     rel["release"],
                     rel["deployed"] or "-",
                     rel["user"] or "-",
-                    (commit_of(rel["release"]) or "-") + (" (dirty)" if rel["release"].endswith("-dirty") else ""),
-                    "rolled back" if rel["rolled_back"] else "",
+                    rel.get("ref") or "-",
+                    _commit(rel["release"]),
+                    "setup's placeholder"
+                    if rel["release"] == PLACEHOLDER
+                    else "rolled back"
+                    if rel["rolled_back"]
+                    else "",
                 ]
             )
         print(f"{host.name} ({host.deploy_to}): {len(answer['releases'])} release(s), * = live")
@@ -55,13 +66,14 @@ def history(c, n=None):
     if not low <= n <= high:
         raise ConfigError(f"-n must be a whole number from {low} to {high}")
     for host, answer in _read(c, "history", n=n):
-        rows = [["started", "event", "release", "from", "user", "result", "pause ms", "seconds"]]
+        rows = [["started", "event", "release", "ref", "from", "user", "result", "pause ms", "seconds"]]
         for e in answer["entries"]:
             rows.append(
                 [
                     e.get("started") or e.get("at") or "-",  # "at": lines written before one schema
                     e.get("event", "-"),
                     e.get("release") or "-",
+                    e.get("ref") or "-",
                     e.get("old") or "-",
                     e.get("user") or "-",
                     e.get("result", "-"),

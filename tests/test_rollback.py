@@ -102,7 +102,7 @@ def test_releases_and_history_are_listed(lab1, tmp_path):
     assert shown.returncode == 0, shown.stderr
     rows = [line.split() for line in shown.stdout.splitlines()[2:4]]
     assert [r[1] for r in rows] == ["deploy", "rollback"]
-    assert rows[1][2:4] == [older, newer]
+    assert rows[1][2:5] == [older, "-", newer]  # release, ref (none: not built from git), from
     assert lab1.fab("history", "-n", "0").returncode == 2
     raw = [json.loads(line) for line in Path(server.deploy_to, ".cutover", "history.jsonl").read_text().splitlines()]
     assert [e["event"] for e in raw] == ["deploy", "deploy", "rollback"]

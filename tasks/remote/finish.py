@@ -82,6 +82,7 @@ def _run_fields(a, held, release_id):
         "pause_ms": a.get("pause_ms"),
         "rename_ms": a.get("rename_ms"),
         "hooks": a.get("hooks"),
+        "ref": a.get("ref"),
     }
 
 

@@ -83,7 +83,8 @@ def release_notes(entries):
         if e.get("result") != "ok":
             continue
         if e.get("event") == "deploy":
-            info.setdefault(e.get("release"), {}).update(deployed=e.get("started"), user=e.get("user"), rolled_back=False)
+            info.setdefault(e.get("release"), {}).update(deployed=e.get("started"), user=e.get("user"), rolled_back=False,
+                                                         ref=e.get("ref"))
         elif e.get("event") == "rollback":
             info.setdefault(e.get("old"), {})["rolled_back"] = True
             info.setdefault(e.get("release"), {})["rolled_back"] = False

@@ -103,7 +103,7 @@ def op_releases(a):
     for name in reversed(paths.releases(layout)):
         d = notes.get(name, {})
         out.append({"release": name, "current": name == current, "deployed": d.get("deployed"),
-                    "user": d.get("user"), "rolled_back": d.get("rolled_back", False)})
+                    "user": d.get("user"), "rolled_back": d.get("rolled_back", False), "ref": d.get("ref")})
     return {"releases": out, "current": current}
 
 

@@ -20,6 +20,7 @@ def _timings(run, r):
         "pause_ms": r.switch.get("pause_ms"),
         "rename_ms": r.switch.get("rename_ms"),
         "hooks": r.hooks or None,
+        "ref": run.ref,
     }
 
 

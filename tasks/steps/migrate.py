@@ -14,14 +14,14 @@ def migration_host(run):
     raise ConfigError(f"migrate.host {wanted!r} is not a host of this group ({', '.join(r.name for r in run.hosts)})")
 
 
-def check_settings(run):
+def check_settings(hosts):
     """Every host of the group must agree on migrate: one migration runs for all of them."""
-    first = run.hosts[0].host.migrate
-    differ = [r.name for r in run.hosts if r.host.migrate != first]
+    first = hosts[0].migrate
+    differ = [h.name for h in hosts if h.migrate != first]
     if differ:
         raise ConfigError(
             f"the hosts of this group have different migrate settings ({', '.join(differ)} differ from "
-            f"{run.hosts[0].name}); one migration runs for the whole group",
+            f"{hosts[0].name}); one migration runs for the whole group",
             hint="set migrate: once for the group (in defaults or the group), not per host",
         )
     return first
