@@ -6,6 +6,8 @@ import threading
 import time
 from pathlib import Path
 
+import lab
+
 from .conftest import configure, current, history, make_build, releases
 
 
@@ -125,3 +127,22 @@ def test_migrate_needs_a_command(lab1, tmp_path):
     result = lab1.fab("deploy", "--migrate")
     assert result.returncode == 2  # a settings problem: nothing remote was touched
     assert "--migrate needs migrate.command in hosts.yaml" in result.stderr
+
+
+def test_setup_rewrites_the_rules_the_server_serves(lab1, tmp_path):
+    # one source of rules: what `fab setup` writes is what Apache includes
+    server = lab1.servers[0]
+    build = make_build(tmp_path, "live", {"status.txt": b"up\n"})
+    # hosts.yaml changes; the lab's Apache is not told: only `fab setup` rewrites the rules
+    lab.write_hosts_file(lab1.lab, build=str(build), maintenance={"health_path": "/status.txt"})
+    assert lab1.fab("deploy").returncode == 0
+    assert "!^/status" not in Path(server.deploy_to, ".cutover", "apache.conf").read_text()
+    assert lab1.fab("setup").returncode == 0
+    assert "!^/status\\.txt$" in Path(server.deploy_to, ".cutover", "apache.conf").read_text()
+    lab.graceful_restart(server)
+    assert lab1.fab("maintenance-on").returncode == 0
+    try:
+        assert get(server, "/status.txt")[0] == 200  # the health path set in hosts.yaml
+        assert get(server, "/health.txt")[0] == 503  # the lab's default one no longer is
+    finally:
+        assert lab1.fab("maintenance-off").returncode == 0
