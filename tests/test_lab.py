@@ -151,4 +151,4 @@ def test_make_install_installs_when_any_program_is_missing(tmp_path):
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
         log = (tmp_path / "apt.log").read_text() if (tmp_path / "apt.log").exists() else ""
-        assert ("install -y -qq openssh-server" in log) is expected, (programs, log)
+        assert ("install -y -qq git openssh-server" in log) is expected, (programs, log)
