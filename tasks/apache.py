@@ -29,6 +29,35 @@ def document_root(host):
     return f"{host.deploy_to}/current/{host.serve}" if host.serve else f"{host.deploy_to}/current"
 
 
+FALLBACK = """#    (d) a static asset the live release lacks, from the release live before it ({key}): a page
+#        served just before the switch still gets its own stylesheets, scripts and images.
+#        Only these extensions (assets.fallback), never a page or a script; and only when the
+#        asset's directory passes the normal mapping's access checks (-U on it).
+RewriteCond %{{REQUEST_URI}} !^/(_cutover_maintenance|_next)(/|$)
+{shared}
+RewriteCond ${{cutover_release:current|-}} ^({release_id})$
+RewriteCond "{deploy_to}/releases/%1{serve}/$1" !-f
+RewriteCond ${{cutover_release:{key}|-}} ^({release_id})$
+RewriteCond "{deploy_to}/releases/%1{serve}/$1" -f
+RewriteCond ${{cutover_escape:/$2}} -U
+RewriteRule "^/?((.*/)?[^/]+\\.({extensions}))$" "{deploy_to}/releases/%1{serve}/$1" [L,NC,E=CUTOVER_RELEASE:%1,E=CUTOVER_FALLBACK:{key}]"""
+
+
+def fallback_rules(host, shared, serve):
+    """The asset fallback rules, one block per earlier release kept reachable; "" when off."""
+    if not host.assets.fallback:
+        return ""
+    keys = ["previous"] + [f"previous{i}" for i in range(2, host.assets.releases + 1)]
+    extensions = "|".join(re.escape(e) for e in host.assets.fallback)
+    release_id = RELEASE_ID.pattern.removeprefix("^").removesuffix("$")
+    return "\n".join(
+        FALLBACK.format(
+            key=key, shared=shared, release_id=release_id, deploy_to=host.deploy_to, serve=serve, extensions=extensions
+        )  # fmt: skip
+        for key in keys
+    )
+
+
 def snippet(host):
     """Cutover's Apache rules for `host` (a hostsfile.Host)."""
     m = host.maintenance
@@ -49,6 +78,7 @@ def snippet(host):
         "releases_pattern": re.escape(f"{host.deploy_to}/releases"),
         "serve_pattern": re.escape(serve),
         "shared_exceptions": shared,
+        "fallback": fallback_rules(host, shared, serve),
         "release_id": RELEASE_ID.pattern.removeprefix("^").removesuffix("$"),
         "serve": serve,
         "options": host.apache.options,

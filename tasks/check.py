@@ -27,6 +27,7 @@ def probe_args(host):
         "denied": probes + protected_urls(host),
         "serve": host.serve,
         "origin": base,
+        "fallback": list(host.assets.fallback),
     }
 
 
@@ -85,13 +86,15 @@ def http_problems(host, found):
     for probed, status in http["denied"].items():
         if status not in DENIED:
             problems.append(f"{probed} answered {status}: it must never be served (401, 403 or 404)")
+    if http.get("fallback", "").startswith(("FAIL", "off: ")):
+        problems.append(f"the asset fallback: {http['fallback']}")
     return problems
 
 
 def _row(r, outcome):
     if isinstance(outcome, BaseException):
         shown = str(outcome) if isinstance(outcome, CutoverError) else f"{r.name}: {outcome!r}"
-        return [r.name, "FAIL", "-", "-", "-", "-", "-", "-", "-"], [shown]
+        return [r.name, "FAIL", "-", "-", "-", "-", "-", "-", "-", "-"], [shown]
     found, problems = outcome
     httpd = found["httpd"]
     return [
@@ -104,7 +107,18 @@ def _row(r, outcome):
         found["current"] or "-",
         "ON" if found["maintenance"] else "off",
         _http_cell(found, problems),
+        _assets_cell(r.host, found),
     ], [f"{r.name}: {p}" for p in problems]
+
+
+def _assets_cell(host, found):
+    """The asset fallback: on, off or FAIL (probed over HTTP when an earlier release allows it)."""
+    if not host.assets.fallback:
+        return "off"
+    fallback = found.get("http", {}).get("fallback")
+    if fallback is None:
+        return "-"
+    return fallback.split(":")[0].split(" (")[0]
 
 
 def _http_cell(found, problems):
@@ -135,7 +149,7 @@ def split_group(outcomes):
 def check(c):
     """Preflight every host: SSH and host key, rsync, deploy_to, httpd, free disk, maintenance."""
     run = Run.of("check", target(c))
-    rows = [["host", "ssh", "rsync", "deploy_to", "httpd", "disk free", "current", "maintenance", "http"]]
+    rows = [["host", "ssh", "rsync", "deploy_to", "httpd", "disk free", "current", "maintenance", "http", "assets"]]
     problems = []
     try:
         outcomes = each_host(run.hosts, check_host)

@@ -59,6 +59,14 @@ class Migrate:
 
 
 @dataclass(frozen=True)
+class Assets:
+    """Static assets a page still in flight asks for after a switch, served from earlier releases."""
+
+    fallback: tuple[str, ...]  # file extensions; empty: no fallback
+    releases: int  # how many earlier releases (previous, previous2 ...)
+
+
+@dataclass(frozen=True)
 class Hooks:
     """Commands run on each server inside the new release at named points of a deploy or rollback."""
 
@@ -103,6 +111,7 @@ class Host:
     migrate: Migrate
     apache: Apache
     hooks: Hooks
+    assets: Assets
 
     @property
     def served_shared(self):

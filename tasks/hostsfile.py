@@ -5,12 +5,13 @@ mistake found here costs nothing.
 """
 
 import os
+import re
 from pathlib import Path
 
 import yaml
 
 from . import yamlcheck as y
-from .config import Apache, Build, Health, Hooks, Host, Httpd, Inventory, Maintenance, Migrate, Smoke
+from .config import Apache, Assets, Build, Health, Hooks, Host, Httpd, Inventory, Maintenance, Migrate, Smoke
 from .errors import ConfigError
 from .remote import limits
 
@@ -53,6 +54,25 @@ BUILTIN = {
     },
     "migrate": {"command": None, "host": None, "timeout": 600, "always": False, "user": None},
     "hooks": {"before_switch": [], "after_switch": [], "after_rollback": [], "timeout": 60},
+    "assets": {
+        "fallback": [
+            "css",
+            "js",
+            "mjs",
+            "map",
+            "woff2",
+            "woff",
+            "png",
+            "jpg",
+            "jpeg",
+            "gif",
+            "svg",
+            "webp",
+            "avif",
+            "ico",
+        ],
+        "releases": 1,
+    },
     "writable": [],
     "web_user": "www-data",
     "protected": [],
@@ -60,6 +80,34 @@ BUILTIN = {
 }
 TOP_KEYS = ("defaults", "groups", "default_group")
 HOST_ONLY_KEYS = ("host", "name")
+
+
+# Never served from an earlier release: pages and scripts must come from the live one.
+EXTENSION = re.compile(r"^[a-z0-9]{1,10}$")
+NOT_ASSETS = {
+    "html",
+    "htm",
+    "xhtml",
+    "shtml",
+    "php",
+    "phtml",
+    "phar",
+    "cgi",
+    "pl",
+    "py",
+    "rb",
+    "sh",
+    "asp",
+    "aspx",
+    "jsp",
+}
+
+
+def _asset_extension(at):
+    value = y.string(at, EXTENSION, "a file extension without the dot, e.g. css")
+    if value in NOT_ASSETS or value.startswith("php"):
+        raise at.error(f"{value!r} is a page or a script, which only the live release may serve")
+    return value
 
 
 SECTIONS = {
@@ -101,6 +149,10 @@ SECTIONS = {
         "timeout": lambda at: y.number(at, *MIGRATE_TIMEOUT),
         "always": y.choice(True, False),
         "user": lambda at: y.string(at, y.SAFE_USER, "a user name (letters, digits, _ . -)", allow_none=True),
+    },
+    "assets": {
+        "fallback": y.strings(_asset_extension),
+        "releases": lambda at: y.number(at, *limits.PREVIOUS_DEPTH, integer=True),
     },
     "hooks": {
         "before_switch": y.strings(lambda at: y.string(at)),
@@ -221,6 +273,7 @@ def _host(at, layers, base):
         ),
         migrate=Migrate(**s["migrate"]),
         apache=Apache(**s["apache"]),
+        assets=Assets(tuple(s["assets"]["fallback"]), s["assets"]["releases"]),
         hooks=Hooks(**{k: tuple(v) if isinstance(v, list) else v for k, v in s["hooks"].items()}),
     )
 

@@ -12,11 +12,11 @@ def test_check_passes_on_healthy_servers(lab2):
     result = lab2.fab("-H", "sandbox", "check")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    header = ["host", "ssh", "rsync", "deploy_to", "httpd", "disk", "free", "current", "maintenance", "http"]
+    header = ["host", "ssh", "rsync", "deploy_to", "httpd", "disk", "free", "current", "maintenance", "http", "assets"]
     assert lines[0].split() == header
     for line, server in zip(lines[1:3], lab2.servers):
         assert line.split()[:5] == [server.name, "ok", "ok", "ok", "ok"]
-        assert line.split()[-1] == "ok"  # front page, Cutover's rules active, nothing protected served
+        assert line.split()[-2:] == ["ok", "on"]  # front page, rules active, nothing protected served; fallback
         assert f"(pid {server.httpd_pid})" in line
     assert "all 2 host(s) ready" in result.stdout
 

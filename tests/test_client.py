@@ -122,7 +122,7 @@ def test_a_failed_swap_switches_back_every_host_that_switched_and_keeps_both_err
 
     calls = []
 
-    def switch(r, step, release_id, verify):
+    def switch(r, step, release_id, verify, restore=False):
         calls.append((r.name, step, release_id))
         if step == "swap" and r.name == "web2":
             raise RemoteError("swap: the connection failed: OSError")  # no answer: may have switched
@@ -149,7 +149,7 @@ def test_a_failed_swap_switches_back_every_host_that_switched_and_keeps_both_err
 def test_any_exception_during_the_swap_switches_back(monkeypatch, capsys):
     from tasks.steps import swap as swap_step
 
-    def switch(r, step, release_id, verify):
+    def switch(r, step, release_id, verify, restore=False):
         if step == "swap" and r.name == "web2":
             raise KeyError("an answer without 'old'")  # a bug, not a CutoverError
         return {"old": "old", "new": release_id, "pause_ms": 0.1, "health": "ok"}

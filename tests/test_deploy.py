@@ -170,6 +170,8 @@ def test_smoke_commands_see_the_release(lab1, tmp_path):
 def test_failing_health_check_swaps_back(lab1, tmp_path):
     server = lab1.servers[0]
     before = current(server)
+    pin = Path(server.deploy_to, ".cutover", "release.map")
+    pinned = pin.read_text()
     configure(lab1, make_build(tmp_path, "x"), health={"expect_text": "release {release} is live", "retries": 1})
     result = deploy(lab1)
     assert result.returncode == 7
@@ -177,6 +179,7 @@ def test_failing_health_check_swaps_back(lab1, tmp_path):
     assert f"switched back to {before} at once" in result.stderr
     assert current(server) == before
     assert releases(server) == [before]  # the failed release was removed
+    assert pin.read_text() == pinned  # Apache's pin as before, `previous` included
     assert stopped_httpd(server) == []
 
 

@@ -64,7 +64,7 @@ def switch_on_and_off(lab1, server):
     assert "on (already)" in again.stdout  # idempotent
     assert "on (page updated)" in lab1.fab("maintenance-on", "--message", "Almost done").stdout
     checked = lab1.fab("check")
-    assert checked.stdout.splitlines()[1].split()[-2] == "ON"  # the maintenance column
+    assert checked.stdout.splitlines()[1].split()[-3] == "ON"  # the maintenance column
     off = lab1.fab("maintenance-off")
     assert off.returncode == 0, off.stderr
     assert get(server)[0] == 200

@@ -532,7 +532,8 @@ def test_no_torn_responses_across_many_switches(lab1):
     assert len(load.samples) > 2000
     torn = [(s.status, len(s.body)) for s in load.samples if s.status != 200 or s.body not in bodies.values()]
     assert torn == []
-    assert Path(lab1.servers[0].deploy_to, ".cutover", "release.map").read_text() == "current 20300101T000000Z\n"
+    pin = Path(lab1.servers[0].deploy_to, ".cutover", "release.map").read_text()
+    assert pin == "current 20300101T000000Z\nprevious 20300102T000000Z\n"  # the last switch, and the one before
 
 
 def test_ctrl_c_during_the_smoke_test_stops_at_once_and_says_what_each_host_serves(lab1, tmp_path):

@@ -247,3 +247,18 @@ def test_writable_entries_get_an_acl_for_the_web_user(site, tmp_path):
     out = subprocess.run(["getfacl", "-p", str(release / "uploads")], capture_output=True, text=True).stdout
     assert "default:user:www-data:rwx" in out and (release / "cache").is_dir()
     assert pwd.getpwnam("www-data")
+
+
+def test_the_map_keeps_the_releases_live_before_as_far_back_as_asked(site):
+    agent = LocalAgent()
+    for rid in IDS:
+        make_release(site, rid)
+        agent.call("swap", {"deploy_to": site.deploy_to, "release_id": rid, "pause": "none", "previous_depth": 2})
+    assert Path(site.release_map).read_text() == f"current {IDS[2]}\nprevious {IDS[1]}\nprevious2 {IDS[0]}\n"
+    agent.call("swap", {"deploy_to": site.deploy_to, "release_id": IDS[1], "pause": "none", "previous_depth": 2})
+    # a rollback: previous is the release rolled away from, then what was before it (not itself)
+    assert Path(site.release_map).read_text() == f"current {IDS[1]}\nprevious {IDS[2]}\nprevious2 {IDS[0]}\n"
+    # cleanup keeps what the live map names, whatever keep_releases says
+    agent.call("lock", {"deploy_to": site.deploy_to, "who": who("c")})
+    agent.call("finish", {"deploy_to": site.deploy_to, "release_id": IDS[1], "token": "c", "keep": 2})
+    assert set(IDS) <= set(paths.releases(site))

@@ -26,6 +26,14 @@ def remove_release_dir(layout, name):
         shutil.rmtree(path)
 
 
+def _map_entries(layout, release_id):
+    try:
+        with open(layout.map_file(release_id or "")) as f:
+            return dict(line.split()[:2] for line in f if len(line.split()) >= 2)
+    except OSError:
+        return {}
+
+
 def _pid_alive(pid):
     try:
         os.kill(pid, 0)
@@ -39,6 +47,8 @@ def _pid_alive(pid):
 def cleanup(layout, keep, protect):
     """Remove old releases beyond `keep` and what dead runs left behind; call only under the lock."""
     current = paths.current_release(layout)
+    # the releases the live map keeps reachable for assets (previous, previous2 ...) stay too
+    protect = list(protect) + list(_map_entries(layout, current).values())
     removed = []
     for name in to_remove(paths.releases(layout), current, protect, keep):
         remove_release_dir(layout, name)

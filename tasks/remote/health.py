@@ -48,6 +48,12 @@ def checked(verify):
 
 def _get(url, timeout):
     """(status, release header, start of the body) of a GET."""
+    status, headers, body = get(url, timeout)
+    return status, headers.get(RELEASE_HEADER), body
+
+
+def get(url, timeout):
+    """(status, headers, start of the body) of a GET."""
     import urllib.request  # only the steps that fetch a URL pay for this import
 
     # Only the http and https handlers: a file://, ftp:// or data: URL, given or redirected
@@ -59,10 +65,9 @@ def _get(url, timeout):
     request = urllib.request.Request(url, headers={"Cache-Control": "no-cache", "Connection": "close"})
     try:
         with opener.open(request, timeout=timeout) as r:
-            return r.status, r.headers.get(RELEASE_HEADER), r.read(limits.HEALTH_BODY_READ).decode("utf-8", "replace")
+            return r.status, r.headers, r.read(limits.HEALTH_BODY_READ).decode("utf-8", "replace")
     except urllib.request.HTTPError as exc:
-        body = exc.read(limits.HEALTH_BODY_READ).decode("utf-8", "replace")
-        return exc.code, exc.headers.get(RELEASE_HEADER), body
+        return exc.code, exc.headers, exc.read(limits.HEALTH_BODY_READ).decode("utf-8", "replace")
 
 
 def problem(verify, release_id):

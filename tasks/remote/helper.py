@@ -42,6 +42,8 @@ def checked(op, args):
         "hold_ms": 0,
         "verify": site.get("verify") if args.get("verify") else None,
         "swap_back": bool(args.get("swap_back")),
+        "restore": bool(args.get("restore")),
+        "previous_depth": site.get("previous_depth", 1),
         "meta": meta_dir(deploy_to),
     }
 

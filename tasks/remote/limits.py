@@ -9,6 +9,7 @@ HEALTH_RETRY_DELAY = 0.5  # seconds between health retries
 EXPECT_STATUS = (100, 599)
 RETRY_AFTER = (1, 7 * 86400)  # seconds a maintenance page tells clients to wait
 HEALTH_BODY_READ = 65536  # bytes of a health answer searched for expect_text
+PREVIOUS_DEPTH = (1, 10)  # earlier releases whose assets stay reachable (assets.releases)
 
 
 def within(value, bounds):

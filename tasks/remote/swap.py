@@ -154,9 +154,41 @@ class Dirs:
             os.close(fd)
 
 
-def _pin_files(dirs, release_id):
-    """The release's map file, and temp symlinks for release.map and current: what the switch renames."""
-    paths.write_file(release_id + ".map", "current %s\n" % release_id, dir_fd=dirs.maps)
+def read_map(dirs, release_id):
+    """{key: release} of maps/<release_id>.map, or {} when there is none."""
+    try:
+        fd = os.open(release_id + ".map", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dirs.maps)
+    except OSError:
+        return {}
+    with os.fdopen(fd) as f:
+        return dict(line.split()[:2] for line in f if len(line.split()) >= 2)
+
+
+def map_text(dirs, release_id, old, depth):
+    """Apache's map for release_id: `current`, and the releases live before it as `previous`,
+    `previous2` ... (depth of them), whose static assets pages still in flight may ask for."""
+    earlier = [old] if old else []
+    if old:
+        before = read_map(dirs, old)
+        earlier += [before[k] for k in ["previous"] + ["previous%d" % i for i in range(2, depth + 1)] if k in before]
+    chain = []
+    for rid in earlier:
+        if rid != release_id and rid not in chain and paths.RELEASE_ID.fullmatch(rid):
+            chain.append(rid)
+    lines = ["current %s" % release_id]
+    for i, rid in enumerate(chain[:depth]):
+        lines.append("%s %s" % ("previous" if i == 0 else "previous%d" % (i + 1), rid))
+    return "\n".join(lines) + "\n"
+
+
+def _pin_files(dirs, release_id, old, depth, restore=False):
+    """The release's map file, and temp symlinks for release.map and current: what the switch renames.
+
+    The map names the release live before this switch (`previous`), so the rename of release.map
+    moves both at once: no extra rename in the pause. restore: a switch back to the release that
+    was live before a failed switch; its map, naming what was before it, is used as it is."""
+    if not (restore and read_map(dirs, release_id).get("current") == release_id):
+        paths.write_file(release_id + ".map", map_text(dirs, release_id, old, depth), dir_fd=dirs.maps)
     temp_map = paths.temp_symlink("release.map", "maps/%s.map" % release_id, dir_fd=dirs.meta)
     temp_current = paths.temp_symlink("current", "releases/" + release_id, dir_fd=dirs.top)
     return [(dirs.meta, temp_map, "release.map"), (dirs.top, temp_current, "current")]
@@ -189,7 +221,9 @@ def switch(layout, release_id, parent, settings):
             st = None
         if st is None or not stat.S_ISDIR(st.st_mode):
             raise Refused("release %s does not exist on this server" % release_id)
-        renames = _pin_files(dirs, release_id)
+        old = paths.current_release(layout)
+        renames = _pin_files(dirs, release_id, old if old != release_id else read_map(dirs, old).get("previous"),
+                             settings["previous_depth"], settings.get("restore"))
         if parent is None:
             t0 = time.perf_counter_ns()
             for fd, source, target in renames:
@@ -214,7 +248,7 @@ def switch_and_verify(layout, release_id, parent, old, settings):
         problem = health.problem(verify, release_id)
         result["health"] = problem or "ok"
         if problem and settings["swap_back"] and old:
-            back = switch(layout, old, parent, settings)
+            back = switch(layout, old, parent, dict(settings, restore=True))
             result["swapped_back"] = True
             result["swap_back_pause_ms"] = back["pause_ms"]
             again = health.problem(dict(verify, expect_text=None), old)
@@ -233,8 +267,12 @@ def settings_of(a):
     if a.get("pause") not in ("sigstop", "none"):
         raise Refused("pause must be sigstop or none")
     verify = a.get("verify")
+    depth = a.get("previous_depth", 1)
+    if not limits.within(depth, limits.PREVIOUS_DEPTH) or isinstance(depth, float):
+        raise Refused("previous_depth must be a whole number from %d to %d" % limits.PREVIOUS_DEPTH)
     return {"pause_timeout": timeout, "hold_ms": hold, "pause": a["pause"], "pidfile": a.get("pidfile"),
-            "verify": health.checked(verify) if verify else None, "swap_back": bool(a.get("swap_back"))}
+            "verify": health.checked(verify) if verify else None, "swap_back": bool(a.get("swap_back")),
+            "previous_depth": depth, "restore": bool(a.get("restore"))}
 
 
 RUNNING_SWAP_WAIT_S = 2 * limits.PAUSE_TIMEOUT[1] + 60  # its pause, verify, switch back and verify again

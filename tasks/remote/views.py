@@ -68,7 +68,37 @@ def _probe(layout, current, probe):
         names = sorted(n for n in os.listdir(layout.release(current)) if n != serve.split("/")[0])
         urls += [probe["origin"] + "/" + n for n in names[:PROBED_OUTSIDE]]
     out["denied"] = {url: health.status_of(url, timeout) for url in urls}
+    if probe.get("fallback"):
+        out["fallback"] = _probe_fallback(layout, current, probe, timeout)
     return out
+
+
+def _probe_fallback(layout, current, probe, timeout):
+    """Whether an asset only the previous release has is served from it: "on", "off" or a problem."""
+    from . import health
+
+    with open(layout.apache_conf) as f:
+        if "CUTOVER_FALLBACK" not in f.read():
+            return "off: the rules on this server have no fallback (rerun `fab setup`)"
+    previous = None
+    try:
+        with open(layout.map_file(current)) as f:
+            previous = dict(line.split()[:2] for line in f if len(line.split()) >= 2).get("previous")
+    except OSError:
+        pass  # no map of the live release: nothing deployed yet
+    if not previous or not os.path.isdir(layout.release(previous)):
+        return "on (no earlier release to try it with)"
+    serve = probe.get("serve") or ""
+    old_root, new_root = layout.release(previous), layout.release(current)
+    for root, _dirs, files in os.walk(os.path.join(old_root, serve)):
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(root, name), os.path.join(old_root, serve))
+            if rel.rsplit(".", 1)[-1].lower() in probe["fallback"] and not os.path.lexists(os.path.join(new_root, serve, rel)):
+                status, headers, _ = health.get(probe["origin"] + "/" + rel, timeout)
+                if status == 200 and headers.get("X-Cutover-Fallback") == "previous":
+                    return "on"
+                return "FAIL: /%s, which only %s has, answered %s without the fallback" % (rel, previous, status)
+    return "on (every asset of %s is in the live release too)" % previous
 
 
 def op_state(a):

@@ -12,7 +12,7 @@ def _timeout(h):
     return 2 * h.httpd.pause_timeout + 2 * health_seconds(h.health) + margin()
 
 
-def switch(r, step, release_id, verify):
+def switch(r, step, release_id, verify, restore=False):
     """One host's switch to release_id (and verify, switching back on failure); the swap's answer."""
     h = r.host
     if r.uses_helper:
@@ -22,11 +22,13 @@ def switch(r, step, release_id, verify):
             "release_id": release_id,
             "verify": verify is not None,
             "swap_back": verify is not None,
+            "restore": restore,
         }
         return agent.call_helper(r.conn, r.name, h.python, step, args, _timeout(h))
     return r.call(
         step, "swap", timeout=_timeout(h), release_id=release_id, pidfile=h.httpd.pidfile, pause=h.httpd.pause,
         pause_timeout=h.httpd.pause_timeout, hold_ms=testhooks.hold_ms(), verify=verify, swap_back=verify is not None,
+        previous_depth=h.assets.releases, restore=restore,
     )  # fmt: skip
 
 
@@ -81,7 +83,7 @@ def switch_back(run):
         return []
 
     def one(r):
-        answer = switch(r, "switch back", r.current, None)
+        answer = switch(r, "switch back", r.current, None, restore=True)
         r.switched = "no"
         say(r.host, "switch back", 0, f"{answer['old']} -> {answer['new']}, httpd paused {answer['pause_ms']} ms")
 
