@@ -15,10 +15,13 @@ def _interrupted_early(signum, frame):
 
 signal.signal(signal.SIGINT, _interrupted_early)
 
-from tasks import check, deploy, init, maintenance, releases, rollback, sandbox, setup  # noqa: E402 (after the handler)
+from tasks import backups, check, deploy, init, maintenance, releases, rollback, sandbox, setup  # noqa: E402 (after the handler)
 
 ns = Collection(
     init.init,
+    backups.backup,
+    backups.backups,
+    backups.restore,
     setup.setup,
     check.check,
     deploy.deploy,

@@ -42,6 +42,7 @@ class LabServer:
     mpm: str = "event"
     php: str | None = None  # None, "mod_php" (prefork) or "fpm" (php-fpm through proxy_fcgi)
     fpm_pid: int = 0
+    mariadb_pid: int = 0  # a MariaDB server of this lab server's own (database shop), or 0
     site_conf: str = ""  # the site's own Apache config (as an operator writes it), @@deploy_to@@ filled in
 
     @property
@@ -120,6 +121,45 @@ def graceful_restart(server):
     _wait_for(restarted, f"the graceful restart of Apache of {server.name} (see {log})")
 
 
+MARIADB = "/usr/sbin/mariadbd"
+MARIADB_PASSWORD = "lab-only-password"  # a throwaway server on a private socket, no network
+
+
+def mariadb_credentials(server):
+    """The option file with the lab database's credentials ([client]): what backups.databases names."""
+    return str(Path(server.root, "mariadb", "client.cnf"))
+
+
+def _start_mariadb(server):
+    """A MariaDB server with its own data directory and socket (no TCP), database `shop` and its user."""
+    base = Path(server.root, "mariadb")
+    (base / "data").mkdir(parents=True)
+    subprocess.run(["chown", "-R", "mysql:mysql", str(base)], check=True)
+    subprocess.run(
+        ["mariadb-install-db", "--user=mysql", f"--datadir={base / 'data'}", "--auth-root-authentication-method=socket",
+         "--skip-test-db"], check=True, capture_output=True,
+    )  # fmt: skip
+    socket_path = base / "mysqld.sock"
+    with open(base / "stdout.log", "ab") as log:
+        proc = subprocess.Popen(
+            [MARIADB, "--no-defaults", "--user=mysql", f"--datadir={base / 'data'}", f"--socket={socket_path}",
+             f"--pid-file={base / 'mysqld.pid'}", "--skip-networking", f"--log-error={base / 'error.log'}"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+    server.mariadb_pid = proc.pid
+    _wait_for(lambda: proc.poll() is None and socket_path.exists(), f"MariaDB of {server.name} (see {base}/error.log)")
+    sql = (
+        "CREATE DATABASE shop; "
+        f"CREATE USER 'shop'@'localhost' IDENTIFIED BY '{MARIADB_PASSWORD}'; "
+        "GRANT ALL ON shop.* TO 'shop'@'localhost'; GRANT RELOAD, PROCESS ON *.* TO 'shop'@'localhost';"
+    )
+    subprocess.run(["mariadb", f"--socket={socket_path}", "-e", sql], check=True, capture_output=True)
+    Path(mariadb_credentials(server)).write_text(
+        f"[client]\nuser=shop\npassword={MARIADB_PASSWORD}\nsocket={socket_path}\n"
+    )
+    os.chmod(mariadb_credentials(server), 0o600)
+
+
 def _start_fpm(server):
     """php-fpm with one pool of the lab's own (www-data, a socket under the server's root)."""
     run = Path(server.root, "php")
@@ -190,6 +230,8 @@ def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
     server.sshd_pid = sshd.pid
     if server.php == "fpm":
         _start_fpm(server)
+    if server.mariadb_pid == -1:  # asked for at start
+        _start_mariadb(server)
     render_apache(lab, server)
     with open(base / "apache" / "stdout.log", "ab") as log:
         httpd = subprocess.Popen(
@@ -209,7 +251,18 @@ def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
     )
 
 
-def start(root, count=1, mpm="event", ports=None, tmpfs_mb=None, ext4_mb=None, php=None, site_conf="", **settings):
+def start(
+    root,
+    count=1,
+    mpm="event",
+    ports=None,
+    tmpfs_mb=None,
+    ext4_mb=None,
+    php=None,
+    site_conf="",
+    mariadb=False,
+    **settings,
+):
     """Start `count` lab servers under root (a new directory); writes lab.json and hosts.yaml.
 
     ports: optional list of (ssh_port, http_port), one pair per server; default free ports.
@@ -240,7 +293,7 @@ def start(root, count=1, mpm="event", ports=None, tmpfs_mb=None, ext4_mb=None, p
         lab.servers.append(
             LabServer(
                 f"lab{i}", str(base), ssh_port, http_port, str(base / "site"), str(base / "apache" / "run" / "httpd.pid"),
-                0, 0, mpm=mpm, php=php, site_conf=site_conf,
+                0, 0, mpm=mpm, php=php, site_conf=site_conf, mariadb_pid=-1 if mariadb else 0,
             )
         )  # fmt: skip
     write_hosts_file(lab, **settings)
@@ -325,6 +378,14 @@ def stop_server(server):
     fpm = os.path.realpath(program("/usr/sbin/php-fpm*")) if server.php == "fpm" else None
     for pid in {server.fpm_pid, fpm and _from_pidfile(base / "php" / "fpm.pid", fpm, base / "php")} - {None, 0}:
         _stop_pid(pid, fpm)
+    if server.mariadb_pid:
+        real = os.path.realpath(MARIADB)
+        for pid in {server.mariadb_pid, _from_pidfile(base / "mariadb" / "mysqld.pid", real, base / "mariadb")} - {
+            None,
+            0,
+            -1,
+        }:
+            _stop_pid(pid, real, timeout=30)
     sshd = _from_pidfile(base / "ssh" / "sshd.pid", SSHD, base / "ssh" / "sshd_config")
     if sshd and sshd != server.sshd_pid:
         _stop_pid(sshd, SSHD)
@@ -361,5 +422,5 @@ def stop(root, remove=True):
 
 
 def pids(lab):
-    """Every PID the lab started (httpd parents, sshd listeners, php-fpm masters)."""
-    return [p for s in lab.servers for p in (s.httpd_pid, s.sshd_pid, s.fpm_pid) if p]
+    """Every PID the lab started (httpd parents, sshd listeners, php-fpm masters, MariaDB servers)."""
+    return [p for s in lab.servers for p in (s.httpd_pid, s.sshd_pid, s.fpm_pid, s.mariadb_pid) if p > 0]

@@ -19,7 +19,7 @@ from .errors import HookError, LockError, MigrationError, RemoteError, SmokeErro
 
 REMOTE = Path(__file__).resolve().parent / "remote"
 BUNDLE = ("protocol", "paths", "limits", "history", "httpd", "swap", "health", "lock", "stage", "shared",
-          "finish", "views", "install", "helper")  # fmt: skip
+          "finish", "views", "install", "helper", "backup")  # fmt: skip
 HELPER_BUNDLE = ("protocol", "paths", "limits", "httpd", "swap", "health", "helper")  # what sudo runs as root
 HELPER = "/usr/local/lib/cutover/swap-helper"
 DETAIL_KEPT = 2000  # characters of a dying agent's stderr shown

@@ -59,6 +59,41 @@ class Migrate:
 
 
 @dataclass(frozen=True)
+class Database:
+    """A database to back up: SQLite (a file under deploy_to) or MariaDB/MySQL (credentials in an
+    option file on the server, never on a command line)."""
+
+    name: str
+    kind: str  # "sqlite" or "mariadb"
+    path: str | None = None  # sqlite: relative to deploy_to
+    database: str | None = None  # mariadb
+    credentials: str | None = None  # mariadb: an option file on the server ([client] user, password, socket)
+
+    def as_args(self):
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class OffSite:
+    """Where each backup is copied to over SSH, from the server (its key and known_hosts are files there)."""
+
+    host: str
+    port: int
+    user: str
+    path: str
+    key: str
+    known_hosts: str
+
+
+@dataclass(frozen=True)
+class Backups:
+    databases: tuple[Database, ...]
+    host: str | None  # where the databases are dumped (default: migrate.host, else the first host)
+    hold: float  # seconds to let requests in flight end once maintenance is on
+    to: OffSite | None = None
+
+
+@dataclass(frozen=True)
 class Assets:
     """Static assets a page still in flight asks for after a switch, served from earlier releases."""
 
@@ -112,6 +147,8 @@ class Host:
     apache: Apache
     hooks: Hooks
     assets: Assets
+    backups: Backups
+    keep_backups: int
 
     @property
     def served_shared(self):

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from invoke import task
 
-from . import gitbuild, maintenance, release, rsync
+from . import gitbuild, release, rsync
 from .cli import boundary, target
 from .errors import ConfigError, CutoverError, GroupError, HealthError, Interrupted
 from .fleet import Run, close, connect, in_parallel
 from .output import Timer, count, line, say, shown, since_start, size
 from .remote.paths import Layout
+from .steps import backup as backup_step
 from .steps import migrate as migration
 from .steps.finish import abort, finish
 from .steps.hooks import run_hooks
@@ -86,10 +87,7 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built):
         stage(run, build)
         fault_point("swap")
         if migrating:
-            maintenance.switch(run, True)
-            migration.migrate(run)
-            swap(run)
-            maintenance.switch(run, False)
+            migrate_with_backup(run)
         else:
             swap(run)
         hook_error = run_hooks(run, "after_switch", run.release_id)
@@ -118,6 +116,23 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built):
         f"{size(sent)} sent, httpd paused {pauses} ms"
     )
     return run
+
+
+def migrate_with_backup(run):
+    """A backup first (its second pass inside the maintenance window the migration needs anyway),
+    then the migration, the switch, maintenance off."""
+    bid = backup_step.new_backup_id()
+    # on a failure here nothing was migrated: the site comes back as it was
+    held = backup_step.take_complete(run, bid, f"before the migration of {run.release_id}", message=None)
+    run.backup = bid
+    try:
+        migration.migrate(run)
+        swap(run)
+    except CutoverError as exc:
+        exc.message += f"\n  the backup taken before the migration: {bid} (fab restore --backup {bid})"
+        raise
+    held.end(run)
+    backup_step.push(run, bid, warn=True)
 
 
 def dry_run(run, build, info):

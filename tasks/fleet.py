@@ -36,6 +36,7 @@ class HostRun:
     upload: object = None  # the deploy's running rsync (tasks.rsync.Upload)
     missing_shared: list = field(default_factory=list)  # shared entries the server lacks: seeded from the build
     hooks: list = field(default_factory=list)  # what each hook did, for the history
+    migrated: str | None = None  # the backup taken before the live release's migration (rollback says so)
 
     @property
     def name(self):
@@ -63,6 +64,7 @@ class Run:
     who: dict = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     ref: str | None = None  # the git ref a deploy was built from (deploy --ref)
+    backup: str | None = None  # the backup a deploy --migrate took first, once it is complete
 
     @classmethod
     def of(cls, command, hosts, release_id=None):

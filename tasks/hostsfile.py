@@ -11,7 +11,22 @@ from pathlib import Path
 import yaml
 
 from . import yamlcheck as y
-from .config import Apache, Assets, Build, Health, Hooks, Host, Httpd, Inventory, Maintenance, Migrate, Smoke
+from .config import (
+    Apache,
+    Assets,
+    Backups,
+    Build,
+    Database,
+    Health,
+    Hooks,
+    Host,
+    Httpd,
+    Inventory,
+    Maintenance,
+    Migrate,
+    OffSite,
+    Smoke,
+)
 from .errors import ConfigError
 from .remote import limits
 
@@ -22,6 +37,8 @@ BUILD_TIMEOUT = (1, 86400)
 MIGRATE_TIMEOUT = (1, 86400)
 PORTS = (1, 65535)
 KEEP_RELEASES = (2, 1000)
+KEEP_BACKUPS = (1, 1000)
+HOLD = (0, 60)  # seconds requests in flight get to end before a backup's second pass
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 BUILTIN = {
@@ -74,6 +91,8 @@ BUILTIN = {
         "releases": 1,
     },
     "writable": [],
+    "keep_backups": 5,
+    "backups": {"databases": [], "host": None, "hold": 1, "to": None},
     "web_user": "www-data",
     "protected": [],
     "apache": {"allow_override": "All", "options": "FollowSymLinks"},
@@ -108,6 +127,52 @@ def _asset_extension(at):
     if value in NOT_ASSETS or value.startswith("php"):
         raise at.error(f"{value!r} is a page or a script, which only the live release may serve")
     return value
+
+
+DATABASE_KEYS = {"sqlite": ("name", "kind", "path"), "mariadb": ("name", "kind", "database", "credentials")}
+
+
+def _database(at):
+    """One entry of backups.databases."""
+    fields = dict(y.items(at))
+    kind = y.choice("sqlite", "mariadb")(fields["kind"]) if "kind" in fields else None
+    if kind is None:
+        raise at.error("needs kind: sqlite or mariadb")
+    for key, sub in fields.items():
+        if key not in DATABASE_KEYS[kind]:
+            raise sub.error(
+                "is not a key of a " + kind + " database", hint="it takes: " + ", ".join(DATABASE_KEYS[kind])
+            )
+    missing = [k for k in DATABASE_KEYS[kind] if k not in fields]
+    if missing:
+        raise at.error(f"a {kind} database needs {', '.join(missing)}")
+    name = y.string(fields["name"], y.SAFE_NAME, "a name (letters, digits, . _ -)")
+    if kind == "sqlite":
+        return Database(name, kind, path=y.relpath(fields["path"]))
+    database = y.string(fields["database"], y.SAFE_NAME, "a database name (letters, digits, . _ -)")
+    return Database(name, kind, database=database, credentials=y.abspath(fields["credentials"]))
+
+
+OFFSITE_KEYS = ("host", "port", "user", "path", "key", "known_hosts")
+
+
+def _offsite(at):
+    """backups.to: an SSH destination for copies of the backups, as this server reaches it."""
+    fields = dict(y.items(at))
+    for key, sub in fields.items():
+        if key not in OFFSITE_KEYS:
+            raise sub.error("is not a key of backups.to", hint="it takes: " + ", ".join(OFFSITE_KEYS))
+    missing = [k for k in OFFSITE_KEYS if k not in fields and k != "port"]
+    if missing:
+        raise at.error(f"needs {', '.join(missing)}")
+    return OffSite(
+        host=y.string(fields["host"], y.SAFE_HOST, "a host name or address"),
+        port=y.number(fields["port"], *PORTS, integer=True) if "port" in fields else 22,
+        user=y.string(fields["user"], y.SAFE_USER, "a user name"),
+        path=y.abspath(fields["path"]),
+        key=y.abspath(fields["key"]),
+        known_hosts=y.abspath(fields["known_hosts"]),
+    )
 
 
 SECTIONS = {
@@ -150,6 +215,12 @@ SECTIONS = {
         "always": y.choice(True, False),
         "user": lambda at: y.string(at, y.SAFE_USER, "a user name (letters, digits, _ . -)", allow_none=True),
     },
+    "backups": {
+        "databases": lambda at: [_database(item) for item in y.listed(at)],
+        "host": lambda at: y.string(at, y.SAFE_NAME, "a host name of the group", allow_none=True),
+        "hold": lambda at: y.number(at, *HOLD),
+        "to": lambda at: None if y.scalar_or_none(at) else _offsite(at),
+    },
     "assets": {
         "fallback": y.strings(_asset_extension),
         "releases": lambda at: y.number(at, *limits.PREVIOUS_DEPTH, integer=True),
@@ -175,6 +246,7 @@ SETTINGS = {
     "python": lambda at: y.program(at),
     "shared": y.strings(y.relpath),
     "writable": y.strings(y.relpath),
+    "keep_backups": lambda at: y.number(at, *KEEP_BACKUPS, integer=True),
     "web_user": lambda at: y.string(at, y.SAFE_USER, "a user name (letters, digits, _ . -)"),
     "protected": y.strings(lambda at: y.string(at, y.URL_PATH, "a y.URL path such as /private/")),
     "serve": lambda at: None if y.scalar(at) is None else y.relpath(at),
@@ -274,6 +346,10 @@ def _host(at, layers, base):
         migrate=Migrate(**s["migrate"]),
         apache=Apache(**s["apache"]),
         assets=Assets(tuple(s["assets"]["fallback"]), s["assets"]["releases"]),
+        backups=Backups(
+            tuple(s["backups"]["databases"]), s["backups"]["host"], s["backups"]["hold"], s["backups"]["to"]
+        ),
+        keep_backups=s["keep_backups"],
         hooks=Hooks(**{k: tuple(v) if isinstance(v, list) else v for k, v in s["hooks"].items()}),
     )
 

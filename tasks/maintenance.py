@@ -40,14 +40,19 @@ def check_retry_after(value):
     return seconds
 
 
-def switch(run, on, message=None, retry_after=None):
-    """Turn maintenance on or off on every host of the run (connected), in parallel."""
+def switch(run, on, message=None, retry_after=None, keep=False, only=None):
+    """Turn maintenance on or off on every host of the run (connected), in parallel, or on the hosts
+    named in `only`. keep: a maintenance page already up stays as it is (the operator's window).
+    Returns the names of the hosts whose state changed."""
+    changed = set()
 
     def one(r):
         m = r.host.maintenance
         seconds = retry_after or m.retry_after
         page = render_page(message or m.message, seconds) if on else None
-        answer = r.call("maintenance", "maintenance", on=on, page=page, retry_after=seconds, who=run.who)
+        answer = r.call("maintenance", "maintenance", on=on, page=page, retry_after=seconds, who=run.who, keep=keep)
+        if answer["was_on"] != on:
+            changed.add(r.name)
         if not answer["changed"]:
             state = f"{'on' if on else 'off'} (already)"
         elif on and answer["was_on"]:
@@ -59,7 +64,12 @@ def switch(run, on, message=None, retry_after=None):
             state += f": visitors get 503 with Retry-After {seconds}; still served to {', '.join(through)}"
         say(r.host, "maintenance", 0, state)
 
-    in_parallel(run.hosts, one)
+    in_parallel([r for r in run.hosts if only is None or r.name in only], one)
+    if not on:
+        for r in run.hosts:
+            if only is not None and r.name not in only:
+                say(r.host, "maintenance", 0, "stays on: it was on before this run (`fab maintenance-off` ends it)")
+    return changed
 
 
 @task(

@@ -12,7 +12,7 @@ _PRINTING = threading.Lock()  # hosts report from threads: one whole line at a t
 def say(host, step, seconds, detail=""):
     """One progress line: host, step, duration, detail."""
     name = host if isinstance(host, str) else host.name
-    line(f"[{name}] {step:<10} {seconds * 1000:7.0f} ms  {detail}".rstrip())
+    line(f"[{name}] {step:<11} {seconds * 1000:7.0f} ms  {detail}".rstrip())
 
 
 def line(text):

@@ -51,6 +51,10 @@ def choose(hosts, to):
     return next(iter(picks.values()))
 
 
+def target_name(run):
+    return ",".join(r.name for r in run.hosts)
+
+
 def _kept_hint(hosts):
     """The releases every host keeps, newest first: what --to can name."""
     common = set.intersection(*(set(r.releases) for r in hosts)) - {PLACEHOLDER}
@@ -99,6 +103,12 @@ def rollback_hosts(hosts, to=None, force=False):
     finally:
         close(run)
     line(f"rolled back to {run.release_id} on {count(len(run.hosts), 'host')} in {total.seconds:.2f} s")
+    migrated = {r.migrated for r in run.hosts if r.migrated}
+    if migrated:
+        line(
+            f"note: the database stays as the migration of {run.hosts[0].current} left it; to bring it back as it "
+            f"was before that migration: fab -H {target_name(run)} restore --backup {sorted(migrated)[-1]}"
+        )
     return run
 
 

@@ -62,6 +62,11 @@ def scalar(at):
     return _constructor.construct_object(at.node, deep=True)
 
 
+def scalar_or_none(at):
+    """True when the node is an empty value (null, ~ or nothing)."""
+    return isinstance(at.node, yaml.ScalarNode) and scalar(at) is None
+
+
 def kind(node):
     return {yaml.MappingNode: "mapping", yaml.SequenceNode: "list"}.get(type(node), "value")
 

@@ -94,13 +94,21 @@ BAD = [
     ("  user: deploy", "  httpd: {pause: sleep}", "defaults.httpd.pause: must be one of sigstop, none, got 'sleep'"),
     ("  user: deploy", "  httpd: {pidfile: run/x.pid}", "defaults.httpd.pidfile: 'run/x.pid' must be an absolute path"),
     ("  user: deploy", "  httpd: {stop: yes}", "defaults.httpd.stop: is not a known key"),
-    ("  user: deploy", "  assets: {fallback: [css, html]}", "defaults.assets.fallback[1]: 'html' is a page or a script"),
+    (
+        "  user: deploy",
+        "  assets: {fallback: [css, html]}",
+        "defaults.assets.fallback[1]: 'html' is a page or a script",
+    ),
     ("  user: deploy", "  assets: {fallback: [php7]}", "defaults.assets.fallback[0]: 'php7' is a page or a script"),
     ("  user: deploy", "  assets: {releases: 0}", "defaults.assets.releases: must be from 1 to 10, got 0"),
     ("  user: deploy", "  never_serve: ['*']", "defaults.never_serve[0]: '*' would hide every path"),
     ("  user: deploy", "  serve: /public", "defaults.serve: '/public' is absolute"),
     ("  user: deploy", "  writable: [../etc]", "defaults.writable[0]: '../etc' climbs out of the release"),
-    ("  user: deploy", "  apache: {allow_override: 'Everything'}", "defaults.apache.allow_override: 'Everything' is not"),
+    (
+        "  user: deploy",
+        "  apache: {allow_override: 'Everything'}",
+        "defaults.apache.allow_override: 'Everything' is not",
+    ),
     ("  user: deploy", "  hooks: {after_deploy: [x]}", "defaults.hooks.after_deploy: is not a known key"),
     (
         "  user: deploy",

@@ -65,7 +65,7 @@ def read(layout, last=None):
 def previous_of(entries, current):
     """The release live before `current`: the `old` of the last switch that made it live."""
     for e in reversed(entries):
-        if e.get("result") == "ok" and e.get("event") in ("deploy", "rollback") and e.get("release") == current:
+        if e.get("result") == "ok" and e.get("event") in ("deploy", "rollback", "restore") and e.get("release") == current:
             return e.get("old")
     return None
 
@@ -74,6 +74,14 @@ def previous(layout, current):
     """previous_of() over the history, read from its end first."""
     found = previous_of(read(layout, last=1000), current)
     return found if found is not None else previous_of(read(layout), current)
+
+
+def backup_of(entries, release):
+    """The backup taken before the migration of the deploy that made `release` live, or None."""
+    for e in reversed(entries):
+        if e.get("result") == "ok" and e.get("event") == "deploy" and e.get("release") == release:
+            return e.get("backup")
+    return None
 
 
 def release_notes(entries):

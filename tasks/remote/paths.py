@@ -15,6 +15,9 @@
       .cutover/maps/<id>.map
       .cutover/apache.conf             Cutover's Apache rules, written by setup
       .cutover/swap.pid, swap-<pid>.json, watchdog.log   the detached swap and its watchdog
+      backups/<backup_id>/             a backup: shared/ (hard links to the backup before where
+                                       unchanged), databases/, manifest.json, backup.json
+      backups/.incoming-<backup_id>/   a backup being taken; never restored from
 
 The client imports this module too (the rsync destination, the release-id grammar), so both
 sides name the same paths. Standard library only; this file runs on the server.
@@ -30,6 +33,7 @@ from .protocol import Refused
 # and -dirty when the build had changes that commit does not hold.
 RELEASE_ID = re.compile(r"^[0-9]{8}T[0-9]{6}(\.[0-9]{1,6})?Z(-[0-9a-z]{1,40})?(-dirty)?$")
 PLACEHOLDER = "19700101T000000Z-placeholder"  # setup's first release, so Apache has a DocumentRoot
+BACKUP_ID = re.compile(r"^[0-9]{8}T[0-9]{6}\.[0-9]{3}Z$")  # UTC time to the millisecond
 
 
 class Layout:
@@ -54,6 +58,7 @@ class Layout:
         self.apache_conf = join(self.meta, "apache.conf")
         self.swap_pid = join(self.meta, "swap.pid")
         self.watchdog_log = join(self.meta, "watchdog.log")
+        self.backups = join(deploy_to, "backups")
 
     def release(self, release_id):
         return os.path.join(self.releases, release_id)
@@ -72,6 +77,12 @@ class Layout:
 
     def shared_entry(self, entry):
         return os.path.join(self.shared, entry)
+
+    def backup(self, backup_id):
+        return os.path.join(self.backups, backup_id)
+
+    def incoming_backup(self, backup_id):
+        return os.path.join(self.backups, ".incoming-" + backup_id)
 
 
 def release_id(value):

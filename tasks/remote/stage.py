@@ -30,6 +30,7 @@ def op_lock(a):
         answer = {"current": current, "releases": kept}
         if a.get("want_previous"):
             answer["previous"] = history.previous(layout, current)
+            answer["migrated"] = history.backup_of(history.read(layout), current)
         if release_id:
             answer.update(_make_incoming(layout, release_id, current, a.get("prelink")))
             answer["missing_shared"] = shared.missing(layout, a.get("shared", []))

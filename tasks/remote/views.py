@@ -138,9 +138,12 @@ def op_releases(a):
 
 
 def op_maintenance(a):
-    """Place (on) or remove (off) maintenance/index.html atomically; idempotent."""
+    """Place (on) or remove (off) maintenance/index.html atomically; idempotent. keep: a page
+    already there stays as it is."""
     layout = paths.Layout(a["deploy_to"])
     was_on = os.path.exists(layout.maintenance_page)
+    if was_on and a["on"] and a.get("keep"):  # a backup or a migration inside the operator's own window
+        return {"was_on": True, "on": True, "changed": False}
     changed = was_on != a["on"]
     if a["on"]:
         if not limits.within(a["retry_after"], limits.RETRY_AFTER):

@@ -21,6 +21,7 @@ def _timings(run, r):
         "rename_ms": r.switch.get("rename_ms"),
         "hooks": r.hooks or None,
         "ref": run.ref,
+        "backup": run.backup,
     }
 
 

@@ -21,6 +21,18 @@ class App
                 http_response_code(500);
             }
             echo ($ok === false ? 'could not store ' : 'stored ') . $name . "\n";
+        } elseif ($path === '/pair' && $method === 'POST') {
+            // two files that belong together: a backup must never hold one without the other
+            $dir = __DIR__ . '/../public/uploads/pairs';
+            if (!is_dir($dir)) {
+                mkdir($dir);
+            }
+            $n = intval($_POST['n'] ?? 0) % 10;
+            $value = bin2hex(random_bytes(16));
+            file_put_contents("$dir/$n-a.txt", $value);
+            usleep(20000);
+            file_put_contents("$dir/$n-b.txt", $value);
+            echo "pair $n\n";
         } elseif ($path === '/page') {
             // a page the app caches in storage/ (shared); the after_switch hook clears it
             $cache = __DIR__ . '/../storage/cache/page.txt';
