@@ -35,7 +35,7 @@ def backup(c, label=None):
     try:
         connect(run)
         lock(run)
-        held = backup_step.take(run, bid)
+        held = backup_step.take(run, bid, alone=True)
         seconds, held = held.end(run), None  # writers are back before the manifest is written
         backup_step.complete(run, bid, label)
         backup_step.push(run, bid)

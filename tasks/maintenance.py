@@ -40,17 +40,19 @@ def check_retry_after(value):
     return seconds
 
 
-def switch(run, on, message=None, retry_after=None, keep=False, only=None):
+def switch(run, on, message=None, retry_after=None, keep=False, only=None, ends_with_run=False):
     """Turn maintenance on or off on every host of the run (connected), in parallel, or on the hosts
     named in `only`. keep: a maintenance page already up stays as it is (the operator's window).
-    Returns the names of the hosts whose state changed."""
+    ends_with_run: a server turns it off by itself if this run's connection goes away before it
+    turns it off or starts a migration or restore. Returns the names of the hosts whose state changed."""
     changed = set()
 
     def one(r):
         m = r.host.maintenance
         seconds = retry_after or m.retry_after
         page = render_page(message or m.message, seconds) if on else None
-        answer = r.call("maintenance", "maintenance", on=on, page=page, retry_after=seconds, who=run.who, keep=keep)
+        answer = r.call("maintenance", "maintenance", on=on, page=page, retry_after=seconds, who=run.who, keep=keep,
+                        ends_with_run=ends_with_run)  # fmt: skip
         if answer["was_on"] != on:
             changed.add(r.name)
         if not answer["changed"]:

@@ -36,8 +36,9 @@ def shared_snapshot(server):
     }
 
 
-def fetch(server, path):
-    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+def fetch(server, path, source="127.0.0.1"):
+    """A GET from source (maintenance lets 127.0.0.1 through; 127.0.0.2 is a visitor)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10, source_address=(source, 0))
     try:
         conn.request("GET", path)
         r = conn.getresponse()
@@ -589,3 +590,57 @@ def test_ctrl_c_before_the_task_starts_says_so():
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 130
     assert result.stderr == "cutover: interrupted before the task started; nothing was changed\n"
+
+
+# --- backups and migrations cut short ---------------------------------------------------------
+
+
+def poll(predicate, seconds=15):
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_backup_killed_while_visitors_are_held(lab1, tmp_path):
+    """fab killed with maintenance on for a backup: nothing was changed, so the server itself turns
+    maintenance off, removes the incomplete backup and frees the lock; the next backup just runs."""
+    server = lab1.servers[0]
+    build = make_build(tmp_path, "b")
+    configure(lab1, build, backups={"hold": 5})
+    assert lab1.fab("deploy").returncode == 0
+    page = Path(server.deploy_to, "maintenance", "index.html")
+    result = lab1.fab("backup", env={"CUTOVER_TEST_KILL_AT": "hold:0.5"})
+    assert result.returncode == -signal.SIGKILL
+    assert poll(lambda: not page.exists())
+    assert poll(lambda: not Path(server.deploy_to, ".cutover", "lock").exists())
+    assert list(Path(server.deploy_to, "backups").iterdir()) == []
+    assert history(server)[-1]["note"] == "its run went away before changing anything"
+    assert fetch(server, "/", source="127.0.0.2")[0] == 200
+    configure(lab1, build, backups={"hold": 0})
+    again = lab1.fab("backup")
+    assert again.returncode == 0, again.stderr
+
+
+def test_deploy_killed_during_its_migration_leaves_maintenance_on(lab1, tmp_path):
+    """fab killed while the migration runs: the database may be half-migrated, so maintenance stays
+    on after the server-side run ends; the old release stays live; a rerun with --force-unlock
+    finishes, and says that maintenance was on before it."""
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "m1"))
+    assert lab1.fab("deploy").returncode == 0
+    before = current(server)
+    migrate = {"command": "sleep 2 && python3 migrations/migrate.py"}
+    configure(lab1, make_build(tmp_path, "m2"), backups={"hold": 0}, migrate=migrate)
+    result = lab1.fab("deploy", "--migrate", env={"CUTOVER_TEST_KILL_AT": "migrate:0.5"})
+    assert result.returncode == -signal.SIGKILL
+    marker = Path(server.deploy_to, "shared", "db", "shop.sqlite")
+    assert poll(lambda: marker.exists(), seconds=20)  # the migration ran to its end on the server
+    time.sleep(2)  # and the server side of the killed run has ended
+    assert Path(server.deploy_to, "maintenance", "index.html").exists()
+    assert fetch(server, "/", source="127.0.0.2")[0] == 503 and current(server) == before
+    rerun = lab1.fab("deploy", "--migrate", "--force-unlock")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "stays on: it was on before this run" in rerun.stdout
+    assert lab1.fab("maintenance-off").returncode == 0
+    assert fetch(server, "/", source="127.0.0.2")[0] == 200 and current(server) != before

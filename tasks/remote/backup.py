@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import time
 
-from . import history, lock, paths
+from . import history, lock, paths, protocol
 from .protocol import Refused
 
 MANIFEST = "manifest.json"
@@ -236,6 +236,14 @@ def verify(dest, whole=False, skip=()):
     return None
 
 
+def _orphaned(layout, incoming, token, unlock):
+    """The client went away: its incomplete backup goes, and (a backup on its own, which changes
+    nothing) its lock too."""
+    shutil.rmtree(incoming, ignore_errors=True)
+    if unlock:
+        lock.release(layout, token)
+
+
 def op_backup(a):
     """phase copy: the first pass while the site runs. phase seal (writers held off): the second
     pass and the databases. phase complete (writers back): the manifest written and checked, the
@@ -249,12 +257,15 @@ def op_backup(a):
     t = time.monotonic()
     if a["phase"] == "copy":
         os.makedirs(os.path.join(incoming, "shared"), exist_ok=True)
+        protocol.at_disconnect("backup", lambda: _orphaned(layout, incoming, a["token"], a.get("unlock_if_gone")))
         copy_shared(layout, a["shared"], incoming, previous, a.get("databases", []))
         return {"seconds": time.monotonic() - t, "previous": done[-1] if done else None}
     if a["phase"] == "seal":
         if not os.path.isdir(incoming):
             raise Refused("backup %s has no first pass" % bid)
-        copy_shared(layout, a["shared"], incoming, previous, a.get("databases", []))
+        # no --link-dest: what is unchanged since the first pass is in place already, and rsync
+        # would look up every file in the backup before too (0.28 s against 0.11 s for 10,000 files)
+        copy_shared(layout, a["shared"], incoming, None, a.get("databases", []))
         dumped, absent = [], []
         for db in a.get("databases", []):
             (dumped if dump(layout, db, incoming) else absent).append(db["name"])
@@ -380,6 +391,7 @@ def op_restore(a):
         raise Refused("backup %s does not match its manifest: %s; nothing was restored" % (bid, problem))
     if a.get("check"):
         return {"release": record["release"], "entries": record["entries"], "databases": record["databases"]}
+    protocol.settled("maintenance")  # from here the data changes: maintenance stays on if the client goes
     t = time.monotonic()
     for entry in record["entries"]:
         src = os.path.join(source, "shared", entry)

@@ -74,16 +74,44 @@ def answer(op, args, helper=False):
         return {"error": "%s: %s" % (type(exc).__name__, exc), "kind": None}
 
 
+_AT_DISCONNECT = {}  # key: what to undo if the client goes away first (a pulled cable, a killed fab)
+
+
+def at_disconnect(key, undo):
+    """Run undo() when this session's client is gone, unless settled(key) is called before."""
+    _AT_DISCONNECT[key] = undo
+
+
+def settled(key):
+    """The client took over what at_disconnect(key) would undo (a migration starts, maintenance goes off)."""
+    _AT_DISCONNECT.pop(key, None)
+
+
+def disconnected():
+    """Undo, last registered first (maintenance off before the lock that held others off goes)."""
+    for key in reversed(list(_AT_DISCONNECT)):
+        try:
+            _AT_DISCONNECT.pop(key)()
+        except Exception as exc:  # the next one still runs; there is nobody to tell but stderr
+            sys.stderr.write("cutover: undoing %s after the client left failed: %r\n" % (key, exc))
+
+
 def serve(stdin, stdout):
     """Answer one request per line until EOF: one process for a whole deploy.
 
     Each step then costs one message on the open SSH channel instead of a new channel, a
-    login shell and a Python start on the server.
+    login shell and a Python start on the server. When the channel ends (the run is over, or
+    its connection is gone), what at_disconnect() registered and nothing settled is undone.
     """
-    for line in iter(stdin.readline, b""):
-        request = json.loads(line)
-        stdout.write((json.dumps(answer(request["op"], request["args"])) + "\n").encode())
-        stdout.flush()
+    try:
+        for line in iter(stdin.readline, b""):
+            request = json.loads(line)
+            stdout.write((json.dumps(answer(request["op"], request["args"])) + "\n").encode())
+            stdout.flush()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the client went away while an answer was on its way
+    finally:
+        disconnected()
     return 0
 
 

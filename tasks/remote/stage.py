@@ -6,7 +6,7 @@ import os
 import stat
 import time
 
-from . import history, lock, paths, shared
+from . import history, lock, paths, protocol, shared
 from .protocol import Refused
 
 OUTPUT_KEPT = 3000  # characters of a failed command's output sent back
@@ -238,7 +238,9 @@ def op_hook(a):
 
 
 def op_migrate(a):
-    """Run the migration command inside the promoted release."""
+    """Run the migration command inside the promoted release. From here on, maintenance stays on
+    if the client goes away: the database may be half-migrated."""
+    protocol.settled("maintenance")
     layout = paths.Layout(a["deploy_to"])
     release_id = paths.release_id(a["release_id"])
     release_dir = layout.release(release_id)

@@ -4,7 +4,7 @@ import os
 import shutil
 import sys
 
-from . import history, httpd, limits, lock, paths
+from . import history, httpd, limits, lock, paths, protocol
 from .protocol import Refused
 
 
@@ -137,9 +137,23 @@ def op_releases(a):
     return {"releases": out, "current": current}
 
 
+def _end_orphaned(layout, page, who):
+    """Maintenance off after its run went away with nothing changed (a backup's hold): the page
+    this run put up, and only that page, is removed."""
+    try:
+        with open(layout.maintenance_page) as f:
+            if f.read() != page:
+                return
+    except OSError:
+        return
+    os.unlink(layout.maintenance_page)
+    history.record(layout, "maintenance-off", who, "ok", note="its run went away before changing anything")
+
+
 def op_maintenance(a):
     """Place (on) or remove (off) maintenance/index.html atomically; idempotent. keep: a page
-    already there stays as it is."""
+    already there stays as it is. ends_with_run: if this session's client goes away before
+    turning it off or starting a migration or restore, the page goes (nothing was changed)."""
     layout = paths.Layout(a["deploy_to"])
     was_on = os.path.exists(layout.maintenance_page)
     if was_on and a["on"] and a.get("keep"):  # a backup or a migration inside the operator's own window
@@ -157,6 +171,10 @@ def op_maintenance(a):
         paths.write_file(layout.maintenance_page, a["page"])  # readers see no page or the whole page, never half
     elif was_on:
         os.unlink(layout.maintenance_page)
+    if a["on"] and a.get("ends_with_run") and not was_on:
+        protocol.at_disconnect("maintenance", lambda: _end_orphaned(layout, a["page"], a["who"]))
+    if not a["on"]:
+        protocol.settled("maintenance")
     if was_on != a["on"]:
         os.makedirs(layout.meta, exist_ok=True)
         history.record(layout, "maintenance-" + ("on" if a["on"] else "off"), a["who"], "ok")

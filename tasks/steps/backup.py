@@ -10,6 +10,7 @@ from .. import maintenance
 from ..errors import ConfigError, CutoverError
 from ..fleet import each_host, in_parallel
 from ..output import Timer, count, say, size
+from ..testhooks import fault_point
 
 BACKUP_TIMEOUT = 3600  # seconds for one pass on a large media directory, or a database's dump
 
@@ -32,13 +33,13 @@ def databases_of(run, r):
     return [d.as_args() for d in r.host.backups.databases] if r is database_host(run) else []
 
 
-def first_pass(run, backup_id):
+def first_pass(run, backup_id, unlock_if_gone=False):
     """Copy the shared data while the site runs (hard links to the backup before where unchanged)."""
 
     def one(r):
         answer = r.call(
             "backup", "backup", timeout=BACKUP_TIMEOUT, token=run.who["token"], backup_id=backup_id, phase="copy",
-            shared=list(r.host.shared), databases=databases_of(run, r),
+            shared=list(r.host.shared), databases=databases_of(run, r), unlock_if_gone=unlock_if_gone,
         )  # fmt: skip
         say(
             r.host,
@@ -66,7 +67,8 @@ class Held:
 def hold_writers(run, message=None):
     """Maintenance on (a page already up kept), and time for requests in flight to end."""
     timer = Timer()
-    held = Held(timer, maintenance.switch(run, True, message=message, keep=True))
+    held = Held(timer, maintenance.switch(run, True, message=message, keep=True, ends_with_run=True))
+    fault_point("hold")
     try:
         time.sleep(max(r.host.backups.hold for r in run.hosts))
     except BaseException as exc:  # Ctrl-C while requests end: nothing was saved or changed
@@ -129,10 +131,11 @@ def push(run, backup_id, warn=False):
             say(r.host, "backup", 0, f"WARNING: backup {backup_id} stays on this server only: {outcome.message}")
 
 
-def take(run, backup_id, message="We are taking a backup and will be back in a moment."):
+def take(run, backup_id, message="We are taking a backup and will be back in a moment.", alone=False):
     """The first pass, writers held off, the second pass; returns the Held (maintenance on). On a
-    failure, maintenance is off again."""
-    first_pass(run, backup_id)
+    failure, maintenance is off again; if this client goes away, the server turns it off itself
+    (and, for a backup on its own (alone), releases the lock)."""
+    first_pass(run, backup_id, unlock_if_gone=alone)
     held = hold_writers(run, message)
     try:
         seal(run, backup_id)

@@ -2,6 +2,7 @@
 
 from ..errors import ConfigError, MigrationError
 from ..output import indented, say
+from ..testhooks import fault_point
 from . import margin
 
 
@@ -31,6 +32,7 @@ def migrate(run):
     """Run migrate.command inside the new release, on one host; maintenance is on already."""
     r = migration_host(run)
     m = r.host.migrate
+    fault_point("migrate")
     try:
         answer = r.call("migrate", "migrate", timeout=m.timeout + margin(), release_id=run.release_id,
                         migration={"command": m.command, "timeout": m.timeout, "user": m.user})  # fmt: skip
