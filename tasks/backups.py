@@ -10,6 +10,7 @@ from .output import Timer, line, say, shown, size, table
 from .remote.paths import BACKUP_ID
 from .steps import backup as backup_step
 from .steps.finish import abort, finish
+from .steps.lock import force_unlock as clear_lock
 from .steps.lock import lock, unlock
 from .steps.swap import swap
 
@@ -22,9 +23,14 @@ def check_label(label):
     return label
 
 
-@task(help={"label": "a note kept with the backup, e.g. 'before the spring sale'"})
+@task(
+    help={
+        "label": "a note kept with the backup, e.g. 'before the spring sale'",
+        "force-unlock": "first clear a lock whose owner is gone (its SSH session ended)",
+    }
+)
 @boundary
-def backup(c, label=None):
+def backup(c, label=None, force_unlock=False):
     """Save every shared entry and the databases, consistent to one instant (the site held briefly)."""
     check_label(label)
     run = Run.of("backup", target(c))
@@ -34,6 +40,8 @@ def backup(c, label=None):
     held = None
     try:
         connect(run)
+        if force_unlock:
+            clear_lock(run)
         lock(run)
         held = backup_step.take(run, bid, alone=True)
         seconds, held = held.end(run), None  # writers are back before the manifest is written
@@ -84,9 +92,14 @@ def databases(b):
     return ", ".join(names) or "-"
 
 
-@task(help={"backup": "the backup to restore (`fab backups` lists them)"})
+@task(
+    help={
+        "backup": "the backup to restore (`fab backups` lists them)",
+        "force-unlock": "first clear a lock whose owner is gone (its SSH session ended)",
+    }
+)
 @boundary
-def restore(c, backup=None):
+def restore(c, backup=None, force_unlock=False):
     """Put the shared data and the databases back as a backup has them, and its release live."""
     if backup is None or not BACKUP_ID.fullmatch(backup):
         raise ConfigError(f"--backup {shown(backup)} is not a backup id (like 20261125T101500.123Z)",
@@ -98,6 +111,8 @@ def restore(c, backup=None):
     started = False
     try:
         connect(run)
+        if force_unlock:
+            clear_lock(run)
         lock(run)
         checked = in_parallel(run.hosts, lambda r: _restore(run, r, backup, check=True))
         releases = {answer["release"] for _, answer in checked}

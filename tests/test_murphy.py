@@ -624,14 +624,15 @@ def test_backup_killed_while_visitors_are_held(lab1, tmp_path):
 
 def test_deploy_killed_during_its_migration_leaves_maintenance_on(lab1, tmp_path):
     """fab killed while the migration runs: the database may be half-migrated, so maintenance stays
-    on after the server-side run ends; the old release stays live; a rerun with --force-unlock
-    finishes, and says that maintenance was on before it."""
+    on after the server-side run ends and the old release stays live; restoring the backup taken
+    before the migration (past the dead run's lock) keeps the window open, a new deploy finishes."""
     server = lab1.servers[0]
     configure(lab1, make_build(tmp_path, "m1"))
     assert lab1.fab("deploy").returncode == 0
     before = current(server)
     migrate = {"command": "sleep 2 && python3 migrations/migrate.py"}
-    configure(lab1, make_build(tmp_path, "m2"), backups={"hold": 0}, migrate=migrate)
+    shop = {"hold": 0, "databases": [{"name": "shop", "kind": "sqlite", "path": "shared/db/shop.sqlite"}]}
+    configure(lab1, make_build(tmp_path, "m2"), backups=shop, migrate=migrate)
     result = lab1.fab("deploy", "--migrate", env={"CUTOVER_TEST_KILL_AT": "migrate:0.5"})
     assert result.returncode == -signal.SIGKILL
     marker = Path(server.deploy_to, "shared", "db", "shop.sqlite")
@@ -639,8 +640,12 @@ def test_deploy_killed_during_its_migration_leaves_maintenance_on(lab1, tmp_path
     time.sleep(2)  # and the server side of the killed run has ended
     assert Path(server.deploy_to, "maintenance", "index.html").exists()
     assert fetch(server, "/", source="127.0.0.2")[0] == 503 and current(server) == before
-    rerun = lab1.fab("deploy", "--migrate", "--force-unlock")
+    # the way back: the backup the killed run took before migrating, restored past its dead lock
+    taken = [e for e in history(server) if e["event"] == "backup"][-1]["backup"]
+    restored = lab1.fab("restore", "--backup", taken, "--force-unlock")
+    assert restored.returncode == 0, restored.stderr
+    assert "stays on: it was on before this run" in restored.stdout and not marker.exists()
+    rerun = lab1.fab("deploy", "--migrate")
     assert rerun.returncode == 0, rerun.stderr
-    assert "stays on: it was on before this run" in rerun.stdout
     assert lab1.fab("maintenance-off").returncode == 0
     assert fetch(server, "/", source="127.0.0.2")[0] == 200 and current(server) != before
