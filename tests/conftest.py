@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,28 @@ import lab
 from tasks import hostsfile
 
 PROJECT = Path(__file__).resolve().parent.parent
+
+
+class Background:
+    """Threads, each running one of `targets` (with its args), while a `with` block lasts and
+    at most `seconds`; a target loops while self.running()."""
+
+    def __init__(self, targets, seconds=120):
+        self.stop, self.deadline = threading.Event(), time.monotonic() + seconds
+        self.threads = [threading.Thread(target=t, args=args, daemon=True) for t, args in targets]
+
+    def running(self):
+        return not self.stop.is_set() and time.monotonic() < self.deadline
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
 
 
 def new_lab_dir():

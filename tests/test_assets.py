@@ -5,11 +5,10 @@ import hashlib
 import http.client
 import re
 import shutil
-import threading
 import time
 from pathlib import Path
 
-from .conftest import EXAMPLE, configure, current, releases
+from .conftest import EXAMPLE, Background, configure, current, releases
 
 ASSET = re.compile(r'(?:href|src)="(assets/[^"]+)"')
 
@@ -43,31 +42,20 @@ def get(server, path):
         conn.close()
 
 
-class Browsers:
+class Browsers(Background):
     """Threads that load the page, wait as a browser parsing it would, then load the assets it names."""
 
     def __init__(self, server, threads=4, think=0.05, seconds=120):
-        self.server, self.think, self.assets, self.stop = server, think, [], threading.Event()
-        self.deadline = time.monotonic() + seconds
-        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
+        super().__init__([(self.run, ())] * threads, seconds)
+        self.server, self.think, self.assets = server, think, []
 
     def run(self):
-        while not self.stop.is_set() and time.monotonic() < self.deadline:
+        while self.running():
             status, _, page = get(self.server, "/")
             assert status == 200
             time.sleep(self.think)
             for path in ASSET.findall(page.decode()):
                 self.assets.append((path, *get(self.server, path)[:2]))
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=15)
 
 
 def deploy_many(handle, tmp_path, first, count, **settings):

@@ -14,7 +14,7 @@ import pytest
 
 import lab
 
-from .conftest import current, history, start_lab, stop_lab
+from .conftest import Background, current, history, start_lab, stop_lab
 from .test_php import SITE_CONF, build, configure_app
 
 MIGRATION_BREAKS = (
@@ -65,17 +65,13 @@ def seed_databases(server):
                     "DELETE FROM accounts; INSERT INTO accounts VALUES (1, 600), (2, 400)")  # fmt: skip
 
 
-class Writers:
+class Writers(Background):
     """The site writing while it is backed up: pairs of files through Apache (from a visitor's
     address, so maintenance holds it off), and money moving between two accounts in each database."""
 
     def __init__(self, server, seconds=120):
-        self.server, self.stop, self.errors = server, threading.Event(), []
-        self.deadline = time.monotonic() + seconds
-        self.threads = [threading.Thread(target=f, daemon=True) for f in (self.pairs, self.sqlite, self.mariadb)]
-
-    def running(self):
-        return not self.stop.is_set() and time.monotonic() < self.deadline
+        super().__init__([(self.pairs, ()), (self.sqlite, ()), (self.mariadb, ())], seconds)
+        self.server, self.errors = server, []
 
     def pairs(self):
         n = 0
@@ -104,16 +100,6 @@ class Writers:
         while self.running():
             mariadb(self.server, "START TRANSACTION; UPDATE accounts SET balance = balance - 3 WHERE id = 1; "
                                  "DO SLEEP(0.005); UPDATE accounts SET balance = balance + 3 WHERE id = 2; COMMIT")  # fmt: skip
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
 
 
 def test_a_backup_is_consistent_while_the_site_writes(shop, tmp_path):

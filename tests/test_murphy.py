@@ -47,6 +47,25 @@ def fetch(server, path, source="127.0.0.1"):
         conn.close()
 
 
+def deploy_until_smoking(handle, marker, **env):
+    """`fab deploy` in the background, returned once its smoke command has touched `marker`."""
+    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(handle.hosts_file), **env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert poll(marker.exists, seconds=20), "the smoke test never ran"
+    return proc
+
+
+def poll(predicate, seconds=15):
+    """Whether predicate() comes true within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
 def wait_resumed(server, seconds=10):
     deadline = time.monotonic() + seconds
     while stopped(server) and time.monotonic() < deadline:
@@ -216,15 +235,7 @@ def test_a_silent_network_ends_the_run_with_a_clear_error(lab1, tmp_path):
     marker = tmp_path / "smoking"
     before = current(server)
     configure(lab1, new, smoke={"commands": [f"touch {marker}; sleep 1"], "timeout": 3})
-    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), CUTOVER_TEST="1", CUTOVER_TEST_MARGIN="2")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert marker.exists(), "the smoke test never ran"
+    proc = deploy_until_smoking(lab1, marker, CUTOVER_TEST="1", CUTOVER_TEST_MARGIN="2")
     import json
 
     session = json.loads(Path(server.deploy_to, ".cutover", "lock", "owner.json").read_text())["session_pid"]
@@ -545,15 +556,7 @@ def test_ctrl_c_during_the_smoke_test_stops_at_once_and_says_what_each_host_serv
     before = current(server)
     marker = tmp_path / "smoking"
     configure(lab1, new, smoke={"commands": [f"touch {marker}; sleep 4"]})
-    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert marker.exists(), "the smoke test never ran"
+    proc = deploy_until_smoking(lab1, marker)
     proc.send_signal(signal.SIGINT)
     pressed = time.monotonic()
     out, err = proc.communicate(timeout=30)
@@ -593,13 +596,6 @@ def test_ctrl_c_before_the_task_starts_says_so():
 
 
 # --- backups and migrations cut short ---------------------------------------------------------
-
-
-def poll(predicate, seconds=15):
-    deadline = time.monotonic() + seconds
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_backup_killed_while_visitors_are_held(lab1, tmp_path):

@@ -6,14 +6,12 @@ and by its own .htaccess, shared data PHP writes to, and a cache an after_switch
 import http.client
 import pwd
 import shutil
-import threading
-import time
 import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from .conftest import configure, current, history, start_lab, stop_lab
+from .conftest import Background, configure, current, history, start_lab, stop_lab
 
 APP = Path(__file__).resolve().parent / "phpapp"
 
@@ -77,18 +75,17 @@ def request(server, path, method="GET", form=None):
         conn.close()
 
 
-class Visitors:
+class Visitors(Background):
     """Threads requesting the served and the denied paths until stopped; every answer kept."""
 
     def __init__(self, server, threads=3, seconds=120):
-        self.server, self.seen, self.stop = server, [], threading.Event()
-        self.deadline = time.monotonic() + seconds
-        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(threads)]
+        super().__init__([(self.run, (i,)) for i in range(threads)], seconds)
+        self.server, self.seen = server, []
 
     def run(self, offset):
         paths = SERVED + DENIED
         i = offset
-        while not self.stop.is_set() and time.monotonic() < self.deadline:
+        while self.running():
             path = paths[i % len(paths)]
             i += 1
             try:
@@ -96,16 +93,6 @@ class Visitors:
             except (OSError, http.client.HTTPException) as exc:
                 status, body = 0, repr(exc)
             self.seen.append((path, status, body))
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=15)
 
 
 @pytest.fixture(scope="module", params=["mod_php", "fpm"])
