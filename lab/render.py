@@ -54,6 +54,22 @@ def php_conf(server):
     return ""
 
 
+def prefork_conf(workers):
+    """The prefork MPM's pool: 4 to 16 children, or a fixed pool of `workers` (the pause bench)."""
+    if not workers:
+        pool = {
+            "StartServers": 4,
+            "MinSpareServers": 2,
+            "MaxSpareServers": 8,
+            "ServerLimit": 16,
+            "MaxRequestWorkers": 16,
+        }
+    else:
+        pool = dict.fromkeys(("StartServers", "MinSpareServers", "MaxSpareServers", "ServerLimit", "MaxRequestWorkers"),
+                             workers)  # fmt: skip
+    return "\n".join(f"    {key} {value}" for key, value in pool.items())
+
+
 def render_apache(lab, server):
     """Write the server's httpd.conf, and Cutover's rules as `fab setup` does (its layout, placeholder
     release and .cutover/apache.conf, made by the same server-side code run locally); True if
@@ -75,6 +91,7 @@ def render_apache(lab, server):
         document_root=apache.document_root(host),
         php=php_conf(server),
         site_conf=server.site_conf.replace("@@deploy_to@@", server.deploy_to),
+        prefork=prefork_conf(server.workers),
     )
     return before != [rules.read_text(), conf.read_text()]
 

@@ -6,6 +6,7 @@ free ports on 127.0.0.1, its own deploy_to, and is stopped by the PIDs the lab r
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -44,6 +45,8 @@ class LabServer:
     fpm_pid: int = 0
     mariadb_pid: int = 0  # a MariaDB server of this lab server's own (database shop), or 0
     site_conf: str = ""  # the site's own Apache config (as an operator writes it), @@deploy_to@@ filled in
+    workers: int = 0  # prefork: a fixed pool of this many children (0: the template's 4 to 16)
+    cgroup: str = ""  # the cgroup v2 directory Apache runs in (as under systemd), or "" (none made)
 
     @property
     def url(self):
@@ -182,6 +185,67 @@ def _start_fpm(server):
     _wait_for(lambda: fpm.poll() is None and (run / "fpm.sock").exists(), f"php-fpm of {server.name} (see {run})")
 
 
+def cgroup2_mount():
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+    hybrid system), or None."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if fields[fields.index("-") + 1] == "cgroup2":
+                    return fields[4]
+    except (OSError, ValueError, IndexError):
+        return None  # no mountinfo to read: no cgroup of its own for the lab's Apache
+    return None
+
+
+def make_cgroup(name):
+    """A new cgroup v2 directory for one lab Apache, as systemd gives a service its own; "" where
+    cgroup v2 is not mounted or not writable (the swap then pauses with signals)."""
+    mount = cgroup2_mount()
+    if not mount:
+        return ""
+    _remove_stale_cgroups(mount)
+    path = os.path.join(mount, f"cutover-lab-{os.getpid()}-{secrets.token_hex(4)}-{name}")
+    try:
+        os.mkdir(path)
+    except OSError:
+        return ""
+    if not os.path.exists(os.path.join(path, "cgroup.freeze")):
+        os.rmdir(path)
+        return ""
+    return path
+
+
+def _remove_stale_cgroups(mount):
+    """Remove the empty lab cgroups of lab processes that are gone (a killed test run's)."""
+    for entry in os.scandir(mount):
+        owner = entry.name.split("-")[2] if entry.name.startswith("cutover-lab-") else ""
+        if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
+            try:
+                Path(entry.path, "cgroup.freeze").write_text("0")
+                os.rmdir(entry.path)
+            except OSError:
+                pass  # still holds a process: left for stop_server of the lab that made it
+
+
+def remove_cgroup(path):
+    """Thaw (a frozen process cannot act on SIGTERM) or, once empty, remove a lab cgroup."""
+    if not path or not os.path.isdir(path):
+        return
+    try:
+        Path(path, "cgroup.freeze").write_text("0")
+    except OSError:
+        pass  # already being removed
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            os.rmdir(path)
+            return
+        except OSError:
+            time.sleep(0.05)  # processes still leaving it
+
+
 def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
     """Start one server's sshd, php-fpm (if asked) and Apache under its root, on its ports.
 
@@ -233,6 +297,7 @@ def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
     if server.mariadb_pid == -1:  # asked for at start
         _start_mariadb(server)
     render_apache(lab, server)
+    procs = os.path.join(server.cgroup, "cgroup.procs") if server.cgroup else None
     with open(base / "apache" / "stdout.log", "ab") as log:
         httpd = subprocess.Popen(
             [APACHE, "-f", server.httpd_conf, "-DFOREGROUND"],
@@ -240,6 +305,7 @@ def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
             stdout=log,
             stderr=log,
             start_new_session=True,
+            preexec_fn=(lambda: Path(procs).write_text(str(os.getpid()))) if procs else None,
         )
     server.httpd_pid = httpd.pid
     _wait_for(
@@ -261,6 +327,8 @@ def start(
     php=None,
     site_conf="",
     mariadb=False,
+    workers=0,
+    cgroup=True,
     **settings,
 ):
     """Start `count` lab servers under root (a new directory); writes lab.json and hosts.yaml.
@@ -268,6 +336,9 @@ def start(
     ports: optional list of (ssh_port, http_port), one pair per server; default free ports.
     php: None, "mod_php" (Apache's prefork MPM with mod_php) or "fpm" (php-fpm through proxy_fcgi).
     site_conf: Apache config of the site itself, as an operator writes it (@@deploy_to@@ is filled in).
+    workers: prefork only, a fixed pool of this many children.
+    cgroup: run each Apache in a cgroup v2 of its own, as systemd runs a service (where cgroup v2
+    is mounted and writable), so the swap can freeze it; False: in the caller's cgroup.
     settings: hosts.yaml defaults for the lab's group (see write_hosts_file).
     """
     if os.geteuid() != 0:
@@ -293,7 +364,8 @@ def start(
         lab.servers.append(
             LabServer(
                 f"lab{i}", str(base), ssh_port, http_port, str(base / "site"), str(base / "apache" / "run" / "httpd.pid"),
-                0, 0, mpm=mpm, php=php, site_conf=site_conf, mariadb_pid=-1 if mariadb else 0,
+                0, 0, mpm=mpm, php=php, site_conf=site_conf, mariadb_pid=-1 if mariadb else 0, workers=workers,
+                cgroup=make_cgroup(f"lab{i}") if cgroup else "",
             )
         )  # fmt: skip
     write_hosts_file(lab, **settings)
@@ -371,6 +443,8 @@ def stop_server(server):
     pidfiles name now; resumes httpd's children first if they were paused."""
     base = Path(server.root)
     httpds = {server.httpd_pid, _from_pidfile(server.pidfile, APACHE, server.httpd_conf)} - {None, 0}
+    if server.cgroup and os.path.isdir(server.cgroup):
+        Path(server.cgroup, "cgroup.freeze").write_text("0")  # a frozen process cannot act on SIGTERM
     for httpd in httpds:
         for pid in children(httpd):
             os.kill(pid, signal.SIGCONT)
@@ -397,6 +471,7 @@ def stop_server(server):
             except OSError:
                 pass  # the session ended since the listing: nothing to stop
     _stop_pid(server.sshd_pid, SSHD)
+    remove_cgroup(server.cgroup)
     if server.mounted:
         subprocess.run(["umount", server.deploy_to], check=False)
 

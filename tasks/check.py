@@ -8,6 +8,7 @@ from .errors import CutoverError
 from .fleet import STEP_TIMEOUT, Run, close, each_host
 from .output import table
 from .remote.health import DENIED
+from .remote.httpd import FREEZE_HINT
 from .remote.paths import PLACEHOLDER
 from .remote.views import PROBED_OUTSIDE
 from .steps import health_args, origin, protected_urls
@@ -31,6 +32,15 @@ def probe_args(host):
     }
 
 
+def _pause_cell(host, httpd):
+    """How the swap will pause httpd: its cgroup frozen with one write, or each process signalled."""
+    if host.httpd.pause == "none":
+        return "not paused"
+    if httpd.get("cgroup") and host.httpd.pause != "sigstop":
+        return "freeze"
+    return f"sigstop, {httpd['children'] + 1} processes"
+
+
 def check_host(r):
     """Check one server: SSH with a checked host key, rsync, deploy_to, httpd, disk, the swap helper,
     and over HTTP: the front page, Cutover's rules, the paths that must not be served."""
@@ -52,6 +62,8 @@ def check_host(r):
         problems.append(f"deploy_to {r.host.deploy_to} is {found['deploy_to']}: fix its owner or permissions")
     if r.host.httpd.pause != "none" and not found["httpd"]["ok"]:
         problems.append(found["httpd"]["problem"])
+    elif r.host.httpd.pause == "freeze" and not found["httpd"].get("cgroup"):
+        problems.append(f"httpd.pause is freeze, but {found['httpd'].get('no_freeze')}: {FREEZE_HINT}")
     if found["disk_free"] < MIN_FREE:
         problems.append(f"only {found['disk_free'] // 2**20} MB free under {r.host.deploy_to}")
     http = http_problems(r.host, found)
@@ -102,7 +114,7 @@ def _row(r, outcome):
         "ok",
         "ok" if found["rsync"] else "MISSING",
         found["deploy_to"],
-        f"ok (pid {httpd['pid']})" if httpd["ok"] else "FAIL",
+        f"ok (pid {httpd['pid']}, {_pause_cell(r.host, httpd)})" if httpd["ok"] else "FAIL",
         f"{found['disk_free'] / 2**30:.1f} GB",
         found["current"] or "-",
         "ON" if found["maintenance"] else "off",

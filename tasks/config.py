@@ -21,7 +21,7 @@ class Build:
 @dataclass(frozen=True)
 class Httpd:
     pidfile: str
-    pause: str  # "sigstop" or "none"
+    pause: str  # "auto" (freeze httpd's own cgroup, else signals), "freeze", "sigstop" or "none"
     pause_timeout: float
 
 

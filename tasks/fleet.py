@@ -45,7 +45,7 @@ class HostRun:
     @property
     def uses_helper(self):
         """A deploy user who is not root pauses httpd through the sudo helper that setup installs."""
-        return self.host.httpd.pause == "sigstop" and (self.host.user or getpass.getuser()) != "root"
+        return self.host.httpd.pause != "none" and (self.host.user or getpass.getuser()) != "root"
 
     def call(self, step, op, timeout=STEP_TIMEOUT, **args):
         """One operation of the server side on this host (deploy_to added); its answer, or an error."""

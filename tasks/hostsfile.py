@@ -60,7 +60,7 @@ BUILTIN = {
         "output": ".",
         "timeout": 1800,
     },
-    "httpd": {"pidfile": "/run/apache2/apache2.pid", "pause": "sigstop", "pause_timeout": limits.PAUSE_TIMEOUT_DEFAULT},
+    "httpd": {"pidfile": "/run/apache2/apache2.pid", "pause": "auto", "pause_timeout": limits.PAUSE_TIMEOUT_DEFAULT},
     "smoke": {"commands": [], "url": None, "timeout": 60},
     "health": {"url": [], "expect_status": 200, "expect_text": None, "retries": 5, "timeout": 5},
     "maintenance": {
@@ -187,7 +187,7 @@ SECTIONS = {
     },
     "httpd": {
         "pidfile": y.abspath,
-        "pause": y.choice("sigstop", "none"),
+        "pause": y.choice("auto", "freeze", "sigstop", "none"),
         "pause_timeout": lambda at: y.number(at, *limits.PAUSE_TIMEOUT),
     },
     "smoke": {

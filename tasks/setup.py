@@ -28,6 +28,7 @@ def registration(r, deploy_user):
         "user": deploy_user,
         "pidfile": h.httpd.pidfile,
         "pause_timeout": h.httpd.pause_timeout,
+        "pause": h.httpd.pause,
         "verify": health_args(h.health, protected=protected_urls(h)) if h.health.urls else None,
         "previous_depth": h.assets.releases,
     }

@@ -173,11 +173,14 @@ def releases(server):
 
 
 def stopped_httpd(server):
-    """PIDs of this server's httpd processes in the stopped state (T). Read from /proc here, not
-    through Cutover, as an independent check; fails when the httpd parent is gone, so that "none
-    stopped" can never mean "Apache died"."""
+    """PIDs of this server's httpd processes that are paused: in the stopped state (T), or all of
+    them when their cgroup is frozen. Read from /proc and the cgroup here, not through Cutover, as
+    an independent check; fails when the httpd parent is gone, so that "none stopped" can never
+    mean "Apache died"."""
     assert not process_gone(server.httpd_pid), f"httpd of {server.name} (pid {server.httpd_pid}) is gone"
     pids = [server.httpd_pid] + lab.children(server.httpd_pid)
+    if server.cgroup and Path(server.cgroup, "cgroup.freeze").read_text().strip() == "1":
+        return pids
     out = []
     for pid in pids:
         try:

@@ -16,7 +16,21 @@ import pytest
 from lab.loadgen import LoadGen
 from tasks import rsync
 
-from .conftest import PROJECT, configure, current, history, known_bodies, make_build, releases, stopped_httpd
+from .conftest import (
+    PROJECT,
+    configure,
+    current,
+    history,
+    known_bodies,
+    make_build,
+    releases,
+    stopped_httpd,
+)
+
+
+def skip_without_cgroup(server, pause):
+    if pause == "freeze" and not server.cgroup:
+        pytest.skip("no writable cgroup v2 on this machine: the lab's Apache has no cgroup of its own")
 
 
 def deploy(handle, *args, env=None):
@@ -56,7 +70,8 @@ def test_deploy_under_load_fails_no_request_and_serves_whole_releases(lab2, tmp_
         assert history(server)[-1]["release"] == release_id
         assert history(server)[-1]["result"] == "ok"
     assert f"deployed {release_id} to 2 hosts in " in result.stdout and " s since fab started)" in result.stdout
-    assert "httpd paused" in result.stdout
+    # the lab runs each Apache in a cgroup of its own, as systemd does (where cgroup v2 is writable)
+    assert ("httpd frozen" if lab2.servers[0].cgroup else "httpd stopped") in result.stdout
     assert current(lab2.servers[0]) == current(lab2.servers[1])  # one release id for the fleet
 
 
@@ -287,9 +302,11 @@ def test_an_early_upload_waits_for_the_incoming_dir_and_ends_with_its_client(lab
     shutil.rmtree(incoming)
 
 
-def test_watchdog_resumes_httpd_when_the_swap_is_killed_inside_the_pause(lab1, tmp_path):
+@pytest.mark.parametrize("pause", ["freeze", "sigstop"])
+def test_watchdog_resumes_httpd_when_the_swap_is_killed_inside_the_pause(lab1, tmp_path, pause):
     server = lab1.servers[0]
-    configure(lab1, make_build(tmp_path, "x"), httpd={"pidfile": server.pidfile, "pause_timeout": 3})
+    skip_without_cgroup(server, pause)
+    configure(lab1, make_build(tmp_path, "x"), httpd={"pidfile": server.pidfile, "pause_timeout": 3, "pause": pause})
     before = current(server)
     holder = futures.ThreadPoolExecutor(1).submit(deploy, lab1, env={"CUTOVER_TEST_HOLD_PAUSE_MS": "20000"})
     deadline = time.monotonic() + 20
@@ -305,8 +322,9 @@ def test_watchdog_resumes_httpd_when_the_swap_is_killed_inside_the_pause(lab1, t
     result = holder.result(timeout=120)
     assert stopped_httpd(server) == []
     assert resumed_after < 3 + 1
-    log = Path(server.deploy_to, ".cutover", "watchdog.log").read_text()
-    assert "the swap process died; SIGCONT sent to" in log
+    log = Path(server.deploy_to, ".cutover", "watchdog.log").read_text()  # then the switch back's, held too
+    thawed = f"thawed {server.cgroup}; " if pause == "freeze" else ""
+    assert f"the swap process died; {thawed}SIGCONT sent to" in log
     assert result.returncode == 4
     assert "lab1: swap: the swap process was killed by signal 9 before it reported" in result.stderr
     # the renames had happened before the kill, unverified: the deploy switched back at once
@@ -314,8 +332,10 @@ def test_watchdog_resumes_httpd_when_the_swap_is_killed_inside_the_pause(lab1, t
     assert current(server) == before
 
 
-def test_watchdog_resumes_httpd_after_pause_timeout(lab1):
+@pytest.mark.parametrize("pause", ["freeze", "sigstop"])
+def test_watchdog_resumes_httpd_after_pause_timeout(lab1, pause):
     server = lab1.servers[0]
+    skip_without_cgroup(server, pause)
     from tasks import agent, ssh
     from tasks.remote.paths import Layout
 
@@ -328,7 +348,7 @@ def test_watchdog_resumes_httpd_after_pause_timeout(lab1):
     def run_swap():
         with ssh.connect(host) as conn:
             return agent.call(conn, host.name, host.python, "swap", "swap", {
-                "deploy_to": host.deploy_to, "release_id": release_id, "pidfile": server.pidfile, "pause": "sigstop",
+                "deploy_to": host.deploy_to, "release_id": release_id, "pidfile": server.pidfile, "pause": pause,
                 "pause_timeout": 1, "hold_ms": 4000,
             }, 30)  # fmt: skip
 
@@ -342,7 +362,7 @@ def test_watchdog_resumes_httpd_after_pause_timeout(lab1):
     assert 0.8 < resumed_after < 1 + 1
     assert "pause_timeout of 1s passed" in Path(layout.meta, "watchdog.log").read_text()
     assert answer["new"] == release_id and stopped_httpd(server) == []
-    assert answer["note"] == "the watchdog resumed httpd after pause_timeout (1s)"
+    assert answer["note"] == "the watchdog resumed httpd after pause_timeout (1s)" and answer["method"] == pause
 
 
 def test_clean_up_keeps_exactly_keep_releases(lab1, tmp_path):
@@ -499,3 +519,34 @@ def test_output_piped_into_head_ends_quietly(lab1, tmp_path):
     )  # fmt: skip
     assert piped.stdout == "lab1: last 3000 entries\n"
     assert piped.stderr == ""  # no BrokenPipeError traceback
+
+
+def test_pause_freeze_is_refused_where_httpd_shares_its_cgroup_and_auto_signals(lab1, tmp_path):
+    server = lab1.servers[0]
+    if not server.cgroup:
+        pytest.skip("no writable cgroup v2 on this machine: the lab's Apache has no cgroup of its own")
+    # a process httpd did not start, in httpd's cgroup (as in a container that runs everything in one)
+    intruder = subprocess.Popen(
+        ["sleep", "120"], preexec_fn=lambda: Path(server.cgroup, "cgroup.procs").write_text(str(os.getpid()))
+    )
+    try:
+        configure(lab1, make_build(tmp_path, "f"), httpd={"pidfile": server.pidfile, "pause": "freeze"})
+        before, kept = current(server), releases(server)
+        refused = deploy(lab1)
+        assert refused.returncode == 4, refused.stderr
+        assert (
+            f"httpd.pause is freeze, but httpd's cgroup {server.cgroup} also holds PID {intruder.pid} (sleep)"
+            in refused.stderr
+        )
+        assert "run Apache in a cgroup of its own (systemd does), or set httpd.pause: auto" in refused.stderr
+        assert current(server) == before and releases(server) == kept  # nothing left behind
+        configure(lab1, make_build(tmp_path, "a"), httpd={"pidfile": server.pidfile, "pause": "auto"})
+        result = deploy(lab1)
+        assert result.returncode == 0, result.stderr
+        assert "httpd stopped" in result.stdout and history(server)[-1]["pause_method"] == "sigstop"
+    finally:
+        intruder.kill()
+        intruder.wait()
+    result = deploy(lab1)  # the same build again, now that httpd's cgroup is its own
+    assert result.returncode == 0, result.stderr
+    assert "httpd frozen" in result.stdout and history(server)[-1]["pause_method"] == "freeze"

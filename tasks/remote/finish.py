@@ -91,6 +91,7 @@ def _run_fields(a, held, release_id):
         "bytes_sent": a.get("bytes_sent"),
         "pause_ms": a.get("pause_ms"),
         "rename_ms": a.get("rename_ms"),
+        "pause_method": a.get("pause_method"),
         "hooks": a.get("hooks"),
         "ref": a.get("ref"),
         "backup": a.get("backup"),

@@ -37,7 +37,7 @@ def checked(op, args):
         "deploy_to": deploy_to,
         "release_id": args.get("release_id"),
         "pidfile": site["pidfile"],
-        "pause": "sigstop",
+        "pause": site.get("pause") if site.get("pause") in ("auto", "freeze", "sigstop") else "auto",
         "pause_timeout": timeout,
         "hold_ms": 0,
         "verify": site.get("verify") if args.get("verify") else None,

@@ -1,4 +1,5 @@
-"""Apache httpd's processes: the parent named by the pidfile, its children, their state.
+"""Apache httpd's processes: the parent named by the pidfile, its children, their state, and
+the cgroup v2 they run in (frozen with one write when it holds httpd alone, as under systemd).
 
 Nothing here starts a process: the swap calls children() inside the pause.
 """
@@ -8,6 +9,7 @@ import os
 from .protocol import Refused
 
 HTTPD_NAMES = ("apache2", "httpd")
+FREEZE_HINT = "run Apache in a cgroup of its own (systemd does), or set httpd.pause: auto"
 CHILDREN_READ = 65536  # bytes of /proc/PID/task/PID/children read at once: thousands of PIDs
 
 
@@ -107,3 +109,96 @@ def stopped(pidfile):
         if stat[stat.rindex(")") + 2] == "T":
             out.append(pid)
     return out
+
+
+def _cgroup2_mount():
+    """(mount point, root inside the hierarchy) of the cgroup v2 file system, or None."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if fields[fields.index("-") + 1] == "cgroup2":
+                    return fields[4], fields[3]
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def cgroup_dir(pid):
+    """The cgroup v2 directory of pid, or None (no cgroup v2, or the root cgroup)."""
+    try:
+        with open("/proc/%d/cgroup" % pid) as f:
+            rel = next((line[3:].strip() for line in f if line.startswith("0::")), None)
+    except OSError:
+        return None
+    mount = _cgroup2_mount()
+    if not rel or rel == "/" or mount is None:
+        return None
+    point, root = mount
+    if root != "/" and rel.startswith(root + "/"):
+        rel = rel[len(root):]
+    path = os.path.join(point, rel.lstrip("/"))
+    return path if os.path.isdir(path) else None
+
+
+def _parent_of(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        stat = f.read()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def _descends(pid, ancestor):
+    for _ in range(64):
+        try:
+            pid = _parent_of(pid)
+        except (OSError, ValueError):
+            return False
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
+def freezer(parent_pid, write=True):
+    """(the cgroup directory to freeze, None), or (None, why not): httpd's cgroup v2 must be one
+    of its own, holding nothing but httpd and its descendants (CGI, piped loggers), and (write)
+    writable by this process."""
+    path = cgroup_dir(parent_pid)
+    if path is None:
+        return None, "httpd runs in no cgroup v2 of its own"
+    control = os.path.join(path, "cgroup.freeze")
+    if not os.path.exists(control) or (write and not os.access(control, os.W_OK)):
+        return None, "%s is missing or not writable" % control
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            members = [int(p) for p in f.read().split()]
+    except (OSError, ValueError) as exc:
+        return None, "cannot read the members of %s: %s" % (path, exc)
+    for pid in members:
+        if pid != parent_pid and not _descends(pid, parent_pid):
+            return None, "httpd's cgroup %s also holds PID %d (%s), which httpd did not start" % (path, pid, comm(pid))
+    return path, None
+
+
+def frozen(parent_pid):
+    """Whether httpd's cgroup is frozen (cgroup.freeze reads 1)."""
+    path = cgroup_dir(parent_pid)
+    try:
+        with open(os.path.join(path, "cgroup.freeze")) as f:
+            return f.read().strip() == "1"
+    except (OSError, TypeError):
+        return False
+
+
+def thaw(path):
+    """Write 0 to path/cgroup.freeze; True if written."""
+    try:
+        fd = os.open(os.path.join(path, "cgroup.freeze"), os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        os.write(fd, b"0")
+        return True
+    finally:
+        os.close(fd)

@@ -195,7 +195,11 @@ def op_stage(a):
     if a.get("pidfile"):
         from . import httpd
 
-        httpd.parent(a["pidfile"])  # refuse now, before any host of the group switches
+        parent = httpd.parent(a["pidfile"])  # refuse now, before any host of the group switches
+        if a.get("pause") == "freeze":
+            cgroup, why = httpd.freezer(parent, write=False)  # the swap may run as root (the sudo helper)
+            if cgroup is None:
+                raise Refused("httpd.pause is freeze, but %s" % why, hint=httpd.FREEZE_HINT)
     linked = shared.link(layout, incoming, a["shared"])
     fresh = [e for e, how in linked.items() if how != "linked"] + [e for e in a.get("writable", []) if e not in linked]
     writable = shared.make_writable(incoming, a.get("writable", []), a.get("web_user"), fresh) if a.get("writable") else {}

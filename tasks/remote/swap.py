@@ -4,15 +4,19 @@ op_swap, top to bottom:
   1. check the release exists and the pidfile names a live httpd (before anything is paused);
   2. fork a child detached from the SSH session (a dropped connection cannot stop it);
   3. in it, write the release's Apache map and the two temp symlinks (outside the pause);
-  4. arm a watchdog: a detached process that sends SIGCONT to every httpd process after
-     pause_timeout, or at once if the swap process dies;
-  5. enter SCHED_FIFO (bounded by RLIMIT_RTTIME), SIGSTOP httpd's parent, read its children
-     from /proc (one read), SIGSTOP them;
+  4. arm a watchdog: a detached process that thaws httpd's cgroup and sends SIGCONT to every
+     httpd process after pause_timeout, or at once if the swap process dies;
+  5. enter SCHED_FIFO (bounded by RLIMIT_RTTIME) and pause httpd: where httpd runs in a cgroup v2
+     of its own (as under systemd; httpd.pause auto or freeze), one write of 1 to its
+     cgroup.freeze; else SIGSTOP httpd's parent, read its children from /proc (one read),
+     SIGSTOP them;
   6. rename the release map and `current` (two symlinks renamed over two symlinks);
-  7. SIGCONT children and parent, back to normal priority, disarm the watchdog;
+  7. resume (cgroup.freeze 0, or SIGCONT children and parent), back to normal priority, disarm
+     the watchdog;
   8. GET the health URLs; on failure switch straight back (the same steps) and check again;
   9. report old and new release, pause and rename times through a result file.
-Between steps 5 and 7 the process only calls kill(), reads one /proc file and renames.
+Between steps 5 and 7 the process only writes cgroup.freeze or calls kill() and reads one /proc
+file, and renames.
 """
 
 import gc
@@ -52,11 +56,11 @@ def _normal_priority():
         pass  # real time was refused (or is unknown here): already at normal priority
 
 
-def _arm_watchdog(parent, timeout, log_path):
+def _arm_watchdog(parent, timeout, log_path, cgroup=None):
     """Fork a detached watchdog; returns the pipe end that disarms it.
 
-    The watchdog resumes every httpd process when the timeout passes, or at once when the
-    pipe closes without DISARM (the swap process died between STOP and CONT).
+    The watchdog resumes every httpd process (thaws its cgroup, sends SIGCONT) when the timeout
+    passes, or at once when the pipe closes without DISARM (the swap process died in the pause).
     """
     r, w = os.pipe()
     pid = os.fork()
@@ -70,27 +74,35 @@ def _arm_watchdog(parent, timeout, log_path):
         ready = select.select([r], [], [], timeout)[0]
         word = os.read(r, 16) if ready else b""
         if word != DISARM:
+            thawed = httpd.thaw(cgroup) if cgroup else False
             pids = httpd.signal_all(parent, signal.SIGCONT)
             why = "the swap process died" if ready else "pause_timeout of %ss passed" % timeout
             with open(log_path, "a") as f:
-                f.write("%s watchdog: %s; SIGCONT sent to %s\n" % (paths.now(), why, pids))
+                f.write("%s watchdog: %s; %sSIGCONT sent to %s\n"
+                        % (paths.now(), why, "thawed %s; " % cgroup if thawed else "", pids))
     finally:
         os._exit(0)
 
 
-def _pause_and_rename(renames, parent, pause_timeout, watchdog_log, hold_ms):
-    """The critical section: STOP parent, STOP children, the renames, CONT all. Returns pause figures."""
-    disarm = _arm_watchdog(parent, pause_timeout, watchdog_log)
+def _pause_and_rename(renames, parent, pause_timeout, watchdog_log, hold_ms, cgroup=None):
+    """The critical section: pause httpd (freeze its cgroup, or STOP parent and children), the
+    renames, resume. Returns pause figures."""
+    disarm = _arm_watchdog(parent, pause_timeout, watchdog_log, cgroup)
     refused = _realtime(SWAP_PRIORITY)
-    httpd.children(parent)  # warm the code path and the /proc entry before the pause
+    freeze = os.open(os.path.join(cgroup, "cgroup.freeze"), os.O_WRONLY) if cgroup else None
+    if freeze is None:
+        httpd.children(parent)  # warm the code path and the /proc entry before the pause
     gc.disable()
     paused = []
     try:
         t0 = time.perf_counter_ns()
-        os.kill(parent, signal.SIGSTOP)
-        paused = httpd.children(parent)
-        for pid in paused:
-            os.kill(pid, signal.SIGSTOP)
+        if freeze is not None:
+            os.pwrite(freeze, b"1", 0)  # every process of the cgroup, in one write
+        else:
+            os.kill(parent, signal.SIGSTOP)
+            paused = httpd.children(parent)
+            for pid in paused:
+                os.kill(pid, signal.SIGSTOP)
         r0 = time.perf_counter_ns()
         for fd, source, target in renames:
             os.rename(source, target, src_dir_fd=fd, dst_dir_fd=fd)
@@ -98,15 +110,20 @@ def _pause_and_rename(renames, parent, pause_timeout, watchdog_log, hold_ms):
         if hold_ms:
             time.sleep(hold_ms / 1000.0)  # fault tests only: widen the pause to act inside it
     finally:
-        for pid in paused:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass  # exited while paused
-        os.kill(parent, signal.SIGCONT)
+        if freeze is not None:
+            os.pwrite(freeze, b"0", 0)
+        else:
+            for pid in paused:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass  # exited while paused
+            os.kill(parent, signal.SIGCONT)
         t1 = time.perf_counter_ns()
         _normal_priority()
         gc.enable()
+        if freeze is not None:
+            os.close(freeze)
         try:
             os.write(disarm, DISARM)
             fired = False
@@ -114,11 +131,12 @@ def _pause_and_rename(renames, parent, pause_timeout, watchdog_log, hold_ms):
             fired = True  # the watchdog already gave up waiting and resumed httpd
         os.close(disarm)
     notes = [refused] if refused else []
-    if not httpd.has_children_file(parent):
+    if freeze is None and not httpd.has_children_file(parent):
         notes.append("this kernel has no /proc/PID/task/PID/children: httpd's children were found by reading all of /proc inside the pause")
     if fired:
         notes = ["the watchdog resumed httpd after pause_timeout (%ss)" % pause_timeout]
-    return {"pause_ms": round((t1 - t0) / 1e6, 3), "rename_ms": round((r1 - r0) / 1e6, 3), "paused": len(paused) + 1,
+    return {"pause_ms": round((t1 - t0) / 1e6, 3), "rename_ms": round((r1 - r0) / 1e6, 3),
+            "paused": len(paused) + 1 if freeze is None else "cgroup", "method": "freeze" if freeze is not None else "sigstop",
             "realtime": refused is None, "note": "; ".join(notes) or None}
 
 
@@ -230,7 +248,8 @@ def switch(layout, release_id, parent, settings):
                 os.rename(source, target, src_dir_fd=fd, dst_dir_fd=fd)
             ms = round((time.perf_counter_ns() - t0) / 1e6, 3)
             return {"pause_ms": 0.0, "rename_ms": ms, "paused": 0, "realtime": False, "note": "httpd.pause is none"}
-        return _pause_and_rename(renames, parent, settings["pause_timeout"], settings["watchdog_log"], settings["hold_ms"])
+        return _pause_and_rename(renames, parent, settings["pause_timeout"], settings["watchdog_log"], settings["hold_ms"],
+                                 settings.get("cgroup"))
     finally:
         for fd, temp, _ in renames:
             try:
@@ -264,8 +283,8 @@ def settings_of(a):
     hold = a.get("hold_ms", 0)
     if not limits.within(hold, (0, 1000 * limits.PAUSE_TIMEOUT[1])):
         raise Refused("hold_ms must be from 0 to %d" % (1000 * limits.PAUSE_TIMEOUT[1]))
-    if a.get("pause") not in ("sigstop", "none"):
-        raise Refused("pause must be sigstop or none")
+    if a.get("pause") not in PAUSES:
+        raise Refused("pause must be one of %s" % ", ".join(PAUSES))
     verify = a.get("verify")
     depth = a.get("previous_depth", 1)
     if not limits.within(depth, limits.PREVIOUS_DEPTH) or isinstance(depth, float):
@@ -273,6 +292,20 @@ def settings_of(a):
     return {"pause_timeout": timeout, "hold_ms": hold, "pause": a["pause"], "pidfile": a.get("pidfile"),
             "verify": health.checked(verify) if verify else None, "swap_back": bool(a.get("swap_back")),
             "previous_depth": depth, "restore": bool(a.get("restore"))}
+
+
+PAUSES = ("auto", "freeze", "sigstop", "none")
+
+
+def pause_method(settings, parent):
+    """The cgroup to freeze (httpd.pause auto or freeze, where httpd has a cgroup v2 of its own),
+    or None for signals; Refused when freeze is asked for and cannot be had."""
+    if parent is None or settings["pause"] == "sigstop":
+        return None
+    cgroup, why = httpd.freezer(parent)
+    if cgroup is None and settings["pause"] == "freeze":
+        raise Refused("httpd.pause is freeze, but %s" % why, hint=httpd.FREEZE_HINT)
+    return cgroup
 
 
 RUNNING_SWAP_WAIT_S = 2 * limits.PAUSE_TIMEOUT[1] + 60  # its pause, verify, switch back and verify again
@@ -311,7 +344,8 @@ def op_swap(a):
     if not os.path.isdir(target) or os.path.islink(target):
         raise Refused("release %s does not exist on this server" % release_id)
     old = paths.current_release(layout)
-    parent = httpd.parent(settings["pidfile"]) if settings["pause"] == "sigstop" else None
+    parent = httpd.parent(settings["pidfile"]) if settings["pause"] != "none" else None
+    settings["cgroup"] = pause_method(settings, parent)
     # The swap's own files: in .cutover, or for the sudo helper in its root-owned directory.
     meta = a.get("meta") or layout.meta
     pid_file = os.path.join(meta, os.path.basename(layout.swap_pid))

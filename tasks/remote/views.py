@@ -28,7 +28,8 @@ def op_check(a):
         out["deploy_to"] = "missing, can be created" if os.access(parent, os.W_OK) else "missing, cannot be created"
     try:
         pid = httpd.parent(a["pidfile"])
-        out["httpd"] = {"ok": True, "pid": pid, "children": len(httpd.children(pid))}
+        cgroup, why = httpd.freezer(pid, write=False)  # the swap may run as root (the sudo helper)
+        out["httpd"] = {"ok": True, "pid": pid, "children": len(httpd.children(pid)), "cgroup": cgroup, "no_freeze": why}
     except Refused as exc:
         out["httpd"] = {"ok": False, "problem": str(exc)}
     out["disk_free"] = _disk_free(layout.deploy_to)
@@ -102,7 +103,8 @@ def _probe_fallback(layout, current, probe, timeout):
 
 
 def op_state(a):
-    """Releases, current, lock, maintenance and stopped httpd PIDs of one server."""
+    """Releases, current, lock, maintenance, stopped httpd PIDs and whether httpd's cgroup is
+    frozen, of one server."""
     layout = paths.Layout(a["deploy_to"])
     out = {
         "releases": paths.releases(layout),
@@ -113,6 +115,7 @@ def op_state(a):
     if a.get("pidfile"):
         try:
             out["stopped"] = httpd.stopped(a["pidfile"])
+            out["frozen"] = httpd.frozen(httpd.parent(a["pidfile"]))
         except Refused as exc:
             out["stopped"] = None
             out["httpd_problem"] = str(exc)

@@ -19,6 +19,7 @@ def _timings(run, r):
         "bytes_sent": r.bytes_sent,
         "pause_ms": r.switch.get("pause_ms"),
         "rename_ms": r.switch.get("rename_ms"),
+        "pause_method": r.switch.get("method"),
         "hooks": r.hooks or None,
         "ref": run.ref,
         "backup": run.backup,

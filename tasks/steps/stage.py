@@ -22,11 +22,12 @@ def stage(run, build):
         timeout = (len(h.smoke.commands) * h.smoke.timeout + len(hooks["commands"]) * h.hooks.timeout) + margin()
         if h.smoke.url:
             timeout += health_seconds(h.health, [h.smoke.url])
-        pidfile = h.httpd.pidfile if h.httpd.pause == "sigstop" else None
+        pidfile = h.httpd.pidfile if h.httpd.pause != "none" else None
         try:
             answer = r.call(
                 "stage", "stage", timeout=timeout, release_id=run.release_id, shared=list(h.shared),
                 writable=list(h.writable), web_user=h.web_user, smoke=smoke, hooks=hooks, pidfile=pidfile,
+                pause=h.httpd.pause,
             )  # fmt: skip
         except (SmokeError, HookError) as exc:
             r.hooks = exc.details.get("hooks", [])

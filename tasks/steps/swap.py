@@ -6,6 +6,8 @@ from ..fleet import in_parallel
 from ..output import Timer, say
 from . import health_args, health_seconds, margin, protected_urls
 
+PAUSED = {"freeze": "frozen", "sigstop": "stopped", None: "paused"}  # how httpd was paused (httpd.pause)
+
 
 def _timeout(h):
     # the pause, the health check, the switch back and the health check after it
@@ -50,7 +52,10 @@ def swap(run):
         r.steps["swap"] = t.seconds
         note = f" ({answer['note']})" if answer.get("note") else ""
         say(
-            r.host, "swap", t.seconds, f"{answer['old']} -> {answer['new']}, httpd paused {answer['pause_ms']} ms{note}"
+            r.host,
+            "swap",
+            t.seconds,
+            f"{answer['old']} -> {answer['new']}, httpd {PAUSED[answer.get('method')]} {answer['pause_ms']} ms{note}",
         )
         if verify is None:
             say(r.host, "verify", 0, "skipped: no health.url")
