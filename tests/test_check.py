@@ -5,7 +5,7 @@ import signal
 import subprocess
 import time
 
-from .conftest import process_gone
+from .conftest import lab, process_gone
 
 
 def test_check_passes_on_healthy_servers(lab2):
@@ -17,7 +17,8 @@ def test_check_passes_on_healthy_servers(lab2):
     for line, server in zip(lines[1:3], lab2.servers):
         assert line.split()[:5] == [server.name, "ok", "ok", "ok", "ok"]
         assert line.split()[-2:] == ["ok", "on"]  # front page, rules active, nothing protected served; fallback
-        assert f"(pid {server.httpd_pid})" in line
+        how = "freeze" if server.cgroup else f"sigstop, {1 + len(lab.children(server.httpd_pid))} processes"
+        assert f"(pid {server.httpd_pid}, {how})" in line
     assert "all 2 host(s) ready" in result.stdout
 
 

@@ -540,6 +540,8 @@ def test_pause_freeze_is_refused_where_httpd_shares_its_cgroup_and_auto_signals(
         )
         assert "run Apache in a cgroup of its own (systemd does), or set httpd.pause: auto" in refused.stderr
         assert current(server) == before and releases(server) == kept  # nothing left behind
+        check = lab1.fab("check")
+        assert check.returncode != 0 and f"also holds PID {intruder.pid} (sleep)" in check.stdout + check.stderr
         configure(lab1, make_build(tmp_path, "a"), httpd={"pidfile": server.pidfile, "pause": "auto"})
         result = deploy(lab1)
         assert result.returncode == 0, result.stderr

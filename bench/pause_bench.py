@@ -1,0 +1,83 @@
+"""The pause against httpd's size: prefork with 16, 64 and 256 children and the event MPM, each
+paused by freezing its cgroup v2 (one write) and by signals (SIGSTOP to every process), under
+wrk load, in one run.
+
+    python3 bench/pause_bench.py [--deploys 30] [--sizes 16,64,256]
+
+Each lab Apache runs in a cgroup of its own, as systemd runs apache2.service. In each lab the two
+methods alternate deploy by deploy (freeze, sigstop, freeze, ...), so both meet the same load and
+the same moment of the machine. Writes the section "Pause against httpd's size" of bench/RESULTS.md.
+"""
+
+import argparse
+import shutil
+
+from common import PROJECT, Wrk, fab, history, lab, percentile, start_lab, stop_lab, write_section
+
+METHODS = ("freeze", "sigstop")
+WRK_CONNECTIONS = 16
+
+
+def measure(mpm, workers, deploys):
+    """{method: pause_ms list}, wrk's figures, and httpd's process count, for one lab Apache."""
+    the_lab, parent = start_lab(1, mpm=mpm, workers=workers)
+    server = the_lab.servers[0]
+    site = parent / "site"
+    shutil.copytree(PROJECT / "example" / "site", site)
+    try:
+        assert server.cgroup, "no writable cgroup v2 here: the lab's Apache has no cgroup of its own to freeze"
+        processes = 1 + len(lab.children(server.httpd_pid))
+        load = Wrk(server.url, seconds=max(30, deploys * 2 * 1.6), threads=2, connections=WRK_CONNECTIONS)
+        pauses = {m: [] for m in METHODS}
+        for i in range(2 * deploys):
+            method = METHODS[i % 2]
+            lab.write_hosts_file(the_lab, build=str(site), httpd={"pause": method})
+            page = site / "index.html"
+            page.write_text(page.read_text() + f"<!-- {i} -->\n")
+            _, result = fab(the_lab.hosts_file, "deploy")
+            assert result.returncode == 0, result.stderr
+            entry = history(server)[-1]
+            assert entry["pause_method"] == method, entry
+            pauses[method].append(entry["pause_ms"])
+        return pauses, load.result(), processes
+    finally:
+        stop_lab(the_lab, parent)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--deploys", type=int, default=30, help="deploys per method and size")
+    parser.add_argument("--sizes", default="16,64,256", help="prefork children, comma-separated")
+    args = parser.parse_args()
+    cases = [("prefork", int(n)) for n in args.sizes.split(",")] + [("event", 0)]
+    rows = []
+    for mpm, workers in cases:
+        pauses, seen, processes = measure(mpm, workers, args.deploys)
+        label = f"prefork, {workers} children" if mpm == "prefork" else "event (default pool)"
+        for method in METHODS:
+            p = pauses[method]
+            rows.append(
+                f"| {label} | {processes} | {method} | {len(p)} | {percentile(p, 50):.3f} | {percentile(p, 99):.3f} "
+                f"| {max(p):.3f} |"
+            )
+        ratio = percentile(pauses["sigstop"], 50) / percentile(pauses["freeze"], 50)
+        rows.append(f"| | | sigstop / freeze, p50 | | {ratio:.1f}x | | |")
+        rows.append(f"| | | wrk over both: failed of requests | | {seen['errors']} of {seen['requests']:,} | | |")
+        print(rows[-4:], flush=True)
+    write_section(
+        "Pause against httpd's size",
+        [
+            f"Command: `python3 bench/pause_bench.py --deploys {args.deploys} --sizes {args.sizes}` (one lab "
+            f"server per row group, the example site, Apache in a cgroup v2 of its own as under systemd; "
+            f"freeze and sigstop alternate deploy by deploy under one `wrk -t2 -c{WRK_CONNECTIONS}`; the swap "
+            "process runs SCHED_FIFO).",
+            "",
+            "| httpd | processes | pause | deploys | p50 (ms) | p99 (ms) | max (ms) |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
