@@ -91,7 +91,11 @@ BAD = [
     ("  user: deploy", "  shared: [/etc]", "hosts.yaml:3: defaults.shared[0]: '/etc' is absolute"),
     ("  user: deploy", "  shared: [../up]", "defaults.shared[0]: '../up' climbs out of the release"),
     ("  user: deploy", "  shared: media", "hosts.yaml:3: defaults.shared: must be a list, got a value"),
-    ("  user: deploy", "  httpd: {pause: sleep}", "defaults.httpd.pause: must be one of auto, freeze, sigstop, none, got 'sleep'"),
+    (
+        "  user: deploy",
+        "  httpd: {pause: sleep}",
+        "defaults.httpd.pause: must be one of auto, freeze, sigstop, none, got 'sleep'",
+    ),
     ("  user: deploy", "  httpd: {pidfile: run/x.pid}", "defaults.httpd.pidfile: 'run/x.pid' must be an absolute path"),
     ("  user: deploy", "  httpd: {stop: yes}", "defaults.httpd.stop: is not a known key"),
     (
