@@ -6,6 +6,7 @@ import platform
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -21,6 +22,9 @@ sys.path.insert(0, str(PROJECT))
 import lab  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "RESULTS.md"
+
+# `timeout` and kill send SIGTERM: end as on Ctrl-C, so that every `finally` stops its lab servers.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 FRESH_FS_MB = 3072  # a new ext4 of this size for deploy_to, where the benchmark writes whole sites
@@ -147,6 +151,11 @@ class Wrk:
             stderr=subprocess.STDOUT,
             text=True,
         )
+
+    def stop(self):
+        """End the run now (wrk prints its figures on SIGINT); its result()."""
+        self.proc.send_signal(signal.SIGINT)
+        return self.result()
 
     def result(self):
         out = self.proc.communicate()[0]

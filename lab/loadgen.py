@@ -31,6 +31,7 @@ class LoadGen:
     threads: int = 4
     max_seconds: float = 120
     max_requests: int = 2_000_000
+    new_connections: bool = False  # one new TCP connection per request (Connection: close)
     samples: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -54,7 +55,7 @@ class LoadGen:
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection(self._host, self._port, timeout=10)
-                conn.request("GET", path)
+                conn.request("GET", path, headers={"Connection": "close"} if self.new_connections else {})
                 response = conn.getresponse()
                 body = response.read()
                 body = self._bodies.setdefault(body, body)

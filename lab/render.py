@@ -54,6 +54,9 @@ def php_conf(server):
     return ""
 
 
+APACHE_LISTEN_BACKLOG = 511  # Apache's own default
+
+
 def prefork_conf(workers):
     """The prefork MPM's pool: 4 to 16 children, or a fixed pool of `workers` (the pause bench)."""
     if not workers:
@@ -92,6 +95,7 @@ def render_apache(lab, server):
         php=php_conf(server),
         site_conf=server.site_conf.replace("@@deploy_to@@", server.deploy_to),
         prefork=prefork_conf(server.workers),
+        listen_backlog=server.listen_backlog or APACHE_LISTEN_BACKLOG,
     )
     return before != [rules.read_text(), conf.read_text()]
 

@@ -47,6 +47,7 @@ class LabServer:
     site_conf: str = ""  # the site's own Apache config (as an operator writes it), @@deploy_to@@ filled in
     workers: int = 0  # prefork: a fixed pool of this many children (0: the template's 4 to 16)
     cgroup: str = ""  # the cgroup v2 directory Apache runs in (as under systemd), or "" (none made)
+    listen_backlog: int = 0  # Apache's ListenBacklog (0: Apache's default, 511)
 
     @property
     def url(self):
@@ -329,6 +330,7 @@ def start(
     mariadb=False,
     workers=0,
     cgroup=True,
+    listen_backlog=0,
     **settings,
 ):
     """Start `count` lab servers under root (a new directory); writes lab.json and hosts.yaml.
@@ -337,6 +339,7 @@ def start(
     php: None, "mod_php" (Apache's prefork MPM with mod_php) or "fpm" (php-fpm through proxy_fcgi).
     site_conf: Apache config of the site itself, as an operator writes it (@@deploy_to@@ is filled in).
     workers: prefork only, a fixed pool of this many children.
+    listen_backlog: Apache's ListenBacklog (0: its default, 511).
     cgroup: run each Apache in a cgroup v2 of its own, as systemd runs a service (where cgroup v2
     is mounted and writable), so the swap can freeze it; False: in the caller's cgroup.
     settings: hosts.yaml defaults for the lab's group (see write_hosts_file).
@@ -365,7 +368,7 @@ def start(
             LabServer(
                 f"lab{i}", str(base), ssh_port, http_port, str(base / "site"), str(base / "apache" / "run" / "httpd.pid"),
                 0, 0, mpm=mpm, php=php, site_conf=site_conf, mariadb_pid=-1 if mariadb else 0, workers=workers,
-                cgroup=make_cgroup(f"lab{i}") if cgroup else "",
+                cgroup=make_cgroup(f"lab{i}") if cgroup else "", listen_backlog=listen_backlog,
             )
         )  # fmt: skip
     write_hosts_file(lab, **settings)

@@ -1,5 +1,7 @@
 """`fab check`: a preflight of each server of the group, one table row per host."""
 
+from urllib.parse import urlsplit
+
 from invoke import task
 
 from . import agent, ssh
@@ -7,6 +9,7 @@ from .cli import boundary, target
 from .errors import CutoverError
 from .fleet import STEP_TIMEOUT, Run, close, each_host
 from .output import table
+from .remote import limits
 from .remote.health import DENIED
 from .remote.httpd import FREEZE_HINT
 from .remote.paths import PLACEHOLDER
@@ -41,6 +44,43 @@ def _pause_cell(host, httpd):
     return f"sigstop, {httpd['children'] + 1} processes"
 
 
+def http_ports(host):
+    """The ports httpd listens on as far as hosts.yaml tells (the health URLs'): where the deploy
+    user cannot read httpd's open sockets, the listening sockets are found by port."""
+    ports = {urlsplit(url).port or (443 if url.startswith("https:") else 80) for url in host.health.urls}
+    return sorted(ports) or [80]
+
+
+def listen_queue(host, found):
+    """(the line on httpd's listen queue, a warning or None): the effective backlog, and whether
+    the connections arriving at the rate measured now fit in it for a pause held until
+    pause_timeout (a hung swap, before the watchdog resumes httpd)."""
+    queue = found.get("listen") or {}
+    sockets, rate, somaxconn = queue.get("sockets"), queue.get("rate"), queue.get("somaxconn")
+    if host.httpd.pause == "none":
+        return None, None
+    if not sockets:
+        ports = ", ".join(map(str, http_ports(host)))
+        return f"listen queue: not found (no sock_diag on the server, or httpd listens on none of {ports})", None
+    backlog = min(s["backlog"] for s in sockets)
+    where = ", ".join(sorted({f"{s['address']}:{s['port']}" for s in sockets}))
+    capped = " (capped by net.core.somaxconn)" if backlog == somaxconn else f" of net.core.somaxconn {somaxconn}"
+    line = f"listen queue on {where}: backlog {backlog:,}{capped}"
+    if rate is None:
+        return line, None
+    arriving = rate * host.httpd.pause_timeout
+    line += f"; {rate:,.0f} new connections/s now, {arriving:,.0f} in pause_timeout {host.httpd.pause_timeout:g} s"
+    if arriving <= backlog:
+        return line, None
+    lower = backlog / rate
+    instead = f", or lower httpd.pause_timeout to {lower:.1f} s" if lower >= limits.PAUSE_TIMEOUT[0] else ""
+    return line, (
+        f"warning: a swap held until pause_timeout ({host.httpd.pause_timeout:g} s) would queue about {arriving:,.0f} "
+        f"connections at the rate measured now, but the listen queue holds {backlog:,}: the rest would wait for SYN "
+        f"retries (1 s, 3 s, 7 s); raise Apache's ListenBacklog and net.core.somaxconn to {arriving:,.0f} or more{instead}"
+    )
+
+
 def check_host(r):
     """Check one server: SSH with a checked host key, rsync, deploy_to, httpd, disk, the swap helper,
     and over HTTP: the front page, Cutover's rules, the paths that must not be served."""
@@ -51,7 +91,7 @@ def check_host(r):
     )
     found = r.call(
         "check", "check", timeout=timeout, pidfile=r.host.httpd.pidfile, probe=probe,
-        helper_path=agent.HELPER if r.uses_helper else None,
+        helper_path=agent.HELPER if r.uses_helper else None, ports=http_ports(r.host),
     )  # fmt: skip
     problems = []
     if tuple(int(x) for x in found["python"].split(".")[:2]) < MIN_PYTHON:
@@ -162,7 +202,7 @@ def check(c):
     """Preflight every host: SSH and host key, rsync, deploy_to, httpd, free disk, maintenance."""
     run = Run.of("check", target(c))
     rows = [["host", "ssh", "rsync", "deploy_to", "httpd", "disk free", "current", "maintenance", "http", "assets"]]
-    problems = []
+    problems, notes = [], []
     try:
         outcomes = each_host(run.hosts, check_host)
     finally:
@@ -171,7 +211,11 @@ def check(c):
         row, found = _row(r, outcome)
         rows.append(row)
         problems += found
+        if not isinstance(outcome, BaseException):
+            notes += [f"{r.name}: {line}" for line in listen_queue(r.host, outcome[0]) if line]
     print(table(rows))
+    if notes:
+        print("\n" + "\n".join(notes))
     problems += split_group(outcomes)
     if problems:
         print("\n" + "\n".join(problems))

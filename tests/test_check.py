@@ -19,6 +19,10 @@ def test_check_passes_on_healthy_servers(lab2):
         assert line.split()[-2:] == ["ok", "on"]  # front page, rules active, nothing protected served; fallback
         how = "freeze" if server.cgroup else f"sigstop, {1 + len(lab.children(server.httpd_pid))} processes"
         assert f"(pid {server.httpd_pid}, {how})" in line
+    for server in lab2.servers:
+        line = f"{server.name}: listen queue on 127.0.0.1:{server.http_port}: backlog 511 of net.core.somaxconn "
+        assert line in result.stdout
+    assert "warning" not in result.stdout  # no load: nothing arriving that the queue could not hold
     assert "all 2 host(s) ready" in result.stdout
 
 

@@ -69,6 +69,7 @@ def test_deploy_under_load_fails_no_request_and_serves_whole_releases(lab2, tmp_
         release_id = current(server)
         assert history(server)[-1]["release"] == release_id
         assert history(server)[-1]["result"] == "ok"
+        assert history(server)[-1]["listen"] == {"overflows": 0, "drops": 0}  # nobody refused during the pause
     assert f"deployed {release_id} to 2 hosts in " in result.stdout and " s since fab started)" in result.stdout
     # the lab runs each Apache in a cgroup of its own, as systemd does (where cgroup v2 is writable)
     assert ("httpd frozen" if lab2.servers[0].cgroup else "httpd stopped") in result.stdout

@@ -92,6 +92,7 @@ def _run_fields(a, held, release_id):
         "pause_ms": a.get("pause_ms"),
         "rename_ms": a.get("rename_ms"),
         "pause_method": a.get("pause_method"),
+        "listen": a.get("listen"),
         "hooks": a.get("hooks"),
         "ref": a.get("ref"),
         "backup": a.get("backup"),

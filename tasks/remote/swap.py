@@ -28,7 +28,7 @@ import signal
 import stat
 import time
 
-from . import health, httpd, limits, paths
+from . import health, httpd, limits, listen, paths
 from .protocol import Refused
 
 # If the critical section ever spins, the kernel stops it after 0.2 s of real-time CPU
@@ -248,8 +248,11 @@ def switch(layout, release_id, parent, settings):
                 os.rename(source, target, src_dir_fd=fd, dst_dir_fd=fd)
             ms = round((time.perf_counter_ns() - t0) / 1e6, 3)
             return {"pause_ms": 0.0, "rename_ms": ms, "paused": 0, "realtime": False, "note": "httpd.pause is none"}
-        return _pause_and_rename(renames, parent, settings["pause_timeout"], settings["watchdog_log"], settings["hold_ms"],
-                                 settings.get("cgroup"))
+        before = listen.counters()  # the listen queue: connections refused while httpd is paused
+        out = _pause_and_rename(renames, parent, settings["pause_timeout"], settings["watchdog_log"], settings["hold_ms"],
+                                settings.get("cgroup"))
+        out["listen"] = listen.dropped(before, listen.counters())
+        return out
     finally:
         for fd, temp, _ in renames:
             try:

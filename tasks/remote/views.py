@@ -32,6 +32,8 @@ def op_check(a):
         out["httpd"] = {"ok": True, "pid": pid, "children": len(httpd.children(pid)), "cgroup": cgroup, "no_freeze": why}
     except Refused as exc:
         out["httpd"] = {"ok": False, "problem": str(exc)}
+        pid = None
+    out["listen"] = _listen_queue(pid, a.get("ports") or ())
     out["disk_free"] = _disk_free(layout.deploy_to)
     out["current"] = paths.current_release(layout)
     out["releases"] = paths.releases(layout)
@@ -43,6 +45,23 @@ def op_check(a):
     if a.get("probe"):
         out["http"] = _probe(layout, out["current"], a["probe"])
     return out
+
+
+RATE_WINDOW_S = 0.5  # new connections per second are counted over this long
+
+
+def _listen_queue(parent, ports):
+    """httpd's listening sockets (backlog, queued now), net.core.somaxconn and the rate of new
+    connections now: what a pause held until pause_timeout would have to queue."""
+    from . import listen
+
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            somaxconn = int(f.read())
+    except (OSError, ValueError):
+        somaxconn = None
+    return {"sockets": listen.listeners(parent, ports), "somaxconn": somaxconn,
+            "rate": listen.arrival_rate(RATE_WINDOW_S), "window_s": RATE_WINDOW_S}
 
 
 PROBED_OUTSIDE = 20  # entries of the release outside `serve` requested by check

@@ -20,6 +20,7 @@ def _timings(run, r):
         "pause_ms": r.switch.get("pause_ms"),
         "rename_ms": r.switch.get("rename_ms"),
         "pause_method": r.switch.get("method"),
+        "listen": r.switch.get("listen"),
         "hooks": r.hooks or None,
         "ref": run.ref,
         "backup": run.backup,

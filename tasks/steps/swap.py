@@ -9,6 +9,17 @@ from . import health_args, health_seconds, margin, protected_urls
 PAUSED = {"freeze": "frozen", "sigstop": "stopped", None: "paused"}  # how httpd was paused (httpd.pause)
 
 
+def paused(answer):
+    """The pause as the output says it: how long, how, and connections the full listen queue refused."""
+    text = f"httpd {PAUSED[answer.get('method')]} {answer['pause_ms']} ms"
+    queue = answer.get("listen")
+    if queue is not None:
+        text += f", listen queue overflows {queue['overflows']}"
+        if queue["drops"] != queue["overflows"]:
+            text += f" (drops {queue['drops']})"
+    return text
+
+
 def _timeout(h):
     # the pause, the health check, the switch back and the health check after it
     return 2 * h.httpd.pause_timeout + 2 * health_seconds(h.health) + margin()
@@ -55,7 +66,7 @@ def swap(run):
             r.host,
             "swap",
             t.seconds,
-            f"{answer['old']} -> {answer['new']}, httpd {PAUSED[answer.get('method')]} {answer['pause_ms']} ms{note}",
+            f"{answer['old']} -> {answer['new']}, {paused(answer)}{note}",
         )
         if verify is None:
             say(r.host, "verify", 0, "skipped: no health.url")
@@ -90,7 +101,7 @@ def switch_back(run):
     def one(r):
         answer = switch(r, "switch back", r.current, None, restore=True)
         r.switched = "no"
-        say(r.host, "switch back", 0, f"{answer['old']} -> {answer['new']}, httpd paused {answer['pause_ms']} ms")
+        say(r.host, "switch back", 0, f"{answer['old']} -> {answer['new']}, {paused(answer)}")
 
     in_parallel(back, one)
     return [r.name for r in back]
