@@ -185,6 +185,18 @@ def machine():
     return f"{os.cpu_count()} cores, {cpu}, Linux {platform.release()}, Python {platform.python_version()}, {rsync}"
 
 
+DATA = PROJECT / "bench" / "data"
+
+
+def save_data(name, figures):
+    """Keep a bench's raw figures in bench/data/NAME.json, for bench/plots.py."""
+    DATA.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    (DATA / f"{name}.json").write_text(
+        json.dumps({"measured": stamp, "machine": machine(), **figures}, indent=1) + "\n"
+    )
+
+
 def write_section(title, lines):
     """Replace (or add) one section of bench/RESULTS.md."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

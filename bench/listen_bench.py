@@ -21,7 +21,7 @@ import shutil
 import threading
 import time
 
-from common import PROJECT, fab, history, lab, percentile, start_lab, stop_lab, write_section
+from common import PROJECT, fab, history, lab, percentile, save_data, start_lab, stop_lab, write_section
 
 PAUSE_TIMEOUT = 2  # s: the watchdog resumes httpd after this long
 HOLD_MS = 3000  # the swap holds the pause longer than pause_timeout: the watchdog ends it
@@ -135,13 +135,15 @@ def main():
     site = PROJECT / "bench" / ".listen-site"
     shutil.rmtree(site, ignore_errors=True)
     shutil.copytree(PROJECT / "example" / "site", site)
-    rows = []
+    rows, data = [], []
     try:
         for backlog in (int(b) for b in args.backlogs.split(",")):
             (effective, measured, arriving, warned), overflows, latencies, failures = held_case(
                 site, backlog, args.rate
             )
             right = warned == (overflows > 0)
+            data.append({"backlog": backlog, "effective": effective, "rate": measured, "arriving": arriving,
+                         "warned": warned, "overflows": overflows, "latencies_s": latencies, "failed": failures})  # fmt: skip
             rows.append(
                 f"| {backlog:,} | {effective:,} | {measured:,} | {arriving:,} | {'yes' if warned else 'no'} | {overflows:,} | "
                 f"{percentile(latencies, 99):.2f} / {max(latencies):.2f} | {failures} | {'right' if right else 'WRONG'} |"
@@ -150,6 +152,8 @@ def main():
         pauses, overflows, latencies, failures = default_pause(site, args.rate, args.deploys)
     finally:
         shutil.rmtree(site, ignore_errors=True)
+    save_data("listen", {"rate": args.rate, "pause_timeout_s": PAUSE_TIMEOUT, "held": data,
+                         "default": {"pause_ms": pauses, "overflows": overflows, "failed": failures}})  # fmt: skip
     write_section(
         "Listen queue",
         [

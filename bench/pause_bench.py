@@ -13,7 +13,7 @@ import argparse
 import shutil
 import time
 
-from common import PROJECT, Wrk, fab, history, lab, percentile, start_lab, stop_lab, write_section
+from common import PROJECT, Wrk, fab, history, lab, percentile, save_data, start_lab, stop_lab, write_section
 
 METHODS = ("freeze", "sigstop")
 SECONDS_PER_DEPLOY = 4  # wrk is started for this long per deploy and stopped after the last one
@@ -56,10 +56,11 @@ def main():
     parser.add_argument("--sizes", default="16,64,256", help="prefork children, comma-separated")
     args = parser.parse_args()
     cases = [("prefork", int(n)) for n in args.sizes.split(",")] + [("event", 0)]
-    rows = []
+    rows, data = [], []
     for mpm, workers in cases:
         pauses, overflows, seen, processes = measure(mpm, workers, args.deploys)
         label = f"prefork, {workers} children" if mpm == "prefork" else "event (default pool)"
+        data.append({"httpd": label, "processes": processes, "pause_ms": pauses})
         for method in METHODS:
             p = pauses[method]
             rows.append(
@@ -70,6 +71,7 @@ def main():
         rows.append(f"| | | sigstop / freeze, p50 | | {ratio:.1f}x | | | |")
         rows.append(f"| | | wrk over both: failed of requests | | {seen['errors']} of {seen['requests']:,} | | | |")
         print(rows[-4:], flush=True)
+    save_data("pause", {"cases": data})
     write_section(
         "Pause against httpd's size",
         [
