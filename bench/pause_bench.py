@@ -16,6 +16,7 @@ import time
 from common import PROJECT, Wrk, fab, history, lab, percentile, save_data, start_lab, stop_lab, write_section
 
 METHODS = ("freeze", "sigstop")
+POOL_WAIT_S = 60
 SECONDS_PER_DEPLOY = 4  # wrk is started for this long per deploy and stopped after the last one
 WRK_CONNECTIONS = 16
 
@@ -28,6 +29,9 @@ def measure(mpm, workers, deploys):
     shutil.copytree(PROJECT / "example" / "site", site)
     try:
         assert server.cgroup, "no writable cgroup v2 here: the lab's Apache has no cgroup of its own to freeze"
+        deadline = time.monotonic() + POOL_WAIT_S  # Apache starts a fixed pool's children over seconds
+        while workers and len(lab.children(server.httpd_pid)) < workers and time.monotonic() < deadline:
+            time.sleep(0.5)
         processes = 1 + len(lab.children(server.httpd_pid))
         load = Wrk(server.url, seconds=deploys * 2 * SECONDS_PER_DEPLOY, threads=2, connections=WRK_CONNECTIONS)
         started = time.monotonic()

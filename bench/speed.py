@@ -31,6 +31,7 @@ from common import (
     median,
     pauses_under_load,
     percentile,
+    save_data,
     start_lab,
     stop_lab,
     write_section,
@@ -276,6 +277,11 @@ def main():
     for s in sites:
         steps = s["one file"][-1][4]
         lines.append(f"| {s['files']:,} files | " + " | ".join(f"{v:.3f}" for v in steps.values()) + " |")
+    save_data(
+        "speed" if pauses is not None else "speed-mtime",
+        {"sites": [{"files": s["files"], "mb": s["mb"], **{k: s[k] for k in ("one file", "1% of files", "100 new files", REBUILD)},
+                    "first": s["first"], "rollback": s["rollback"]} for s in sites]},
+    )  # fmt: skip
     if pauses is None:
         lines += ["", "Ratios (one-file change):", ""]
         for s, wall, sent, changed, _disk in checks:

@@ -121,6 +121,7 @@ def write_hosts_file(lab, build=None, build_compare="checksum", required=("index
             "python": "/usr/bin/python3",  # the server's own python, as on a fresh Debian server
             "key": str(lab.key),
             "known_hosts": str(lab.known_hosts),
+            "ssh_config": "none",  # the lab's settings alone, whatever ~/.ssh/config says
             "build": {"path": build, "required": list(required), "compare": build_compare},
             "keep_releases": 5,
             "shared": ["media"],

@@ -76,8 +76,9 @@ def listen_queue(host, found):
     instead = f", or lower httpd.pause_timeout to {lower:.1f} s" if lower >= limits.PAUSE_TIMEOUT[0] else ""
     return line, (
         f"warning: a swap held until pause_timeout ({host.httpd.pause_timeout:g} s) would queue about {arriving:,.0f} "
-        f"connections at the rate measured now, but the listen queue holds {backlog:,}: the rest would wait for SYN "
-        f"retries (1 s, 3 s, 7 s); raise Apache's ListenBacklog and net.core.somaxconn to {arriving:,.0f} or more{instead}"
+        f"connections at the rate measured now, but the listen queue holds {backlog:,}: the kernel would drop the "
+        "rest's SYNs, and those visitors wait for their SYN to be sent again (a second or more); raise Apache's "
+        f"ListenBacklog and net.core.somaxconn to {arriving:,.0f} or more{instead}"
     )
 
 

@@ -149,6 +149,7 @@ class Host:
     assets: Assets
     backups: Backups
     keep_backups: int
+    jump: tuple = ()  # ProxyJump hops from the OpenSSH client config (sshconfig.Jump), first first
 
     @property
     def served_shared(self):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from . import sshconfig
 from . import yamlcheck as y
 from .config import (
     Apache,
@@ -46,6 +47,7 @@ BUILTIN = {
     "user": None,
     "key": None,
     "known_hosts": "~/.ssh/known_hosts",
+    "ssh_config": "~/.ssh/config",
     "python": "python3",
     "keep_releases": 5,
     "shared": [],
@@ -242,6 +244,7 @@ SETTINGS = {
     "user": lambda at: y.string(at, y.SAFE_USER, "a user name (letters, digits, _ . -)"),
     "key": lambda at: y.string(at),
     "known_hosts": lambda at: y.string(at),
+    "ssh_config": lambda at: y.string(at),
     "keep_releases": lambda at: y.number(at, *KEEP_RELEASES, integer=True),
     "python": lambda at: y.program(at),
     "shared": y.strings(y.relpath),
@@ -291,6 +294,16 @@ def _local_path(value, base):
     return path if path.is_absolute() else base / path
 
 
+_SSH_CONFIGS = {}
+
+
+def _ssh_config(path, explicit):
+    """Each OpenSSH client config file parsed once per run."""
+    if (path, explicit) not in _SSH_CONFIGS:
+        _SSH_CONFIGS[(path, explicit)] = sshconfig.load(path, explicit)
+    return _SSH_CONFIGS[(path, explicit)]
+
+
 def _host(at, layers, base):
     own, extra = _settings(at, extra=HOST_ONLY_KEYS)
     if "host" not in extra:
@@ -298,6 +311,13 @@ def _host(at, layers, base):
     address = y.string(extra["host"], y.SAFE_HOST, "a host name or address")
     name = y.string(extra["name"], y.SAFE_NAME, "a name") if "name" in extra else address
     s = _merge(BUILTIN, *layers, own)
+    given = {key for layer in (*layers, own) for key in layer}  # what hosts.yaml says, not BUILTIN
+    config_path = None if s["ssh_config"] == sshconfig.NONE else _local_path(s["ssh_config"], base)
+    hostname, port, user, key, jumps = sshconfig.resolve(
+        _ssh_config(config_path, "ssh_config" in given), config_path, address,
+        port=s["port"] if "port" in given else None, user=s["user"],
+        key=_local_path(s["key"], base) if s["key"] else None,
+    )  # fmt: skip
     if "deploy_to" not in s:
         raise at.error(
             "deploy_to is not set in defaults, the group or the host",
@@ -305,10 +325,11 @@ def _host(at, layers, base):
         )
     return Host(
         name=name,
-        host=address,
-        port=s["port"],
-        user=s["user"],
-        key=_local_path(s["key"], base) if s["key"] else None,
+        host=hostname,
+        port=port,
+        user=user,
+        key=key,
+        jump=jumps,
         known_hosts=_local_path(s["known_hosts"], base),
         python=s["python"],
         deploy_to=s["deploy_to"],

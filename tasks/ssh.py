@@ -18,75 +18,124 @@ CONNECT_TIMEOUT = 10
 KEEPALIVE_S = 5  # an SSH keepalive every few seconds keeps NAT and firewall state of a quiet deploy
 
 
-def connect(host):
-    """Open an SSH connection to a Host, host key checked strictly; raise ConnectError with a fix."""
-    connect_kwargs = {"allow_agent": host.key is None, "look_for_keys": host.key is None}
-    if host.key is not None:
-        connect_kwargs["key_filename"] = [str(host.key)]
-    conn = Connection(
-        host.host,
-        user=host.user,
-        port=host.port,
+class _Connection(Connection):
+    """A Connection that also closes the jump host's connection it was opened through."""
+
+    def close(self):
+        super().close()
+        if isinstance(self.gateway, Connection):
+            self.gateway.close()
+
+
+def _connection(address, port, user, key, known_hosts, gateway=None):
+    connect_kwargs = {"allow_agent": key is None, "look_for_keys": key is None}
+    if key is not None:
+        connect_kwargs["key_filename"] = [str(key)]
+    conn = _Connection(
+        address,
+        user=user,
+        port=port,
         connect_timeout=CONNECT_TIMEOUT,
         connect_kwargs=connect_kwargs,
-        config=Config(overrides={"load_ssh_configs": False}),
+        config=Config(overrides={"load_ssh_configs": False}),  # tasks/sshconfig.py has read it
+        gateway=gateway,
     )
     conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    if host.known_hosts.exists():
-        conn.client.load_host_keys(str(host.known_hosts))
+    if known_hosts.exists():
+        conn.client.load_host_keys(str(known_hosts))
+    return conn
+
+
+def connect(host):
+    """Open an SSH connection to a Host (through its ProxyJump hops, each opened here in turn),
+    every host key checked strictly; raise ConnectError with a fix."""
+    gateway, via = None, ""
     try:
-        conn.open()
-    except paramiko.BadHostKeyException:
-        raise ConnectError(
-            f"the host key of {host.host} port {host.port} does not match {host.known_hosts}",
-            host=host.name,
-            hint="if the server was really reinstalled, remove its old line with "
-            f"ssh-keygen -R {_known_hosts_name(host)} -f {host.known_hosts}, then add the new key; "
-            "otherwise someone may be in between: do not deploy",
-        ) from None
-    except paramiko.AuthenticationException as exc:
-        raise ConnectError(
-            f"SSH authentication as {host.user or 'the local user'} failed: {exc}",
-            host=host.name,
-            hint="check user: and key: in hosts.yaml and the server's authorized_keys",
-        ) from None
-    except paramiko.SSHException as exc:
-        if "not found in known_hosts" in str(exc):
-            raise ConnectError(
-                f"the host key of {host.host} port {host.port} is not in {host.known_hosts}",
-                host=host.name,
-                hint=f"check the server's fingerprint, then add it: ssh-keyscan -p {host.port} "
-                f"{host.host} >> {host.known_hosts}",
-            ) from None
-        raise ConnectError(f"SSH to {host.host}:{host.port} failed: {exc}", host=host.name) from None
-    except (TimeoutError, OSError) as exc:
-        raise ConnectError(
-            f"cannot reach {host.host} port {host.port}: {exc}",
-            host=host.name,
-            hint="check host: and port: in hosts.yaml and that sshd runs there",
-        ) from None
+        for hop in host.jump:
+            gateway = _connection(hop.host, hop.port, hop.user, hop.key, host.known_hosts, gateway)
+            _open(gateway, host, hop.host, hop.port, hop.user, via, "jump host ")
+            via = f" (through jump host {hop.host} port {hop.port})"
+        conn = _connection(host.host, host.port, host.user, host.key, host.known_hosts, gateway)
+        _open(conn, host, host.host, host.port, host.user, via)
+    except BaseException:
+        if gateway is not None:
+            gateway.close()
+        raise
     conn.transport.set_keepalive(KEEPALIVE_S)
     return conn
 
 
-def _known_hosts_name(host):
-    return host.host if host.port == 22 else f"[{host.host}]:{host.port}"
+def _open(conn, host, address, port, user, via, role=""):
+    """conn.open(), its failures as ConnectError naming the server (or jump host) that failed."""
+    try:
+        conn.open()
+    except paramiko.BadHostKeyException:
+        raise ConnectError(
+            f"the host key of {role}{address} port {port} does not match {host.known_hosts}",
+            host=host.name,
+            hint="if the server was really reinstalled, remove its old line with "
+            f"ssh-keygen -R {_known_hosts_name(address, port)} -f {host.known_hosts}, then add the new key; "
+            "otherwise someone may be in between: do not deploy",
+        ) from None
+    except paramiko.AuthenticationException as exc:
+        raise ConnectError(
+            f"SSH authentication as {user or 'the local user'} on {role}{address} port {port} failed: {exc}",
+            host=host.name,
+            hint="check user: and key: in hosts.yaml (or User and IdentityFile in ssh_config) and the "
+            "server's authorized_keys",
+        ) from None
+    except paramiko.ChannelException as exc:
+        raise ConnectError(
+            f"the jump host could not open a connection to {address} port {port}{via}: {exc}",
+            host=host.name,
+            hint="check that the jump host reaches the server and allows TCP forwarding (AllowTcpForwarding)",
+        ) from None
+    except paramiko.SSHException as exc:
+        if "not found in known_hosts" in str(exc):
+            raise ConnectError(
+                f"the host key of {role}{address} port {port} is not in {host.known_hosts}",
+                host=host.name,
+                hint=f"check the server's fingerprint, then add it: ssh-keyscan -p {port} "
+                f"{address} >> {host.known_hosts}",
+            ) from None
+        raise ConnectError(f"SSH to {role}{address}:{port}{via} failed: {exc}", host=host.name) from None
+    except (TimeoutError, OSError) as exc:
+        raise ConnectError(
+            f"cannot reach {role}{address} port {port}{via}: {exc}",
+            host=host.name,
+            hint="check host: and port: in hosts.yaml (or ssh_config) and that sshd runs there",
+        ) from None
+
+
+def _known_hosts_name(address, port):
+    return address if port == 22 else f"[{address}]:{port}"
 
 
 def ssh_command(host):
-    """The ssh command line (for rsync -e) with exactly the settings of `connect`."""
+    """The ssh command line (for rsync -e) with exactly the settings of `connect`, its ProxyJump
+    hops as nested ProxyCommands (ssh's own -J would read the jump hosts' settings from the config
+    files, not from these options)."""
+    proxy = None  # the ProxyCommand of the next ssh out: through the hops so far
+    for hop in host.jump:
+        argv = _ssh_argv(hop.port, host.known_hosts, hop.key, hop.user, proxy)
+        # ssh expands %-tokens of its ProxyCommand once: all but this level's own %h:%p are doubled
+        proxy = shlex.join(a.replace("%", "%%") for a in argv) + " -W %h:%p " + shlex.quote(hop.host)
+    return _ssh_argv(host.port, host.known_hosts, host.key, host.user, proxy)
+
+
+def _ssh_argv(port, known_hosts, key, user, proxy):
     argv = [
         "ssh",
         "-F",
         "none",
         "-p",
-        str(host.port),
+        str(port),
         "-o",
         "BatchMode=yes",
         "-o",
         "StrictHostKeyChecking=yes",
         "-o",
-        f"UserKnownHostsFile={host.known_hosts}",
+        f"UserKnownHostsFile={_percent(known_hosts)}",
         "-o",
         f"ConnectTimeout={CONNECT_TIMEOUT}",
         "-o",
@@ -94,11 +143,18 @@ def ssh_command(host):
         "-o",
         "ServerAliveCountMax=3",
     ]
-    if host.key is not None:
-        argv += ["-i", str(host.key), "-o", "IdentitiesOnly=yes"]
-    if host.user:
-        argv += ["-l", host.user]
+    if key is not None:
+        argv += ["-i", _percent(key), "-o", "IdentitiesOnly=yes"]
+    if user:
+        argv += ["-l", user]
+    if proxy:
+        argv += ["-o", "ProxyCommand=" + proxy]
     return argv
+
+
+def _percent(path):
+    """A path as ssh reads it in a %-expanded option (UserKnownHostsFile, IdentityFile): % doubled."""
+    return str(path).replace("%", "%%")
 
 
 def run(conn, step, argv, *, timeout=None, check=True):

@@ -1,0 +1,125 @@
+"""Charts of the benches' raw figures (bench/data/*.json) as PNG files beside RESULTS.md, linked
+from its section "Charts".
+
+    pip install -r bench/requirements.txt
+    python3 bench/plots.py
+
+Each chart is drawn from the figures its bench last kept; a bench not yet run is skipped and
+named. Writes bench/charts/*.png and the section "Charts" of bench/RESULTS.md.
+"""
+
+import json
+import sys
+
+from common import DATA, PROJECT, percentile, write_section
+
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+except ImportError:
+    sys.exit("bench/plots.py needs matplotlib: pip install -r bench/requirements.txt")
+
+CHARTS = PROJECT / "bench" / "charts"
+COLORS = {"freeze": "#2b7bb9", "sigstop": "#d9822b"}
+
+
+def _load(name):
+    path = DATA / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _save(fig, name):
+    CHARTS.mkdir(exist_ok=True)
+    path = CHARTS / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.relative_to(PROJECT / "bench")
+
+
+def pause_chart(data):
+    """Every deploy's pause, per httpd size and method (points), with p50 and p99 marked."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    labels = []
+    for i, case in enumerate(data["cases"]):
+        labels.append(f"{case['httpd']}\n({case['processes']} processes)")
+        for j, (method, pauses) in enumerate(case["pause_ms"].items()):
+            x = i + (j - 0.5) * 0.3
+            ax.scatter(
+                [x] * len(pauses), pauses, s=9, alpha=0.5, color=COLORS[method], label=method if i == 0 else None
+            )
+            for p, mark in ((50, "_"), (99, "x")):
+                ax.scatter([x + 0.09], [percentile(pauses, p)], marker=mark, s=60, color="black")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylabel("httpd paused (ms, log scale)")
+    ax.set_title("Pause per deploy under wrk load: cgroup freeze against SIGSTOP (- p50, x p99)", fontsize=10)
+    ax.axhline(0.3, color="grey", linewidth=0.6, linestyle=":")
+    ax.legend(fontsize=8)
+    return _save(fig, "pause")
+
+
+def listen_chart(data):
+    """Visitors' latency during a swap held until pause_timeout, per ListenBacklog (CDF)."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for case in data["held"]:
+        lat = sorted(case["latencies_s"])
+        if not lat:
+            continue
+        ax.plot(lat, [k / len(lat) for k in range(1, len(lat) + 1)],
+                label=f"backlog {case['effective']:,}: {case['overflows']:,} overflows, check warned: "
+                      f"{'yes' if case['warned'] else 'no'}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("latency of a visit (s, log scale)")
+    ax.set_ylabel("fraction of visits")
+    ax.set_title(
+        f"Open-loop visitors at {data['rate']}/s, swap held {data['pause_timeout_s']} s: "
+        "refused SYNs wait for the retry", fontsize=10
+    )  # fmt: skip
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, "listen")
+
+
+def steps_chart(data):
+    """Where the time of a one-file change goes, per site size: each step, and the rest of the
+    wall time (fab's start-up, the build check, connecting)."""
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    sites = data["sites"]
+    names = list(sites[0]["one file"][-1][4])
+    for i, site in enumerate(sites):
+        wall, steps = site["one file"][-1][0], site["one file"][-1][4]
+        left = 0.0
+        for k, name in enumerate(names + ["other"]):
+            width = steps.get(name, 0) if name != "other" else max(0.0, wall - sum(steps.values()))
+            ax.barh(i, width, left=left, color=plt.cm.tab20(k % 20), label=name if i == 0 else None)
+            left += width
+    ax.set_yticks(range(len(sites)), [f"{s['files']:,} files" for s in sites])
+    ax.set_xlabel("seconds (last one-file change of each site)")
+    ax.set_title("Time per step of a one-file change", fontsize=10)
+    ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+    return _save(fig, "steps")
+
+
+def main():
+    drawn, missing = [], []
+    for name, chart, what in (
+        ("pause", pause_chart, "Pause against httpd's size (bench/pause_bench.py)"),
+        ("listen", listen_chart, "Listen queue under a held pause (bench/listen_bench.py)"),
+        ("speed", steps_chart, "Time per step of a one-file change (bench/speed.py)"),
+    ):
+        data = _load(name)
+        if data is None:
+            missing.append(f"{what}: no figures yet in bench/data/{name}.json")
+            continue
+        path = chart(data)
+        drawn.append(f"- {what}, measured {data['measured']}: ![{name}]({path})")
+    write_section(
+        "Charts", ["Command: `python3 bench/plots.py` (from the figures each bench last kept in bench/data/).", "",
+                   *drawn, *(f"- {m}" for m in missing)],
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
