@@ -39,7 +39,7 @@ def _pause_cell(host, httpd):
     """How the swap will pause httpd: its cgroup frozen with one write, or each process signalled."""
     if host.httpd.pause == "none":
         return "not paused"
-    if httpd.get("cgroup") and host.httpd.pause != "sigstop":
+    if httpd.get("cgroup") and (host.httpd.pause == "freeze" or host.httpd.pause == "auto" and httpd["freeze_quicker"]):
         return "freeze"
     return f"sigstop, {httpd['children'] + 1} processes"
 

@@ -1,11 +1,12 @@
 """`fab check` against lab servers: a healthy table, and clear failures."""
 
 import os
+import re
 import signal
 import subprocess
 import time
 
-from .conftest import lab, process_gone
+from .conftest import process_gone
 
 
 def test_check_passes_on_healthy_servers(lab2):
@@ -17,8 +18,8 @@ def test_check_passes_on_healthy_servers(lab2):
     for line, server in zip(lines[1:3], lab2.servers):
         assert line.split()[:5] == [server.name, "ok", "ok", "ok", "ok"]
         assert line.split()[-2:] == ["ok", "on"]  # front page, rules active, nothing protected served; fallback
-        how = "freeze" if server.cgroup else f"sigstop, {1 + len(lab.children(server.httpd_pid))} processes"
-        assert f"(pid {server.httpd_pid}, {how})" in line
+        # the event MPM has many threads per process: httpd.pause auto signals it
+        assert re.search(rf"\(pid {server.httpd_pid}, sigstop, \d+ processes\)", line), line
     for server in lab2.servers:
         line = f"{server.name}: listen queue on 127.0.0.1:{server.http_port}: backlog 511 of net.core.somaxconn "
         assert line in result.stdout

@@ -301,13 +301,16 @@ PAUSES = ("auto", "freeze", "sigstop", "none")
 
 
 def pause_method(settings, parent):
-    """The cgroup to freeze (httpd.pause auto or freeze, where httpd has a cgroup v2 of its own),
-    or None for signals; Refused when freeze is asked for and cannot be had."""
+    """The cgroup to freeze, or None for signals: httpd.pause freeze, or auto where httpd has a
+    cgroup v2 of its own and the freezer is the quicker (one thread per process, as with prefork);
+    Refused when freeze is asked for and cannot be had."""
     if parent is None or settings["pause"] == "sigstop":
         return None
     cgroup, why = httpd.freezer(parent)
     if cgroup is None and settings["pause"] == "freeze":
         raise Refused("httpd.pause is freeze, but %s" % why, hint=httpd.FREEZE_HINT)
+    if cgroup is not None and settings["pause"] == "auto" and not httpd.freeze_is_quicker(cgroup):
+        return None
     return cgroup
 
 

@@ -29,7 +29,8 @@ def op_check(a):
     try:
         pid = httpd.parent(a["pidfile"])
         cgroup, why = httpd.freezer(pid, write=False)  # the swap may run as root (the sudo helper)
-        out["httpd"] = {"ok": True, "pid": pid, "children": len(httpd.children(pid)), "cgroup": cgroup, "no_freeze": why}
+        out["httpd"] = {"ok": True, "pid": pid, "children": len(httpd.children(pid)), "cgroup": cgroup, "no_freeze": why,
+                        "freeze_quicker": bool(cgroup) and httpd.freeze_is_quicker(cgroup)}
     except Refused as exc:
         out["httpd"] = {"ok": False, "problem": str(exc)}
         pid = None
