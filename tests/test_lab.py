@@ -33,7 +33,7 @@ def test_sshd_rejects_an_unknown_key(lab2, tmp_path):
     stranger = type(host)(**{**host.__dict__, "key": other})
     with pytest.raises(ConnectError) as err:
         ssh.connect(stranger)
-    assert "SSH authentication as root failed" in str(err.value)
+    assert f"SSH authentication as root on 127.0.0.1 port {host.port} failed" in str(err.value)
 
 
 def test_rsync_uses_the_same_ssh_settings(lab2, tmp_path):
