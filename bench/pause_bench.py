@@ -97,6 +97,13 @@ def main():
             "| httpd | processes | pause | deploys | p50 (ms) | p99 (ms) | max (ms) | listen overflows |",
             "|---|---|---|---|---|---|---|---|",
             *rows,
+            "",
+            "Both grow with httpd's size: the freezer sets a flag on every task (thread) of the cgroup and wakes "
+            "it, inside the write; a SIGSTOP costs a syscall and a wakeup per process (`killpg`, one syscall for the "
+            "group, measured the same). For one thread per process (prefork) the freezer is the quicker; a threaded "
+            "process stops its other threads itself after kill() returned, so signals pause the event MPM sooner, "
+            "and `httpd.pause: auto` picks per server (marked auto). The wrk failures with no deploy are Apache's "
+            "and wrk's own (keep-alive connections closed while wrk sends on them).",
         ],
     )
 

@@ -15,7 +15,7 @@ from . import gitbuild, release, rsync
 from .cli import boundary, target
 from .errors import ConfigError, CutoverError, GroupError, HealthError, Interrupted
 from .fleet import Run, close, connect, in_parallel
-from .output import Timer, count, line, say, shown, since_start, size
+from .output import Timer, count, line, say, shown, since_start, size, table
 from .remote.paths import Layout
 from .steps import backup as backup_step
 from .steps import migrate as migration
@@ -23,7 +23,7 @@ from .steps.finish import abort, finish
 from .steps.hooks import run_hooks
 from .steps.lock import force_unlock, lock
 from .steps.stage import stage
-from .steps.swap import swap
+from .steps.swap import spread_note, swap
 from .steps.upload import start_uploads, upload_all
 from .testhooks import fault_point
 
@@ -113,8 +113,10 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built):
     started = f" ({whole:.2f} s since fab started)" if whole else ""
     line(
         f"deployed {run.release_id} to {count(len(run.hosts), 'host')} in {total.seconds:.2f} s{started}: "
-        f"{size(sent)} sent, httpd paused {pauses} ms"
+        f"{size(sent)} sent, httpd paused {pauses} ms{spread_note(run)}"
     )
+    if len(run.hosts) > 1:
+        line(table(run.summary()))
     return run
 
 

@@ -65,6 +65,18 @@ class Run:
     started: float = field(default_factory=time.time)
     ref: str | None = None  # the git ref a deploy was built from (deploy --ref)
     backup: str | None = None  # the backup a deploy --migrate took first, once it is complete
+    spread_ms: float | None = None  # a group's switch: first to last host's rename, by the servers' clocks
+
+    def summary(self):
+        """One row per host once the group switched: what it serves, what it sent, its pause, time."""
+        rows = [["host", "now serves", "was", "sent", "httpd paused", "seconds"]]
+        for r in self.hosts:
+            sent = f"{r.bytes_sent:,} B" if self.command == "deploy" else "-"
+            pause = f"{r.switch.get('pause_ms')} ms ({r.switch.get('method') or 'no pause'})"
+            rows.append(
+                [r.name, r.switch.get("new"), r.switch.get("old") or "-", sent, pause, f"{sum(r.steps.values()):.2f}"]
+            )
+        return rows
 
     @classmethod
     def of(cls, command, hosts, release_id=None):

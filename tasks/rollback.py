@@ -9,12 +9,12 @@ from invoke import task
 from .cli import boundary, target
 from .errors import ConfigError, CutoverError, Interrupted
 from .fleet import Run, close, connect
-from .output import Timer, count, line, shown
+from .output import Timer, count, line, shown, table
 from .remote.paths import PLACEHOLDER, RELEASE_ID
 from .steps.finish import abort, finish
 from .steps.hooks import run_hooks
 from .steps.lock import force_unlock, lock, unlock
-from .steps.swap import swap
+from .steps.swap import spread_note, swap
 from .testhooks import fault_point
 
 
@@ -102,7 +102,11 @@ def rollback_hosts(hosts, to=None, force=False):
         raise
     finally:
         close(run)
-    line(f"rolled back to {run.release_id} on {count(len(run.hosts), 'host')} in {total.seconds:.2f} s")
+    line(
+        f"rolled back to {run.release_id} on {count(len(run.hosts), 'host')} in {total.seconds:.2f} s{spread_note(run)}"
+    )
+    if len(run.hosts) > 1:
+        line(table(run.summary()))
     migrated = {r.migrated for r in run.hosts if r.migrated}
     if migrated:
         line(

@@ -75,6 +75,14 @@ def test_deploy_under_load_fails_no_request_and_serves_whole_releases(lab2, tmp_
     assert f"deployed {release_id} to 2 hosts in " in result.stdout and " s since fab started)" in result.stdout
     # httpd.pause auto: the event MPM has many threads per process, so signals pause it sooner
     assert "httpd stopped" in result.stdout
+    # the switch spread, by the servers' clocks (one clock here), in the output and every host's history
+    spread = float(re.search(r", switch spread ([\d.]+) ms \(first to last host's rename\)", result.stdout).group(1))
+    assert [history(s)[-1]["switch_spread_ms"] for s in lab2.servers] == [spread, spread]
+    assert re.search(r"(?m)^host +now serves +was +sent +httpd paused +seconds$", result.stdout)
+    for server in lab2.servers:
+        assert re.search(
+            rf"(?m)^{server.name} +{release_id} +\S+ +[\d,]+ B +[\d.]+ ms \(sigstop\) +[\d.]+$", result.stdout
+        )
     assert current(lab2.servers[0]) == current(lab2.servers[1])  # one release id for the fleet
 
 

@@ -93,6 +93,7 @@ def _run_fields(a, held, release_id):
         "rename_ms": a.get("rename_ms"),
         "pause_method": a.get("pause_method"),
         "listen": a.get("listen"),
+        "switch_spread_ms": a.get("switch_spread_ms"),
         "hooks": a.get("hooks"),
         "ref": a.get("ref"),
         "backup": a.get("backup"),

@@ -107,6 +107,7 @@ def _pause_and_rename(renames, parent, pause_timeout, watchdog_log, hold_ms, cgr
         for fd, source, target in renames:
             os.rename(source, target, src_dir_fd=fd, dst_dir_fd=fd)
         r1 = time.perf_counter_ns()
+        renamed_at = time.time()  # the server's clock: a group's switch spread, across hosts
         if hold_ms:
             time.sleep(hold_ms / 1000.0)  # fault tests only: widen the pause to act inside it
     finally:
@@ -135,7 +136,7 @@ def _pause_and_rename(renames, parent, pause_timeout, watchdog_log, hold_ms, cgr
         notes.append("this kernel has no /proc/PID/task/PID/children: httpd's children were found by reading all of /proc inside the pause")
     if fired:
         notes = ["the watchdog resumed httpd after pause_timeout (%ss)" % pause_timeout]
-    return {"pause_ms": round((t1 - t0) / 1e6, 3), "rename_ms": round((r1 - r0) / 1e6, 3),
+    return {"pause_ms": round((t1 - t0) / 1e6, 3), "rename_ms": round((r1 - r0) / 1e6, 3), "renamed_at": renamed_at,
             "paused": len(paused) + 1 if freeze is None else "cgroup", "method": "freeze" if freeze is not None else "sigstop",
             "realtime": refused is None, "note": "; ".join(notes) or None}
 
@@ -247,7 +248,8 @@ def switch(layout, release_id, parent, settings):
             for fd, source, target in renames:
                 os.rename(source, target, src_dir_fd=fd, dst_dir_fd=fd)
             ms = round((time.perf_counter_ns() - t0) / 1e6, 3)
-            return {"pause_ms": 0.0, "rename_ms": ms, "paused": 0, "realtime": False, "note": "httpd.pause is none"}
+            return {"pause_ms": 0.0, "rename_ms": ms, "renamed_at": time.time(), "paused": 0, "realtime": False,
+                    "note": "httpd.pause is none"}
         before = listen.counters()  # the listen queue: connections refused while httpd is paused
         out = _pause_and_rename(renames, parent, settings["pause_timeout"], settings["watchdog_log"], settings["hold_ms"],
                                 settings.get("cgroup"))

@@ -21,6 +21,7 @@ def _timings(run, r):
         "rename_ms": r.switch.get("rename_ms"),
         "pause_method": r.switch.get("method"),
         "listen": r.switch.get("listen"),
+        "switch_spread_ms": run.spread_ms,
         "hooks": r.hooks or None,
         "ref": run.ref,
         "backup": run.backup,

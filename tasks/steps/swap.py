@@ -80,6 +80,7 @@ def swap(run):
 
     try:
         in_parallel(run.hosts, one)
+        run.spread_ms = spread_ms(run)
     except BaseException as exc:  # any failure, Ctrl-C included: the group must not stay split
         try:
             undone = switch_back(run)
@@ -90,6 +91,18 @@ def swap(run):
         if undone and isinstance(exc, CutoverError):
             exc.message += f"; switched back on {', '.join(undone)} so the group stays on one release"
         raise
+
+
+def spread_ms(run):
+    """Milliseconds from the first host's rename to the last's (the servers' clocks: as close as
+    their time sync, NTP keeps it within a few ms), or None for one host."""
+    times = [r.switch["renamed_at"] for r in run.hosts if r.switch.get("renamed_at") is not None]
+    return round((max(times) - min(times)) * 1000, 1) if len(times) > 1 else None
+
+
+def spread_note(run):
+    """The switch spread as the last line of a group's deploy or rollback says it."""
+    return f", switch spread {run.spread_ms} ms (first to last host's rename)" if run.spread_ms is not None else ""
 
 
 def switch_back(run):
