@@ -70,6 +70,11 @@ class OpenLoop:
         return self.latencies, self.failures
 
 
+def quantiles(values, steps=200):
+    """The 0th to 100th percentile of values in `steps` equal steps, rounded to 0.1 ms (for the CDF chart)."""
+    return [round(percentile(values, 100 * k / steps), 4) for k in range(steps + 1)]
+
+
 def check_figures(out, name):
     """(backlog, rate measured, arrivals predicted, warned) from `fab check`'s output."""
     m = re.search(
@@ -143,7 +148,8 @@ def main():
             )
             right = warned == (overflows > 0)
             data.append({"backlog": backlog, "effective": effective, "rate": measured, "arriving": arriving,
-                         "warned": warned, "overflows": overflows, "latencies_s": latencies, "failed": failures})  # fmt: skip
+                         "warned": warned, "overflows": overflows, "latency_quantiles_s": quantiles(latencies),
+                         "failed": failures})  # fmt: skip
             rows.append(
                 f"| {backlog:,} | {effective:,} | {measured:,} | {arriving:,} | {'yes' if warned else 'no'} | {overflows:,} | "
                 f"{percentile(latencies, 99):.2f} / {max(latencies):.2f} | {failures} | {'right' if right else 'WRONG'} |"

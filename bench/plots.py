@@ -23,6 +23,17 @@ except ImportError:
 
 CHARTS = PROJECT / "bench" / "charts"
 COLORS = {"freeze": "#2b7bb9", "sigstop": "#d9822b"}
+STEP_ORDER = (
+    "connect",
+    "lock",
+    "prelink",
+    "upload",
+    "link",
+    "smoke",
+    "promote",
+    "swap",
+    "cleanup",
+)  # as a deploy runs them
 
 
 def _load(name):
@@ -65,10 +76,8 @@ def listen_chart(data):
     """Visitors' latency during a swap held until pause_timeout, per ListenBacklog (CDF)."""
     fig, ax = plt.subplots(figsize=(8, 4.2))
     for case in data["held"]:
-        lat = sorted(case["latencies_s"])
-        if not lat:
-            continue
-        ax.plot(lat, [k / len(lat) for k in range(1, len(lat) + 1)],
+        lat = case["latency_quantiles_s"]
+        ax.plot(lat, [k / (len(lat) - 1) for k in range(len(lat))],
                 label=f"backlog {case['effective']:,}: {case['overflows']:,} overflows, check warned: "
                       f"{'yes' if case['warned'] else 'no'}")  # fmt: skip
     ax.set_xscale("log")
@@ -87,7 +96,8 @@ def steps_chart(data):
     wall time (fab's start-up, the build check, connecting)."""
     fig, ax = plt.subplots(figsize=(8, 3.2))
     sites = data["sites"]
-    names = list(sites[0]["one file"][-1][4])
+    recorded = sites[0]["one file"][-1][4]
+    names = [n for n in STEP_ORDER if n in recorded] + [n for n in recorded if n not in STEP_ORDER]
     for i, site in enumerate(sites):
         wall, steps = site["one file"][-1][0], site["one file"][-1][4]
         left = 0.0
