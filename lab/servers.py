@@ -21,6 +21,10 @@ from tasks.errors import CutoverError
 from .render import PHP_MODES, program, render, render_apache, write_hosts_file
 
 SSHD = "/usr/sbin/sshd"
+# A server's login shell is lean; a developer machine's root ~/.bashrc may not be (pyenv init costs
+# 0.2 s of CPU per SSH command here). bash sources ~/.bashrc for a command from sshd only while
+# SHLVL < 2: starting it at 1 skips it, as a server's shell without such a ~/.bashrc would be.
+LEAN_SHELL = "SetEnv SHLVL=1"
 APACHE = "/usr/sbin/apache2"
 STATE_FILE = "lab.json"
 START_TIMEOUT = 15  # seconds a lab server's sshd, Apache or php-fpm gets to come up
@@ -48,6 +52,7 @@ class LabServer:
     workers: int = 0  # prefork: a fixed pool of this many children (0: the template's 4 to 16)
     cgroup: str = ""  # the cgroup v2 directory Apache runs in (as under systemd), or "" (none made)
     listen_backlog: int = 0  # Apache's ListenBacklog (0: Apache's default, 511)
+    lean_shell: bool = True  # sshd skips the login user's ~/.bashrc, as on a server (LEAN_SHELL)
 
     @property
     def url(self):
@@ -282,7 +287,8 @@ def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
 
     _keygen(base / "ssh" / "host_ed25519")
     shutil.copy(client_pub, base / "ssh" / "authorized_keys")
-    render("sshd_config", base / "ssh" / "sshd_config", root=base, ssh_port=server.ssh_port)
+    render("sshd_config", base / "ssh" / "sshd_config", root=base, ssh_port=server.ssh_port, login_shell=LEAN_SHELL
+           if server.lean_shell else "# the login shell as this machine's users have it")  # fmt: skip
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
     with open(base / "ssh" / "sshd.log", "ab") as log:
         sshd = subprocess.Popen(
@@ -331,6 +337,7 @@ def start(
     workers=0,
     cgroup=True,
     listen_backlog=0,
+    lean_shell=True,
     **settings,
 ):
     """Start `count` lab servers under root (a new directory); writes lab.json and hosts.yaml.
@@ -340,6 +347,8 @@ def start(
     site_conf: Apache config of the site itself, as an operator writes it (@@deploy_to@@ is filled in).
     workers: prefork only, a fixed pool of this many children.
     listen_backlog: Apache's ListenBacklog (0: its default, 511).
+    lean_shell: sshd starts commands without the login user's ~/.bashrc (LEAN_SHELL); False: as
+    this machine's users get them.
     cgroup: run each Apache in a cgroup v2 of its own, as systemd runs a service (where cgroup v2
     is mounted and writable), so the swap can freeze it; False: in the caller's cgroup.
     settings: hosts.yaml defaults for the lab's group (see write_hosts_file).
@@ -368,7 +377,7 @@ def start(
             LabServer(
                 f"lab{i}", str(base), ssh_port, http_port, str(base / "site"), str(base / "apache" / "run" / "httpd.pid"),
                 0, 0, mpm=mpm, php=php, site_conf=site_conf, mariadb_pid=-1 if mariadb else 0, workers=workers,
-                cgroup=make_cgroup(f"lab{i}") if cgroup else "", listen_backlog=listen_backlog,
+                cgroup=make_cgroup(f"lab{i}") if cgroup else "", listen_backlog=listen_backlog, lean_shell=lean_shell,
             )
         )  # fmt: skip
     write_hosts_file(lab, **settings)
