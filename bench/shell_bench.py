@@ -52,7 +52,8 @@ def main():
     lines = [
         f"Command: `python3 bench/shell_bench.py --files {args.files} --rounds {args.rounds}` (two lab servers, one "
         f"per login shell, the same {args.files:,}-file site; one-file changes and rollbacks alternating between them; "
-        "medians). Every other section's lab uses the lean shell.",
+        "medians). The lab uses the lean shell since this bench was added (2026-11-25 23:07 UTC); sections "
+        "measured before that ran with this machine's ~/.bashrc.",
         "",
         "| login shell | one-file change | rollback | " + " | ".join(steps) + " |",
         "|---|---|---|" + "---|" * len(steps),
