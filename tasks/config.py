@@ -150,6 +150,7 @@ class Host:
     backups: Backups
     keep_backups: int
     jump: tuple = ()  # ProxyJump hops from the OpenSSH client config (sshconfig.Jump), first first
+    parallel: int | None = None  # hosts of a run that connect, lock, upload and stage at the same time
 
     @property
     def served_shared(self):

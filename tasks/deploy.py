@@ -72,6 +72,8 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built):
     run, build, info = check(hosts, build_override, built)
     doing = "dry run of release" if dry else "deploying release"
     line(f"{doing} {run.release_id} to {', '.join(r.name for r in run.hosts)}")
+    if run.parallel and run.parallel < len(run.hosts):
+        line(f"preparing {count(run.parallel, 'host')} at a time (parallel: {run.parallel}); all switch together")
     try:
         connect(run)
         if dry:

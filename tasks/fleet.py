@@ -66,6 +66,7 @@ class Run:
     ref: str | None = None  # the git ref a deploy was built from (deploy --ref)
     backup: str | None = None  # the backup a deploy --migrate took first, once it is complete
     spread_ms: float | None = None  # a group's switch: first to last host's rename, by the servers' clocks
+    parallel: int | None = None  # hosts that prepare at the same time (hosts.yaml `parallel`); None: all
 
     def summary(self):
         """One row per host once the group switched: what it serves, what it sent, its pause, time."""
@@ -80,7 +81,8 @@ class Run:
 
     @classmethod
     def of(cls, command, hosts, release_id=None):
-        return cls(command, [HostRun(h) for h in hosts], release_id, who(command))
+        limits = [h.parallel for h in hosts if h.parallel]
+        return cls(command, [HostRun(h) for h in hosts], release_id, who(command), parallel=min(limits, default=None))
 
 
 def who(command):
@@ -94,8 +96,9 @@ def who(command):
     }
 
 
-def each_host(runs, fn):
-    """fn(run) for every run in parallel; returns [(run, result or the exception it raised)] in order."""
+def each_host(runs, fn, limit=None):
+    """fn(run) for every run in parallel (at most `limit` at a time); returns [(run, result or the
+    exception it raised)] in order."""
 
     def call(r):
         try:
@@ -105,7 +108,7 @@ def each_host(runs, fn):
                 exc.host = r.name
             return exc
 
-    pool = ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(runs)) or 1)
+    pool = ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(runs), limit or len(runs)) or 1)
     futures = [pool.submit(call, r) for r in runs]
     try:
         results = [f.result() for f in futures]
@@ -121,9 +124,10 @@ def each_host(runs, fn):
     return list(zip(runs, results))
 
 
-def in_parallel(runs, fn):
-    """fn(run) on every host at once; returns the outcomes, or raises one GroupError naming every failure."""
-    outcomes = each_host(runs, fn)
+def in_parallel(runs, fn, limit=None):
+    """fn(run) on every host at once (at most `limit` at a time); returns the outcomes, or raises
+    one GroupError naming every failure."""
+    outcomes = each_host(runs, fn, limit)
     if any(isinstance(outcome, BaseException) for _, outcome in outcomes):
         raise GroupError(outcomes)
     return outcomes
@@ -137,7 +141,7 @@ def connect(run):
         r.conn = ssh.connect(r.host)
         r.steps["connect"] = t.seconds
 
-    in_parallel(run.hosts, one)
+    in_parallel(run.hosts, one, run.parallel)
 
 
 def close(run):

@@ -39,6 +39,7 @@ MIGRATE_TIMEOUT = (1, 86400)
 PORTS = (1, 65535)
 KEEP_RELEASES = (2, 1000)
 KEEP_BACKUPS = (1, 1000)
+PARALLEL = (1, 1000)  # hosts preparing at the same time
 HOLD = (0, 60)  # seconds requests in flight get to end before a backup's second pass
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -48,6 +49,7 @@ BUILTIN = {
     "key": None,
     "known_hosts": "~/.ssh/known_hosts",
     "ssh_config": "~/.ssh/config",
+    "parallel": None,
     "python": "python3",
     "keep_releases": 5,
     "shared": [],
@@ -245,6 +247,7 @@ SETTINGS = {
     "key": lambda at: y.string(at),
     "known_hosts": lambda at: y.string(at),
     "ssh_config": lambda at: y.string(at),
+    "parallel": lambda at: y.number(at, *PARALLEL, integer=True),
     "keep_releases": lambda at: y.number(at, *KEEP_RELEASES, integer=True),
     "python": lambda at: y.program(at),
     "shared": y.strings(y.relpath),
@@ -330,6 +333,7 @@ def _host(at, layers, base):
         user=user,
         key=key,
         jump=jumps,
+        parallel=s["parallel"],
         known_hosts=_local_path(s["known_hosts"], base),
         python=s["python"],
         deploy_to=s["deploy_to"],

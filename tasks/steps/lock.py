@@ -41,7 +41,7 @@ def lock(run, build_info=None, want_previous=False):
                 note += f" (stopped early: {answer['prelink_error']}; rsync sends the rest)"
             say(r.host, "prelink", prelink, note)
 
-    in_parallel(run.hosts, one)
+    in_parallel(run.hosts, one, run.parallel)
 
 
 def lock_error(owner):

@@ -46,7 +46,7 @@ def stage(run, build):
             r.steps["before_switch"] = timings["before_switch"]
             say(r.host, "hooks", timings["before_switch"], f"before_switch: {len(r.hooks)} ran")
 
-    in_parallel(run.hosts, one)
+    in_parallel(run.hosts, one, run.parallel)
 
 
 def _shared_note(host, build, answer):

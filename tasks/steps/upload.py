@@ -9,11 +9,16 @@ from ..remote.paths import Layout
 
 
 def start_uploads(run, build):
-    """Start rsync on every host together with the lock step: its SSH start overlaps the lock, its
-    server side waiting for the incoming dir (when_ready.py); on any failure abort() stops it."""
-    for r in run.hosts:
-        dest = Layout(r.host.deploy_to).incoming(run.release_id)
-        r.upload = rsync.Upload.start(r.host, build.path, dest, when_ready=True)
+    """Start rsync on every host (the first `parallel` ones) together with the lock step: its SSH
+    start overlaps the lock, its server side waiting for the incoming dir (when_ready.py); on any
+    failure abort() stops it. upload_all starts the others as earlier ones end."""
+    for r in run.hosts[: run.parallel or len(run.hosts)]:
+        _start(run, r, build)
+
+
+def _start(run, r, build):
+    dest = Layout(r.host.deploy_to).incoming(run.release_id)
+    r.upload = rsync.Upload.start(r.host, build.path, dest, when_ready=True)
 
 
 def upload_all(run, build):
@@ -21,6 +26,8 @@ def upload_all(run, build):
     the server lacks and the build has are then uploaded too: stage seeds shared/ with them."""
 
     def one(r):
+        if r.upload is None:  # beyond `parallel`: its turn came
+            _start(run, r, build)
         stats = r.upload.result(progress=lambda text: line(f"[{r.name}] upload     {text}"))
         r.steps["upload"] = stats.seconds
         r.bytes_sent = stats.bytes_sent
@@ -37,4 +44,4 @@ def upload_all(run, build):
                 f"{', '.join(seeds)} from the build, to seed shared/ ({size(stats.bytes_sent)} sent)",
             )
 
-    in_parallel(run.hosts, one)
+    in_parallel(run.hosts, one, run.parallel)
