@@ -77,9 +77,20 @@ class Lab:
 
 def free_port():
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count):
+    """`count` different TCP ports on 127.0.0.1 that nothing listens on right now (each socket is
+    held until all are chosen: one port closed and asked for again may come back)."""
+    held = [socket.socket() for _ in range(count)]
+    try:
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 def _keygen(path):
@@ -98,7 +109,10 @@ def _wait_for(check, what, timeout=START_TIMEOUT):
 def _listening(port):
     with socket.socket() as s:
         s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        if s.connect_ex(("127.0.0.1", port)) != 0:
+            return False
+        # a connect from the same ephemeral port to itself succeeds with nothing listening
+        return s.getsockname() != s.getpeername()
 
 
 def _http_ok(url):
@@ -370,8 +384,9 @@ def start(
     client_key = root / "client_ed25519"
     _keygen(client_key)
     lab = Lab(root, [], client_key, root / "known_hosts")
+    chosen = free_ports(2 * count)  # all different, ssh and http for each server
     for i in range(1, count + 1):
-        ssh_port, http_port = ports[i - 1] if ports else (free_port(), free_port())
+        ssh_port, http_port = ports[i - 1] if ports else chosen[2 * i - 2 : 2 * i]
         base = root / f"lab{i}"
         lab.servers.append(
             LabServer(
