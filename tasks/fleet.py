@@ -16,7 +16,7 @@ from .errors import CutoverError, GroupError
 from .output import Timer
 
 STEP_TIMEOUT = 60  # seconds for a step whose time does not grow with a setting (views, unlock ...)
-MAX_THREADS = 16  # hosts worked on at once
+MAX_THREADS = 16  # hosts worked on at once, unless a step asks for more (the swap: every host)
 
 
 @dataclass
@@ -97,8 +97,8 @@ def who(command):
 
 
 def each_host(runs, fn, limit=None):
-    """fn(run) for every run in parallel (at most `limit` at a time); returns [(run, result or the
-    exception it raised)] in order."""
+    """fn(run) for every run in parallel (at most `limit` at a time, default MAX_THREADS); returns
+    [(run, result or the exception it raised)] in order."""
 
     def call(r):
         try:
@@ -108,7 +108,7 @@ def each_host(runs, fn, limit=None):
                 exc.host = r.name
             return exc
 
-    pool = ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(runs), limit or len(runs)) or 1)
+    pool = ThreadPoolExecutor(max_workers=min(limit or MAX_THREADS, len(runs)) or 1)
     futures = [pool.submit(call, r) for r in runs]
     try:
         results = [f.result() for f in futures]

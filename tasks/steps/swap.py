@@ -79,7 +79,7 @@ def swap(run):
             say(r.host, "verify", 0, "healthy")
 
     try:
-        in_parallel(run.hosts, one)
+        in_parallel(run.hosts, one, len(run.hosts))  # every host at once, whatever MAX_THREADS
         run.spread_ms = spread_ms(run)
     except BaseException as exc:  # any failure, Ctrl-C included: the group must not stay split
         try:
@@ -116,5 +116,5 @@ def switch_back(run):
         r.switched = "no"
         say(r.host, "switch back", 0, f"{answer['old']} -> {answer['new']}, {paused(answer)}")
 
-    in_parallel(back, one)
+    in_parallel(back, one, len(back))
     return [r.name for r in back]

@@ -1,0 +1,74 @@
+"""Fleets on this machine: a one-file change deployed to 1, 4, 16 and 32 lab servers (each its own
+sshd and Apache, the example site), wall time and the switch spread, in one run.
+
+    python3 bench/fleet_bench.py [--sizes 1,4,16,32] [--rounds 5]
+
+Every lab server runs on this one machine, so a larger fleet also means more sshd, Apache and
+rsync processes sharing its cores: the figures are an upper bound of what the fleet costs the
+machine that runs fab, not of a real fleet's network. Writes the section "Fleets" of
+bench/RESULTS.md.
+"""
+
+import argparse
+import shutil
+
+from common import PROJECT, fab, history, lab, median, save_data, start_lab, stop_lab, write_section
+
+
+def measure(size, rounds, parent_site):
+    the_lab, parent = start_lab(size)
+    site = parent / "site"
+    shutil.copytree(parent_site, site)
+    try:
+        lab.write_hosts_file(the_lab, build=str(site))
+        _, first = fab(the_lab.hosts_file, "deploy")
+        assert first.returncode == 0, first.stderr
+        walls, spreads, pauses = [], [], []
+        for i in range(rounds):
+            page = site / "index.html"
+            page.write_text(page.read_text() + f"<!-- {i} -->\n")
+            seconds, result = fab(the_lab.hosts_file, "deploy")
+            assert result.returncode == 0, result.stderr
+            entries = [history(s)[-1] for s in the_lab.servers]
+            assert len({e["release"] for e in entries}) == 1
+            walls.append(seconds)
+            spreads.append(entries[0]["switch_spread_ms"] or 0.0)
+            pauses += [e["pause_ms"] for e in entries]
+        return walls, spreads, pauses
+    finally:
+        stop_lab(the_lab, parent)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="1,4,16,32")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.sizes.split(",")]
+    figures = {n: measure(n, args.rounds, PROJECT / "example" / "site") for n in sizes}
+    one = median(figures[sizes[0]][0])
+    rows = []
+    for n, (walls, spreads, pauses) in figures.items():
+        rows.append(
+            f"| {n} | {median(walls):.2f} s | {median(walls) / one:.1f}x | {median(spreads):.1f} / {max(spreads):.1f} ms "
+            f"| {median(pauses):.3f} ms |"
+        )
+        print(rows[-1], flush=True)
+    save_data("fleet", {str(n): {"wall_s": w, "spread_ms": s, "pause_ms": p} for n, (w, s, p) in figures.items()})
+    write_section(
+        "Fleets",
+        [
+            f"Command: `python3 bench/fleet_bench.py --sizes {args.sizes} --rounds {args.rounds}` (lab servers on this "
+            "one machine, each its own sshd and Apache (event MPM), the example site; a one-line change per deploy; "
+            "medians over the rounds). The switch spread is from the first host's rename to the last's: today each "
+            "host's swap starts when its thread reaches it (no armed swap yet).",
+            "",
+            f"| servers | one-file deploy | against {sizes[0]} | switch spread, median / max | pause, median |",
+            "|---|---|---|---|---|",
+            *rows,
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
