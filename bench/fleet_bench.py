@@ -32,7 +32,7 @@ def measure(size, rounds, parent_site):
             entries = [history(s)[-1] for s in the_lab.servers]
             assert len({e["release"] for e in entries}) == 1
             walls.append(seconds)
-            spreads.append(entries[0]["switch_spread_ms"] or 0.0)
+            spreads.append(entries[0].get("switch_spread_ms") or 0.0)  # none recorded for one server
             pauses += [e["pause_ms"] for e in entries]
         return walls, spreads, pauses
     finally:
