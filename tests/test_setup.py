@@ -107,6 +107,14 @@ def test_non_root_deploy_user_swaps_through_the_sudo_helper(lab1, deploy_user, t
     assert history(server)[-1]["pause_ms"] > 0
     assert Path(server.deploy_to, "releases", current(server)).stat().st_uid == pwd.getpwnam(name).pw_uid
     assert lab1.fab("check").returncode == 0
+    if server.cgroup:  # httpd.pause freeze through the helper: root writes httpd's cgroup.freeze
+        httpd = {"pidfile": server.pidfile, "pause": "freeze"}
+        configure(lab1, make_build(tmp_path, "helper-freeze"), user=name, python="python3", httpd=httpd)
+        assert lab1.fab("setup").returncode == 0  # the helper takes the method from its registration
+        frozen = lab1.fab("deploy")
+        assert frozen.returncode == 0, frozen.stderr
+        assert "httpd frozen" in frozen.stdout and history(server)[-1]["pause_method"] == "freeze"
+        assert lab1.fab("check").returncode == 0
     # the helper runs nothing but the swap, and only for the registered site
     with ssh.connect(lab1.host()) as conn:
         sudo = agent.helper_argv("python3")
