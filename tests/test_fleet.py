@@ -2,10 +2,13 @@
 host still switches together, and the run reports its switch spread and one row per host."""
 
 import re
+import time
+from pathlib import Path
 
 import pytest
+import yaml
 
-from .conftest import configure, current, history, lab, make_build, start_lab, stop_lab
+from .conftest import configure, current, history, lab, make_build, start_lab, stop_lab, stopped_httpd
 
 SMOKE_S = 0.4  # each host's smoke command runs this long and records when it ran
 
@@ -56,3 +59,55 @@ def test_parallel_must_be_a_whole_number_of_hosts(lab3, tmp_path):
     result = lab3.fab("deploy")
     assert result.returncode == 2 and [current(s) for s in lab3.servers] == before
     assert "defaults.parallel: must be from 1 to 1000, got 0" in result.stderr
+
+
+def leftovers(server):
+    """The armed swap's temporary symlinks (current.PID, release.map.PID) still on the server."""
+    top, meta = Path(server.deploy_to), Path(server.deploy_to, ".cutover")
+    return [p.name for p in [*top.glob("current.*"), *meta.glob("release.map.*")]]
+
+
+def test_a_run_killed_between_arming_and_go_switches_no_host(lab3, tmp_path):
+    """Every host armed (prepared, waiting), fab killed before any go: the swap processes see their
+    connection end, remove what they prepared and exit; every host keeps its release, httpd runs."""
+    configure(lab3, make_build(tmp_path, "before"))
+    assert lab3.fab("deploy").returncode == 0
+    before = [current(s) for s in lab3.servers]
+    configure(lab3, make_build(tmp_path, "never"))
+    killed = lab3.fab("deploy", env={"CUTOVER_TEST_KILL_AT": "go"})
+    assert killed.returncode == -9, killed.stderr
+    shown = [line.split()[:2] for line in killed.stdout.splitlines()]
+    assert all([f"[{s.name}]", "promote"] in shown for s in lab3.servers)  # every host prepared
+    assert not any(step == "swap" for _, step in (s for s in shown if len(s) == 2))  # and none swapped
+    deadline = time.monotonic() + 15
+    while any(leftovers(s) for s in lab3.servers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [leftovers(s) for s in lab3.servers] == [[], [], []]
+    assert [current(s) for s in lab3.servers] == before
+    assert all(stopped_httpd(s) == [] for s in lab3.servers)
+    again = lab3.fab("deploy", "--force-unlock")  # the killed run's locks have a dead owner
+    assert again.returncode == 0, again.stderr
+    assert len({current(s) for s in lab3.servers}) == 1 and current(lab3.servers[0]) not in before
+
+
+def test_a_host_that_cannot_arm_disarms_the_others(lab3, tmp_path):
+    """lab3's httpd pidfile disappears after its checks (a before_switch hook moves it): its arm is
+    refused, lab1 and lab2, already armed, are disarmed; no host switched, the deploy fails."""
+    configure(lab3, make_build(tmp_path, "armed"))
+    target = lab3.servers[2]
+    data = yaml.safe_load(Path(lab3.hosts_file).read_text())
+    data["groups"]["sandbox"][2]["hooks"] = {"before_switch": [f"mv {target.pidfile} {target.pidfile}.away"]}
+    Path(lab3.hosts_file).write_text(yaml.safe_dump(data))
+    before = [current(s) for s in lab3.servers]
+    try:
+        result = lab3.fab("deploy")
+    finally:
+        Path(f"{target.pidfile}.away").rename(target.pidfile)
+    assert result.returncode == 4, result.stderr
+    assert f"lab3: arm: httpd pidfile {target.pidfile}" in result.stderr, result.stderr
+    assert [current(s) for s in lab3.servers] == before
+    assert [leftovers(s) for s in lab3.servers] == [[], [], []]
+    assert all(history(s)[-1]["result"] != "ok" for s in lab3.servers)  # recorded as failed, unlocked
+    configure(lab3, make_build(tmp_path, "after"))  # without the hook
+    again = lab3.fab("deploy")
+    assert again.returncode == 0, again.stderr

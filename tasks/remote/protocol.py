@@ -25,6 +25,8 @@ OPS = {
     "migrate": ("stage", "op_migrate"),
     "hook": ("stage", "op_hook"),
     "swap": ("swap", "op_swap"),
+    "go": ("swap", "op_go"),
+    "disarm": ("swap", "op_disarm"),
     "finish": ("finish", "op_finish"),
     "abort": ("finish", "op_abort"),
     "backup": ("backup", "op_backup"),

@@ -243,6 +243,7 @@ def switch(layout, release_id, parent, settings):
         old = paths.current_release(layout)
         renames = _pin_files(dirs, release_id, old if old != release_id else read_map(dirs, old).get("previous"),
                              settings["previous_depth"], settings.get("restore"))
+        _wait_for_go(settings.pop("go", None))
         if parent is None:
             t0 = time.perf_counter_ns()
             for fd, source, target in renames:
@@ -262,6 +263,24 @@ def switch(layout, release_id, parent, settings):
             except FileNotFoundError:
                 pass  # renamed into place, as intended
         dirs.close()
+
+
+ARM_WAIT_S = 120  # an armed swap waits this long for its "go", then gives up having changed nothing
+READY, GO = b"r", b"g"
+
+
+def _wait_for_go(pipes):
+    """An armed swap: say it is prepared, then wait for "go"; anything else (the agent gone with
+    its connection, a disarm, ARM_WAIT_S) ends it before anything changed."""
+    if pipes is None:
+        return
+    go, ready = pipes
+    os.write(ready, READY)
+    os.close(ready)
+    word = os.read(go, 1) if select.select([go], [], [], ARM_WAIT_S)[0] else b""
+    os.close(go)
+    if word != GO:
+        raise Refused("armed, but no go came (the run ended or its connection dropped): nothing was switched")
 
 
 def switch_and_verify(layout, release_id, parent, old, settings):
@@ -360,8 +379,16 @@ def op_swap(a):
     _wait_for_running_swap(pid_file)
     settings["watchdog_log"] = os.path.join(meta, os.path.basename(layout.watchdog_log))
     result_path = os.path.join(meta, os.path.basename(layout.swap_result(os.getpid())))
+    armed = a.get("arm") is True
+    if armed:
+        go_r, go_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        settings["go"] = (go_r, ready_w)
     child = os.fork()
     if child == 0:
+        if armed:
+            os.close(go_w)
+            os.close(ready_r)
         # Detached from the SSH session: a dropped connection cannot stop it between STOP and
         # CONT, nor between a failed health check and the switch back.
         os.setsid()
@@ -377,6 +404,52 @@ def op_swap(a):
             result = {"error": "swap failed: %s" % exc, "old": old}
         paths.write_file(result_path, json.dumps(result))
         os._exit(0)
+    if armed:
+        os.close(go_r)
+        os.close(ready_w)
+        prepared = os.read(ready_r, 1) == READY  # b"": the swap process ended before it was ready
+        os.close(ready_r)
+        if prepared:
+            ARMED[layout.deploy_to] = (child, go_w, result_path, layout)
+            return {"armed": True, "old": old}
+        os.close(go_w)
+    return _collect(child, result_path, layout)
+
+
+ARMED = {}  # deploy_to -> (swap process, write end of its go pipe, result file, layout): this agent's armed swaps
+
+
+def op_go(a):
+    """Let the armed swap of deploy_to run: pause, rename, resume, verify; its answer, as op_swap's."""
+    child, go, result_path, layout = _armed(a)
+    try:
+        os.write(go, GO)
+    finally:
+        os.close(go)
+    return _collect(child, result_path, layout)
+
+
+def op_disarm(a):
+    """End the armed swap of deploy_to without switching (another host of the group failed)."""
+    child, go, result_path, layout = _armed(a)
+    os.close(go)  # the swap process reads EOF: it removes what it prepared and exits
+    os.waitpid(child, 0)
+    try:
+        os.unlink(result_path)
+    except OSError:
+        pass  # it wrote none
+    return {"disarmed": True, "current": paths.current_release(layout)}
+
+
+def _armed(a):
+    armed = ARMED.pop(paths.Layout(a["deploy_to"]).deploy_to, None)
+    if armed is None:
+        raise Refused("no armed swap for %s in this connection" % a["deploy_to"])
+    return armed
+
+
+def _collect(child, result_path, layout):
+    """Wait for the swap process; its result, or Refused naming what failed."""
     status = os.waitpid(child, 0)[1]
     try:
         with open(result_path) as f:

@@ -2,8 +2,9 @@
 
 from .. import agent, testhooks
 from ..errors import CutoverError, GroupError, HealthError, RemoteError
-from ..fleet import in_parallel
+from ..fleet import STEP_TIMEOUT, in_parallel
 from ..output import Timer, say
+from ..testhooks import fault_point
 from . import health_args, health_seconds, margin, protected_urls
 
 PAUSED = {"freeze": "frozen", "sigstop": "stopped", None: "paused"}  # how httpd was paused (httpd.pause)
@@ -25,8 +26,9 @@ def _timeout(h):
     return 2 * h.httpd.pause_timeout + 2 * health_seconds(h.health) + margin()
 
 
-def switch(r, step, release_id, verify, restore=False):
-    """One host's switch to release_id (and verify, switching back on failure); the swap's answer."""
+def switch(r, step, release_id, verify, restore=False, arm=False):
+    """One host's switch to release_id (and verify, switching back on failure); the swap's answer.
+    arm: the swap process prepares and waits for go() (not through the sudo helper)."""
     h = r.host
     if r.uses_helper:
         # the helper takes the rest (pidfile, pause_timeout, health settings) from its registration
@@ -39,21 +41,55 @@ def switch(r, step, release_id, verify, restore=False):
         }
         return agent.call_helper(r.conn, r.name, h.python, step, args, _timeout(h))
     return r.call(
-        step, "swap", timeout=_timeout(h), release_id=release_id, pidfile=h.httpd.pidfile, pause=h.httpd.pause,
-        pause_timeout=h.httpd.pause_timeout, hold_ms=testhooks.hold_ms(), verify=verify, swap_back=verify is not None,
-        previous_depth=h.assets.releases, restore=restore,
+        step, "swap", timeout=STEP_TIMEOUT if arm else _timeout(h), release_id=release_id, pidfile=h.httpd.pidfile,
+        pause=h.httpd.pause, pause_timeout=h.httpd.pause_timeout, hold_ms=testhooks.hold_ms(), verify=verify,
+        swap_back=verify is not None, previous_depth=h.assets.releases, restore=restore, arm=arm,
     )  # fmt: skip
+
+
+def arm(run, verify_of):
+    """Prepare the swap on every host of a group, each waiting for its go: the renames then follow
+    one short message per host instead of each host's preparation. A host that fails to arm
+    disarms the others: nothing switched anywhere. Not through the sudo helper (one process per
+    call, it cannot wait between two): a group with a helper host swaps in one call per host."""
+    if len(run.hosts) < 2 or any(r.uses_helper for r in run.hosts):
+        return False
+
+    def one(r):
+        r.switch = switch(r, "arm", run.release_id, verify_of(r), arm=True)
+
+    try:
+        in_parallel(run.hosts, one, len(run.hosts))
+    except BaseException:
+        for r in run.hosts:
+            if r.switch.get("armed"):
+                try:
+                    r.call("disarm", "disarm")
+                except CutoverError:
+                    pass  # its swap process gives up by itself when this connection ends
+            r.switch = {}
+        raise
+    fault_point("go")
+    return True
 
 
 def swap(run):
     """Switch every host to the run's release at once; if any fails, switch back those that switched."""
 
+    def verify_of(r):
+        return health_args(r.host.health, protected=protected_urls(r.host)) if r.host.health.urls else None
+
+    armed = arm(run, verify_of)
+
     def one(r):
         t = Timer()
-        verify = health_args(r.host.health, protected=protected_urls(r.host)) if r.host.health.urls else None
+        verify = verify_of(r)
         r.switched = "unknown"  # until an answer says otherwise, this host may have switched
         try:
-            answer = switch(r, "swap", run.release_id, verify)
+            if armed:
+                answer = r.call("swap", "go", timeout=_timeout(r.host))
+            else:
+                answer = switch(r, "swap", run.release_id, verify)
         except RemoteError as exc:
             if exc.details:  # the server answered: it says where current is now
                 r.switched = "yes" if exc.details.get("current") == run.release_id else "no"
