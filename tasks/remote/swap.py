@@ -37,6 +37,7 @@ RTTIME_LIMIT_US = (200000, 1000000)
 SWAP_PRIORITY = 10  # SCHED_FIFO priority of the swap inside the pause
 WATCHDOG_PRIORITY = 20  # above the swap's: the watchdog runs even if the swap spins
 DISARM = b"done"
+START = b"s"  # the swap process is about to pause httpd: the watchdog's pause_timeout starts
 
 
 def _realtime(priority):
@@ -57,10 +58,12 @@ def _normal_priority():
 
 
 def _arm_watchdog(parent, timeout, log_path, cgroup=None):
-    """Fork a detached watchdog; returns the pipe end that disarms it.
+    """Fork a detached watchdog; returns the pipe end that starts (START) and disarms it.
 
-    The watchdog resumes every httpd process (thaws its cgroup, sends SIGCONT) when the timeout
-    passes, or at once when the pipe closes without DISARM (the swap process died in the pause).
+    From START on, the watchdog resumes every httpd process (thaws its cgroup, sends SIGCONT)
+    when the timeout passes, or at once when the pipe closes without DISARM (the swap process
+    died in the pause). A pipe closed before START: nothing was paused, it just exits. (An armed
+    swap forks its watchdog before it waits for go, so that go is followed by the pause at once.)
     """
     r, w = os.pipe()
     pid = os.fork()
@@ -71,6 +74,8 @@ def _arm_watchdog(parent, timeout, log_path, cgroup=None):
         os.close(w)
         os.setsid()
         _realtime(WATCHDOG_PRIORITY)
+        if os.read(r, len(START)) != START:
+            return  # the swap ended before it paused httpd (an armed swap without its go)
         ready = select.select([r], [], [], timeout)[0]
         word = os.read(r, 16) if ready else b""
         if word != DISARM:
@@ -84,16 +89,17 @@ def _arm_watchdog(parent, timeout, log_path, cgroup=None):
         os._exit(0)
 
 
-def _pause_and_rename(renames, parent, pause_timeout, watchdog_log, hold_ms, cgroup=None):
+def _pause_and_rename(renames, parent, pause_timeout, watchdog_log, hold_ms, cgroup=None, watchdog=None):
     """The critical section: pause httpd (freeze its cgroup, or STOP parent and children), the
     renames, resume. Returns pause figures."""
-    disarm = _arm_watchdog(parent, pause_timeout, watchdog_log, cgroup)
+    disarm = _arm_watchdog(parent, pause_timeout, watchdog_log, cgroup) if watchdog is None else watchdog
     refused = _realtime(SWAP_PRIORITY)
     freeze = os.open(os.path.join(cgroup, "cgroup.freeze"), os.O_WRONLY) if cgroup else None
     if freeze is None:
         httpd.children(parent)  # warm the code path and the /proc entry before the pause
     gc.disable()
     paused = []
+    os.write(disarm, START)
     try:
         t0 = time.perf_counter_ns()
         if freeze is not None:
@@ -243,7 +249,16 @@ def switch(layout, release_id, parent, settings):
         old = paths.current_release(layout)
         renames = _pin_files(dirs, release_id, old if old != release_id else read_map(dirs, old).get("previous"),
                              settings["previous_depth"], settings.get("restore"))
-        _wait_for_go(settings.pop("go", None))
+        go = settings.pop("go", None)
+        watchdog = None
+        if go is not None and parent is not None:  # forked now: go is followed by the pause at once
+            watchdog = _arm_watchdog(parent, settings["pause_timeout"], settings["watchdog_log"], settings.get("cgroup"))
+        try:
+            _wait_for_go(go)
+        except BaseException:
+            if watchdog is not None:
+                os.close(watchdog)  # before START: the watchdog exits, nothing was paused
+            raise
         if parent is None:
             t0 = time.perf_counter_ns()
             for fd, source, target in renames:
@@ -253,7 +268,7 @@ def switch(layout, release_id, parent, settings):
                     "note": "httpd.pause is none"}
         before = listen.counters()  # the listen queue: connections refused while httpd is paused
         out = _pause_and_rename(renames, parent, settings["pause_timeout"], settings["watchdog_log"], settings["hold_ms"],
-                                settings.get("cgroup"))
+                                settings.get("cgroup"), watchdog)
         out["listen"] = listen.dropped(before, listen.counters())
         return out
     finally:
