@@ -60,8 +60,8 @@ def main():
         [
             f"Command: `python3 bench/fleet_bench.py --sizes {args.sizes} --rounds {args.rounds}` (lab servers on this "
             "one machine, each its own sshd and Apache (event MPM), the example site; a one-line change per deploy; "
-            "medians over the rounds). The switch spread is from the first host's rename to the last's: today each "
-            "host's swap starts when its thread reaches it (no armed swap yet).",
+            "medians over the rounds). The switch spread is from the first host's rename to the last's, the swap "
+            "armed on every host first.",
             "",
             f"| servers | one-file deploy | against {sizes[0]} | switch spread, median / max | pause, median |",
             "|---|---|---|---|---|",
