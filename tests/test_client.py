@@ -107,12 +107,15 @@ def test_a_group_error_names_every_failed_host_and_keeps_the_first_exit_status()
     assert error.succeeded == []
 
 
-def _fleet(*names):
+def _fleet(switch, *names):
+    """Hosts whose swap is `switch` (faked): armed first, then `go` runs the fake's swap."""
     health = SimpleNamespace(urls=(), retries=0, timeout=1, expect_status=200, expect_text=None)
     runs = []
     for name in names:
         host = SimpleNamespace(name=name, health=health, httpd=SimpleNamespace(pause_timeout=1), protected=())
-        runs.append(SimpleNamespace(name=name, host=host, current="old", switched="no", switch={}, steps={}))
+        r = SimpleNamespace(name=name, host=host, current="old", switched="no", switch={}, steps={}, uses_helper=False)
+        r.call = lambda step, op, timeout=None, r=r, **args: switch(r, step, "new", None) if op == "go" else {}
+        runs.append(r)
     return SimpleNamespace(hosts=runs, release_id="new")
 
 
@@ -122,7 +125,9 @@ def test_a_failed_swap_switches_back_every_host_that_switched_and_keeps_both_err
 
     calls = []
 
-    def switch(r, step, release_id, verify, restore=False):
+    def switch(r, step, release_id, verify, restore=False, arm=False):
+        if arm:
+            return {"armed": True, "old": "old"}
         calls.append((r.name, step, release_id))
         if step == "swap" and r.name == "web2":
             raise RemoteError("swap: the connection failed: OSError")  # no answer: may have switched
@@ -131,7 +136,7 @@ def test_a_failed_swap_switches_back_every_host_that_switched_and_keeps_both_err
         return {"old": "old", "new": release_id, "pause_ms": 0.1, "health": "ok"}
 
     monkeypatch.setattr(swap_step, "switch", switch)
-    run = _fleet("web1", "web2")
+    run = _fleet(switch, "web1", "web2")
     with pytest.raises(GroupError) as failed:
         swap_step.swap(run)
     message = str(failed.value)
@@ -149,13 +154,15 @@ def test_a_failed_swap_switches_back_every_host_that_switched_and_keeps_both_err
 def test_any_exception_during_the_swap_switches_back(monkeypatch, capsys):
     from tasks.steps import swap as swap_step
 
-    def switch(r, step, release_id, verify, restore=False):
+    def switch(r, step, release_id, verify, restore=False, arm=False):
+        if arm:
+            return {"armed": True, "old": "old"}
         if step == "swap" and r.name == "web2":
             raise KeyError("an answer without 'old'")  # a bug, not a CutoverError
         return {"old": "old", "new": release_id, "pause_ms": 0.1, "health": "ok"}
 
     monkeypatch.setattr(swap_step, "switch", switch)
-    run = _fleet("web1", "web2")
+    run = _fleet(switch, "web1", "web2")
     with pytest.raises(GroupError):
         swap_step.swap(run)
     assert [r.switched for r in run.hosts] == ["no", "no"]
