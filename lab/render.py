@@ -9,7 +9,7 @@ from tasks import apache, hostsfile
 from tasks.agent import LocalAgent
 from tasks.config import Maintenance
 from tasks.errors import CutoverError
-from tasks.hostsfile import BUILTIN
+from tasks.schema import BUILTIN
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 

@@ -18,9 +18,19 @@ import paramiko
 from .errors import HookError, LockError, MigrationError, RemoteError, SmokeError
 
 REMOTE = Path(__file__).resolve().parent / "remote"
-BUNDLE = ("protocol", "paths", "limits", "history", "httpd", "listen", "swap", "health", "lock", "stage", "shared",
-          "finish", "views", "install", "helper", "backup")  # fmt: skip
-HELPER_BUNDLE = ("protocol", "paths", "limits", "httpd", "listen", "swap", "health", "helper")  # what sudo runs as root
+BUNDLE = ("protocol", "paths", "limits", "history", "httpd", "listen", "pause", "swap", "health", "lock", "stage", "shared",
+          "finish", "views", "install", "helper", "dumps", "backup")  # fmt: skip
+HELPER_BUNDLE = (
+    "protocol",
+    "paths",
+    "limits",
+    "httpd",
+    "listen",
+    "pause",
+    "swap",
+    "health",
+    "helper",
+)  # what sudo runs as root
 HELPER = "/usr/local/lib/cutover/swap-helper"
 DETAIL_KEPT = 2000  # characters of a dying agent's stderr shown
 

@@ -17,15 +17,13 @@ import shutil
 import subprocess
 import time
 
-from . import history, lock, paths, protocol
+from . import dumps, history, lock, paths, protocol
 from .protocol import Refused
 
 MANIFEST = "manifest.json"
 INFO = "backup.json"
 SEALED = "sealed.json"  # the second pass's facts, until the backup is complete
 HASH_CHUNK = 1 << 20
-DB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-DUMP_TIMEOUT = 3600  # seconds for one database's dump or restore
 
 
 def backup_id(value):
@@ -75,7 +73,7 @@ def _database_files(layout, databases):
     out = []
     for db in databases:
         if db.get("kind") == "sqlite":
-            path = _checked_db(layout, db)["file"]
+            path = dumps.checked(layout, db)["file"]
             out += [path] + [path + suffix for suffix in ("-journal", "-wal", "-shm")]
     return out
 
@@ -97,91 +95,6 @@ def copy_shared(layout, entries, dest, previous, databases=()):
             continue
         else:
             _rsync(src, os.path.dirname(target) + "/", prev and os.path.dirname(prev) + "/")
-
-
-def _checked_db(layout, db):
-    if not isinstance(db, dict) or not DB_NAME.fullmatch(str(db.get("name", ""))):
-        raise Refused("a database needs a name of letters, digits and _ . -")
-    kind = db.get("kind")
-    if kind == "sqlite":
-        rel = str(db.get("path", ""))
-        if rel.startswith("/") or ".." in rel.split("/") or not rel:
-            raise Refused("database %s: path must lie inside deploy_to" % db["name"])
-        return dict(db, file=os.path.join(layout.deploy_to, rel))
-    if kind == "mariadb":
-        creds = str(db.get("credentials", ""))
-        if not creds.startswith("/") or not DB_NAME.fullmatch(str(db.get("database", ""))):
-            raise Refused("database %s: needs database and an absolute credentials file" % db["name"])
-        return db
-    raise Refused("database %s: kind must be sqlite or mariadb" % db["name"])
-
-
-def _mariadb_program(*names):
-    for name in names:
-        if shutil.which(name):
-            return name
-    raise Refused("%s is not installed on this server" % names[0])
-
-
-def dump(layout, db, dest):
-    """One database into dest/databases/<name>.(sqlite|sql), consistent while it takes writes."""
-    db = _checked_db(layout, db)
-    os.makedirs(os.path.join(dest, "databases"), exist_ok=True)
-    if db["kind"] == "sqlite":
-        import sqlite3
-
-        if not os.path.exists(db["file"]):
-            return None  # not made yet (a first migration makes it): the backup records it absent
-        out = os.path.join(dest, "databases", db["name"] + ".sqlite")
-        src = sqlite3.connect("file:%s?mode=ro" % db["file"], uri=True)
-        dst = sqlite3.connect(out)
-        try:
-            src.backup(dst)  # the online backup API: one consistent copy, never a torn file copy
-        finally:
-            dst.close()
-            src.close()
-        return out
-    out = os.path.join(dest, "databases", db["name"] + ".sql")
-    argv = [_mariadb_program("mariadb-dump", "mysqldump"), "--defaults-extra-file=" + db["credentials"],
-            "--single-transaction", "--routines", "--triggers", "--add-drop-database", "--databases", db["database"]]
-    with open(out, "wb") as f:
-        run = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.PIPE, timeout=DUMP_TIMEOUT)
-    if run.returncode != 0:
-        raise Refused("database %s: the dump failed: %s" % (db["name"], run.stderr.decode("utf-8", "replace").strip()[-500:]))
-    return out
-
-
-def load(layout, db, source):
-    """Restore one database from its dump in a backup."""
-    db = _checked_db(layout, db)
-    if db["kind"] == "sqlite":
-        import sqlite3
-
-        os.makedirs(os.path.dirname(db["file"]), exist_ok=True)
-        src = sqlite3.connect("file:%s?mode=ro" % os.path.join(source, db["name"] + ".sqlite"), uri=True)
-        dst = sqlite3.connect(db["file"])
-        try:
-            src.backup(dst)
-        finally:
-            dst.close()
-            src.close()
-        return
-    with open(os.path.join(source, db["name"] + ".sql"), "rb") as f:
-        run = subprocess.run([_mariadb_program("mariadb", "mysql"), "--defaults-extra-file=" + db["credentials"]],
-                             stdin=f, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=DUMP_TIMEOUT)
-    if run.returncode != 0:
-        raise Refused("database %s: the restore failed: %s" % (db["name"], run.stdout.decode("utf-8", "replace")[-500:]))
-
-
-def remove_sqlite(layout, db):
-    """Remove a SQLite database (and its journals) that did not exist when a backup was taken."""
-    db = _checked_db(layout, db)
-    gone = []
-    for path in [db["file"]] + [db["file"] + suffix for suffix in ("-journal", "-wal", "-shm")]:
-        if db["kind"] == "sqlite" and os.path.isfile(path):
-            os.unlink(path)
-            gone.append(os.path.relpath(path, layout.deploy_to))
-    return gone
 
 
 def _sha256(path):
@@ -268,7 +181,7 @@ def op_backup(a):
         copy_shared(layout, a["shared"], incoming, None, a.get("databases", []))
         dumped, absent = [], []
         for db in a.get("databases", []):
-            (dumped if dump(layout, db, incoming) else absent).append(db["name"])
+            (dumped if dumps.dump(layout, db, incoming) else absent).append(db["name"])
         sealed = {"release": paths.current_release(layout), "databases": dumped, "absent": absent}
         paths.write_file(os.path.join(incoming, SEALED), json.dumps(sealed, sort_keys=True))
         return dict(sealed, seconds=time.monotonic() - t)
@@ -312,6 +225,7 @@ def op_backup_push(a):
     return {"copied_to": push(layout, bid, a["to"]), "seconds": time.monotonic() - t}
 
 
+PUSH_TIMEOUT = 3600  # seconds for the copy off the server
 SAFE = re.compile(r"^[A-Za-z0-9._@+/:-]+$")  # what goes into the copy's ssh command line, word by word
 
 
@@ -333,7 +247,7 @@ def push(layout, bid, to):
     host = "[%s]" % to["host"] if ":" in to["host"] else to["host"]
     dest = "%s@%s:%s/%s/" % (to["user"], host, to["path"].rstrip("/"), bid)
     run = subprocess.run(argv + [layout.backup(bid) + "/", dest], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, timeout=DUMP_TIMEOUT)
+                         stderr=subprocess.STDOUT, timeout=PUSH_TIMEOUT)
     if run.returncode != 0:
         raise Refused("copying backup %s to %s failed: %s" % (bid, dest, run.stdout.decode("utf-8", "replace")[-500:]),
                       hint="the backup is complete on this server; check backups.to and that this server's key is "
@@ -406,8 +320,8 @@ def op_restore(a):
     removed = []
     for db in a.get("databases", []):
         if db.get("name") in record["databases"]:
-            load(layout, db, os.path.join(source, "databases"))
+            dumps.load(layout, db, os.path.join(source, "databases"))
         elif db.get("name") in record.get("absent", []):
-            removed += remove_sqlite(layout, db)  # made after this backup (saved by the one before the restore)
+            removed += dumps.remove_sqlite(layout, db)  # made after this backup (saved by the one before the restore)
     return {"release": record["release"], "entries": record["entries"], "databases": record["databases"],
             "removed": removed, "seconds": time.monotonic() - t}

@@ -4,7 +4,7 @@ op_swap, top to bottom:
   1. check the release exists and the pidfile names a live httpd (before anything is paused);
   2. fork a child detached from the SSH session (a dropped connection cannot stop it);
   3. in it, write the release's Apache map and the two temp symlinks (outside the pause);
-  4. arm a watchdog: a detached process that thaws httpd's cgroup and sends SIGCONT to every
+  4. arm a watchdog (pause.py): a detached process that thaws httpd's cgroup and sends SIGCONT to every
      httpd process after pause_timeout, or at once if the swap process dies;
   5. enter SCHED_FIFO (bounded by RLIMIT_RTTIME) and pause httpd: where httpd runs in a cgroup v2
      of its own (as under systemd; httpd.pause auto or freeze), one write of 1 to its
@@ -19,133 +19,15 @@ Between steps 5 and 7 the process only writes cgroup.freeze or calls kill() and 
 file, and renames.
 """
 
-import gc
 import json
 import os
-import resource
 import select
 import signal
 import stat
 import time
 
-from . import health, httpd, limits, listen, paths
+from . import health, httpd, limits, listen, paths, pause
 from .protocol import Refused
-
-# If the critical section ever spins, the kernel stops it after 0.2 s of real-time CPU
-# (SIGXCPU) and kills it after 1 s; the watchdog then resumes httpd.
-RTTIME_LIMIT_US = (200000, 1000000)
-SWAP_PRIORITY = 10  # SCHED_FIFO priority of the swap inside the pause
-WATCHDOG_PRIORITY = 20  # above the swap's: the watchdog runs even if the swap spins
-DISARM = b"done"
-START = b"s"  # the swap process is about to pause httpd: the watchdog's pause_timeout starts
-
-
-def _realtime(priority):
-    """Enter SCHED_FIFO with a bounded CPU budget; returns None, or why normal priority is used."""
-    try:
-        resource.setrlimit(resource.RLIMIT_RTTIME, RTTIME_LIMIT_US)
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        return None
-    except (OSError, AttributeError, ValueError) as exc:
-        return "real-time priority refused (%s); paused at normal priority" % exc
-
-
-def _normal_priority():
-    try:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except (OSError, AttributeError):
-        pass  # real time was refused (or is unknown here): already at normal priority
-
-
-def _arm_watchdog(parent, timeout, log_path, cgroup=None):
-    """Fork a detached watchdog; returns the pipe end that starts (START) and disarms it.
-
-    From START on, the watchdog resumes every httpd process (thaws its cgroup, sends SIGCONT)
-    when the timeout passes, or at once when the pipe closes without DISARM (the swap process
-    died in the pause). A pipe closed before START: nothing was paused, it just exits. (An armed
-    swap forks its watchdog before it waits for go, so that go is followed by the pause at once.)
-    """
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid:
-        os.close(r)
-        return w
-    try:
-        os.close(w)
-        os.setsid()
-        _realtime(WATCHDOG_PRIORITY)
-        if os.read(r, len(START)) != START:
-            return  # the swap ended before it paused httpd (an armed swap without its go)
-        ready = select.select([r], [], [], timeout)[0]
-        word = os.read(r, 16) if ready else b""
-        if word != DISARM:
-            thawed = httpd.thaw(cgroup) if cgroup else False
-            pids = httpd.signal_all(parent, signal.SIGCONT)
-            why = "the swap process died" if ready else "pause_timeout of %ss passed" % timeout
-            with open(log_path, "a") as f:
-                f.write("%s watchdog: %s; %sSIGCONT sent to %s\n"
-                        % (paths.now(), why, "thawed %s; " % cgroup if thawed else "", pids))
-    finally:
-        os._exit(0)
-
-
-def _pause_and_rename(renames, parent, pause_timeout, watchdog_log, hold_ms, cgroup=None, watchdog=None):
-    """The critical section: pause httpd (freeze its cgroup, or STOP parent and children), the
-    renames, resume. Returns pause figures."""
-    disarm = _arm_watchdog(parent, pause_timeout, watchdog_log, cgroup) if watchdog is None else watchdog
-    refused = _realtime(SWAP_PRIORITY)
-    freeze = os.open(os.path.join(cgroup, "cgroup.freeze"), os.O_WRONLY) if cgroup else None
-    if freeze is None:
-        httpd.children(parent)  # warm the code path and the /proc entry before the pause
-    gc.disable()
-    paused = []
-    os.write(disarm, START)
-    try:
-        t0 = time.perf_counter_ns()
-        if freeze is not None:
-            os.pwrite(freeze, b"1", 0)  # every process of the cgroup, in one write
-        else:
-            os.kill(parent, signal.SIGSTOP)
-            paused = httpd.children(parent)
-            for pid in paused:
-                os.kill(pid, signal.SIGSTOP)
-        r0 = time.perf_counter_ns()
-        for fd, source, target in renames:
-            os.rename(source, target, src_dir_fd=fd, dst_dir_fd=fd)
-        r1 = time.perf_counter_ns()
-        renamed_at = time.time()  # the server's clock: a group's switch spread, across hosts
-        if hold_ms:
-            time.sleep(hold_ms / 1000.0)  # fault tests only: widen the pause to act inside it
-    finally:
-        if freeze is not None:
-            os.pwrite(freeze, b"0", 0)
-        else:
-            for pid in paused:
-                try:
-                    os.kill(pid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass  # exited while paused
-            os.kill(parent, signal.SIGCONT)
-        t1 = time.perf_counter_ns()
-        _normal_priority()
-        gc.enable()
-        if freeze is not None:
-            os.close(freeze)
-        try:
-            os.write(disarm, DISARM)
-            fired = False
-        except BrokenPipeError:
-            fired = True  # the watchdog already gave up waiting and resumed httpd
-        os.close(disarm)
-    notes = [refused] if refused else []
-    if freeze is None and not httpd.has_children_file(parent):
-        notes.append("this kernel has no /proc/PID/task/PID/children: httpd's children were found by reading all of /proc inside the pause")
-    if fired:
-        notes = ["the watchdog resumed httpd after pause_timeout (%ss)" % pause_timeout]
-    return {"pause_ms": round((t1 - t0) / 1e6, 3), "rename_ms": round((r1 - r0) / 1e6, 3), "renamed_at": renamed_at,
-            "paused": len(paused) + 1 if freeze is None else "cgroup", "method": "freeze" if freeze is not None else "sigstop",
-            "realtime": refused is None, "note": "; ".join(notes) or None}
-
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
@@ -252,7 +134,7 @@ def switch(layout, release_id, parent, settings):
         go = settings.pop("go", None)
         watchdog = None
         if go is not None and parent is not None:  # forked now: go is followed by the pause at once
-            watchdog = _arm_watchdog(parent, settings["pause_timeout"], settings["watchdog_log"], settings.get("cgroup"))
+            watchdog = pause.arm_watchdog(parent, settings["pause_timeout"], settings["watchdog_log"], settings.get("cgroup"))
         try:
             _wait_for_go(go)
         except BaseException:
@@ -267,7 +149,7 @@ def switch(layout, release_id, parent, settings):
             return {"pause_ms": 0.0, "rename_ms": ms, "renamed_at": time.time(), "paused": 0, "realtime": False,
                     "note": "httpd.pause is none"}
         before = listen.counters()  # the listen queue: connections refused while httpd is paused
-        out = _pause_and_rename(renames, parent, settings["pause_timeout"], settings["watchdog_log"], settings["hold_ms"],
+        out = pause.pause_and_rename(renames, parent, settings["pause_timeout"], settings["watchdog_log"], settings["hold_ms"],
                                 settings.get("cgroup"), watchdog)
         out["listen"] = listen.dropped(before, listen.counters())
         return out
@@ -322,8 +204,8 @@ def settings_of(a):
     hold = a.get("hold_ms", 0)
     if not limits.within(hold, (0, 1000 * limits.PAUSE_TIMEOUT[1])):
         raise Refused("hold_ms must be from 0 to %d" % (1000 * limits.PAUSE_TIMEOUT[1]))
-    if a.get("pause") not in PAUSES:
-        raise Refused("pause must be one of %s" % ", ".join(PAUSES))
+    if a.get("pause") not in pause.PAUSES:
+        raise Refused("pause must be one of %s" % ", ".join(pause.PAUSES))
     verify = a.get("verify")
     depth = a.get("previous_depth", 1)
     if not limits.within(depth, limits.PREVIOUS_DEPTH) or isinstance(depth, float):
@@ -331,23 +213,6 @@ def settings_of(a):
     return {"pause_timeout": timeout, "hold_ms": hold, "pause": a["pause"], "pidfile": a.get("pidfile"),
             "verify": health.checked(verify) if verify else None, "swap_back": bool(a.get("swap_back")),
             "previous_depth": depth, "restore": bool(a.get("restore"))}
-
-
-PAUSES = ("auto", "freeze", "sigstop", "none")
-
-
-def pause_method(settings, parent):
-    """The cgroup to freeze, or None for signals: httpd.pause freeze, or auto where httpd has a
-    cgroup v2 of its own and the freezer is the quicker (one thread per process, as with prefork);
-    Refused when freeze is asked for and cannot be had."""
-    if parent is None or settings["pause"] == "sigstop":
-        return None
-    cgroup, why = httpd.freezer(parent)
-    if cgroup is None and settings["pause"] == "freeze":
-        raise Refused("httpd.pause is freeze, but %s" % why, hint=httpd.FREEZE_HINT)
-    if cgroup is not None and settings["pause"] == "auto" and not httpd.freeze_is_quicker(cgroup):
-        return None
-    return cgroup
 
 
 RUNNING_SWAP_WAIT_S = 2 * limits.PAUSE_TIMEOUT[1] + 60  # its pause, verify, switch back and verify again
@@ -387,7 +252,7 @@ def op_swap(a):
         raise Refused("release %s does not exist on this server" % release_id)
     old = paths.current_release(layout)
     parent = httpd.parent(settings["pidfile"]) if settings["pause"] != "none" else None
-    settings["cgroup"] = pause_method(settings, parent)
+    settings["cgroup"] = pause.method(settings["pause"], parent)
     # The swap's own files: in .cutover, or for the sudo helper in its root-owned directory.
     meta = a.get("meta") or layout.meta
     pid_file = os.path.join(meta, os.path.basename(layout.swap_pid))
