@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tasks.errors import CutoverError
+from tasks.remote.httpd import cgroup2_mount
 
 from .render import PHP_MODES, program, render, render_apache, write_hosts_file
 
@@ -205,26 +206,13 @@ def _start_fpm(server):
     _wait_for(lambda: fpm.poll() is None and (run / "fpm.sock").exists(), f"php-fpm of {server.name} (see {run})")
 
 
-def cgroup2_mount():
-    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a
-    hybrid system), or None."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if fields[fields.index("-") + 1] == "cgroup2":
-                    return fields[4]
-    except (OSError, ValueError, IndexError):
-        return None  # no mountinfo to read: no cgroup of its own for the lab's Apache
-    return None
-
-
 def make_cgroup(name):
     """A new cgroup v2 directory for one lab Apache, as systemd gives a service its own; "" where
     cgroup v2 is not mounted or not writable (the swap then pauses with signals)."""
-    mount = cgroup2_mount()
-    if not mount:
+    found = cgroup2_mount()  # (mount point, root): /sys/fs/cgroup, or .../unified on a hybrid system
+    if not found:
         return ""
+    mount = found[0]
     _remove_stale_cgroups(mount)
     path = os.path.join(mount, f"cutover-lab-{os.getpid()}-{secrets.token_hex(4)}-{name}")
     try:

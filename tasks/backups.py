@@ -3,7 +3,7 @@ one instant, listed, and put back with the release that was live when they were 
 
 from invoke import task
 
-from .cli import boundary, target
+from .cli import FORCE_UNLOCK_HELP, boundary, target
 from .errors import ConfigError, CutoverError, Interrupted
 from .fleet import Run, close, connect, in_parallel, on_group
 from .output import Timer, line, say, shown, size, table
@@ -26,7 +26,7 @@ def check_label(label):
 @task(
     help={
         "label": "a note kept with the backup, e.g. 'before the spring sale'",
-        "force-unlock": "first clear a lock whose owner is gone (its SSH session ended)",
+        "force-unlock": FORCE_UNLOCK_HELP,
     }
 )
 @boundary
@@ -95,7 +95,7 @@ def databases(b):
 @task(
     help={
         "backup": "the backup to restore (`fab backups` lists them)",
-        "force-unlock": "first clear a lock whose owner is gone (its SSH session ended)",
+        "force-unlock": FORCE_UNLOCK_HELP,
     }
 )
 @boundary

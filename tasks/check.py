@@ -11,7 +11,6 @@ from .fleet import STEP_TIMEOUT, Run, close, each_host
 from .output import table
 from .remote import limits
 from .remote.health import DENIED
-from .remote.httpd import FREEZE_HINT
 from .remote.paths import PLACEHOLDER
 from .remote.views import PROBED_OUTSIDE
 from .steps import health_args, origin, protected_urls
@@ -36,10 +35,11 @@ def probe_args(host):
 
 
 def _pause_cell(host, httpd):
-    """How the swap will pause httpd: its cgroup frozen with one write, or each process signalled."""
+    """How the swap will pause httpd (the server decides, as the swap will): its cgroup frozen with
+    one write, or each process signalled."""
     if host.httpd.pause == "none":
         return "not paused"
-    if httpd.get("cgroup") and (host.httpd.pause == "freeze" or host.httpd.pause == "auto" and httpd["freeze_quicker"]):
+    if httpd.get("pause") == "freeze":
         return "freeze"
     return f"sigstop, {httpd['children'] + 1} processes"
 
@@ -92,7 +92,7 @@ def check_host(r):
     )
     found = r.call(
         "check", "check", timeout=timeout, pidfile=r.host.httpd.pidfile, probe=probe,
-        helper_path=agent.HELPER if r.uses_helper else None, ports=http_ports(r.host),
+        helper_path=agent.HELPER if r.uses_helper else None, ports=http_ports(r.host), pause=r.host.httpd.pause,
     )  # fmt: skip
     problems = []
     if tuple(int(x) for x in found["python"].split(".")[:2]) < MIN_PYTHON:
@@ -103,8 +103,8 @@ def check_host(r):
         problems.append(f"deploy_to {r.host.deploy_to} is {found['deploy_to']}: fix its owner or permissions")
     if r.host.httpd.pause != "none" and not found["httpd"]["ok"]:
         problems.append(found["httpd"]["problem"])
-    elif r.host.httpd.pause == "freeze" and not found["httpd"].get("cgroup"):
-        problems.append(f"httpd.pause is freeze, but {found['httpd'].get('no_freeze')}: {FREEZE_HINT}")
+    elif found["httpd"].get("pause_problem"):
+        problems.append(found["httpd"]["pause_problem"])
     if found["disk_free"] < MIN_FREE:
         problems.append(f"only {found['disk_free'] // 2**20} MB free under {r.host.deploy_to}")
     http = http_problems(r.host, found)

@@ -10,6 +10,10 @@ from invoke.exceptions import Exit
 from . import hostsfile
 from .errors import ConfigError, CutoverError
 
+FORCE_UNLOCK_HELP = (
+    "first clear a lock whose owner is gone (its SSH session ended)"  # deploy, rollback, backup, restore
+)
+
 
 def target(c, split=True):
     """The hosts named by -H (a group, a host, or a comma list), or default_group without -H.

@@ -12,7 +12,7 @@ from pathlib import Path
 from invoke import task
 
 from . import gitbuild, release, rsync
-from .cli import boundary, target
+from .cli import FORCE_UNLOCK_HELP, boundary, target
 from .errors import ConfigError, CutoverError, GroupError, HealthError, Interrupted
 from .fleet import Run, close, connect, in_parallel
 from .output import Timer, count, line, say, shown, since_start, size, table
@@ -164,7 +164,7 @@ def dry_run(run, build, info):
 @task(
     help={
         "dry-run": "print the plan and the files that would change; change nothing",
-        "force-unlock": "first clear a lock whose owner is gone (its SSH session ended)",
+        "force-unlock": FORCE_UNLOCK_HELP,
         "build": "deploy this directory instead of build.path from hosts.yaml",
         "migrate": "run migrate.command in the new release, with maintenance mode on around it",
         "split": "deploy to some hosts of a group only (-H naming hosts), leaving it on two releases",

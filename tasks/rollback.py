@@ -6,7 +6,7 @@ from is kept (and marked in history), so `rollback --to` or a new deploy can ret
 
 from invoke import task
 
-from .cli import boundary, target
+from .cli import FORCE_UNLOCK_HELP, boundary, target
 from .errors import ConfigError, CutoverError, Interrupted
 from .fleet import Run, close, connect
 from .output import Timer, count, line, shown, table
@@ -119,7 +119,7 @@ def rollback_hosts(hosts, to=None, force=False):
 @task(
     help={
         "to": "the release to switch to (default: the one before the live release)",
-        "force-unlock": "first clear a lock whose owner is gone (its SSH session ended)",
+        "force-unlock": FORCE_UNLOCK_HELP,
         "split": "roll back some hosts of a group only (-H naming hosts), leaving it on two releases",
     }
 )

@@ -111,7 +111,7 @@ def stopped(pidfile):
     return out
 
 
-def _cgroup2_mount():
+def cgroup2_mount():
     """(mount point, root inside the hierarchy) of the cgroup v2 file system, or None."""
     try:
         with open("/proc/self/mountinfo") as f:
@@ -131,7 +131,7 @@ def cgroup_dir(pid):
             rel = next((line[3:].strip() for line in f if line.startswith("0::")), None)
     except OSError:
         return None
-    mount = _cgroup2_mount()
+    mount = cgroup2_mount()
     if not rel or rel == "/" or mount is None:
         return None
     point, root = mount

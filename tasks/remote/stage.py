@@ -193,13 +193,10 @@ def op_stage(a):
     if not os.path.isdir(incoming):
         raise Refused("incoming release %s is missing" % incoming)
     if a.get("pidfile"):
-        from . import httpd
+        from . import httpd, pause
 
         parent = httpd.parent(a["pidfile"])  # refuse now, before any host of the group switches
-        if a.get("pause") == "freeze":
-            cgroup, why = httpd.freezer(parent, write=False)  # the swap may run as root (the sudo helper)
-            if cgroup is None:
-                raise Refused("httpd.pause is freeze, but %s" % why, hint=httpd.FREEZE_HINT)
+        pause.method(a.get("pause"), parent, write=False)  # httpd.pause freeze: refused now if it cannot be had
     linked = shared.link(layout, incoming, a["shared"])
     fresh = [e for e, how in linked.items() if how != "linked"] + [e for e in a.get("writable", []) if e not in linked]
     writable = shared.make_writable(incoming, a.get("writable", []), a.get("web_user"), fresh) if a.get("writable") else {}

@@ -4,7 +4,7 @@ import os
 import shutil
 import sys
 
-from . import history, httpd, limits, lock, paths, protocol
+from . import history, httpd, limits, lock, pause, paths, protocol
 from .protocol import Refused
 
 
@@ -28,9 +28,11 @@ def op_check(a):
         out["deploy_to"] = "missing, can be created" if os.access(parent, os.W_OK) else "missing, cannot be created"
     try:
         pid = httpd.parent(a["pidfile"])
-        cgroup, why = httpd.freezer(pid, write=False)  # the swap may run as root (the sudo helper)
-        out["httpd"] = {"ok": True, "pid": pid, "children": len(httpd.children(pid)), "cgroup": cgroup, "no_freeze": why,
-                        "freeze_quicker": bool(cgroup) and httpd.freeze_is_quicker(cgroup)}
+        out["httpd"] = {"ok": True, "pid": pid, "children": len(httpd.children(pid))}
+        try:
+            out["httpd"]["pause"] = "freeze" if pause.method(a.get("pause"), pid, write=False) else "sigstop"
+        except Refused as exc:  # httpd.pause freeze where it cannot be had
+            out["httpd"]["pause_problem"] = "%s: %s" % (exc, exc.hint)
     except Refused as exc:
         out["httpd"] = {"ok": False, "problem": str(exc)}
         pid = None
