@@ -6,30 +6,26 @@ free ports on 127.0.0.1, its own deploy_to, and is stopped by the PIDs the lab r
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
 import subprocess
-import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tasks.errors import CutoverError
-from tasks.remote.httpd import cgroup2_mount
 
-from .render import PHP_MODES, program, render, render_apache, write_hosts_file
+from .backends import start_fpm, start_mariadb, wait_for
+from .cgroups import make_cgroup
+from .render import PHP_MODES, render, render_apache, write_hosts_file
+from .stopping import APACHE, SSHD, stop_server
 
-SSHD = "/usr/sbin/sshd"
 # A server's login shell is lean; a developer machine's root ~/.bashrc may not be (pyenv init costs
 # 0.2 s of CPU per SSH command here). bash sources ~/.bashrc for a command from sshd only while
 # SHLVL < 2: starting it at 1 skips it, as a server's shell without such a ~/.bashrc would be.
 LEAN_SHELL = "SetEnv SHLVL=1"
-APACHE = "/usr/sbin/apache2"
 STATE_FILE = "lab.json"
-START_TIMEOUT = 15  # seconds a lab server's sshd, Apache or php-fpm gets to come up
-STOP_TIMEOUT = 10  # seconds a stopped process gets to exit before SIGKILL
 
 
 @dataclass
@@ -98,15 +94,6 @@ def _keygen(path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cutover-lab", "-f", str(path)], check=True)
 
 
-def _wait_for(check, what, timeout=START_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise CutoverError(f"lab: {what} did not come up within {timeout} s")
-
-
 def _listening(port):
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -142,116 +129,7 @@ def graceful_restart(server):
             f.seek(mark)
             return b"resuming normal operations" in f.read() and _http_ok(server.url)
 
-    _wait_for(restarted, f"the graceful restart of Apache of {server.name} (see {log})")
-
-
-MARIADB = "/usr/sbin/mariadbd"
-MARIADB_PASSWORD = "lab-only-password"  # a throwaway server on a private socket, no network
-
-
-def mariadb_credentials(server):
-    """The option file with the lab database's credentials ([client]): what backups.databases names."""
-    return str(Path(server.root, "mariadb", "client.cnf"))
-
-
-def _start_mariadb(server):
-    """A MariaDB server with its own data directory and socket (no TCP), database `shop` and its user."""
-    base = Path(server.root, "mariadb")
-    (base / "data").mkdir(parents=True)
-    subprocess.run(["chown", "-R", "mysql:mysql", str(base)], check=True)
-    subprocess.run(
-        ["mariadb-install-db", "--user=mysql", f"--datadir={base / 'data'}", "--auth-root-authentication-method=socket",
-         "--skip-test-db"], check=True, capture_output=True,
-    )  # fmt: skip
-    socket_path = base / "mysqld.sock"
-    with open(base / "stdout.log", "ab") as log:
-        proc = subprocess.Popen(
-            [MARIADB, "--no-defaults", "--user=mysql", f"--datadir={base / 'data'}", f"--socket={socket_path}",
-             f"--pid-file={base / 'mysqld.pid'}", "--skip-networking", f"--log-error={base / 'error.log'}"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        )  # fmt: skip
-    server.mariadb_pid = proc.pid
-    _wait_for(lambda: proc.poll() is None and socket_path.exists(), f"MariaDB of {server.name} (see {base}/error.log)")
-    sql = (
-        "CREATE DATABASE shop; "
-        f"CREATE USER 'shop'@'localhost' IDENTIFIED BY '{MARIADB_PASSWORD}'; "
-        "GRANT ALL ON shop.* TO 'shop'@'localhost'; GRANT RELOAD, PROCESS ON *.* TO 'shop'@'localhost';"
-    )
-    subprocess.run(["mariadb", f"--socket={socket_path}", "-e", sql], check=True, capture_output=True)
-    Path(mariadb_credentials(server)).write_text(
-        f"[client]\nuser=shop\npassword={MARIADB_PASSWORD}\nsocket={socket_path}\n"
-    )
-    os.chmod(mariadb_credentials(server), 0o600)
-
-
-def _start_fpm(server):
-    """php-fpm with one pool of the lab's own (www-data, a socket under the server's root)."""
-    run = Path(server.root, "php")
-    run.mkdir()
-    (run / "fpm.conf").write_text(
-        f"[global]\npid = {run}/fpm.pid\nerror_log = {run}/fpm.log\ndaemonize = no\n\n"
-        f"[www]\nuser = www-data\ngroup = www-data\nlisten = {run}/fpm.sock\n"
-        "listen.owner = www-data\nlisten.group = www-data\nlisten.mode = 0660\n"
-        "pm = static\npm.max_children = 4\ncatch_workers_output = yes\n"
-    )
-    with open(run / "stdout.log", "ab") as log:
-        fpm = subprocess.Popen(
-            [program("/usr/sbin/php-fpm*"), "--nodaemonize", "--fpm-config", str(run / "fpm.conf")],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    server.fpm_pid = fpm.pid
-    _wait_for(lambda: fpm.poll() is None and (run / "fpm.sock").exists(), f"php-fpm of {server.name} (see {run})")
-
-
-def make_cgroup(name):
-    """A new cgroup v2 directory for one lab Apache, as systemd gives a service its own; "" where
-    cgroup v2 is not mounted or not writable (the swap then pauses with signals)."""
-    found = cgroup2_mount()  # (mount point, root): /sys/fs/cgroup, or .../unified on a hybrid system
-    if not found:
-        return ""
-    mount = found[0]
-    _remove_stale_cgroups(mount)
-    path = os.path.join(mount, f"cutover-lab-{os.getpid()}-{secrets.token_hex(4)}-{name}")
-    try:
-        os.mkdir(path)
-    except OSError:
-        return ""
-    if not os.path.exists(os.path.join(path, "cgroup.freeze")):
-        os.rmdir(path)
-        return ""
-    return path
-
-
-def _remove_stale_cgroups(mount):
-    """Remove the empty lab cgroups of lab processes that are gone (a killed test run's)."""
-    for entry in os.scandir(mount):
-        owner = entry.name.split("-")[2] if entry.name.startswith("cutover-lab-") else ""
-        if owner.isdigit() and not os.path.exists(f"/proc/{owner}"):
-            try:
-                Path(entry.path, "cgroup.freeze").write_text("0")
-                os.rmdir(entry.path)
-            except OSError:
-                pass  # still holds a process: left for stop_server of the lab that made it
-
-
-def remove_cgroup(path):
-    """Thaw (a frozen process cannot act on SIGTERM) or, once empty, remove a lab cgroup."""
-    if not path or not os.path.isdir(path):
-        return
-    try:
-        Path(path, "cgroup.freeze").write_text("0")
-    except OSError:
-        pass  # already being removed
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            os.rmdir(path)
-            return
-        except OSError:
-            time.sleep(0.05)  # processes still leaving it
+    wait_for(restarted, f"the graceful restart of Apache of {server.name} (see {log})")
 
 
 def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
@@ -302,9 +180,9 @@ def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
         )
     server.sshd_pid = sshd.pid
     if server.php == "fpm":
-        _start_fpm(server)
+        start_fpm(server)
     if server.mariadb_pid == -1:  # asked for at start
-        _start_mariadb(server)
+        start_mariadb(server)
     render_apache(lab, server)
     procs = os.path.join(server.cgroup, "cgroup.procs") if server.cgroup else None
     with open(base / "apache" / "stdout.log", "ab") as log:
@@ -317,10 +195,10 @@ def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
             preexec_fn=(lambda: Path(procs).write_text(str(os.getpid()))) if procs else None,
         )
     server.httpd_pid = httpd.pid
-    _wait_for(
+    wait_for(
         lambda: sshd.poll() is None and _listening(server.ssh_port), f"sshd of {server.name} (see {base}/ssh/sshd.log)"
     )
-    _wait_for(
+    wait_for(
         lambda: httpd.poll() is None and Path(server.pidfile).exists() and _http_ok(server.url),
         f"Apache of {server.name} (see {base}/apache/error.log)",
     )
@@ -414,88 +292,6 @@ def load(root):
     state = json.loads((root / STATE_FILE).read_text())
     servers = [LabServer(**s) for s in state["servers"]]
     return Lab(root, servers, Path(state["key"]), Path(state["known_hosts"]))
-
-
-def _is_ours(pid, program):
-    """Whether pid still runs `program` (sshd rewrites its cmdline, so look at the executable)."""
-    try:
-        return os.readlink(f"/proc/{pid}/exe") == program
-    except OSError:
-        return False
-
-
-def _stop_pid(pid, program, timeout=STOP_TIMEOUT):
-    """Stop a process we started, by PID, after checking it is still that program."""
-    if not _is_ours(pid, program):
-        return
-    os.kill(pid, signal.SIGCONT)  # a paused httpd cannot act on SIGTERM
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done = 0 if _is_ours(pid, program) else pid
-        if done == pid or not _is_ours(pid, program):
-            return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-
-
-def _from_pidfile(path, program, config):
-    """The PID in a pidfile of this lab's, if it runs `program` with our `config` on its command line
-    (an Apache restarted by hand has a new PID, but writes the same pidfile)."""
-    try:
-        pid = int(Path(path).read_text().split()[0])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid if _is_ours(pid, program) and str(config).encode() in cmdline else None
-
-
-def stop_server(server):
-    """Stop one lab server's httpd, php-fpm and sshd: the PIDs recorded at start, and those their
-    pidfiles name now; resumes httpd's children first if they were paused."""
-    base = Path(server.root)
-    httpds = {server.httpd_pid, _from_pidfile(server.pidfile, APACHE, server.httpd_conf)} - {None, 0}
-    if server.cgroup and os.path.isdir(server.cgroup):
-        Path(server.cgroup, "cgroup.freeze").write_text("0")  # a frozen process cannot act on SIGTERM
-    for httpd in httpds:
-        for pid in children(httpd):
-            os.kill(pid, signal.SIGCONT)
-        _stop_pid(httpd, APACHE)
-    fpm = os.path.realpath(program("/usr/sbin/php-fpm*")) if server.php == "fpm" else None
-    for pid in {server.fpm_pid, fpm and _from_pidfile(base / "php" / "fpm.pid", fpm, base / "php")} - {None, 0}:
-        _stop_pid(pid, fpm)
-    if server.mariadb_pid:
-        real = os.path.realpath(MARIADB)
-        for pid in {server.mariadb_pid, _from_pidfile(base / "mariadb" / "mysqld.pid", real, base / "mariadb")} - {
-            None,
-            0,
-            -1,
-        }:
-            _stop_pid(pid, real, timeout=30)
-    sshd = _from_pidfile(base / "ssh" / "sshd.pid", SSHD, base / "ssh" / "sshd_config")
-    if sshd and sshd != server.sshd_pid:
-        _stop_pid(sshd, SSHD)
-    if _is_ours(server.sshd_pid, SSHD):
-        for pid in children(server.sshd_pid):  # sessions left open, e.g. by a failed test
-            try:
-                if os.path.basename(os.readlink(f"/proc/{pid}/exe")).startswith("sshd"):
-                    os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass  # the session ended since the listing: nothing to stop
-    _stop_pid(server.sshd_pid, SSHD)
-    remove_cgroup(server.cgroup)
-    if server.mounted:
-        subprocess.run(["umount", server.deploy_to], check=False)
-
-
-def children(pid):
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 def stop(root, remove=True):
