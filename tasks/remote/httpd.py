@@ -201,16 +201,6 @@ def freeze_is_quicker(path):
     return threads <= FREEZE_THREADS_PER_PROCESS * procs
 
 
-def frozen(parent_pid):
-    """Whether httpd's cgroup is frozen (cgroup.freeze reads 1)."""
-    path = cgroup_dir(parent_pid)
-    try:
-        with open(os.path.join(path, "cgroup.freeze")) as f:
-            return f.read().strip() == "1"
-    except (OSError, TypeError):
-        return False
-
-
 def thaw(path):
     """Write 0 to path/cgroup.freeze; True if written."""
     try:

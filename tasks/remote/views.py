@@ -125,8 +125,7 @@ def _probe_fallback(layout, current, probe, timeout):
 
 
 def op_state(a):
-    """Releases, current, lock, maintenance, stopped httpd PIDs and whether httpd's cgroup is
-    frozen, of one server."""
+    """Releases, current, lock, maintenance and stopped httpd PIDs of one server."""
     layout = paths.Layout(a["deploy_to"])
     out = {
         "releases": paths.releases(layout),
@@ -137,7 +136,6 @@ def op_state(a):
     if a.get("pidfile"):
         try:
             out["stopped"] = httpd.stopped(a["pidfile"])
-            out["frozen"] = httpd.frozen(httpd.parent(a["pidfile"]))
         except Refused as exc:
             out["stopped"] = None
             out["httpd_problem"] = str(exc)
