@@ -87,6 +87,7 @@ def render_apache(lab, server):
         conf,
         root=Path(server.root, "apache"),
         name=server.name,
+        address=server.address,
         http_port=server.http_port,
         pidfile=server.pidfile,
         mpm=server.mpm,
@@ -108,7 +109,7 @@ def write_hosts_file(lab, build=None, build_compare="checksum", required=("index
         hosts.append(
             {
                 "name": s.name,
-                "host": "127.0.0.1",
+                "host": s.address,
                 "port": s.ssh_port,
                 "deploy_to": s.deploy_to,
                 "httpd": {"pidfile": s.pidfile},

@@ -18,6 +18,8 @@ from tasks.errors import CutoverError
 
 from .backends import start_fpm, start_mariadb, wait_for
 from .cgroups import make_cgroup
+from .link import entering, profile
+from .link import up as link_up
 from .render import PHP_MODES, render, render_apache, write_hosts_file
 from .stopping import APACHE, SSHD, stop_server
 
@@ -50,10 +52,14 @@ class LabServer:
     cgroup: str = ""  # the cgroup v2 directory Apache runs in (as under systemd), or "" (none made)
     listen_backlog: int = 0  # Apache's ListenBacklog (0: Apache's default, 511)
     lean_shell: bool = True  # sshd skips the login user's ~/.bashrc, as on a server (LEAN_SHELL)
+    link: str = "loopback"  # the link profile (lab/link.py)
+    address: str = "127.0.0.1"  # where sshd and Apache listen: loopback, or the far end of the link
+    netns: str = ""  # the network namespace of a link profile's server
+    wire_pid: int = 0  # its link's delay element
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.http_port}/"
+        return f"http://{self.address}:{self.http_port}/"
 
     @property
     def httpd_conf(self):
@@ -94,10 +100,10 @@ def _keygen(path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cutover-lab", "-f", str(path)], check=True)
 
 
-def _listening(port):
+def _listening(port, address="127.0.0.1"):
     with socket.socket() as s:
         s.settimeout(0.2)
-        if s.connect_ex(("127.0.0.1", port)) != 0:
+        if s.connect_ex((address, port)) != 0:
             return False
         # a connect from the same ephemeral port to itself succeeds with nothing listening
         return s.getsockname() != s.getpeername()
@@ -150,8 +156,8 @@ def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
     # The host key itself stays 0600.
     (base / "ssh").chmod(0o755)
     for port in (server.ssh_port, server.http_port):
-        if _listening(port):
-            raise CutoverError(f"lab: port {port} on 127.0.0.1 is already in use")
+        if _listening(port, server.address):
+            raise CutoverError(f"lab: port {port} on {server.address} is already in use")
     deploy_to = server.deploy_to
     if tmpfs_mb:
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_mb}m,mode=0755", "tmpfs", deploy_to], check=True)
@@ -167,7 +173,8 @@ def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
 
     _keygen(base / "ssh" / "host_ed25519")
     shutil.copy(client_pub, base / "ssh" / "authorized_keys")
-    render("sshd_config", base / "ssh" / "sshd_config", root=base, ssh_port=server.ssh_port, login_shell=LEAN_SHELL
+    render("sshd_config", base / "ssh" / "sshd_config", root=base, address=server.address, ssh_port=server.ssh_port,
+           login_shell=LEAN_SHELL
            if server.lean_shell else "# the login shell as this machine's users have it")  # fmt: skip
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
     with open(base / "ssh" / "sshd.log", "ab") as log:
@@ -177,6 +184,7 @@ def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
             stdout=log,
             stderr=log,
             start_new_session=True,
+            preexec_fn=entering(server.netns),
         )
     server.sshd_pid = sshd.pid
     if server.php == "fpm":
@@ -185,6 +193,14 @@ def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
         start_mariadb(server)
     render_apache(lab, server)
     procs = os.path.join(server.cgroup, "cgroup.procs") if server.cgroup else None
+    enter = entering(server.netns)
+
+    def placed():  # in the child, before Apache runs: its cgroup and network namespace
+        if procs:
+            Path(procs).write_text(str(os.getpid()))
+        if enter:
+            enter()
+
     with open(base / "apache" / "stdout.log", "ab") as log:
         httpd = subprocess.Popen(
             [APACHE, "-f", server.httpd_conf, "-DFOREGROUND"],
@@ -192,11 +208,12 @@ def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
             stdout=log,
             stderr=log,
             start_new_session=True,
-            preexec_fn=(lambda: Path(procs).write_text(str(os.getpid()))) if procs else None,
+            preexec_fn=placed if procs or enter else None,
         )
     server.httpd_pid = httpd.pid
     wait_for(
-        lambda: sshd.poll() is None and _listening(server.ssh_port), f"sshd of {server.name} (see {base}/ssh/sshd.log)"
+        lambda: sshd.poll() is None and _listening(server.ssh_port, server.address),
+        f"sshd of {server.name} (see {base}/ssh/sshd.log)",
     )
     wait_for(
         lambda: httpd.poll() is None and Path(server.pidfile).exists() and _http_ok(server.url),
@@ -218,6 +235,7 @@ def start(
     cgroup=True,
     listen_backlog=0,
     lean_shell=True,
+    link="loopback",
     **settings,
 ):
     """Start `count` lab servers under root (a new directory); writes lab.json and hosts.yaml.
@@ -229,6 +247,7 @@ def start(
     listen_backlog: Apache's ListenBacklog (0: its default, 511).
     lean_shell: sshd starts commands without the login user's ~/.bashrc (LEAN_SHELL); False: as
     this machine's users get them.
+    link: the link profile between this machine and each server (lab/link.py): loopback, lan, wan.
     cgroup: run each Apache in a cgroup v2 of its own, as systemd runs a service (where cgroup v2
     is mounted and writable), so the swap can freeze it; False: in the caller's cgroup.
     settings: hosts.yaml defaults for the lab's group (see write_hosts_file).
@@ -242,6 +261,7 @@ def start(
         raise CutoverError(f"lab: php must be one of {PHP_MODES}, not {php!r}")
     if php == "mod_php":
         mpm = "prefork"  # mod_php is not thread-safe
+    linked = profile(link) is not None
     root = Path(root)
     if root.exists():
         raise CutoverError(f"lab: {root} already exists (a lab still up?); stop it first or remove it")
@@ -261,8 +281,13 @@ def start(
                 cgroup=make_cgroup(f"lab{i}") if cgroup else "", listen_backlog=listen_backlog, lean_shell=lean_shell,
             )
         )  # fmt: skip
-    write_hosts_file(lab, **settings)
     try:
+        for server in lab.servers:
+            if linked:
+                server.link = link
+                server.netns, server.address, server.wire_pid = link_up(link)
+                _save(lab)
+        write_hosts_file(lab, **settings)
         for server in lab.servers:
             try:
                 start_server(lab, server, f"{client_key}.pub", tmpfs_mb, ext4_mb)
@@ -270,7 +295,7 @@ def start(
                 _save(lab)  # whatever started is recorded, so that stop() finds it
             host_pub = Path(server.root, "ssh", "host_ed25519.pub").read_text().split()
             with open(lab.known_hosts, "a") as f:
-                f.write(f"[127.0.0.1]:{server.ssh_port} {host_pub[0]} {host_pub[1]}\n")
+                f.write(f"[{server.address}]:{server.ssh_port} {host_pub[0]} {host_pub[1]}\n")
     except BaseException:
         stop(root, remove=False)  # keep the logs the error points at
         raise

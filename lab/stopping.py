@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .backends import MARIADB
 from .cgroups import remove_cgroup
+from .link import down as link_down
 from .render import program
 
 SSHD = "/usr/sbin/sshd"
@@ -90,6 +91,8 @@ def stop_server(server):
     remove_cgroup(server.cgroup)
     if server.mounted:
         subprocess.run(["umount", server.deploy_to], check=False)
+    if server.netns:
+        link_down(server.netns, server.wire_pid)
 
 
 def children(pid):

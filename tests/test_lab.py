@@ -1,5 +1,6 @@
 """The lab itself: real sshd and Apache come up on loopback, accept only the lab key, go down by PID."""
 
+import http.client
 import os
 import shlex
 import signal
@@ -152,3 +153,38 @@ def test_make_install_installs_when_any_program_is_missing(tmp_path):
         assert run.returncode == 0, run.stderr
         log = (tmp_path / "apt.log").read_text() if (tmp_path / "apt.log").exists() else ""
         assert ("install -y -qq git openssh-server" in log) is expected, (programs, log)
+
+
+def test_a_wan_link_delays_and_limits_and_goes_down_with_the_lab(tmp_path):
+    """A server behind the wan profile (100 Mbit/s, 20 ms round trip) in a namespace of its own:
+    a request costs a round trip, a transfer is held to the rate, a deploy works through it, and
+    stop removes the namespace and the delay element."""
+    handle, root = start_lab(1, link="wan")
+    server = handle.servers[0]
+    try:
+        assert server.address.startswith("198.18.") and server.netns
+        conn = http.client.HTTPConnection(server.address, server.http_port, timeout=5)
+        times = []
+        for _ in range(5):
+            start = time.monotonic()
+            conn.request("GET", "/")
+            conn.getresponse().read()
+            times.append(time.monotonic() - start)
+        conn.close()
+        assert 0.020 <= sorted(times)[2] < 0.060, times  # one round trip of 20 ms, plus Apache
+        host = handle.host()
+        with ssh.connect(host) as c:
+            start = time.monotonic()
+            got = ssh.run(c, "transfer", ["head", "-c", str(5 * 2**20), "/dev/zero"]).stdout
+            seconds = time.monotonic() - start
+        assert len(got) == 5 * 2**20
+        assert 5 * 2**20 * 8 / seconds < 110e6, f"{seconds:.2f} s for 5 MiB: faster than the link's 100 Mbit/s"
+        result = handle.fab("deploy")
+        assert result.returncode == 0, result.stderr
+        assert "deployed" in result.stdout
+    finally:
+        pids = lab.pids(handle.lab) + [server.wire_pid]
+        lab.stop(root)
+        os.rmdir(root.parent)
+    assert [p for p in pids if not process_gone(p)] == []
+    assert not os.path.exists(f"/var/run/netns/{server.netns}")
