@@ -147,7 +147,7 @@ def dry_run(run, build, info):
         current = r.call("plan", "state")["current"]
         layout = Layout(r.host.deploy_to)
         dest = layout.release(current) if current else layout.releases + "/.dry-run-empty"
-        stats = rsync.upload(r.host, build.path, dest, dry_run=True)
+        stats = rsync.upload(r.host, r.conn, build.path, dest, dry_run=True)
         changed = [c for c in stats.changed if not c.endswith("/")]
         shown = [f"    {path}" for path in changed[:DRY_RUN_SHOWN]]
         if len(changed) > DRY_RUN_SHOWN:

@@ -1,4 +1,5 @@
-"""rsync over the connection's own SSH settings into the incoming release dir."""
+"""rsync into the incoming release dir, over a channel of the host's own SSH connection
+(tasks/bridge.py)."""
 
 import re
 import shlex
@@ -8,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ssh
+from .bridge import Bridge
 from .errors import CutoverError, RemoteError
 
 WHEN_READY = Path(__file__).resolve().parent / "remote" / "when_ready.py"
@@ -26,7 +27,7 @@ class UploadStats:
     changed: tuple = ()
 
 
-def rsync_argv(host, build_path, dest, dry_run=False, when_ready=False):
+def rsync_argv(host, build_path, dest, rsh, dry_run=False, when_ready=False):
     """rsync's argv: recursive, links, modes, delete; into a dir prelinked with the live files.
 
     Never --inplace: rsync replaces a changed file with a new one, so the inodes the incoming
@@ -39,13 +40,14 @@ def rsync_argv(host, build_path, dest, dry_run=False, when_ready=False):
     the second) takes a rebuilt file of the same size for unchanged and ships the old bytes.
     build.compare: mtime trades that for speed, comparing mtimes to the nanosecond (and keeping
     the build's mtimes).
+    rsh: the remote shell's argv (the bridge's, Bridge.argv()).
     """
     argv = ["rsync", "--archive", "--no-owner", "--no-group", "--delete", "--stats", "--info=progress2"]
     if host.build.compare == "checksum":
         argv += ["--checksum", "--no-times"]
     else:
         argv.append("--modify-window=-1")
-    argv += ["-e", shlex.join(ssh.ssh_command(host))]
+    argv += ["-e", shlex.join(rsh)]
     if when_ready:
         # the server side waits for the lock step to have made the incoming dir (when_ready.py)
         wait = [host.python, "-I", "-S", "-c", WHEN_READY.read_text(), dest, str(WAIT_LIMIT), "rsync"]
@@ -54,7 +56,8 @@ def rsync_argv(host, build_path, dest, dry_run=False, when_ready=False):
         argv.append(f"--exclude=/{entry}")
     if dry_run:
         argv += ["--dry-run", "--itemize-changes"]
-    argv += [f"{str(build_path).rstrip('/')}/", ssh.destination(host, f"{dest}/")]
+    # the host part is for rsync's syntax only: the bridge's channel goes to the connection's host
+    argv += [f"{str(build_path).rstrip('/')}/", f"cutover:{dest}/"]
     return argv
 
 
@@ -66,8 +69,11 @@ def _stat(text, label):
 class Upload:
     """One rsync run; started early (`when_ready`) it overlaps its SSH start with the lock step."""
 
-    def __init__(self, host, argv, dry_run=False):
+    def __init__(self, host, conn, make_argv, dry_run=False):
+        """make_argv(rsh): rsync's argv for the remote shell argv `rsh`."""
         self.host, self.dry_run = host, dry_run
+        self.bridge = Bridge(conn, host.name)
+        argv = make_argv(self.bridge.argv())
         # stderr into a file, not a pipe: rsync blocked on a full stderr pipe while this reads
         # its stdout to the end would never finish (thousands of warnings fill 64 KB)
         self.errors = tempfile.TemporaryFile()
@@ -80,15 +86,16 @@ class Upload:
             )
         except FileNotFoundError:
             self.errors.close()
+            self.bridge.close()
             raise CutoverError(
                 "rsync is not installed on this machine (not found in PATH)",
                 hint="install it: apt-get install rsync, dnf install rsync or brew install rsync",
             ) from None
 
     @classmethod
-    def start(cls, host, build_path, dest, dry_run=False, when_ready=False):
-        """rsync the build into dest (see rsync_argv), started now."""
-        return cls(host, rsync_argv(host, build_path, dest, dry_run, when_ready), dry_run)
+    def start(cls, host, conn, build_path, dest, dry_run=False, when_ready=False):
+        """rsync the build into dest (see rsync_argv) over conn, started now."""
+        return cls(host, conn, lambda rsh: rsync_argv(host, build_path, dest, rsh, dry_run, when_ready), dry_run)
 
     def stop(self):
         """Stop a running rsync (the deploy failed); its server side then exits too."""
@@ -101,6 +108,7 @@ class Upload:
                 self.proc.wait()
         self.proc.stdout.close()
         self.errors.close()
+        self.bridge.close()
 
     def result(self, progress=None):
         """Wait for rsync; returns UploadStats. progress(text) is called every few seconds."""
@@ -151,15 +159,18 @@ class Upload:
         )
 
 
-def seed(host, build_path, entries, dest):
+def seed(host, conn, build_path, entries, dest):
     """Upload the build's copies of these shared entries (files or directories) into dest, keeping
     their paths: what the first deploy seeds shared/ with. Returns UploadStats."""
-    argv = rsync_argv(host, build_path, dest)
     sources = [f"{str(build_path).rstrip('/')}/./{entry}" for entry in entries]
-    argv = [a for a in argv[:-2] if not a.startswith("--exclude=")] + ["--relative", *sources, argv[-1]]
-    return Upload(host, argv).result()
+
+    def argv(rsh):
+        full = rsync_argv(host, build_path, dest, rsh)
+        return [a for a in full[:-2] if not a.startswith("--exclude=")] + ["--relative", *sources, full[-1]]
+
+    return Upload(host, conn, argv).result()
 
 
-def upload(host, build_path, dest, dry_run=False, progress=None):
+def upload(host, conn, build_path, dest, dry_run=False, progress=None):
     """Run rsync now and wait for it; returns UploadStats."""
-    return Upload.start(host, build_path, dest, dry_run).result(progress)
+    return Upload.start(host, conn, build_path, dest, dry_run).result(progress)

@@ -1,9 +1,9 @@
 """SSH connections to servers, and the two places a shell command line is built.
 
-Host keys are checked strictly against the configured known_hosts file; rsync's ssh gets the
-same settings (`ssh_command`). Values otherwise travel as JSON to Cutover's server side
-(tasks/agent.py); the only shell strings are argv lists joined with shlex quoting, here (`run`)
-and in tasks/agent.py and tasks/rsync.py.
+Host keys are checked strictly against the configured known_hosts file, for every ProxyJump hop
+too; rsync runs over a channel of this connection (tasks/bridge.py). Values otherwise travel as
+JSON to Cutover's server side (tasks/agent.py); the only shell strings are argv lists joined with
+shlex quoting, here (`run`) and in tasks/agent.py and tasks/rsync.py.
 """
 
 import shlex
@@ -111,52 +111,6 @@ def _known_hosts_name(address, port):
     return address if port == 22 else f"[{address}]:{port}"
 
 
-def ssh_command(host):
-    """The ssh command line (for rsync -e) with exactly the settings of `connect`, its ProxyJump
-    hops as nested ProxyCommands (ssh's own -J would read the jump hosts' settings from the config
-    files, not from these options)."""
-    proxy = None  # the ProxyCommand of the next ssh out: through the hops so far
-    for hop in host.jump:
-        argv = _ssh_argv(hop.port, host.known_hosts, hop.key, hop.user, proxy)
-        # ssh expands %-tokens of its ProxyCommand once: all but this level's own %h:%p are doubled
-        proxy = shlex.join(a.replace("%", "%%") for a in argv) + " -W %h:%p " + shlex.quote(hop.host)
-    return _ssh_argv(host.port, host.known_hosts, host.key, host.user, proxy)
-
-
-def _ssh_argv(port, known_hosts, key, user, proxy):
-    argv = [
-        "ssh",
-        "-F",
-        "none",
-        "-p",
-        str(port),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"UserKnownHostsFile={_percent(known_hosts)}",
-        "-o",
-        f"ConnectTimeout={CONNECT_TIMEOUT}",
-        "-o",
-        f"ServerAliveInterval={KEEPALIVE_S}",
-        "-o",
-        "ServerAliveCountMax=3",
-    ]
-    if key is not None:
-        argv += ["-i", _percent(key), "-o", "IdentitiesOnly=yes"]
-    if user:
-        argv += ["-l", user]
-    if proxy:
-        argv += ["-o", "ProxyCommand=" + proxy]
-    return argv
-
-
-def _percent(path):
-    """A path as ssh reads it in a %-expanded option (UserKnownHostsFile, IdentityFile): % doubled."""
-    return str(path).replace("%", "%%")
-
-
 def run(conn, step, argv, *, timeout=None, check=True):
     """Run one argv on the server, every word quoted; a failure names the step and the host."""
     command = shlex.join(str(a) for a in argv)
@@ -168,8 +122,3 @@ def run(conn, step, argv, *, timeout=None, check=True):
         detail = (result.stderr or result.stdout).strip()
         raise RemoteError(f"{step}: exit {result.exited}: {detail}", host=conn.host)
     return result
-
-
-def destination(host, path):
-    """host:path as rsync reads it; an IPv6 address goes in brackets ([::1]:path)."""
-    return f"[{host.host}]:{path}" if ":" in host.host else f"{host.host}:{path}"

@@ -159,6 +159,11 @@ def configure(handle, build=None, **overrides):
     lab.apply_rules(handle.lab)
 
 
+def accepted(server):
+    """Logins the server's sshd accepted so far (LogLevel INFO)."""
+    return Path(server.root, "ssh", "sshd.log").read_text().count("Accepted publickey for root")
+
+
 def history(server):
     path = Path(server.deploy_to, ".cutover", "history.jsonl")
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -66,16 +66,14 @@ def lab_host(tmp_path, **settings):
     return hostsfile.load(tmp_path / "hosts.yaml").resolve("g")[0]
 
 
-def test_rsync_never_writes_in_place_and_brackets_an_ipv6_address(tmp_path):
+def test_rsync_never_writes_in_place_and_runs_its_remote_side_through_the_bridge(tmp_path):
     host = lab_host(tmp_path, shared="[media]")
-    argv = rsync.rsync_argv(host, Path("/b"), "/var/www/site/releases/.incoming-x")
+    rsh = ["/usr/bin/python3", "-I", "-S", "/x/rsh.py", "/tmp/s p/rsh.sock"]
+    argv = rsync.rsync_argv(host, Path("/b"), "/var/www/site/releases/.incoming-x", rsh)
     assert "--inplace" not in argv and "--delete" in argv and "--checksum" in argv and "--no-times" in argv
-    assert "--exclude=/media" in argv and argv[-2:] == ["/b/", "web1.example.com:/var/www/site/releases/.incoming-x/"]
-    (tmp_path / "hosts.yaml").write_text(
-        "defaults:\n  deploy_to: /var/www/site\ngroups:\n  g:\n    - {host: 'fe80::1'}\n"
-    )
-    v6 = hostsfile.load(tmp_path / "hosts.yaml").resolve("g")[0]
-    assert rsync.rsync_argv(v6, Path("/b"), "/d")[-1] == "[fe80::1]:/d/"
+    assert argv[argv.index("-e") + 1] == "/usr/bin/python3 -I -S /x/rsh.py '/tmp/s p/rsh.sock'"
+    # the host part is a fixed word: the channel goes where the connection goes (an IPv6 address too)
+    assert "--exclude=/media" in argv and argv[-2:] == ["/b/", "cutover:/var/www/site/releases/.incoming-x/"]
 
 
 def test_the_sudoers_line_names_an_absolute_python():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lab.loadgen import LoadGen
-from tasks import rsync
+from tasks import rsync, ssh
 
 from .conftest import (
     PROJECT,
@@ -245,7 +245,8 @@ def _cmdline(pid):
 
 
 def _rsync_processes(server):
-    """Processes of this lab server's uploads: the local rsync and ssh, the server's rsync or its wait."""
+    """Processes of this lab server's uploads: the local rsync and its remote shell, the server's rsync
+    or its wait."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
@@ -286,14 +287,18 @@ def test_an_early_upload_waits_for_the_incoming_dir_and_ends_with_its_client(lab
     server = lab1.servers[0]
     incoming = Path(server.deploy_to, "releases", ".incoming-20300101T000000.000Z")
     build = make_build(tmp_path, "x")
-    waiting = rsync.Upload.start(lab1.host(), build, str(incoming), when_ready=True)
+    conn = ssh.connect(lab1.host())
+    waiting = rsync.Upload.start(lab1.host(), conn, build, str(incoming), when_ready=True)
 
     def argv0():
         return sorted(_cmdline(pid)[0] for pid in _rsync_processes(server))
 
+    upload_processes = sorted([sys.executable.encode(), b"/usr/bin/python3", b"rsync"])
+
     try:
-        # the local rsync and ssh, and on the server the python that waits for the incoming dir
-        wait_until(lambda: argv0() == [b"/usr/bin/python3", b"rsync", b"ssh"], "the server side of the upload")
+        # the local rsync and its remote shell (tasks/rsh.py, whose arguments are rsync's remote
+        # command), and on the server the python that waits for the incoming dir
+        wait_until(lambda: argv0() == upload_processes, "the server side of the upload")
         assert waiting.proc.poll() is None and not incoming.exists()
     finally:
         waiting.stop()  # as when the deploy fails before its lock step has made the dir
@@ -302,13 +307,14 @@ def test_an_early_upload_waits_for_the_incoming_dir_and_ends_with_its_client(lab
         time.sleep(0.05)
     assert _rsync_processes(server) == [] and not incoming.exists()
     # and once the dir appears, it becomes rsync and uploads into it
-    ready = rsync.Upload.start(lab1.host(), build, str(incoming), when_ready=True)
+    ready = rsync.Upload.start(lab1.host(), conn, build, str(incoming), when_ready=True)
     try:
-        wait_until(lambda: argv0() == [b"/usr/bin/python3", b"rsync", b"ssh"], "the server side of the upload")
+        wait_until(lambda: argv0() == upload_processes, "the server side of the upload")
         incoming.mkdir()
         stats = ready.result()
     finally:
         ready.stop()
+        conn.close()
     assert stats.files > 3 and (incoming / "index.html").read_bytes() == (build / "index.html").read_bytes()
     shutil.rmtree(incoming)
 
@@ -506,13 +512,16 @@ def test_an_upload_that_writes_much_to_stderr_still_finishes(lab1, tmp_path, mon
     fake.write_text("#!/bin/sh\nhead -c 300000 /dev/zero | tr '\\0' w >&2\necho 'Total bytes sent: 1,234'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
-    running = rsync.Upload.start(lab1.host(), make_build(tmp_path, "x"), "/nowhere")
+    conn = ssh.connect(lab1.host())
+    running = rsync.Upload.start(lab1.host(), conn, make_build(tmp_path, "x"), "/nowhere")
     done = futures.ThreadPoolExecutor(1).submit(running.result)
     try:
         stats = done.result(timeout=20)
     except futures.TimeoutError:
         running.stop()
         raise AssertionError("the upload hung on rsync's stderr") from None
+    finally:
+        conn.close()
     assert stats.bytes_sent == 1234
 
 

@@ -2,7 +2,6 @@
 
 import http.client
 import os
-import shlex
 import signal
 import subprocess
 import time
@@ -12,11 +11,11 @@ from pathlib import Path
 import pytest
 
 import lab
-from tasks import ssh
+from tasks import rsync, ssh
 from tasks.errors import ConnectError, CutoverError
 from tasks.remote.paths import PLACEHOLDER, Layout
 
-from .conftest import PROJECT, new_lab_dir, process_gone, start_lab, stop_lab
+from .conftest import PROJECT, accepted, new_lab_dir, process_gone, start_lab, stop_lab
 
 
 def test_sshd_accepts_the_lab_key(lab2):
@@ -37,13 +36,15 @@ def test_sshd_rejects_an_unknown_key(lab2, tmp_path):
     assert f"SSH authentication as root on 127.0.0.1 port {host.port} failed" in str(err.value)
 
 
-def test_rsync_uses_the_same_ssh_settings(lab2, tmp_path):
-    host = lab2.host()
+def test_rsync_runs_on_a_channel_of_cutovers_connection(lab2, tmp_path):
+    server, host = lab2.servers[0], lab2.host()
     (tmp_path / "f.txt").write_text("over rsync\n")
-    dest = f"{host.deploy_to}/shared/rsync-probe/"
-    e = shlex.join(ssh.ssh_command(host))  # as tasks/upload.py passes it
-    subprocess.run(["rsync", "-a", "-e", e, f"{tmp_path}/", f"127.0.0.1:{dest}"], check=True, capture_output=True)
-    assert Path(dest, "f.txt").read_text() == "over rsync\n"
+    dest = f"{host.deploy_to}/shared/rsync-probe"
+    with ssh.connect(host) as conn:
+        logins = accepted(server)
+        stats = rsync.upload(host, conn, tmp_path, dest)
+        assert accepted(server) == logins  # no second login: rsync's remote side ran on a channel
+    assert Path(dest, "f.txt").read_text() == "over rsync\n" and stats.files == 1
 
 
 def test_apache_serves_the_release_behind_current(lab2):

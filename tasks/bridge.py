@@ -1,0 +1,134 @@
+"""rsync over Cutover's own SSH connection: its remote side runs on a new channel of the host's
+connection, not on a second SSH connection.
+
+rsync starts its remote side through a "remote shell" program (-e). Cutover gives it tasks/rsh.py,
+which passes rsync's pipes over a Unix socket to this process; the Bridge runs the remote command
+on a channel of the connection and carries the bytes both ways. No second key exchange, login and
+host-key check (on a 20 ms link about half a second of round trips, and ~0.1 s of CPU on loopback),
+and a ProxyJump route is the connection's own.
+
+A link that goes silent is found as OpenSSH's ServerAliveInterval finds it: after KEEPALIVE_S with
+nothing received, the server is asked for a reply; none within DEAD_AFTER_S and the connection is
+closed, which ends rsync with an error and every later call with "the connection was lost".
+"""
+
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+RSH = Path(__file__).resolve().parent / "rsh.py"
+CHUNK = 65536
+KEEPALIVE_S = 5
+DEAD_AFTER_S = 15
+
+
+class Bridge:
+    """One rsync run's remote shell: a listening Unix socket (in a 0700 directory of its own) and
+    the thread that serves the one rsh.py that connects to it."""
+
+    def __init__(self, conn, name):
+        self.transport = conn.client.get_transport()
+        self.dir = tempfile.mkdtemp(prefix="cutover-rsh-")
+        self.path = os.path.join(self.dir, "rsh.sock")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(1)
+        self.channel = None
+        self.last_heard = time.monotonic()
+        self.done = threading.Event()
+        threading.Thread(target=self._serve, name=f"rsync-{name}", daemon=True).start()
+
+    def argv(self):
+        """The remote shell command for rsync's -e."""
+        return [sys.executable, "-I", "-S", str(RSH), self.path]
+
+    def close(self):
+        self.done.set()
+        self.listener.close()
+        if self.channel is not None:
+            self.channel.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _serve(self):
+        try:
+            client, _ = self.listener.accept()
+        except OSError:
+            return  # closed before rsync started its remote side
+        with client:
+            message, fds, _, _ = socket.recv_fds(client, CHUNK, 3)
+            status = 255
+            try:
+                if len(fds) == 3:
+                    status = self._run(" ".join(json.loads(message)), *fds)
+            except Exception as exc:  # reported where rsync reports its remote side's errors
+                _write_all(fds[2], f"cutover: the upload channel failed: {type(exc).__name__}: {exc}\n".encode())
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            try:
+                client.sendall(bytes([status]))
+            except OSError:
+                pass  # rsh.py is gone (rsync was stopped): nobody waits for the status
+
+    def _run(self, command, stdin, stdout, stderr):
+        """The command on a new channel, as ssh runs it (its words joined by spaces, for the login
+        shell); returns its exit status (255 when it had none, as ssh does)."""
+        channel = self.channel = self.transport.open_session(timeout=DEAD_AFTER_S)
+        channel.exec_command(command)
+        threading.Thread(target=self._feed, args=(stdin, channel), daemon=True).start()
+        threading.Thread(target=self._watch, args=(channel,), daemon=True).start()
+        errors = threading.Thread(target=self._drain, args=(channel.recv_stderr, stderr), daemon=True)
+        errors.start()
+        self._drain(channel.recv, stdout)
+        errors.join()
+        self.done.set()
+        status = channel.recv_exit_status()  # after the EOF: waits for the status, or the close (-1)
+        return status if 0 <= status < 256 else 255
+
+    def _feed(self, fd, channel):
+        """rsync's output to the server, until rsync closes it."""
+        try:
+            while data := os.read(fd, CHUNK):
+                channel.sendall(data)
+            channel.shutdown_write()
+        except OSError:
+            channel.close()  # the connection failed: rsync sees its remote side end
+
+    def _drain(self, recv, fd):
+        """The server's output to rsync, until the channel ends."""
+        try:
+            while data := recv(CHUNK):
+                self.last_heard = time.monotonic()
+                _write_all(fd, data)
+        except OSError:
+            pass  # rsync exited first (it reports why)
+
+    def _watch(self, channel):
+        """Close the connection once the server stops answering keepalives (a silent link)."""
+        while not self.done.wait(KEEPALIVE_S):
+            if time.monotonic() - self.last_heard < KEEPALIVE_S:
+                continue
+            replied = threading.Event()
+            threading.Thread(target=self._ask, args=(replied,), daemon=True).start()
+            if replied.wait(DEAD_AFTER_S):
+                self.last_heard = time.monotonic()
+            elif not self.done.is_set():
+                self.transport.close()  # rsync ends with an error; later calls say the connection was lost
+                return
+
+    def _ask(self, replied):
+        """One keepalive; any reply counts, a refusal too (OpenSSH refuses this request by name)."""
+        self.transport.global_request("keepalive@openssh.com", wait=True)
+        if self.transport.is_active():
+            replied.set()
+
+
+def _write_all(fd, data):
+    while data:
+        data = data[os.write(fd, data) :]
