@@ -274,7 +274,7 @@ def report(results, sizes, repeat, before, command):
                     f"| {mb(median([x[2] for x in one]))} |"
                 )
     lines += ["", "Cutover's time per step of the one-file change (seconds, medians):", ""]
-    steps = ["connect", "lock", "prelink", "upload", "link", "smoke", "swap", "cleanup"]
+    steps = ["lock", "prelink", "upload", "link", "smoke", "swap", "cleanup"]
     lines += ["| link | site | Cutover | " + " | ".join(steps) + " |", "|---|---|---|" + "---|" * len(steps)]
     for link, r in results.items():
         for files in sizes:
@@ -287,14 +287,16 @@ def report(results, sizes, repeat, before, command):
         for files in sizes:
             v = r[files]
             one = {n: median([x[0] for x in t["one file"]]) for n, t in v.items()}
+            back = {n: median([x[0] for x in t["rollback"]]) for n, t in v.items()}
             parts = [
-                f"floor / Cutover {one['Cutover'] / one['rsync floor']:.2f}x",
-                f"Capistrano / Cutover {one['Capistrano'] / one['Cutover']:.1f}x",
-                f"Cutover's full upload / one-file change {v['Cutover']['first'][0] / one['Cutover']:.1f}x",
+                f"Cutover takes {one['Cutover'] / one['rsync floor']:.2f}x the floor's time",
+                f"Capistrano takes {one['Capistrano'] / one['Cutover']:.1f}x Cutover's",
+                f"Cutover's full upload takes {v['Cutover']['first'][0] / one['Cutover']:.1f}x its one-file change",
+                f"rollback {back['Cutover']:.2f} s",
             ]
             if before:
-                parts.append(f"Cutover {before} / now {one[f'Cutover {before}'] / one['Cutover']:.2f}x")
-            lines.append(f"- {link}, {files:,} files: Cutover is " + "; ".join(parts) + ".")
+                parts.append(f"Cutover {before} took {one[f'Cutover {before}'] / one['Cutover']:.2f}x this one's time")
+            lines.append(f"- {link}, {files:,} files: " + "; ".join(parts) + ".")
     return lines
 
 
