@@ -42,7 +42,10 @@ def rsync_argv(host, build_path, dest, rsh, dry_run=False, when_ready=False):
     the build's mtimes).
     rsh: the remote shell's argv (the bridge's, Bridge.argv()).
     """
-    argv = ["rsync", "--archive", "--no-owner", "--no-group", "--delete", "--stats", "--info=progress2"]
+    # --no-inc-recursive: the whole file list first, as one stream; sent directory by directory
+    # (rsync's default) it costs round trips: 60 ms of a one-file change on a 20 ms link
+    argv = ["rsync", "--archive", "--no-inc-recursive", "--no-owner", "--no-group", "--delete", "--stats",
+            "--info=progress2"]  # fmt: skip
     if host.build.compare == "checksum":
         argv += ["--checksum", "--no-times"]
     else:
