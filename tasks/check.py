@@ -14,6 +14,7 @@ from .remote.health import DENIED
 from .remote.paths import PLACEHOLDER
 from .remote.views import PROBED_OUTSIDE
 from .steps import health_args, origin, protected_urls
+from .steps.repair import repair_group
 
 MIN_FREE = 100 * 1024 * 1024  # below this a deploy may fill the disk
 MIN_PYTHON = (3, 7)  # what tasks/remote/ needs on the server
@@ -197,11 +198,29 @@ def split_group(outcomes):
     return [f"the group is split: {listed}; bring it back to one release with {way}"]
 
 
-@task
+def half_done(outcomes):
+    """Group switches a dead run left recorded (tasks/remote/intent.py), one line each."""
+    found = {}
+    for r, o in outcomes:
+        intent = None if isinstance(o, BaseException) else o[0].get("intent")
+        if intent:
+            found.setdefault(intent.get("token"), (intent, []))[1].append(r.name)
+    return [
+        f"an interrupted {i.get('command')} of {i.get('release')} (by {i.get('user')}@{i.get('local_host')}) left its "
+        f"switch of {', '.join(i.get('hosts') or [])} recorded on {', '.join(names)}; finish or undo it with "
+        "`fab check --repair` (or the next deploy or rollback does)"
+        for i, names in found.values()
+    ]
+
+
+@task(help={"repair": "first finish or undo a group switch that a dead run left half done, then check"})
 @boundary
-def check(c):
+def check(c, repair=False):
     """Preflight every host: SSH and host key, rsync, deploy_to, httpd, free disk, maintenance."""
-    run = Run.of("check", target(c))
+    hosts = target(c)
+    if repair:
+        repair_group(hosts)
+    run = Run.of("check", hosts)
     rows = [["host", "ssh", "rsync", "deploy_to", "httpd", "disk free", "current", "maintenance", "http", "assets"]]
     problems, notes = [], []
     try:
@@ -217,7 +236,7 @@ def check(c):
     print(table(rows))
     if notes:
         print("\n" + "\n".join(notes))
-    problems += split_group(outcomes)
+    problems += half_done(outcomes) or split_group(outcomes)
     if problems:
         print("\n" + "\n".join(problems))
         raise CutoverError(f"{len(problems)} problem(s) found on {len(run.hosts)} host(s); see above")

@@ -22,6 +22,7 @@ from .steps import migrate as migration
 from .steps.finish import abort, finish
 from .steps.hooks import run_hooks
 from .steps.lock import force_unlock, lock
+from .steps.repair import repair
 from .steps.stage import stage
 from .steps.swap import spread_note, swap
 from .steps.upload import start_uploads, upload_all
@@ -83,6 +84,7 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built):
         fault_point("lock")
         start_uploads(run, build)
         lock(run, info)
+        repair(run)  # a group switch a dead run left half done: whole again before this one
         fault_point("upload")
         upload_all(run, build)
         fault_point("stage")

@@ -37,6 +37,7 @@ class HostRun:
     missing_shared: list = field(default_factory=list)  # shared entries the server lacks: seeded from the build
     hooks: list = field(default_factory=list)  # what each hook did, for the history
     migrated: str | None = None  # the backup taken before the live release's migration (rollback says so)
+    intent: dict | None = None  # a group switch recorded here and not concluded (tasks/steps/repair.py)
 
     @property
     def name(self):

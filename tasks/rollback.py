@@ -14,6 +14,7 @@ from .remote.paths import PLACEHOLDER, RELEASE_ID
 from .steps.finish import abort, finish
 from .steps.hooks import run_hooks
 from .steps.lock import force_unlock, lock, unlock
+from .steps.repair import repair
 from .steps.swap import spread_note, swap
 from .testhooks import fault_point
 
@@ -77,6 +78,7 @@ def rollback_hosts(hosts, to=None, force=False):
             force_unlock(run)
         fault_point("lock")
         lock(run, want_previous=to is None)
+        repair(run)  # a group switch a dead run left half done: whole again first
         run.release_id = choose(run.hosts, to)
         if all(r.current == run.release_id for r in run.hosts):
             raise CutoverError(f"{run.release_id} is already live; nothing was changed")

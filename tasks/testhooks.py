@@ -3,7 +3,8 @@
 CUTOVER_TEST_KILL_AT=STEP[:SECONDS] kills this process at a step of a deploy or rollback;
 CUTOVER_TEST_HOLD_PAUSE_MS widens httpd's pause so a test can act inside it;
 CUTOVER_TEST_MARGIN shortens the margin added to every step's timeout, so a test of a silent
-network ends in seconds. All need CUTOVER_TEST=1, so a variable left in an operator's shell can
+network ends in seconds; CUTOVER_TEST_GO_ONLY=HOST[,HOST] sends an armed group's go to those hosts
+only and kills this process once they answered (a run that dies between two hosts' switches). All need CUTOVER_TEST=1, so a variable left in an operator's shell can
 never freeze a production httpd or cut a deploy short.
 """
 
@@ -15,6 +16,8 @@ ENABLE = "CUTOVER_TEST"
 KILL_AT = "CUTOVER_TEST_KILL_AT"
 HOLD_PAUSE = "CUTOVER_TEST_HOLD_PAUSE_MS"
 MARGIN = "CUTOVER_TEST_MARGIN"
+GO_ONLY = "CUTOVER_TEST_GO_ONLY"
+_went = set()
 
 
 def _enabled():
@@ -33,6 +36,22 @@ def fault_point(step):
     timer = threading.Timer(float(delay), os.kill, (os.getpid(), signal.SIGKILL))
     timer.daemon = True
     timer.start()
+
+
+def before_go(host):
+    """A host left out of CUTOVER_TEST_GO_ONLY never gets its go: this thread waits to be killed."""
+    only = os.environ.get(GO_ONLY) if _enabled() else None
+    if only and host not in only.split(","):
+        threading.Event().wait()
+
+
+def after_go(host):
+    """SIGKILL this process once every host of CUTOVER_TEST_GO_ONLY has switched."""
+    only = os.environ.get(GO_ONLY) if _enabled() else None
+    if only:
+        _went.add(host)
+        if set(only.split(",")) <= _went:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def hold_ms():

@@ -114,7 +114,8 @@ def _fleet(switch, *names):
         r = SimpleNamespace(name=name, host=host, current="old", switched="no", switch={}, steps={}, uses_helper=False)
         r.call = lambda step, op, timeout=None, r=r, **args: switch(r, step, "new", None) if op == "go" else {}
         runs.append(r)
-    return SimpleNamespace(hosts=runs, release_id="new")
+    who = {"token": "t0", "user": "ann", "local_host": "laptop"}
+    return SimpleNamespace(hosts=runs, release_id="new", command="deploy", who=who)
 
 
 def test_a_failed_swap_switches_back_every_host_that_switched_and_keeps_both_errors(monkeypatch, capsys):

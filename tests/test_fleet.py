@@ -1,12 +1,16 @@
 """A fleet of three lab servers: `parallel` limits the hosts that prepare at the same time, every
-host still switches together, and the run reports its switch spread and one row per host."""
+host still switches together, and the run reports its switch spread and one row per host; a group
+left split by a run that died between two hosts' switches is made whole by the next run."""
 
 import re
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from lab.loadgen import LoadGen
 
 from .conftest import configure, current, history, lab, make_build, start_lab, stop_lab, stopped_httpd
 
@@ -111,3 +115,65 @@ def test_a_host_that_cannot_arm_disarms_the_others(lab3, tmp_path):
     configure(lab3, make_build(tmp_path, "after"))  # without the hook
     again = lab3.fab("deploy")
     assert again.returncode == 0, again.stderr
+
+
+def intents(lab3):
+    return [Path(s.deploy_to, ".cutover", "intent.json").exists() for s in lab3.servers]
+
+
+def split_by_a_dead_run(lab3, tmp_path, name):
+    """Deploy `name` and kill fab once lab1 has switched, before lab2's and lab3's go: returns the
+    release lab1 now serves and the one the others still serve."""
+    configure(lab3, make_build(tmp_path, f"{name}-old"))
+    assert lab3.fab("deploy").returncode == 0
+    old = current(lab3.servers[0])
+    configure(lab3, make_build(tmp_path, name))
+    killed = lab3.fab("deploy", env={"CUTOVER_TEST_GO_ONLY": "lab1"})
+    assert killed.returncode == -9, killed.stderr
+    new = current(lab3.servers[0])
+    assert new != old and [current(s) for s in lab3.servers[1:]] == [old, old]
+    assert intents(lab3) == [True, True, True]  # recorded on every host before the first switch
+    return new, old
+
+
+def test_a_group_split_by_a_dead_run_is_completed_by_the_next_deploy(lab3, tmp_path):
+    """fab dies between two hosts' switches under load: check names the half-done switch; the next
+    deploy completes it first (every host had the release staged), says so, then deploys; no
+    request failed on any host and every answer was one whole release."""
+    loads = [LoadGen(s.url, paths=("/", "/assets/style.css"), threads=1) for s in lab3.servers]
+    for load in loads:
+        load.__enter__()
+    try:
+        new, old = split_by_a_dead_run(lab3, tmp_path, "half")
+        check = lab3.fab("check")
+        assert check.returncode != 0
+        assert f"an interrupted deploy of {new}" in check.stdout and "fab check --repair" in check.stdout
+        configure(lab3, make_build(tmp_path, "after-half"))
+        again = lab3.fab("deploy", "--force-unlock")  # the dead run's locks
+        assert again.returncode == 0, again.stderr
+    finally:
+        for load in loads:
+            load.__exit__(None, None, None)
+    assert f"repaired an interrupted deploy of {new}" in again.stdout
+    assert "completed (every host keeps its release, staged and smoke-tested); switched lab2, lab3" in again.stdout
+    assert [history(s)[-1]["old"] for s in lab3.servers[1:]] == [new, new]  # the repair ran before this deploy
+    assert len({current(s) for s in lab3.servers}) == 1 and intents(lab3) == [False, False, False]
+    for load in loads:
+        assert load.failures() == [] and len(load.samples) > 0
+        assert all(s.body.count(b'name="release"') == 1 for s in load.samples if s.path == "/")
+
+
+def test_check_repair_undoes_a_switch_whose_release_one_host_lost(lab3, tmp_path):
+    """Split by a dead run, then lab3 loses the new release: `fab check --repair` takes over the dead
+    run's locks, switches lab1 back, records it, and the check then passes."""
+    new, old = split_by_a_dead_run(lab3, tmp_path, "lost")
+    shutil.rmtree(Path(lab3.servers[2].deploy_to, "releases", new))
+    result = lab3.fab("check", "--repair")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"repaired an interrupted deploy of {new}" in result.stdout
+    assert f"undone (lab3 no longer keeps its release); switched lab1; every host serves {old}" in result.stdout
+    assert "all 3 host(s) ready" in result.stdout
+    assert [current(s) for s in lab3.servers] == [old] * 3 and intents(lab3) == [False, False, False]
+    assert [(history(s)[-1]["event"], history(s)[-1]["release"]) for s in lab3.servers] == [("repair", old)] * 3
+    nothing = lab3.fab("check", "--repair")
+    assert nothing.returncode == 0 and "nothing to repair" in nothing.stdout

@@ -5,7 +5,7 @@ import json
 import os
 import shutil
 
-from . import history, lock, paths
+from . import history, intent, lock, paths
 from .protocol import Refused
 
 
@@ -115,6 +115,7 @@ def op_finish(a):
     fields = _run_fields(a, held, release_id)
     fields["steps"] = dict(fields["steps"] or {}, cleanup=round(time.monotonic() - t, 4))
     history.record(layout, held["command"], held, "ok", started=held.get("started"), cleaned=removed, **fields)
+    intent.clear(layout, a["token"])  # the group's switch is done: every host serves the new release
     lock.release(layout, a["token"])
     return {"removed": removed, "cleanup_s": time.monotonic() - t}
 
@@ -137,5 +138,7 @@ def op_abort(a):
                            error=a.get("error"), **_run_fields(a, held, release_id))
         except OSError:
             pass  # a full disk must not keep the lock: unlocking matters more than the record
+    if held:
+        intent.clear(layout, a["token"])  # the run switched this host back (or never switched it)
     released = lock.release(layout, a["token"]) if held else False
     return {"removed": removed, "released": released, "current": live}

@@ -65,7 +65,9 @@ def read(layout, last=None):
 def previous_of(entries, current):
     """The release live before `current`: the `old` of the last switch that made it live."""
     for e in reversed(entries):
-        if e.get("result") == "ok" and e.get("event") in ("deploy", "rollback", "restore") and e.get("release") == current:
+        if e.get("result") != "ok" or e.get("release") != current or e.get("old") == current:
+            continue  # a repair that found this host on the group's release already switched nothing
+        if e.get("event") in ("deploy", "rollback", "restore", "repair"):
             return e.get("old")
     return None
 

@@ -27,6 +27,7 @@ OPS = {
     "swap": ("swap", "op_swap"),
     "go": ("swap", "op_go"),
     "disarm": ("swap", "op_disarm"),
+    "intent": ("intent", "op_intent"),
     "finish": ("finish", "op_finish"),
     "abort": ("finish", "op_abort"),
     "backup": ("backup", "op_backup"),

@@ -6,7 +6,7 @@ import os
 import stat
 import time
 
-from . import history, lock, paths, protocol, shared
+from . import history, intent, lock, paths, protocol, shared
 from .protocol import Refused
 
 OUTPUT_KEPT = 3000  # characters of a failed command's output sent back
@@ -27,7 +27,8 @@ def op_lock(a):
         current = None
     lock.take(layout, dict(a["who"], release=release_id, old=current))
     try:
-        answer = {"current": current, "releases": kept}
+        # a group switch a dead run left half done: the client repairs it first (steps/repair.py)
+        answer = {"current": current, "releases": kept, "intent": intent.read(layout)}
         if a.get("want_previous"):
             answer["previous"] = history.previous(layout, current)
             answer["migrated"] = history.backup_of(history.read(layout), current)

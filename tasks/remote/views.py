@@ -4,7 +4,7 @@ import os
 import shutil
 import sys
 
-from . import history, httpd, limits, lock, pause, paths, protocol
+from . import history, httpd, intent, limits, lock, pause, paths, protocol
 from .protocol import Refused
 
 
@@ -40,6 +40,7 @@ def op_check(a):
     out["disk_free"] = _disk_free(layout.deploy_to)
     out["current"] = paths.current_release(layout)
     out["releases"] = paths.releases(layout)
+    out["intent"] = intent.read(layout)
     out["maintenance"] = os.path.exists(layout.maintenance_page)
     if a.get("helper_path"):
         from . import install
@@ -132,6 +133,7 @@ def op_state(a):
         "current": paths.current_release(layout),
         "lock": lock.owner(layout),
         "maintenance": os.path.exists(layout.maintenance_page),
+        "intent": intent.read(layout),
     }
     if a.get("pidfile"):
         try:

@@ -31,6 +31,7 @@ def lock(run, build_info=None, want_previous=False):
         r.current, r.releases, r.previous = answer["current"], answer["releases"], answer.get("previous")
         r.missing_shared = answer.get("missing_shared", [])
         r.migrated = answer.get("migrated")
+        r.intent = answer.get("intent")
         prelink = answer.get("prelink_s", 0.0)
         r.steps["lock"] = t.seconds - prelink
         say(r.host, "lock", t.seconds - prelink, f"live release {r.current or '(none)'}")

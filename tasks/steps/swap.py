@@ -1,5 +1,7 @@
 """Steps 7-8: switch every host at once (httpd paused), verify; switch all back on any failure."""
 
+import time
+
 from .. import agent, testhooks
 from ..errors import CutoverError, GroupError, HealthError, RemoteError
 from ..fleet import STEP_TIMEOUT, in_parallel
@@ -47,6 +49,23 @@ def switch(r, step, release_id, verify, restore=False, arm=False):
     )  # fmt: skip
 
 
+def record_intent(run):
+    """Before a group's switch, each host records it (tasks/remote/intent.py): a run that dies
+    between two hosts' renames leaves what the next run needs to make the group whole again."""
+    if len(run.hosts) < 2:
+        return
+    intent = {
+        "token": run.who["token"], "command": run.command, "user": run.who["user"],
+        "local_host": run.who["local_host"], "release": run.release_id, "started": time.time(),
+        "hosts": [r.name for r in run.hosts], "old": {r.name: r.current for r in run.hosts},
+    }  # fmt: skip
+
+    def one(r):
+        r.call("intent", "intent", intent=intent, token=run.who["token"])
+
+    in_parallel(run.hosts, one, len(run.hosts))
+
+
 def arm(run, verify_of):
     """Prepare the swap on every host of a group, each waiting for its go: the renames then follow
     one short message per host instead of each host's preparation. A host that fails to arm
@@ -79,6 +98,7 @@ def swap(run):
     def verify_of(r):
         return health_args(r.host.health, protected=protected_urls(r.host)) if r.host.health.urls else None
 
+    record_intent(run)
     armed = arm(run, verify_of)
 
     def one(r):
@@ -87,7 +107,9 @@ def swap(run):
         r.switched = "unknown"  # until an answer says otherwise, this host may have switched
         try:
             if armed:
+                testhooks.before_go(r.name)
                 answer = r.call("swap", "go", timeout=_timeout(r.host))
+                testhooks.after_go(r.name)
             else:
                 answer = switch(r, "swap", run.release_id, verify)
         except RemoteError as exc:
