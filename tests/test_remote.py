@@ -262,3 +262,34 @@ def test_the_map_keeps_the_releases_live_before_as_far_back_as_asked(site):
     agent.call("lock", {"deploy_to": site.deploy_to, "who": who("c")})
     agent.call("finish", {"deploy_to": site.deploy_to, "release_id": IDS[1], "token": "c", "keep": 2})
     assert set(IDS) <= set(paths.releases(site))
+
+
+def test_prelink_links_every_file_of_the_build_mode_in_parallel_and_leaves_the_rest(tmp_path):
+    """Files in many directories are hard-linked (same inode), made directories included; a file whose
+    mode differs, a symlink and a shared entry are left to rsync and stage; an error is reported."""
+    from tasks.remote import stage
+
+    live, incoming = tmp_path / "live", tmp_path / "incoming"
+    for i in range(300):
+        f = live / "assets" / f"d{i % 40:02d}" / "deep" / f"f{i}.txt"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(str(i))
+        f.chmod(0o644)
+    (live / "run.sh").write_text("#!/bin/sh\n")
+    (live / "run.sh").chmod(0o755)  # the build gives it 0644: rsync must write a new file
+    (live / "media").mkdir()
+    (live / "media" / "upload.jpg").write_text("user data")
+    (live / "link").symlink_to("assets")
+    plan = {"default": 0o644, "modes": {}, "shared": ["media"]}
+    incoming.mkdir()
+    assert stage.prelink(str(live), str(incoming), plan) == (300, None)
+    for i in (0, 41, 299):
+        rel = Path("assets", f"d{i % 40:02d}", "deep", f"f{i}.txt")
+        assert (incoming / rel).stat().st_ino == (live / rel).stat().st_ino
+    assert not (incoming / "run.sh").exists() and not (incoming / "media").exists()
+    assert not os.path.lexists(incoming / "link")
+    # a target where the walk cannot make a directory: reported, the threads end, nothing hangs
+    again = tmp_path / "again"
+    (again / "assets").mkdir(parents=True)
+    linked, error = stage.prelink(str(live), str(again), plan)
+    assert linked == 0 and error.startswith("FileExistsError")

