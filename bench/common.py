@@ -66,7 +66,13 @@ def fab(hosts_file, *args, env=None):
     result = subprocess.run(
         [sys.executable, "-m", "fabric", *args],
         cwd=PROJECT,
-        env=dict(os.environ, CUTOVER_HOSTS_FILE=str(hosts_file), **(env or {})),
+        # what fab keeps about builds and releases (tasks/manifest.py): beside the lab, gone with it
+        env=dict(
+            os.environ,
+            CUTOVER_HOSTS_FILE=str(hosts_file),
+            XDG_CACHE_HOME=str(Path(hosts_file).parent / "cache"),
+            **(env or {}),
+        ),  # fmt: skip
         capture_output=True,
         text=True,
     )

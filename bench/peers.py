@@ -6,8 +6,8 @@ the design (one `rsync --link-dest` and one ssh rename, no checks).
 For each link profile (lab/link.py) and site: the first deploy (a full upload), a one-file change
 and a rollback by each tool: wall time, bytes on the wire (counted on the link's device, so only
 for a link profile, both ways, SSH included), extra disk of the new release; and Cutover's time per
-step. --before REV adds Cutover at that commit (a git worktree) for the one-file change and the
-rollback, to show what a change of Cutover's own saves, in the same run. Installs Capistrano
+step. --before REV adds Cutover at that commit (a git worktree), on a second lab server behind the
+same link, to show what a change of Cutover's own saves, in the same run. Installs Capistrano
 (Debian package `capistrano`) when `cap` is missing. The lab's servers run with a lean login shell.
 Writes the section "Peers" of bench/RESULTS.md and bench/data/peers.json.
 """
@@ -46,15 +46,20 @@ def ssh_argv(the_lab, server):
 
 
 class Cutover:
-    def __init__(self, name, tree, the_lab):
-        self.name, self.tree, self.lab = name, tree, the_lab
-        self.root = the_lab.servers[0].deploy_to
+    """`fab deploy` and `fab rollback` of the tree `tree` against one lab server of its own."""
+
+    def __init__(self, name, tree, the_lab, server):
+        self.name, self.tree, self.lab, self.server = name, tree, the_lab, server
+        self.root = server.deploy_to
         self.steps = {}
 
     def _fab(self, *args):
-        env = dict(os.environ, CUTOVER_HOSTS_FILE=str(self.lab.hosts_file))
-        result = sh([sys.executable, "-m", "fabric", *args], cwd=self.tree, env=env)
-        self.steps = {m[0]: int(m[1]) / 1000 for m in re.findall(r"^\[lab1\] (\w+)\s+(\d+) ms", result.stdout, re.M)}
+        # what fab keeps about builds and releases (tasks/manifest.py), one cache per tree
+        env = dict(os.environ, CUTOVER_HOSTS_FILE=str(self.lab.hosts_file),
+                   XDG_CACHE_HOME=str(self.lab.root / f"cache-{self.server.name}"))  # fmt: skip
+        result = sh([sys.executable, "-m", "fabric", "-H", self.server.name, *args], cwd=self.tree, env=env)
+        pattern = rf"^\[{self.server.name}\] (\w+)\s+(\d+) ms"
+        self.steps = {m[0]: int(m[1]) / 1000 for m in re.findall(pattern, result.stdout, re.M)}
 
     def deploy(self):
         self._fab("deploy")
@@ -69,7 +74,7 @@ class Floor:
     name = "rsync floor"
 
     def __init__(self, the_lab, site):
-        self.server = the_lab.servers[0]
+        self.server = the_lab.servers[0]  # beside Cutover's deploy_to, as Capistrano's
         self.root = os.path.join(self.server.root, "floor")
         os.makedirs(os.path.join(self.root, "releases"))
         self.ssh, self.site, self.done = ssh_argv(the_lab, self.server), site, []
@@ -98,7 +103,7 @@ class Capistrano:
     name = "Capistrano"
 
     def __init__(self, the_lab, site, work):
-        server = the_lab.servers[0]
+        server = self.server = the_lab.servers[0]
         self.root, self.dir, self.repo = os.path.join(server.root, "cap"), work / "capistrano", work / "site.git"
         # the site's history kept outside it: the other tools upload the site dir as it is
         self.env = dict(os.environ, GIT_DIR=str(work / "site-history"), GIT_WORK_TREE=str(site), GIT_AUTHOR_NAME="b",
@@ -152,8 +157,9 @@ def extra_disk(before, after):
     return sum(p.stat().st_size for p in files if p.stat().st_ino not in old)
 
 
-def timed(tool, server, action):
+def timed(tool, action):
     """(seconds, wire bytes, extra disk) of tool.<action>()."""
+    server = tool.server
     current = os.path.join(tool.root, "current")
     before = os.path.realpath(current) if os.path.lexists(current) else None
     os.sync()
@@ -191,30 +197,33 @@ def link_figures(the_lab, server):
 def run_link(link, sizes, repeat, before, work):
     out = {}
     for files in sizes:
-        the_lab, parent = start_lab(1, link=link)
+        # Cutover at --before gets a server of its own, behind the same link: a deploy_to of its own
+        the_lab, parent = start_lab(2 if before else 1, link=link)
         server = the_lab.servers[0]
         try:
             out.setdefault("link", link_figures(the_lab, server))
             site = generate_site(work / f"site-{link}-{files}", files, SIZES[files])
             lab.write_hosts_file(the_lab, build=str(site))
-            tools = [Cutover("Cutover", PROJECT, the_lab), Floor(the_lab, site), Capistrano(the_lab, site, parent)]
+            tools = [
+                Cutover("Cutover", PROJECT, the_lab, server),
+                Floor(the_lab, site),
+                Capistrano(the_lab, site, parent),
+            ]
             if before:
-                tools.insert(1, Cutover(f"Cutover {before[0]}", before[1], the_lab))
+                tools.insert(1, Cutover(f"Cutover {before[0]}", before[1], the_lab, the_lab.servers[1]))
             rows = {t.name: {"first": None, "one file": [], "rollback": [], "steps": []} for t in tools}
             for tool in tools:
-                if tool.name.startswith("Cutover ") and before:
-                    continue  # deploys into the same deploy_to as this Cutover: no first deploy of its own
-                rows[tool.name]["first"] = timed(tool, server, "deploy")
+                rows[tool.name]["first"] = timed(tool, "deploy")
             target = site / CHANGED_FILE
             for _ in range(repeat):
                 for tool in tools:
                     target.write_bytes(os.urandom(target.stat().st_size))
                     if isinstance(tool, Capistrano):
                         tool.changed()
-                    rows[tool.name]["one file"].append(timed(tool, server, "deploy"))
+                    rows[tool.name]["one file"].append(timed(tool, "deploy"))
                     if isinstance(tool, Cutover):
                         rows[tool.name]["steps"].append(tool.steps)
-                    rows[tool.name]["rollback"].append(timed(tool, server, "rollback"))
+                    rows[tool.name]["rollback"].append(timed(tool, "rollback"))
             out[files] = rows
             print(f"{link}, {files} files: " + "; ".join(
                 f"{n}: one file {median([r[0] for r in v['one file']]):.2f} s" for n, v in rows.items()), flush=True)  # fmt: skip
@@ -238,8 +247,9 @@ def mb(n):
 
 def report(results, sizes, repeat, before, command):
     lines = [
-        f"Command: `{command}` (one lab server, real sshd and Apache, with a lean login shell (sshd's "
-        "`SetEnv SHLVL=1`), as a server's; each tool into a deploy_to of its own on the same file system; "
+        f"Command: `{command}` (lab servers of real sshd and Apache, with a lean login shell (sshd's "
+        "`SetEnv SHLVL=1`), as a server's; Cutover, the floor and Capistrano on one, each into a "
+        "deploy_to of its own; Cutover at the older commit on a second behind the same link; "
         f"medians of {repeat} runs, one-file change and rollback alternating; wall time is the whole "
         "command, start-up included).",
         "",
@@ -265,7 +275,7 @@ def report(results, sizes, repeat, before, command):
     for link, r in results.items():
         for files in sizes:
             for name, v in r[files].items():
-                first = f"{v['first'][0]:.2f} s" if v["first"] else "(same deploy_to)"
+                first = f"{v['first'][0]:.2f} s"
                 one = v["one file"]
                 lines.append(
                     f"| {link} | {files:,} files, {SIZES[files] // 2**20} MB | {name} | {first} "

@@ -112,12 +112,36 @@ def steps_chart(data):
     return _save(fig, "steps")
 
 
+def peers_chart(data):
+    """Cutover against its peers: one-file change, rollback and first deploy, per link and site."""
+    groups = [(link, size) for link, r in data["results"].items() for size in data["sizes"] if str(size) in r]
+    tools = list(data["results"][groups[0][0]][str(groups[0][1])])
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
+    width = 0.8 / len(tools)
+    for ax, (action, title) in zip(axes, (("one file", "one-file change"), ("rollback", "rollback"),
+                                          ("first", "first deploy (full upload)"))):  # fmt: skip
+        for j, tool in enumerate(tools):
+            heights = []
+            for link, size in groups:
+                v = data["results"][link][str(size)][tool][action]
+                heights.append(percentile([x[0] for x in v], 50) if action != "first" else (v[0] if v else 0))
+            xs = [i + (j - (len(tools) - 1) / 2) * width for i in range(len(groups))]
+            ax.bar(xs, heights, width, label=tool, color=plt.cm.tab10(j))
+        ax.set_xticks(range(len(groups)), [f"{link}\n{size:,} files" for link, size in groups], fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("seconds (median)" if action != "first" else "seconds")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Cutover, the rsync floor and Capistrano on one lab server (bench/peers.py)", fontsize=10)
+    return _save(fig, "peers")
+
+
 def main():
     drawn, missing = [], []
     for name, chart, what in (
         ("pause", pause_chart, "Pause against httpd's size (bench/pause_bench.py)"),
         ("listen", listen_chart, "Listen queue under a held pause (bench/listen_bench.py)"),
         ("speed", steps_chart, "Time per step of a one-file change (bench/speed.py)"),
+        ("peers", peers_chart, "Cutover against its peers by site size and link (bench/peers.py)"),
     ):
         data = _load(name)
         if data is None:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from invoke import task
 
-from . import gitbuild, release, rsync
+from . import gitbuild, manifest, release, rsync
 from .cli import FORCE_UNLOCK_HELP, boundary, target
 from .errors import ConfigError, CutoverError, GroupError, HealthError, Interrupted
-from .fleet import Run, close, connect, in_parallel
+from .fleet import Background, Run, close, connect, in_parallel
 from .output import Timer, count, line, say, shown, since_start, size, table
 from .remote.paths import Layout
 from .steps import backup as backup_step
@@ -75,10 +75,16 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built):
     line(f"{doing} {run.release_id} to {', '.join(r.name for r in run.hosts)}")
     if run.parallel and run.parallel < len(run.hosts):
         line(f"preparing {count(run.parallel, 'host')} at a time (parallel: {run.parallel}); all switch together")
+    run.build = info
+    hashing = None
+    if not dry and build.compare == "checksum":  # the build's digests, read while the SSH connections open
+        hashing = Background(manifest.digests, build.path, info.stats)
     try:
         connect(run)
         if dry:
             return dry_run(run, build, info)
+        if hashing is not None:
+            run.digests = hashing.result()
         if force:
             force_unlock(run)
         fault_point("lock")
@@ -97,6 +103,9 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built):
         hook_error = run_hooks(run, "after_switch", run.release_id)
         fault_point("finish")
         finish(run)
+        if run.digests is not None:
+            for r in run.hosts:
+                manifest.remember(r.host, run.release_id, info.stats, run.digests)
         if hook_error:
             raise hook_error
     except BaseException as exc:

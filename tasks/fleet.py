@@ -4,6 +4,7 @@ import getpass
 import os
 import secrets
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ class HostRun:
     hooks: list = field(default_factory=list)  # what each hook did, for the history
     migrated: str | None = None  # the backup taken before the live release's migration (rollback says so)
     intent: dict | None = None  # a group switch recorded here and not concluded (tasks/steps/repair.py)
+    sized: dict | None = None  # the live release's files known here: the upload compares sizes (tasks/manifest.py)
+    sized_ok: bool = False  # the lock step found that release live, with its seal
 
     @property
     def name(self):
@@ -68,6 +71,8 @@ class Run:
     backup: str | None = None  # the backup a deploy --migrate took first, once it is complete
     spread_ms: float | None = None  # a group's switch: first to last host's rename, by the servers' clocks
     parallel: int | None = None  # hosts that prepare at the same time (hosts.yaml `parallel`); None: all
+    build: object = None  # a deploy's BuildInfo
+    digests: dict | None = None  # a deploy's build files' sha256 (build.compare: checksum)
 
     def summary(self):
         """One row per host once the group switched: what it serves, what it sent, its pause, time."""
@@ -95,6 +100,27 @@ def who(command):
         "command": command,
         "token": secrets.token_hex(8),
     }
+
+
+class Background:
+    """fn(*args) in a daemon thread (a failed connect does not wait for it before fab exits)."""
+
+    def __init__(self, fn, *args):
+        self.value, self.error = None, None
+        self.thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn, args):
+        try:
+            self.value = fn(*args)
+        except BaseException as exc:  # raised again where the result is wanted
+            self.error = exc
+
+    def result(self):
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 def each_host(runs, fn, limit=None):

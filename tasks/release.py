@@ -51,6 +51,7 @@ class BuildInfo:
     files: int
     bytes: int
     modes: dict  # {"default": the commonest file mode, "modes": {relative path: mode} for the others}
+    stats: dict  # {relative path: (size, mtime_ns, ctime_ns, inode)} of every regular file (tasks/manifest.py)
 
 
 def check_build(build):
@@ -65,7 +66,7 @@ def check_build(build):
             f"the build {path} does not exist or is not a directory",
             hint="build the site first, or set build.path in hosts.yaml (or pass --build)",
         )
-    total, modes = 0, {}
+    total, modes, stats = 0, {}, {}
 
     def fail(exc):
         raise ConfigError(f"cannot read the build {path}: {exc.filename}: {exc.strerror}") from None
@@ -78,6 +79,7 @@ def check_build(build):
                 if stat.S_ISREG(st.st_mode):
                     total += st.st_size
                     modes[prefix + name] = stat.S_IMODE(st.st_mode)
+                    stats[prefix + name] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     except OSError as exc:
         fail(exc)
     if not modes:
@@ -90,4 +92,4 @@ def check_build(build):
         )
     default = Counter(modes.values()).most_common(1)[0][0]
     others = {rel: mode for rel, mode in modes.items() if mode != default}
-    return BuildInfo(str(path), len(modes), total, {"default": default, "modes": others})
+    return BuildInfo(str(path), len(modes), total, {"default": default, "modes": others}, stats)

@@ -6,6 +6,7 @@ from is kept (and marked in history), so `rollback --to` or a new deploy can ret
 
 from invoke import task
 
+from . import manifest
 from .cli import FORCE_UNLOCK_HELP, boundary, target
 from .errors import ConfigError, CutoverError, Interrupted
 from .fleet import Run, close, connect
@@ -87,6 +88,8 @@ def rollback_hosts(hosts, to=None, force=False):
         hook_error = run_hooks(run, "after_rollback", run.release_id)
         fault_point("finish")
         finish(run, clean=False)
+        for r in run.hosts:
+            manifest.now_serves(r.host, run.release_id)
         if hook_error:
             raise hook_error
     except BaseException as exc:

@@ -27,7 +27,7 @@ class UploadStats:
     changed: tuple = ()
 
 
-def rsync_argv(host, build_path, dest, rsh, dry_run=False, when_ready=False):
+def rsync_argv(host, build_path, dest, rsh, dry_run=False, when_ready=False, sized=False):
     """rsync's argv: recursive, links, modes, delete; into a dir prelinked with the live files.
 
     Never --inplace: rsync replaces a changed file with a new one, so the inodes the incoming
@@ -40,6 +40,8 @@ def rsync_argv(host, build_path, dest, rsh, dry_run=False, when_ready=False):
     the second) takes a rebuilt file of the same size for unchanged and ships the old bytes.
     build.compare: mtime trades that for speed, comparing mtimes to the nanosecond (and keeping
     the build's mtimes).
+    sized: compare by size only, where the prelink linked only files known to be the build's
+    (tasks/manifest.py): unchanged files are then read on neither side.
     rsh: the remote shell's argv (the bridge's, Bridge.argv()).
     """
     # --no-inc-recursive: the whole file list first, as one stream; sent directory by directory
@@ -47,7 +49,7 @@ def rsync_argv(host, build_path, dest, rsh, dry_run=False, when_ready=False):
     argv = ["rsync", "--archive", "--no-inc-recursive", "--no-owner", "--no-group", "--delete", "--stats",
             "--info=progress2"]  # fmt: skip
     if host.build.compare == "checksum":
-        argv += ["--checksum", "--no-times"]
+        argv += ["--size-only" if sized else "--checksum", "--no-times"]
     else:
         argv.append("--modify-window=-1")
     argv += ["-e", shlex.join(rsh)]
@@ -96,9 +98,9 @@ class Upload:
             ) from None
 
     @classmethod
-    def start(cls, host, conn, build_path, dest, dry_run=False, when_ready=False):
+    def start(cls, host, conn, build_path, dest, dry_run=False, when_ready=False, sized=False):
         """rsync the build into dest (see rsync_argv) over conn, started now."""
-        return cls(host, conn, lambda rsh: rsync_argv(host, build_path, dest, rsh, dry_run, when_ready), dry_run)
+        return cls(host, conn, lambda rsh: rsync_argv(host, build_path, dest, rsh, dry_run, when_ready, sized), dry_run)
 
     def stop(self):
         """Stop a running rsync (the deploy failed); its server side then exits too."""

@@ -73,9 +73,14 @@ class LabHandle:
     def fab(self, *args, hosts_file=None, env=None, timeout=300):
         """Run `fab ARGS` in the project with this lab's hosts.yaml; returns CompletedProcess."""
         # CUTOVER_TEST=1: the fault hooks some tests set (tasks/testhooks.py) take effect
-        full_env = dict(
-            os.environ, CUTOVER_HOSTS_FILE=str(hosts_file or self.hosts_file), CUTOVER_TEST="1", **(env or {})
-        )
+        # what fab keeps about builds and releases (tasks/manifest.py): the lab's own, gone with it
+        full_env = {
+            **os.environ,
+            "CUTOVER_HOSTS_FILE": str(hosts_file or self.hosts_file),
+            "CUTOVER_TEST": "1",
+            "XDG_CACHE_HOME": str(self.lab.root / "cache"),
+            **(env or {}),
+        }
         return subprocess.run(
             [sys.executable, "-m", "fabric", *args],
             cwd=PROJECT,

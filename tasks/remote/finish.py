@@ -5,7 +5,7 @@ import json
 import os
 import shutil
 
-from . import history, intent, lock, paths
+from . import history, intent, lock, paths, seals
 from .protocol import Refused
 
 
@@ -58,6 +58,7 @@ def cleanup(layout, keep, protect):
             remove_release_dir(layout, name)  # we hold the lock: any incoming dir is a dead run's
             removed.append(name)
     kept = set(paths.releases(layout))
+    seals.prune(layout, kept)
     if os.path.isdir(layout.maps) and not os.path.islink(layout.maps):
         for name in os.listdir(layout.maps):
             if name.endswith(".map") and name[: -len(".map")] not in kept:

@@ -8,7 +8,7 @@ import stat
 import threading
 import time
 
-from . import history, intent, lock, paths, protocol, shared
+from . import history, intent, lock, paths, protocol, seals, shared
 from .protocol import Refused
 
 OUTPUT_KEPT = 3000  # characters of a failed command's output sent back
@@ -55,6 +55,13 @@ def _make_incoming(layout, release_id, current, plan):
     out = {"incoming": layout.incoming(release_id)}
     if plan and current:
         t = time.monotonic()
+        # sized: the client knows the live release's files (it deployed them) and which of the
+        # build's differ with the same size; with the live release's seal, rsync compares sizes only
+        sized = plan.get("sized")
+        seal = seals.read(layout, current) if sized and sized.get("expect") == current else None
+        out["sized"] = seal is not None
+        if seal is not None:
+            plan = dict(plan, seal=seal, unlink=set(sized.get("unlink") or ()))
         out["prelinked"], out["prelink_error"] = prelink(layout.release(current), making, plan)
         out["prelink_s"] = time.monotonic() - t
     os.rename(making, layout.incoming(release_id))
@@ -70,13 +77,17 @@ def prelink(live, incoming, plan):
 
     A file is linked only when its mode is the mode the build gives it: rsync (no times, no
     owner, no group) then never changes an inode the live release shares, it replaces what
-    differs with a new file. Directories are made anew, symlinks and shared entries left to
+    differs with a new file. With plan["seal"] (rsync then compares sizes only, not contents),
+    only files as the live release's seal recorded them and not in plan["unlink"] (the build
+    changed them, same size) are linked: rsync sends every other one whole.
+    Directories are made anew, symlinks and shared entries left to
     rsync and stage. One thread walks the tree, makes the directories and checks the modes;
     PRELINK_THREADS link each directory's files (10,000 files: 88 ms instead of 137 on 2 cores).
     Every directory is opened without following symlinks, as it is walked. Best effort: on an
     error, what is linked stays and rsync sends the rest. Returns (files linked, error or None).
     """
     default, modes, skip = plan["default"], plan["modes"], set(plan["shared"])
+    seal, unlink = plan.get("seal"), plan.get("unlink", ())
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
     jobs = queue.Queue(PRELINK_QUEUED)
     linked, errors = [], []
@@ -114,8 +125,13 @@ def prelink(live, incoming, plan):
             if e.is_dir(follow_symlinks=False):
                 subdirs.append(e.name)
             elif e.is_file(follow_symlinks=False):
-                if stat.S_IMODE(e.stat(follow_symlinks=False).st_mode) == modes.get(rel, default):
-                    files.append(e.name)
+                st = e.stat(follow_symlinks=False)
+                if stat.S_IMODE(st.st_mode) != modes.get(rel, default):
+                    continue
+                # compared by size: only a file as its seal recorded it, whose content the build keeps
+                if seal is not None and (seal.get(rel) != [st.st_size, st.st_mtime_ns] or rel in unlink):
+                    continue
+                files.append(e.name)
         if files:
             jobs.put((os.dup(src_fd), os.dup(dst_fd), files))  # waits while PRELINK_QUEUED are ahead
         for name in subdirs:
@@ -233,6 +249,8 @@ def op_stage(a):
     t = time.monotonic()
     if not os.path.isdir(incoming):
         raise Refused("incoming release %s is missing" % incoming)
+    # before the smoke tests and hooks run in it: a file they write is not the build's
+    seals.seal(layout, release_id, incoming, list(a["shared"]) + list(a.get("writable", [])))
     if a.get("pidfile"):
         from . import httpd, pause
 

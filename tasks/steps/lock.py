@@ -21,7 +21,9 @@ def lock(run, build_info=None, want_previous=False):
             # writable entries are never hard-linked: the web server writes into them in place
             skip = list(r.host.shared) + list(r.host.writable)
             args.update(
-                release_id=run.release_id, prelink=dict(build_info.modes, shared=skip), shared=list(r.host.shared)
+                release_id=run.release_id,
+                prelink=dict(build_info.modes, shared=skip, sized=r.sized),
+                shared=list(r.host.shared),
             )
         try:
             answer = r.call("lock", "lock", timeout=LOCK_TIMEOUT, **args)
@@ -32,6 +34,7 @@ def lock(run, build_info=None, want_previous=False):
         r.missing_shared = answer.get("missing_shared", [])
         r.migrated = answer.get("migrated")
         r.intent = answer.get("intent")
+        r.sized_ok = bool(answer.get("sized"))
         prelink = answer.get("prelink_s", 0.0)
         r.steps["lock"] = t.seconds - prelink
         say(r.host, "lock", t.seconds - prelink, f"live release {r.current or '(none)'}")

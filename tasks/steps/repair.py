@@ -14,6 +14,7 @@ A switch that fails its health check is switched back on that host (the swap's o
 the whole group returns to the old release.
 """
 
+from .. import manifest
 from ..errors import CutoverError, HealthError
 from ..fleet import Run, close, connect, in_parallel
 from ..output import line, say
@@ -104,6 +105,7 @@ def _repair(run, intent):
     for r in hosts:
         r.call("repair", "intent", clear=intent["token"], token=run.who["token"])
         r.intent = None
+        manifest.now_serves(r.host, r.current)
     # what was live before, for a rollback that goes on from here
     before = {r.name: olds.get(r.name) for r in hosts} if target == "new" else {}
     if target == "old":

@@ -2,23 +2,26 @@
 
 import os
 
-from .. import rsync
+from .. import manifest, rsync
 from ..fleet import in_parallel
 from ..output import count, line, say, size
 from ..remote.paths import Layout
 
 
 def start_uploads(run, build):
-    """Start rsync on every host (the first `parallel` ones) together with the lock step: its SSH
-    start overlaps the lock, its server side waiting for the incoming dir (when_ready.py); on any
-    failure abort() stops it. upload_all starts the others as earlier ones end."""
+    """Start rsync on every host (the first `parallel` ones) together with the lock step: its start
+    overlaps the lock, its server side waiting for the incoming dir (when_ready.py); on any
+    failure abort() stops it. upload_all starts the others as earlier ones end. Where the live
+    release's files are known here, rsync compares sizes only (tasks/manifest.py)."""
+    for r in run.hosts:
+        r.sized = manifest.plan(r.host, run.build.stats, run.digests) if run.digests is not None else None
     for r in run.hosts[: run.parallel or len(run.hosts)]:
         _start(run, r, build)
 
 
 def _start(run, r, build):
     dest = Layout(r.host.deploy_to).incoming(run.release_id)
-    r.upload = rsync.Upload.start(r.host, r.conn, build.path, dest, when_ready=True)
+    r.upload = rsync.Upload.start(r.host, r.conn, build.path, dest, when_ready=True, sized=r.sized is not None)
 
 
 def upload_all(run, build):
@@ -26,12 +29,23 @@ def upload_all(run, build):
     the server lacks and the build has are then uploaded too: stage seeds shared/ with them."""
 
     def one(r):
-        if r.upload is None:  # beyond `parallel`: its turn came
+        if r.sized is not None and not r.sized_ok:  # the live release is not the one known here
+            if r.upload is not None:
+                r.upload.stop()
+            r.sized = None
+            r.upload = None
+        if r.upload is None:  # beyond `parallel`, or compared by checksum after all: its turn came
             _start(run, r, build)
         stats = r.upload.result(progress=lambda text: line(f"[{r.name}] upload     {text}"))
         r.steps["upload"] = stats.seconds
         r.bytes_sent = stats.bytes_sent
-        say(r.host, "upload", stats.seconds, f"{count(stats.files, 'file')} changed, {size(stats.bytes_sent)} sent")
+        known = ", compared by size (unchanged files not read)" if r.sized is not None else ""
+        say(
+            r.host,
+            "upload",
+            stats.seconds,
+            f"{count(stats.files, 'file')} changed, {size(stats.bytes_sent)} sent{known}",
+        )
         seeds = [e for e in r.missing_shared if os.path.lexists(os.path.join(build.path, e))]
         if seeds:
             dest = Layout(r.host.deploy_to).incoming(run.release_id)

@@ -1,0 +1,114 @@
+"""What fab keeps about builds and releases (tasks/manifest.py, tasks/remote/seals.py): with the
+live release's files known, the upload compares sizes only, and every release still holds exactly
+the build: a file changed with the same size and mtime, a mode change, a deleted and a new file, a
+live file edited on the server, a live release this machine did not deploy."""
+
+import os
+import stat
+from pathlib import Path
+
+from tasks import manifest
+
+from .conftest import configure, current, make_build
+
+BY_SIZE = "compared by size (unchanged files not read)"
+
+
+def tree(path):
+    """{relative path: (bytes, mode)} of the regular files under path (shared entries aside)."""
+    out = {}
+    for p in Path(path).rglob("*"):
+        if p.is_file() and not p.is_symlink() and not str(p.relative_to(path)).startswith("media"):
+            out[str(p.relative_to(path))] = (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+    return out
+
+
+def live(server):
+    return Path(server.deploy_to, "releases", current(server))
+
+
+def deploy(lab1):
+    result = lab1.fab("deploy")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_compared_by_size_every_release_is_still_exactly_the_build(lab1, tmp_path):
+    server = lab1.servers[0]
+    build = make_build(tmp_path, "sized", extra={f"data/f{i}.bin": os.urandom(3000) for i in range(20)})
+    configure(lab1, build)
+    assert BY_SIZE not in deploy(lab1)  # nothing known yet: by checksum
+    assert BY_SIZE in deploy(lab1)
+    # the hazard of a size-and-mtime compare: other bytes, same size, the old mtime
+    target = build / "data" / "f3.bin"
+    before = target.stat()
+    target.write_bytes(os.urandom(3000))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    (build / "data" / "f4.bin").chmod(0o600)  # a mode change, same bytes
+    (build / "data" / "f5.bin").unlink()
+    (build / "data" / "new.bin").write_bytes(b"new")
+    out = deploy(lab1)
+    assert BY_SIZE in out
+    assert tree(live(server)) == tree(build)
+    # and back: the release before is the one that had the old bytes
+    assert lab1.fab("rollback").returncode == 0
+    assert BY_SIZE in deploy(lab1)
+    assert tree(live(server)) == tree(build)
+
+
+def test_a_live_file_edited_on_the_server_is_sent_again(lab1, tmp_path):
+    server = lab1.servers[0]
+    build = make_build(tmp_path, "edited")
+    configure(lab1, build)
+    deploy(lab1)
+    deploy(lab1)
+    page = live(server) / "assets" / "style.css"
+    original = page.read_bytes()
+    page.write_bytes(original.upper()[: len(original)])  # a hotfix in place: same size, new mtime
+    (build / "index.html").write_text((build / "index.html").read_text() + "<!-- next -->\n")
+    out = deploy(lab1)
+    assert BY_SIZE in out
+    assert (live(server) / "assets" / "style.css").read_bytes() == original
+    assert tree(live(server)) == tree(build)
+
+
+def test_a_live_release_this_machine_did_not_deploy_is_compared_by_checksum(lab1, tmp_path):
+    server = lab1.servers[0]
+    build = make_build(tmp_path, "elsewhere")
+    configure(lab1, build)
+    deploy(lab1)
+    deploy(lab1)
+    other = lab1.fab("deploy", env={"XDG_CACHE_HOME": str(tmp_path / "another-machine")})
+    assert other.returncode == 0, other.stderr
+    (build / "assets" / "app.js").write_text("changed elsewhere too\n")
+    out = deploy(lab1)
+    assert BY_SIZE not in out and tree(live(server)) == tree(build)
+    assert BY_SIZE in deploy(lab1)  # known again from here on
+
+
+def test_the_build_is_read_again_only_where_a_file_changed(tmp_path, monkeypatch):
+    from tasks.release import check_build
+
+    build = make_build(tmp_path, "hashed")
+    setting = type("Build", (), {"path": build, "required": ()})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    read = []
+    real = manifest._hash
+    monkeypatch.setattr(manifest, "_hash", lambda path: read.append(Path(path).name) or real(path))
+    racy = manifest.RACY_NS
+    monkeypatch.setattr(manifest, "RACY_NS", 0)  # as if every file had been written long ago
+    first = manifest.digests(build, check_build(setting).stats)
+    assert len(read) == len(first) > 3
+    read.clear()
+    assert manifest.digests(build, check_build(setting).stats) == first and read == []
+    (build / "assets" / "app.js").write_text("other\n")
+    again = manifest.digests(build, check_build(setting).stats)
+    assert read == ["app.js"] and again["assets/app.js"] != first["assets/app.js"]
+    # a file written within the last RACY_NS may be written again within its mtime's tick: its digest
+    # is not kept, so the next deploy reads it again
+    monkeypatch.setattr(manifest, "RACY_NS", racy)
+    (build / "assets" / "app.js").write_text("once more\n")
+    read.clear()
+    manifest.digests(build, check_build(setting).stats)
+    manifest.digests(build, check_build(setting).stats)
+    assert read.count("app.js") == 2  # (the others were written moments ago too: read again as well)
