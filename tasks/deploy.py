@@ -15,7 +15,7 @@ from . import gitbuild, manifest, release, rsync
 from .cli import FORCE_UNLOCK_HELP, boundary, target
 from .errors import ConfigError, CutoverError, GroupError, HealthError, Interrupted
 from .fleet import Background, Run, close, connect, in_parallel
-from .output import Timer, count, line, say, shown, since_start, size, table
+from .output import Timer, count, line, live_table, say, shown, since_start, size, stop_live, table
 from .remote.paths import Layout
 from .steps import backup as backup_step
 from .steps import migrate as migration
@@ -75,6 +75,8 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built):
     line(f"{doing} {run.release_id} to {', '.join(r.name for r in run.hosts)}")
     if run.parallel and run.parallel < len(run.hosts):
         line(f"preparing {count(run.parallel, 'host')} at a time (parallel: {run.parallel}); all switch together")
+    if not dry:
+        live_table([r.name for r in run.hosts])
     run.build = info
     hashing = None
     if not dry and build.compare == "checksum":  # the build's digests, read while the SSH connections open
@@ -119,6 +121,7 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built):
             exc.message += f"\n  the site now: {'; '.join(notes)}"
         raise
     finally:
+        stop_live()
         close(run)
     sent = sum(r.bytes_sent for r in run.hosts)
     pauses = "/".join(f"{r.switch.get('pause_ms')}" for r in run.hosts)

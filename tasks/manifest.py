@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .remote.paths import RELEASE_ID
+
 KEPT = 3  # releases remembered per server
 RACY_NS = 2_000_000_000  # a build file changed this recently may change again within its mtime tick
 
@@ -51,11 +53,12 @@ def _store(path, data):
 
 
 def _hash(path):
+    """The file's sha256, its first 128 bits (32 hex digits: what tells two versions apart)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
-    return h.hexdigest()
+    return h.hexdigest()[:32]
 
 
 def digests(build_path, stats):
@@ -65,27 +68,41 @@ def digests(build_path, stats):
     path = cache_dir() / f"build-{_key(str(build_path))}.json"
     seen = _load(path) or {}
     now = time.time_ns()
-    out, keep = {}, {}
+    out, keep, changed = {}, {}, len(seen) != len(stats)
     for rel, st in stats.items():
         entry = seen.get(rel)
-        digest = entry[4] if entry and entry[:4] == list(st) and entry[4] else _hash(os.path.join(build_path, rel))
-        out[rel] = digest
-        keep[rel] = [*st, digest if now - st[1] > RACY_NS and now - st[2] > RACY_NS else None]
-    _store(path, keep)
+        if entry and entry[:4] == list(st) and entry[4]:
+            out[rel] = entry[4]
+            keep[rel] = entry
+            continue
+        out[rel] = _hash(os.path.join(build_path, rel))
+        keep[rel] = [*st, out[rel] if now - st[1] > RACY_NS and now - st[2] > RACY_NS else None]
+        changed = True
+    if changed:  # a build that did not change is not written again
+        _store(path, keep)
     return out
 
 
-def _server_file(host):
-    return cache_dir() / f"server-{_key(host.host, host.port, host.deploy_to)}.json"
+def _server_dir(host):
+    """One directory per server: `live` (the release it serves, as far as this machine knows) and
+    one file per release deployed from here, the last KEPT."""
+    return cache_dir() / f"server-{_key(host.host, host.port, host.deploy_to)}"
+
+
+def _live(host):
+    try:
+        live = (_server_dir(host) / "live").read_text().strip()
+    except OSError:
+        return None
+    return live if RELEASE_ID.fullmatch(live) else None
 
 
 def plan(host, stats, digest_of):
     """The prelink's `sized` plan for this host, or None when the live release is not known here:
     {"expect": live release, "unlink": the build's files that differ from it with the same size}."""
-    known = _load(_server_file(host)) or {}
-    live = known.get("live")
-    files = (known.get("releases") or {}).get(live) if live else None
-    if not isinstance(files, dict):
+    live = _live(host)
+    files = _load(_server_dir(host) / f"{live}.json") if live else None
+    if files is None:
         return None
     unlink = [
         rel for rel, st in stats.items() if rel in files and files[rel][0] == st[0] and files[rel][1] != digest_of[rel]
@@ -95,20 +112,31 @@ def plan(host, stats, digest_of):
 
 def remember(host, release_id, stats, digest_of):
     """After a deploy: this host serves release_id, whose files are the build's."""
-    path = _server_file(host)
-    known = _load(path) or {}
-    releases = known.get("releases") if isinstance(known.get("releases"), dict) else {}
-    releases.pop(release_id, None)
-    releases[release_id] = {rel: [st[0], digest_of[rel]] for rel, st in stats.items()}
-    while len(releases) > KEPT:
-        releases.pop(next(iter(releases)))
-    _store(path, {"live": release_id, "releases": releases})
+    folder = _server_dir(host)
+    _store(folder / f"{release_id}.json", {rel: [st[0], digest_of[rel]] for rel, st in stats.items()})
+    _set_live(folder, release_id)
+    try:
+        known = sorted(p for p in folder.glob("*.json"))  # release ids sort by time
+        for old in known[:-KEPT]:
+            old.unlink()
+    except OSError:
+        pass  # kept longer: no harm
 
 
 def now_serves(host, release_id):
-    """After a rollback or repair: this host serves release_id (known here, or not: then None)."""
-    path = _server_file(host)
-    known = _load(path)
-    if known is not None:
-        known["live"] = release_id if release_id in (known.get("releases") or {}) else None
-        _store(path, known)
+    """After a rollback or repair: this host serves release_id (known here, or not)."""
+    folder = _server_dir(host)
+    if folder.is_dir():  # a release id from the server names a file here only once checked
+        known = RELEASE_ID.fullmatch(release_id or "") and (folder / f"{release_id}.json").exists()
+        _set_live(folder, release_id if known else "")
+
+
+def _set_live(folder, release_id):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="live.")
+        with os.fdopen(fd, "w") as f:
+            f.write(release_id + "\n")
+        os.replace(tmp, folder / "live")
+    except OSError:
+        pass

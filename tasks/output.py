@@ -1,6 +1,8 @@
-"""What Cutover prints: one line per step per host, sizes, tables, values shown in messages."""
+"""What Cutover prints: one line per step per host (or, for a group on a terminal, one live row
+per host), sizes, tables, values shown in messages."""
 
 import os
+import shutil
 import sys
 import threading
 import time
@@ -10,16 +12,72 @@ _PRINTING = threading.Lock()  # hosts report from threads: one whole line at a t
 
 
 def say(host, step, seconds, detail=""):
-    """One progress line: host, step, duration, detail."""
+    """One progress line: host, step, duration, detail (a live table's row instead, when one is on)."""
     name = host if isinstance(host, str) else host.name
+    with _PRINTING:
+        if _live is not None and name in _live.rows:
+            _live.update(name, step, seconds, detail)
+            return
     line(f"[{name}] {step:<11} {seconds * 1000:7.0f} ms  {detail}".rstrip())
 
 
 def line(text):
-    """Print one line whole, never interleaved with another thread's."""
+    """Print one line whole, never interleaved with another thread's (above a live table)."""
     with _PRINTING:
+        if _live is not None:
+            _live.erase()
         sys.stdout.write(text + "\n")
+        if _live is not None:
+            _live.draw()
         sys.stdout.flush()
+
+
+class LiveTable:
+    """One row per host, redrawn in place as its steps end: host, last step, the host's time so far,
+    what the step said. Only on a terminal (ANSI cursor movement); a log gets the lines."""
+
+    def __init__(self, names):
+        self.rows = {name: ("waiting", 0.0, "") for name in names}
+        self.width = max(len(n) for n in names)
+        self.drawn = 0
+
+    def update(self, name, step, seconds, detail):
+        _, total, _ = self.rows[name]
+        self.rows[name] = (step, total + seconds, detail)
+        self.erase()
+        self.draw()
+        sys.stdout.flush()
+
+    def erase(self):
+        if self.drawn:
+            sys.stdout.write(f"\x1b[{self.drawn}A\x1b[J")  # up to the table's first row, clear below
+            self.drawn = 0
+
+    def draw(self):
+        columns = max(40, shutil.get_terminal_size().columns) - 1  # a wrapped row would break the redraw
+        for name, (step, total, detail) in self.rows.items():
+            sys.stdout.write(f"{name:<{self.width}}  {step:<11} {total:7.2f} s  {detail}"[:columns].rstrip() + "\n")
+        self.drawn = len(self.rows)
+
+
+_live = None
+
+
+def live_table(names):
+    """Start a live table for these hosts when stdout is a terminal and there are two or more
+    (CUTOVER_PLAIN=1: never); stop_live() ends it, leaving its last state on the screen."""
+    global _live
+    if len(names) > 1 and sys.stdout.isatty() and os.environ.get("CUTOVER_PLAIN") != "1":
+        with _PRINTING:
+            _live = LiveTable(names)
+            _live.draw()
+            sys.stdout.flush()
+
+
+def stop_live():
+    global _live
+    with _PRINTING:
+        _live = None
 
 
 def count(n, thing):

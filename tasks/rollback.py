@@ -10,7 +10,7 @@ from . import manifest
 from .cli import FORCE_UNLOCK_HELP, boundary, target
 from .errors import ConfigError, CutoverError, Interrupted
 from .fleet import Run, close, connect
-from .output import Timer, count, line, shown, table
+from .output import Timer, count, line, live_table, shown, stop_live, table
 from .remote.paths import PLACEHOLDER, RELEASE_ID
 from .steps.finish import abort, finish
 from .steps.hooks import run_hooks
@@ -67,6 +67,7 @@ def rollback_hosts(hosts, to=None, force=False):
     """The whole rollback: lock, choose, swap (with verify), record and unlock; returns the Run."""
     total = Timer()
     run = Run.of("rollback", hosts)
+    live_table([r.name for r in run.hosts])
     try:
         connect(run)
         if to is not None and not RELEASE_ID.fullmatch(to):
@@ -106,6 +107,7 @@ def rollback_hosts(hosts, to=None, force=False):
                     exc.message += f"; unlocking failed too: {failed.message}"
         raise
     finally:
+        stop_live()
         close(run)
     line(
         f"rolled back to {run.release_id} on {count(len(run.hosts), 'host')} in {total.seconds:.2f} s{spread_note(run)}"

@@ -2,8 +2,15 @@
 host still switches together, and the run reports its switch spread and one row per host; a group
 left split by a run that died between two hosts' switches is made whole by the next run."""
 
+import fcntl
+import os
+import pty
 import re
 import shutil
+import struct
+import subprocess
+import sys
+import termios
 import time
 from pathlib import Path
 
@@ -12,7 +19,7 @@ import yaml
 
 from lab.loadgen import LoadGen
 
-from .conftest import configure, current, history, lab, make_build, start_lab, stop_lab, stopped_httpd
+from .conftest import PROJECT, configure, current, history, lab, make_build, start_lab, stop_lab, stopped_httpd
 
 SMOKE_S = 0.4  # each host's smoke command runs this long and records when it ran
 
@@ -177,3 +184,38 @@ def test_check_repair_undoes_a_switch_whose_release_one_host_lost(lab3, tmp_path
     assert [(history(s)[-1]["event"], history(s)[-1]["release"]) for s in lab3.servers] == [("repair", old)] * 3
     nothing = lab3.fab("check", "--repair")
     assert nothing.returncode == 0 and "nothing to repair" in nothing.stdout
+
+
+def in_terminal(lab3, *args):
+    """fab ARGS with its stdout on a pseudo-terminal 200 columns wide; returns what it wrote."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    env = {**os.environ, "CUTOVER_HOSTS_FILE": str(lab3.hosts_file), "XDG_CACHE_HOME": str(lab3.lab.root / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "fabric", *args], cwd=PROJECT, env=env, stdout=slave,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's last writer is gone
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    return out.decode()
+
+
+def test_a_group_on_a_terminal_gets_one_live_row_per_host(lab3, tmp_path):
+    """On a terminal a group's deploy redraws one row per host in place (no interleaved lines); its
+    last drawing shows every host's last step; a log (not a terminal) keeps the lines."""
+    configure(lab3, make_build(tmp_path, "tty"))
+    out = in_terminal(lab3, "deploy")
+    assert "\x1b[3A\x1b[J" in out and "[lab1]" not in out
+    last = out.rsplit("\x1b[J", 1)[1].replace("\r", "").splitlines()[:3]
+    assert [row.split()[:2] for row in last] == [["lab1", "cleanup"], ["lab2", "cleanup"], ["lab3", "cleanup"]]
+    assert "deployed" in out.rsplit("\x1b[J", 1)[1]  # the summary follows the table
+    piped = lab3.fab("deploy")
+    assert piped.returncode == 0 and "[lab1] swap" in piped.stdout and "\x1b[" not in piped.stdout

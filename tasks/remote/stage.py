@@ -3,9 +3,7 @@ shared entries, smoke tests, promote) and the migration."""
 
 import errno
 import os
-import queue
 import stat
-import threading
 import time
 
 from . import history, intent, lock, paths, protocol, seals, shared
@@ -86,6 +84,9 @@ def prelink(live, incoming, plan):
     Every directory is opened without following symlinks, as it is walked. Best effort: on an
     error, what is linked stays and rsync sends the rest. Returns (files linked, error or None).
     """
+    import queue  # here: a rollback's lock, which links nothing, does not import them
+    import threading
+
     default, modes, skip = plan["default"], plan["modes"], set(plan["shared"])
     seal, unlink = plan.get("seal"), plan.get("unlink", ())
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
