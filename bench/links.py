@@ -44,8 +44,9 @@ def main():
             *rows,
             "",
             "The delay element is one Python process per link: it adds about 0.5 ms of its own to a round "
-            "trip (lan: 1.5 ms measured for 1 ms set); at 1 Gbit/s jumbo frames (MTU 9000) keep its packet "
-            "rate within what it carries, and ssh's own ciphers then limit the rate before the link does.",
+            "trip (lan: 1.5 ms measured for 1 ms set) and carries 700-800 Mbit/s at most, with jumbo frames "
+            "(MTU 9000) on lan to keep its packet rate down; ssh itself carries about 1 Gbit/s here "
+            "(loopback). wan is what it was made for: 100 Mbit/s and 20 ms, as set.",
         ],
     )
 

@@ -36,6 +36,7 @@ HELPER_BUNDLE = (
 )  # what sudo runs as root
 HELPER = "/usr/local/lib/cutover/swap-helper"
 DETAIL_KEPT = 2000  # characters of a dying agent's stderr shown
+SEND_TIMEOUT = 30  # seconds a request may wait for room in the channel (a silent network)
 
 _LOADER = """\
 import json, sys
@@ -114,10 +115,13 @@ class Channel:
         self.channel.sendall(payload)
         self.answers = self.channel.makefile("rb")
 
-    def call(self, op, args, timeout):
-        """Send one request and wait up to timeout seconds for its answer; None when the agent is gone."""
-        self.channel.settimeout(timeout)
+    def send(self, op, args):
+        self.channel.settimeout(SEND_TIMEOUT)
         self.channel.sendall((json.dumps({"op": op, "args": args}) + "\n").encode())
+
+    def receive(self, timeout):
+        """Wait up to timeout seconds for the next answer; None when the agent is gone."""
+        self.channel.settimeout(timeout)
         line = self.answers.readline()
         return json.loads(line) if line.strip() else None
 
@@ -138,14 +142,33 @@ def call(conn, host_name, python, step, op, args, timeout):
     connection is given up: a network that went silent stays silent, so a later call on it (the
     abort path) fails at once instead of waiting out a timeout of its own.
     """
+    send(conn, host_name, python, step, op, args, timeout)
+    return receive(conn, host_name, step, timeout)
+
+
+def send(conn, host_name, python, step, op, args, open_timeout=None):
+    """The request half of call(): sent, not waited for (receive() gets the answer). The swap sends
+    every host's go from one thread, back to back, then waits for the answers."""
     lost = getattr(conn, "_cutover_lost", None)
     if lost:
         raise RemoteError(f"{step}: not sent: the connection was lost earlier ({lost})", host=host_name)
     channel = getattr(conn, "_cutover_channel", None)
     try:
         if channel is None or channel.channel.closed:
-            channel = conn._cutover_channel = Channel(conn, python, timeout)
-        answer = channel.call(op, args, timeout)
+            channel = conn._cutover_channel = Channel(conn, python, open_timeout or SEND_TIMEOUT)
+        channel.send(op, args)
+    except (TimeoutError, OSError, paramiko.SSHException, EOFError) as exc:
+        _drop(conn, type(exc).__name__)
+        raise RemoteError(f"{step}: the connection failed: {type(exc).__name__}: {exc}", host=host_name) from None
+
+
+def receive(conn, host_name, step, timeout):
+    """The answer half of call()."""
+    channel = getattr(conn, "_cutover_channel", None)
+    if channel is None:
+        raise RemoteError(f"{step}: no answer from the server: the connection was given up", host=host_name)
+    try:
+        answer = channel.receive(timeout)
         detail = channel.stderr().strip()[-DETAIL_KEPT:] if answer is None else ""
     except TimeoutError:
         _drop(conn, f"no answer within {timeout:.0f} s")

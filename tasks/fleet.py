@@ -57,6 +57,13 @@ class HostRun:
             self.conn, self.name, self.host.python, step, op, dict(args, deploy_to=self.host.deploy_to), timeout
         )
 
+    def send(self, step, op, **args):
+        """The request of call(), not waiting for its answer (receive)."""
+        agent.send(self.conn, self.name, self.host.python, step, op, dict(args, deploy_to=self.host.deploy_to))
+
+    def receive(self, step, timeout=STEP_TIMEOUT):
+        return agent.receive(self.conn, self.name, step, timeout)
+
 
 @dataclass
 class Run:

@@ -38,6 +38,12 @@ def fault_point(step):
     timer.start()
 
 
+def sends_go(host):
+    """Whether this host's go is sent (CUTOVER_TEST_GO_ONLY leaves some out)."""
+    only = os.environ.get(GO_ONLY) if _enabled() else None
+    return not only or host in only.split(",")
+
+
 def before_go(host):
     """A host left out of CUTOVER_TEST_GO_ONLY never gets its go: this thread waits to be killed."""
     only = os.environ.get(GO_ONLY) if _enabled() else None

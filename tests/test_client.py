@@ -106,13 +106,15 @@ def test_a_group_error_names_every_failed_host_and_keeps_the_first_exit_status()
 
 
 def _fleet(switch, *names):
-    """Hosts whose swap is `switch` (faked): armed first, then `go` runs the fake's swap."""
+    """Hosts whose swap is `switch` (faked): armed first, then go, whose answer is the fake's swap."""
     health = SimpleNamespace(urls=(), retries=0, timeout=1, expect_status=200, expect_text=None)
     runs = []
     for name in names:
         host = SimpleNamespace(name=name, health=health, httpd=SimpleNamespace(pause_timeout=1), protected=())
         r = SimpleNamespace(name=name, host=host, current="old", switched="no", switch={}, steps={}, uses_helper=False)
-        r.call = lambda step, op, timeout=None, r=r, **args: switch(r, step, "new", None) if op == "go" else {}
+        r.call = lambda step, op, timeout=None, r=r, **args: {}  # the intent, before the switch
+        r.send = lambda step, op, **args: None  # go, sent from one thread; the fake swap runs at receive
+        r.receive = lambda step, timeout=None, r=r: switch(r, step, "new", None)
         runs.append(r)
     who = {"token": "t0", "user": "ann", "local_host": "laptop"}
     return SimpleNamespace(hosts=runs, release_id="new", command="deploy", who=who)
