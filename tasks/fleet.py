@@ -77,6 +77,7 @@ class Run:
     ref: str | None = None  # the git ref a deploy was built from (deploy --ref)
     backup: str | None = None  # the backup a deploy --migrate took first, once it is complete
     spread_ms: float | None = None  # a group's switch: first to last host's rename, by the servers' clocks
+    go_ms: float | None = None  # an armed group's switch: from the first host's go sent to the last's
     parallel: int | None = None  # hosts that prepare at the same time (hosts.yaml `parallel`); None: all
     build: object = None  # a deploy's BuildInfo
     digests: dict | None = None  # a deploy's build files' sha256 (build.compare: checksum)

@@ -76,8 +76,12 @@ def test_deploy_under_load_fails_no_request_and_serves_whole_releases(lab2, tmp_
     # httpd.pause auto: the event MPM has many threads per process, so signals pause it sooner
     assert "httpd stopped" in result.stdout
     # the switch spread, by the servers' clocks (one clock here), in the output and every host's history
-    spread = float(re.search(r", switch spread ([\d.]+) ms \(first to last host's rename\)", result.stdout).group(1))
+    found = re.search(
+        r", switch spread ([\d.]+) ms \(first to last host's rename; every go sent within ([\d.]+) ms\)", result.stdout
+    )
+    spread, sent = float(found.group(1)), float(found.group(2))
     assert [history(s)[-1]["switch_spread_ms"] for s in lab2.servers] == [spread, spread]
+    assert [history(s)[-1]["go_sent_ms"] for s in lab2.servers] == [sent, sent]
     assert re.search(r"(?m)^host +now serves +was +sent +httpd paused +seconds$", result.stdout)
     for server in lab2.servers:
         assert re.search(

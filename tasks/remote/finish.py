@@ -95,6 +95,7 @@ def _run_fields(a, held, release_id):
         "pause_method": a.get("pause_method"),
         "listen": a.get("listen"),
         "switch_spread_ms": a.get("switch_spread_ms"),
+        "go_sent_ms": a.get("go_sent_ms"),
         "hooks": a.get("hooks"),
         "ref": a.get("ref"),
         "backup": a.get("backup"),

@@ -22,6 +22,7 @@ def _timings(run, r):
         "pause_method": r.switch.get("method"),
         "listen": r.switch.get("listen"),
         "switch_spread_ms": run.spread_ms,
+        "go_sent_ms": run.go_ms,
         "hooks": r.hooks or None,
         "ref": run.ref,
         "backup": run.backup,

@@ -158,7 +158,7 @@ def go(run):
     """Every armed host's go, from this one thread, back to back: the renames follow each other by
     the time a short message takes to leave, not by 32 threads taking turns. Returns {host name:
     the error} for the hosts it could not be sent to (each is then a failed swap)."""
-    unsent = {}
+    unsent, start = {}, time.monotonic()
     for r in run.hosts:
         r.switched = "unknown"  # from now on this host may switch
         if not testhooks.sends_go(r.name):
@@ -167,6 +167,7 @@ def go(run):
             r.send("swap", "go")
         except CutoverError as exc:
             unsent[r.name] = exc
+    run.go_ms = round((time.monotonic() - start) * 1000, 1)
     return unsent
 
 
@@ -179,7 +180,10 @@ def spread_ms(run):
 
 def spread_note(run):
     """The switch spread as the last line of a group's deploy or rollback says it."""
-    return f", switch spread {run.spread_ms} ms (first to last host's rename)" if run.spread_ms is not None else ""
+    if run.spread_ms is None:
+        return ""
+    sent = f"; every go sent within {run.go_ms} ms" if run.go_ms is not None else ""
+    return f", switch spread {run.spread_ms} ms (first to last host's rename{sent})"
 
 
 def switch_back(run):
