@@ -26,7 +26,7 @@ from pathlib import Path
 from common import PROJECT, before_tree, generate_site, median, save_data, start_lab, stop_lab, write_section
 
 import lab
-from lab.link import PROFILES
+from lab.link import PROFILES, round_trips
 
 SIZES = {1000: 50 * 2**20, 10000: 200 * 2**20}  # as bench/speed.py's, where the targets were set
 CHANGED_FILE = "assets/d07/f00007.bin"
@@ -175,16 +175,7 @@ def timed(tool, action):
 
 def link_figures(the_lab, server):
     """The link as tools see it: a small HTTP request's round trip, and a 20 MB transfer over ssh."""
-    import http.client
-
-    conn = http.client.HTTPConnection(server.address, server.http_port, timeout=10)
-    rtts = []
-    for _ in range(6):
-        start = time.monotonic()
-        conn.request("GET", "/")
-        conn.getresponse().read()
-        rtts.append(time.monotonic() - start)
-    conn.close()
+    rtts = round_trips(server.address, server.http_port, 6)
     ssh = [*ssh_argv(the_lab, server), f"root@{server.address}"]
     start = time.monotonic()
     sh([*ssh, "true"])

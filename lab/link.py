@@ -116,6 +116,24 @@ def _is_wire(pid):
         return False
 
 
+def round_trips(address, port, count):
+    """Seconds of `count` small HTTP GETs on one open connection to address:port (the first one
+    included, which also pays the connect)."""
+    import http.client
+
+    conn = http.client.HTTPConnection(address, port, timeout=10)
+    times = []
+    try:
+        for _ in range(count):
+            start = time.monotonic()
+            conn.request("GET", "/")
+            conn.getresponse().read()
+            times.append(time.monotonic() - start)
+    finally:
+        conn.close()
+    return times
+
+
 def entering(netns):
     """A preexec_fn that moves the child into netns before it runs the program ("" or None: stay)."""
     if not netns:

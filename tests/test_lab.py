@@ -1,6 +1,5 @@
 """The lab itself: real sshd and Apache come up on loopback, accept only the lab key, go down by PID."""
 
-import http.client
 import os
 import signal
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import lab
+from lab.link import round_trips
 from tasks import rsync, ssh
 from tasks.errors import ConnectError, CutoverError
 from tasks.remote.paths import PLACEHOLDER, Layout
@@ -164,14 +164,7 @@ def test_a_wan_link_delays_and_limits_and_goes_down_with_the_lab(tmp_path):
     server = handle.servers[0]
     try:
         assert server.address.startswith("198.18.") and server.netns
-        conn = http.client.HTTPConnection(server.address, server.http_port, timeout=5)
-        times = []
-        for _ in range(5):
-            start = time.monotonic()
-            conn.request("GET", "/")
-            conn.getresponse().read()
-            times.append(time.monotonic() - start)
-        conn.close()
+        times = round_trips(server.address, server.http_port, 5)
         assert 0.020 <= sorted(times)[2] < 0.060, times  # one round trip of 20 ms, plus Apache
         host = handle.host()
         with ssh.connect(host) as c:

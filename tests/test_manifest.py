@@ -56,12 +56,17 @@ def test_compared_by_size_every_release_is_still_exactly_the_build(lab1, tmp_pat
     assert tree(live(server)) == tree(build)
 
 
-def test_a_live_file_edited_on_the_server_is_sent_again(lab1, tmp_path):
-    server = lab1.servers[0]
-    build = make_build(tmp_path, "edited")
+def deployed_twice(lab1, tmp_path, label):
+    """A build deployed twice: the second deploy's live release is known here, with its seal."""
+    build = make_build(tmp_path, label)
     configure(lab1, build)
     deploy(lab1)
     deploy(lab1)
+    return lab1.servers[0], build
+
+
+def test_a_live_file_edited_on_the_server_is_sent_again(lab1, tmp_path):
+    server, build = deployed_twice(lab1, tmp_path, "edited")
     page = live(server) / "assets" / "style.css"
     original = page.read_bytes()
     page.write_bytes(original.upper()[: len(original)])  # a hotfix in place: same size, new mtime
@@ -73,11 +78,7 @@ def test_a_live_file_edited_on_the_server_is_sent_again(lab1, tmp_path):
 
 
 def test_a_live_release_this_machine_did_not_deploy_is_compared_by_checksum(lab1, tmp_path):
-    server = lab1.servers[0]
-    build = make_build(tmp_path, "elsewhere")
-    configure(lab1, build)
-    deploy(lab1)
-    deploy(lab1)
+    server, build = deployed_twice(lab1, tmp_path, "elsewhere")
     other = lab1.fab("deploy", env={"XDG_CACHE_HOME": str(tmp_path / "another-machine")})
     assert other.returncode == 0, other.stderr
     (build / "assets" / "app.js").write_text("changed elsewhere too\n")
