@@ -35,6 +35,29 @@ def target(c, split=True):
     return hosts
 
 
+BATCH_HELP = (
+    "rolling: switch N hosts at a time, each batch drained from the load balancer (balancer: in "
+    "hosts.yaml) and verified before the next"
+)
+
+
+def check_batch(hosts, batch):
+    """--batch N: a whole number from 1 to one less than the hosts (None: every host at once)."""
+    if batch is None:
+        return None
+    try:
+        n = int(batch)
+    except ValueError:
+        n = 0
+    if not 1 <= n < len(hosts):
+        raise ConfigError(
+            f"--batch {str(batch)[:20]!r}: give a number of hosts from 1 to {len(hosts) - 1} (this run has "
+            f"{len(hosts)}); nothing was changed",
+            hint="without --batch every host switches at once",
+        )
+    return n
+
+
 def boundary(fn):
     """Wrap a task: a CutoverError becomes one clear message and the error's exit status."""
 

@@ -94,6 +94,22 @@ class Backups:
 
 
 @dataclass(frozen=True)
+class Balancer:
+    """The load balancer in front of the group, for a rolling deploy (--batch): HAProxy's runtime
+    API socket, reached on the host `via` (any host of hosts.yaml) through its SSH connection."""
+
+    via: str | None
+    socket: str | None
+    backend: str | None
+    server: str | None  # this host's server name in the backend (default: its name in hosts.yaml)
+    drain_timeout: float
+
+    @property
+    def configured(self):
+        return any((self.via, self.socket, self.backend))
+
+
+@dataclass(frozen=True)
 class Assets:
     """Static assets a page still in flight asks for after a switch, served from earlier releases."""
 
@@ -149,6 +165,7 @@ class Host:
     assets: Assets
     backups: Backups
     keep_backups: int
+    balancer: Balancer | None = None
     jump: tuple = ()  # ProxyJump hops from the OpenSSH client config (sshconfig.Jump), first first
     parallel: int | None = None  # hosts of a run that connect, lock, upload and stage at the same time
 

@@ -12,13 +12,14 @@ from pathlib import Path
 from invoke import task
 
 from . import gitbuild, manifest, release, rsync
-from .cli import FORCE_UNLOCK_HELP, boundary, target
+from .cli import BATCH_HELP, FORCE_UNLOCK_HELP, boundary, check_batch, target
 from .errors import ConfigError, CutoverError, GroupError, HealthError, Interrupted
 from .fleet import Background, Run, close, connect, in_parallel
 from .output import Timer, count, line, live_table, say, shown, since_start, size, stop_live, table
 from .remote.paths import Layout
 from .steps import backup as backup_step
 from .steps import migrate as migration
+from .steps.balancer import balancer_of
 from .steps.finish import abort, finish
 from .steps.hooks import run_hooks
 from .steps.lock import force_unlock, lock
@@ -51,24 +52,29 @@ def check(hosts, build_override, built=None):
     return run, build, info
 
 
-def deploy_to_hosts(hosts, build_override=None, dry=False, force=False, migrating=False, ref=None):
+def deploy_to_hosts(hosts, build_override=None, dry=False, force=False, migrating=False, ref=None, batch=None):
     """The whole deploy, step by step; returns the Run."""
     total = Timer()
     if ref and build_override:
         raise ConfigError("--ref and --build name two builds; give one")
+    batch = check_batch(hosts, batch)
+    if batch:
+        balancer_of(hosts)  # a wrong balancer setting is refused before anything remote
     settings = migration.check_settings(hosts)
     migrating = migrating or settings.always
     if migrating and not settings.command:
         raise ConfigError("--migrate needs migrate.command in hosts.yaml", hint="set migrate: {command: ...}")
+    if migrating and batch:
+        raise ConfigError("--batch and --migrate: a migration switches every host at once, in maintenance mode")
     built = gitbuild.build(hosts[0], ref, say=line) if ref else None
     try:
-        return _deploy(total, hosts, build_override, dry, force, migrating, built)
+        return _deploy(total, hosts, build_override, dry, force, migrating, built, batch)
     finally:
         if built:
             built.remove()
 
 
-def _deploy(total, hosts, build_override, dry, force, migrating, built):
+def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=None):
     """The steps from check to finish, and the failure path."""
     run, build, info = check(hosts, build_override, built)
     doing = "dry run of release" if dry else "deploying release"
@@ -101,7 +107,7 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built):
         if migrating:
             migrate_with_backup(run)
         else:
-            swap(run)
+            swap(run, batch)
         hook_error = run_hooks(run, "after_switch", run.release_id)
         fault_point("finish")
         finish(run)
@@ -183,9 +189,10 @@ def dry_run(run, build, info):
         "migrate": "run migrate.command in the new release, with maintenance mode on around it",
         "split": "deploy to some hosts of a group only (-H naming hosts), leaving it on two releases",
         "ref": "build and deploy this branch, tag or commit of the local git repository (build.command)",
+        "batch": BATCH_HELP,
     }
 )
 @boundary
-def deploy(c, dry_run=False, force_unlock=False, build=None, migrate=False, split=False, ref=None):
+def deploy(c, dry_run=False, force_unlock=False, build=None, migrate=False, split=False, ref=None, batch=None):
     """Ship the local build: upload, smoke test, switch live atomically, verify."""
-    deploy_to_hosts(target(c, split or dry_run), build, dry_run, force_unlock, migrate, ref)
+    deploy_to_hosts(target(c, split or dry_run), build, dry_run, force_unlock, migrate, ref, batch)

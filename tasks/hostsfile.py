@@ -15,6 +15,7 @@ from .config import (
     Apache,
     Assets,
     Backups,
+    Balancer,
     Build,
     Health,
     Hooks,
@@ -150,6 +151,7 @@ def _host(at, layers, base):
             tuple(s["backups"]["databases"]), s["backups"]["host"], s["backups"]["hold"], s["backups"]["to"]
         ),
         keep_backups=s["keep_backups"],
+        balancer=Balancer(**s["balancer"]),
         hooks=Hooks(**{k: tuple(v) if isinstance(v, list) else v for k, v in s["hooks"].items()}),
     )
 

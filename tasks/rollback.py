@@ -7,11 +7,12 @@ from is kept (and marked in history), so `rollback --to` or a new deploy can ret
 from invoke import task
 
 from . import manifest
-from .cli import FORCE_UNLOCK_HELP, boundary, target
+from .cli import BATCH_HELP, FORCE_UNLOCK_HELP, boundary, check_batch, target
 from .errors import ConfigError, CutoverError, Interrupted
 from .fleet import Run, close, connect
 from .output import Timer, count, line, live_table, shown, stop_live, table
 from .remote.paths import PLACEHOLDER, RELEASE_ID
+from .steps.balancer import balancer_of
 from .steps.finish import abort, finish
 from .steps.hooks import run_hooks
 from .steps.lock import force_unlock, lock, unlock
@@ -63,9 +64,12 @@ def _kept_hint(hosts):
     return f"releases kept on every host: {', '.join(sorted(common, reverse=True)) or 'none'}"
 
 
-def rollback_hosts(hosts, to=None, force=False):
+def rollback_hosts(hosts, to=None, force=False, batch=None):
     """The whole rollback: lock, choose, swap (with verify), record and unlock; returns the Run."""
     total = Timer()
+    batch = check_batch(hosts, batch)
+    if batch:
+        balancer_of(hosts)  # a wrong balancer setting is refused before anything remote
     run = Run.of("rollback", hosts)
     live_table([r.name for r in run.hosts])
     try:
@@ -85,7 +89,7 @@ def rollback_hosts(hosts, to=None, force=False):
         if all(r.current == run.release_id for r in run.hosts):
             raise CutoverError(f"{run.release_id} is already live; nothing was changed")
         fault_point("swap")
-        swap(run)
+        swap(run, batch)
         hook_error = run_hooks(run, "after_rollback", run.release_id)
         fault_point("finish")
         finish(run, clean=False)
@@ -128,9 +132,10 @@ def rollback_hosts(hosts, to=None, force=False):
         "to": "the release to switch to (default: the one before the live release)",
         "force-unlock": FORCE_UNLOCK_HELP,
         "split": "roll back some hosts of a group only (-H naming hosts), leaving it on two releases",
+        "batch": BATCH_HELP,
     }
 )
 @boundary
-def rollback(c, to=None, force_unlock=False, split=False):
+def rollback(c, to=None, force_unlock=False, split=False, batch=None):
     """Switch back to the previous release (or --to RELEASE), paused like a deploy; no upload."""
-    rollback_hosts(target(c, split), to, force_unlock)
+    rollback_hosts(target(c, split), to, force_unlock, batch)

@@ -17,6 +17,7 @@ KEEP_RELEASES = (2, 1000)
 KEEP_BACKUPS = (1, 1000)
 PARALLEL = (1, 1000)  # hosts preparing at the same time
 HOLD = (0, 60)  # seconds requests in flight get to end before a backup's second pass
+DRAIN_TIMEOUT = (1, 3600)  # seconds a drained server's connections get to end
 
 BUILTIN = {
     "port": 22,
@@ -72,6 +73,7 @@ BUILTIN = {
     "writable": [],
     "keep_backups": 5,
     "backups": {"databases": [], "host": None, "hold": 1, "to": None},
+    "balancer": {"via": None, "socket": None, "backend": None, "server": None, "drain_timeout": 30},
     "web_user": "www-data",
     "protected": [],
     "apache": {"allow_override": "All", "options": "FollowSymLinks"},
@@ -207,6 +209,13 @@ SECTIONS = {
         "after_switch": y.strings(lambda at: y.string(at)),
         "after_rollback": y.strings(lambda at: y.string(at)),
         "timeout": lambda at: y.number(at, *SMOKE_TIMEOUT),
+    },
+    "balancer": {
+        "via": lambda at: y.string(at, y.SAFE_NAME, "a host name of hosts.yaml", allow_none=True),
+        "socket": lambda at: None if y.scalar_or_none(at) else y.abspath(at),
+        "backend": lambda at: y.string(at, y.SAFE_NAME, "an HAProxy backend name", allow_none=True),
+        "server": lambda at: y.string(at, y.SAFE_NAME, "an HAProxy server name", allow_none=True),
+        "drain_timeout": lambda at: y.number(at, *DRAIN_TIMEOUT),
     },
     "apache": {
         "allow_override": lambda at: y.string(at, y.ALLOW_OVERRIDE, "an AllowOverride value (All, None, FileInfo ...)"),

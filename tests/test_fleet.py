@@ -11,12 +11,14 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from lab.balancer import haproxy
 from lab.loadgen import LoadGen
 
 from .conftest import PROJECT, configure, current, history, lab, make_build, start_lab, stop_lab, stopped_httpd
@@ -219,3 +221,50 @@ def test_a_group_on_a_terminal_gets_one_live_row_per_host(lab3, tmp_path):
     assert "deployed" in out.rsplit("\x1b[J", 1)[1]  # the summary follows the table
     piped = lab3.fab("deploy")
     assert piped.returncode == 0 and "[lab1] swap" in piped.stdout and "\x1b[" not in piped.stdout
+
+
+def test_batch_1_behind_haproxy_drains_each_host_for_its_switch_and_loses_no_request(lab3, tmp_path):
+    """--batch 1 with the lab's HAProxy in front: each host is drained, switched, verified and back
+    in the backend before the next is drained; HAProxy had each host (and only it) drained when it
+    renamed; no request through the balancer failed or got a mixed release."""
+    with haproxy(lab3.lab) as hp:
+        configure(lab3, make_build(tmp_path, "lb-old"))
+        assert lab3.fab("deploy").returncode == 0
+        balancer = {"via": "lab1", "socket": hp.socket, "backend": "web"}
+        configure(lab3, make_build(tmp_path, "lb-new"), balancer=balancer)
+        samples, stop = [], threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                samples.append((time.time(), hp.states()))
+                time.sleep(0.005)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            with LoadGen(hp.url, paths=("/", "/assets/style.css"), threads=2) as load:
+                result = lab3.fab("deploy", "--batch", "1")
+        finally:
+            stop.set()
+            sampler.join()
+        after = hp.states()
+    assert result.returncode == 0, result.stderr
+    assert load.failures() == [] and len(load.samples) > 50
+    assert all(s.body.count(b'name="release"') == 1 for s in load.samples if s.path == "/")
+    order = [m for m in re.findall(r"(?m)^\[(lab\d)\] (drain|swap|verify|enable) ", result.stdout)]
+    assert order == [(h, step) for h in ("lab1", "lab2", "lab3") for step in ("drain", "swap", "verify", "enable")]
+    for server in lab3.servers:
+        renamed = history(server)[-1]["renamed_at"]
+        seen = [states for t, states in samples if t <= renamed][-1]
+        assert seen[server.name] == "DRAIN" and list(seen.values()).count("DRAIN") == 1, (server.name, seen)
+    assert "DRAIN" not in after.values()
+    assert len({current(s) for s in lab3.servers}) == 1
+
+
+def test_batch_must_leave_some_hosts_serving(lab3, tmp_path):
+    configure(lab3, make_build(tmp_path, "whole"))
+    before = [current(s) for s in lab3.servers]
+    for value in ("3", "0", "x"):
+        refused = lab3.fab("deploy", "--batch", value)
+        assert refused.returncode == 2 and "give a number of hosts from 1 to 2" in refused.stderr
+    assert [current(s) for s in lab3.servers] == before

@@ -96,6 +96,7 @@ def _run_fields(a, held, release_id):
         "listen": a.get("listen"),
         "switch_spread_ms": a.get("switch_spread_ms"),
         "go_sent_ms": a.get("go_sent_ms"),
+        "renamed_at": a.get("renamed_at"),
         "hooks": a.get("hooks"),
         "ref": a.get("ref"),
         "backup": a.get("backup"),

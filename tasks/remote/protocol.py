@@ -28,6 +28,7 @@ OPS = {
     "go": ("swap", "op_go"),
     "disarm": ("swap", "op_disarm"),
     "intent": ("intent", "op_intent"),
+    "balancer": ("balancer", "op_balancer"),
     "finish": ("finish", "op_finish"),
     "abort": ("finish", "op_abort"),
     "backup": ("backup", "op_backup"),

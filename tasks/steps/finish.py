@@ -23,6 +23,7 @@ def _timings(run, r):
         "listen": r.switch.get("listen"),
         "switch_spread_ms": run.spread_ms,
         "go_sent_ms": run.go_ms,
+        "renamed_at": r.switch.get("renamed_at"),
         "hooks": r.hooks or None,
         "ref": run.ref,
         "backup": run.backup,

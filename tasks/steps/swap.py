@@ -5,9 +5,10 @@ import time
 from .. import agent, testhooks
 from ..errors import CutoverError, GroupError, HealthError, RemoteError
 from ..fleet import STEP_TIMEOUT, in_parallel
-from ..output import Timer, say
+from ..output import Timer, count, line, say
 from ..testhooks import fault_point
 from . import health_args, health_seconds, margin, protected_urls
+from .balancer import Balancer, balancer_of
 
 PAUSED = {"freeze": "frozen", "sigstop": "stopped", None: "paused"}  # how httpd was paused (httpd.pause)
 
@@ -92,56 +93,24 @@ def arm(run, verify_of):
     return True
 
 
-def swap(run):
-    """Switch every host to the run's release at once; if any fails, switch back those that switched."""
+def verify_of(r):
+    """The health check after one host's switch (None: no health.url)."""
+    return health_args(r.host.health, protected=protected_urls(r.host)) if r.host.health.urls else None
 
-    def verify_of(r):
-        return health_args(r.host.health, protected=protected_urls(r.host)) if r.host.health.urls else None
 
+def swap(run, batch=None):
+    """Switch every host to the run's release at once, or `batch` hosts at a time (rolling, each
+    batch drained from the load balancer first and verified before the next); if any fails,
+    switch back every host that switched."""
     record_intent(run)
-    armed = arm(run, verify_of)
-    unsent = go(run) if armed else {}
-
-    def one(r):
-        t = Timer()
-        verify = verify_of(r)
-        r.switched = "unknown"  # until an answer says otherwise, this host may have switched
-        try:
-            if armed:
-                if r.name in unsent:
-                    raise unsent[r.name]
-                testhooks.before_go(r.name)
-                answer = r.receive("swap", timeout=_timeout(r.host))
-                testhooks.after_go(r.name)
-            else:
-                answer = switch(r, "swap", run.release_id, verify)
-        except RemoteError as exc:
-            if exc.details:  # the server answered: it says where current is now
-                r.switched = "yes" if exc.details.get("current") == run.release_id else "no"
-            raise
-        r.switch = answer
-        r.switched = "no" if answer.get("swapped_back") else "yes"
-        r.steps["swap"] = t.seconds
-        note = f" ({answer['note']})" if answer.get("note") else ""
-        say(
-            r.host,
-            "swap",
-            t.seconds,
-            f"{answer['old']} -> {answer['new']}, {paused(answer)}{note}",
-        )
-        if verify is None:
-            say(r.host, "verify", 0, "skipped: no health.url")
-        elif answer["health"] != "ok":
-            raise HealthError(
-                f"health check failed after the switch: {answer['health']}; switched back to {answer['old']} at once "
-                f"(health after switching back: {answer.get('health_after_swap_back', 'not checked')})"
-            )
-        else:
-            say(r.host, "verify", 0, "healthy")
-
     try:
-        in_parallel(run.hosts, one, len(run.hosts))  # every host at once, whatever MAX_THREADS
-        run.spread_ms = spread_ms(run)
+        if batch:
+            rolling(run, batch)
+        else:
+            armed = arm(run, verify_of)
+            unsent = go(run) if armed else {}
+            in_parallel(run.hosts, lambda r: _switch_host(run, r, armed, unsent), len(run.hosts))  # all at once
+            run.spread_ms = spread_ms(run)
     except BaseException as exc:  # any failure, Ctrl-C included: the group must not stay split
         try:
             undone = switch_back(run)
@@ -152,6 +121,65 @@ def swap(run):
         if undone and isinstance(exc, CutoverError):
             exc.message += f"; switched back on {', '.join(undone)} so the group stays on one release"
         raise
+
+
+def rolling(run, batch):
+    """`batch` hosts at a time: drained from the balancer (if there is one), switched and verified,
+    back in the balancer; then the next batch."""
+    found = balancer_of([r.host for r in run.hosts])
+    lb = Balancer(run, found) if found else None
+    if lb is None:
+        line(
+            f"switching {count(batch, 'host')} at a time; no balancer: set balancer: in hosts.yaml to drain each first"
+        )
+    try:
+        batches = [run.hosts[i : i + batch] for i in range(0, len(run.hosts), batch)]
+        for k, hosts in enumerate(batches, 1):
+            line(f"batch {k} of {len(batches)}: {', '.join(r.name for r in hosts)}")
+            if lb:
+                lb.drain(hosts)
+            try:
+                in_parallel(hosts, lambda r: _switch_host(run, r, False, {}), len(hosts))
+            finally:
+                if lb:
+                    lb.ready(hosts)  # switched and verified, or switched back: in rotation again
+    finally:
+        if lb:
+            lb.close()
+
+
+def _switch_host(run, r, armed, unsent):
+    """One host's switch (its go, when armed), verified; raises on a failure."""
+    t = Timer()
+    verify = verify_of(r)
+    r.switched = "unknown"  # until an answer says otherwise, this host may have switched
+    try:
+        if armed:
+            if r.name in unsent:
+                raise unsent[r.name]
+            testhooks.before_go(r.name)
+            answer = r.receive("swap", timeout=_timeout(r.host))
+            testhooks.after_go(r.name)
+        else:
+            answer = switch(r, "swap", run.release_id, verify)
+    except RemoteError as exc:
+        if exc.details:  # the server answered: it says where current is now
+            r.switched = "yes" if exc.details.get("current") == run.release_id else "no"
+        raise
+    r.switch = answer
+    r.switched = "no" if answer.get("swapped_back") else "yes"
+    r.steps["swap"] = t.seconds
+    note = f" ({answer['note']})" if answer.get("note") else ""
+    say(r.host, "swap", t.seconds, f"{answer['old']} -> {answer['new']}, {paused(answer)}{note}")
+    if verify is None:
+        say(r.host, "verify", 0, "skipped: no health.url")
+    elif answer["health"] != "ok":
+        raise HealthError(
+            f"health check failed after the switch: {answer['health']}; switched back to {answer['old']} at once "
+            f"(health after switching back: {answer.get('health_after_swap_back', 'not checked')})"
+        )
+    else:
+        say(r.host, "verify", 0, "healthy")
 
 
 def go(run):

@@ -1,0 +1,50 @@
+"""HAProxy's runtime API, on the host that reaches its socket: one command per connection, its
+reply read to the end (how HAProxy answers a command not in interactive mode).
+
+Standard library only.
+"""
+
+import re
+import socket
+
+from .protocol import Refused
+
+COMMAND = re.compile(r"(set server [\w.:-]+/[\w.:-]+ state (drain|ready)|show stat)")
+TIMEOUT = 10  # seconds for one command's reply
+
+
+def ask(path, command):
+    if not COMMAND.fullmatch(command):
+        raise Refused("not a balancer command Cutover sends: %r" % command)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(TIMEOUT)
+    try:
+        s.connect(path)
+        s.sendall((command + "\n").encode())
+        reply = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    except OSError as exc:
+        raise Refused(
+            "HAProxy's runtime API at %s: %s" % (path, exc),
+            hint="check balancer.socket (HAProxy's `stats socket ... level admin`) and balancer.via",
+        ) from None
+    finally:
+        s.close()
+    return reply.decode("utf-8", "replace")
+
+
+def op_balancer(a):
+    """Each command's reply; a `set server` that HAProxy refuses (an unknown backend or server)
+    is refused with its words."""
+    replies = []
+    for command in a["commands"]:
+        reply = ask(a["socket"], command)
+        if command.startswith("set ") and reply.strip():
+            raise Refused("HAProxy refused %r: %s" % (command, reply.strip()),
+                          hint="check balancer.backend and each host's balancer.server")  # fmt: skip
+        replies.append(reply)
+    return {"replies": replies}
