@@ -188,6 +188,37 @@ def test_check_repair_undoes_a_switch_whose_release_one_host_lost(lab3, tmp_path
     assert nothing.returncode == 0 and "nothing to repair" in nothing.stdout
 
 
+def test_a_rollback_after_a_dead_run_completes_its_switch_then_rolls_the_group_back(lab3, tmp_path):
+    new, old = split_by_a_dead_run(lab3, tmp_path, "then-back")
+    result = lab3.fab("rollback", "--force-unlock")
+    assert result.returncode == 0, result.stderr
+    assert f"repaired an interrupted deploy of {new}" in result.stdout and "completed" in result.stdout
+    assert f"rolled back to {old} on 3 hosts" in result.stdout
+    assert [current(s) for s in lab3.servers] == [old] * 3 and intents(lab3) == [False, False, False]
+
+
+def test_a_host_serving_neither_release_is_refused_and_nothing_changes(lab3, tmp_path):
+    new, old = split_by_a_dead_run(lab3, tmp_path, "neither")
+    releases = Path(lab3.servers[2].deploy_to, "releases")
+    shutil.copytree(releases / old, releases / "20200101T000000.000Z")  # a third release, live by hand
+    link = Path(lab3.servers[2].deploy_to, "current.by-hand")
+    link.symlink_to("releases/20200101T000000.000Z")
+    link.rename(Path(lab3.servers[2].deploy_to, "current"))
+    result = lab3.fab("check", "--repair")
+    assert result.returncode != 0
+    assert "lab3 serves 20200101T000000.000Z, neither its release nor the one before; nothing was changed" in (
+        result.stderr
+    )
+    assert [current(s) for s in lab3.servers] == [new, old, "20200101T000000.000Z"]
+    assert intents(lab3) == [True, True, True]
+    link = Path(lab3.servers[2].deploy_to, "current.by-hand")  # put back as it was: the repair then works
+    link.symlink_to(f"releases/{old}")
+    link.rename(Path(lab3.servers[2].deploy_to, "current"))
+    repaired = lab3.fab("check", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert len({current(s) for s in lab3.servers}) == 1
+
+
 def in_terminal(lab3, *args):
     """fab ARGS with its stdout on a pseudo-terminal 200 columns wide; returns what it wrote."""
     master, slave = pty.openpty()

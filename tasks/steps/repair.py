@@ -48,6 +48,7 @@ def repair_group(hosts):
             unlock(run)
         except CutoverError:
             pass  # the error that stopped the repair is the one to report
+        raise
     finally:
         close(run)
 
