@@ -1,8 +1,8 @@
 # Cutover: the two commands of the README, and their pieces.
 PYTHON ?= python3
-DEBIAN_PACKAGES = git openssh-server openssh-client apache2 libapache2-mod-php php-fpm php-cli rsync wrk sqlite3 sudo python3 acl iproute2 haproxy
+DEBIAN_PACKAGES = git openssh-server openssh-client apache2 libapache2-mod-php php-fpm php-cli rsync wrk sqlite3 sudo python3 acl iproute2 haproxy e2fsprogs mount passwd
 # a program of each package above: `make install` installs the packages when any one is missing
-PROGRAMS = git /usr/sbin/sshd /usr/bin/ssh /usr/sbin/apache2 /usr/bin/php rsync wrk sqlite3 sudo /usr/bin/python3 getfacl ip tc /usr/sbin/haproxy
+PROGRAMS = git /usr/sbin/sshd /usr/bin/ssh /usr/sbin/apache2 /usr/bin/php rsync wrk sqlite3 sudo /usr/bin/python3 getfacl ip tc /usr/sbin/haproxy /usr/sbin/mkfs.ext4 mount /usr/sbin/useradd
 
 .PHONY: install demo test lint bench
 

@@ -24,15 +24,11 @@ from .conftest import (
     known_bodies,
     make_build,
     releases,
+    skip_without_cgroup,
     start_lab,
     stop_lab,
     stopped_httpd,
 )
-
-
-def skip_without_cgroup(server, pause):
-    if pause == "freeze" and not server.cgroup:
-        pytest.skip("no writable cgroup v2 on this machine: the lab's Apache has no cgroup of its own")
 
 
 def deploy(handle, *args, env=None):
@@ -547,8 +543,7 @@ def test_output_piped_into_head_ends_quietly(lab1, tmp_path):
 
 def test_pause_freeze_is_refused_where_httpd_shares_its_cgroup_and_auto_signals(lab1, tmp_path):
     server = lab1.servers[0]
-    if not server.cgroup:
-        pytest.skip("no writable cgroup v2 on this machine: the lab's Apache has no cgroup of its own")
+    skip_without_cgroup(server, "freeze")
     # a process httpd did not start, in httpd's cgroup (as in a container that runs everything in one)
     intruder = subprocess.Popen(
         ["sleep", "120"], preexec_fn=lambda: Path(server.cgroup, "cgroup.procs").write_text(str(os.getpid()))
@@ -580,8 +575,7 @@ def test_pause_freeze_is_refused_where_httpd_shares_its_cgroup_and_auto_signals(
 
 
 def test_pause_auto_freezes_prefork_and_signals_the_threaded_event_mpm(lab1, tmp_path):
-    if not lab1.servers[0].cgroup:
-        pytest.skip("no writable cgroup v2 on this machine: the lab's Apache has no cgroup of its own")
+    skip_without_cgroup(lab1.servers[0], "freeze")
     handle, root = start_lab(1, mpm="prefork")
     try:
         for lab_, mpm, how, cell in ((handle, "prefork", "frozen", "freeze"), (lab1, "event", "stopped", "sigstop, ")):

@@ -12,7 +12,7 @@ import pytest
 from tasks import agent, ssh
 from tasks.errors import RemoteError
 
-from .conftest import configure, current, history, make_build
+from .conftest import configure, current, history, make_build, skip_without_cgroup
 
 
 def test_setup_creates_the_layout_on_a_fresh_server(lab1, tmp_path):
@@ -107,14 +107,6 @@ def test_non_root_deploy_user_swaps_through_the_sudo_helper(lab1, deploy_user, t
     assert history(server)[-1]["pause_ms"] > 0
     assert Path(server.deploy_to, "releases", current(server)).stat().st_uid == pwd.getpwnam(name).pw_uid
     assert lab1.fab("check").returncode == 0
-    if server.cgroup:  # httpd.pause freeze through the helper: root writes httpd's cgroup.freeze
-        httpd = {"pidfile": server.pidfile, "pause": "freeze"}
-        configure(lab1, make_build(tmp_path, "helper-freeze"), user=name, python="python3", httpd=httpd)
-        assert lab1.fab("setup").returncode == 0  # the helper takes the method from its registration
-        frozen = lab1.fab("deploy")
-        assert frozen.returncode == 0, frozen.stderr
-        assert "httpd frozen" in frozen.stdout and history(server)[-1]["pause_method"] == "freeze"
-        assert lab1.fab("check").returncode == 0
     # the helper runs nothing but the swap, and only for the registered site
     with ssh.connect(lab1.host()) as conn:
         sudo = agent.helper_argv("python3")
@@ -163,3 +155,21 @@ def test_the_server_refuses_a_health_check_of_anything_but_http(lab1):
                 }, 30)  # fmt: skip
             assert "pause_timeout must be from 0.5 to 60 seconds" in str(refused.value)
     assert current(lab1.servers[0]) == release_id
+
+
+def test_the_helper_freezes_httpd_cgroup_for_a_non_root_deploy_user(lab1, deploy_user, tmp_path):
+    """httpd.pause freeze through the helper: root writes httpd's cgroup.freeze, the method taken
+    from the helper's root-owned registration."""
+    name, sudoers = deploy_user
+    server = lab1.servers[0]
+    skip_without_cgroup(server, "freeze")
+    httpd = {"pidfile": server.pidfile, "pause": "freeze"}
+    configure(lab1, make_build(tmp_path, "helper-freeze"), user=name, python="python3", httpd=httpd)
+    result = lab1.fab("setup")
+    assert result.returncode == 0, result.stderr
+    sudoers.write_text(f"{name} ALL=(root) NOPASSWD: /usr/bin/python3 -I -S {agent.HELPER} swap *\n")
+    sudoers.chmod(0o440)
+    frozen = lab1.fab("deploy")
+    assert frozen.returncode == 0, frozen.stderr
+    assert "httpd frozen" in frozen.stdout and history(server)[-1]["pause_method"] == "freeze"
+    assert lab1.fab("check").returncode == 0
