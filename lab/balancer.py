@@ -6,13 +6,13 @@ server), its runtime API on a Unix socket under the lab root. Started by a test,
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.errors import CutoverError
+from tasks.remote.balancer import ask, servers
 
 from .servers import free_port
 
@@ -48,25 +48,12 @@ class Haproxy:
         return f"http://127.0.0.1:{self.port}/"
 
     def ask(self, command):
-        """One runtime API command's reply."""
-        s = socket.socket(socket.AF_UNIX)
-        s.settimeout(5)
-        s.connect(self.socket)
-        s.sendall((command + "\n").encode())
-        reply = b""
-        while chunk := s.recv(65536):
-            reply += chunk
-        s.close()
-        return reply.decode()
+        """One runtime API command's reply (as Cutover's server side sends it)."""
+        return ask(self.socket, command)
 
     def states(self):
         """{server: status} of backend web (DRAIN, UP, no check ...)."""
-        out = {}
-        for row in self.ask("show stat").splitlines():
-            fields = row.split(",")
-            if len(fields) > 17 and fields[0] == "web" and fields[1] not in ("BACKEND", "FRONTEND"):
-                out[fields[1]] = fields[17]
-        return out
+        return {name: s["status"] for name, s in servers(self.ask("show stat"), "web").items()}
 
 
 @contextmanager

@@ -22,10 +22,11 @@ import threading
 import time
 from pathlib import Path
 
+from .ssh import KEEPALIVE_S  # the connection's own keepalive interval
+
 RSH = Path(__file__).resolve().parent / "rsh.py"
 CHUNK = 65536
-KEEPALIVE_S = 5
-DEAD_AFTER_S = 15
+DEAD_AFTER_S = 3 * KEEPALIVE_S  # as OpenSSH's ServerAliveCountMax=3
 
 
 class Bridge:

@@ -14,7 +14,7 @@ from .remote.health import DENIED
 from .remote.paths import PLACEHOLDER
 from .remote.views import PROBED_OUTSIDE
 from .steps import health_args, origin, protected_urls
-from .steps.repair import repair_group
+from .steps.repair import describe, repair_group
 
 MIN_FREE = 100 * 1024 * 1024  # below this a deploy may fill the disk
 MIN_PYTHON = (3, 7)  # what tasks/remote/ needs on the server
@@ -206,9 +206,8 @@ def half_done(outcomes):
         if intent:
             found.setdefault(intent.get("token"), (intent, []))[1].append(r.name)
     return [
-        f"an interrupted {i.get('command')} of {i.get('release')} (by {i.get('user')}@{i.get('local_host')}) left its "
-        f"switch of {', '.join(i.get('hosts') or [])} recorded on {', '.join(names)}; finish or undo it with "
-        "`fab check --repair` (or the next deploy or rollback does)"
+        f"{describe(i)} left its switch of {', '.join(i.get('hosts') or [])} recorded on {', '.join(names)}; "
+        "finish or undo it with `fab check --repair` (or the next deploy or rollback does)"
         for i, names in found.values()
     ]
 

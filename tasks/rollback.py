@@ -16,7 +16,7 @@ from .steps.balancer import balancer_of
 from .steps.finish import abort, finish
 from .steps.hooks import run_hooks
 from .steps.lock import force_unlock, lock, unlock
-from .steps.repair import repair
+from .steps.repair import record_intent, repair
 from .steps.swap import spread_note, swap
 from .testhooks import fault_point
 
@@ -89,6 +89,7 @@ def rollback_hosts(hosts, to=None, force=False, batch=None):
         if all(r.current == run.release_id for r in run.hosts):
             raise CutoverError(f"{run.release_id} is already live; nothing was changed")
         fault_point("swap")
+        record_intent(run)
         swap(run, batch)
         hook_error = run_hooks(run, "after_rollback", run.release_id)
         fault_point("finish")

@@ -1,7 +1,7 @@
 """rsync's remote shell (-e) in a Cutover upload: hands rsync's pipes to the Cutover process that
 started rsync, which runs the remote command on a channel of its own SSH connection (tasks/bridge.py).
 
-    rsh.py SOCKET [-l USER] HOST COMMAND...
+    rsh.py SOCKET HOST COMMAND...   (HOST is the placeholder of rsync's destination, never used)
 
 Standard library only, started with `python3 -I -S`: it must start in milliseconds.
 """
@@ -13,10 +13,7 @@ import sys
 
 
 def main(argv):
-    path, words = argv[0], argv[1:]
-    if words[:1] == ["-l"]:
-        words = words[2:]  # the user is the connection's own
-    command = words[1:]  # after the host name rsync adds
+    path, command = argv[0], argv[2:]
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(path)
     socket.send_fds(s, [json.dumps(command).encode()], [0, 1, 2])

@@ -37,6 +37,17 @@ def ask(path, command):
     return reply.decode("utf-8", "replace")
 
 
+def servers(stat, backend):
+    """{server: {"open": connections open now, "status": DRAIN, UP, no check ...}} of one backend,
+    from `show stat`'s CSV (pxname, svname, ..., scur at 4, ..., status at 17)."""
+    out = {}
+    for row in stat.splitlines():
+        fields = row.split(",")
+        if len(fields) > 17 and fields[0] == backend and fields[1] not in ("BACKEND", "FRONTEND"):
+            out[fields[1]] = {"open": int(fields[4] or 0), "status": fields[17]}
+    return out
+
+
 def op_balancer(a):
     """Each command's reply; a `set server` that HAProxy refuses (an unknown backend or server)
     is refused with its words."""

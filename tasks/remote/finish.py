@@ -1,7 +1,6 @@
 """The end of a run: clean up old releases and leftovers, record it in history, release the lock;
 or, after a failure, remove what the run uploaded, record that, and release the lock."""
 
-import json
 import os
 import shutil
 
@@ -73,15 +72,6 @@ def cleanup(layout, keep, protect):
     return removed
 
 
-def _owner_if_ours(layout, token):
-    try:
-        with open(layout.owner) as f:
-            held = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return held if held.get("token") == token else None
-
-
 def _run_fields(a, held, release_id):
     """The history fields of a deploy or rollback: what the server knows, plus the client's timings."""
     return {
@@ -109,7 +99,7 @@ def op_finish(a):
 
     layout = paths.Layout(a["deploy_to"])
     release_id = paths.release_id(a["release_id"])
-    held = _owner_if_ours(layout, a["token"])
+    held = lock.held_by(layout, a["token"])
     if held is None:
         raise Refused("this run no longer holds the lock of %s; nothing was cleaned or recorded" % layout.deploy_to,
                       hint="another run cleared it with --force-unlock; check `fab history` and `fab releases`")
@@ -127,7 +117,7 @@ def op_abort(a):
     """A run failed: remove what it uploaded (never the live release), record, release the lock."""
     layout = paths.Layout(a["deploy_to"])
     release_id = a.get("release_id")
-    held = _owner_if_ours(layout, a["token"]) if a.get("token") else None
+    held = lock.held_by(layout, a["token"]) if a.get("token") else None
     removed = []
     live = paths.current_release(layout)
     if held and a.get("remove") and paths.RELEASE_ID.fullmatch(release_id or "") and live != release_id:

@@ -36,8 +36,7 @@ def read(layout):
 
 def write(layout, intent):
     """Record the group switch this run (holding the lock) is about to make."""
-    held = lock.owner(layout)
-    if not held or held.get("token") != intent.get("token"):
+    if lock.held_by(layout, intent.get("token")) is None:
         raise Refused("this run does not hold the lock of %s; no switch was recorded" % layout.deploy_to)
     release = paths.release_id(intent["release"])
     hosts = intent.get("hosts")
@@ -49,32 +48,25 @@ def write(layout, intent):
 
 
 def clear(layout, token):
-    """Remove the intent of run `token` (any intent: token "*"); True if one was removed."""
+    """Remove the intent of run `token`, if it is the one recorded here."""
     found = read(layout)
-    if found is None or (token != "*" and found.get("token") != token):
-        return False
-    try:
-        os.unlink(path(layout))
-    except FileNotFoundError:
-        return False
-    return True
+    if found is not None and found.get("token") == token:
+        try:
+            os.unlink(path(layout))
+        except FileNotFoundError:
+            pass  # removed since the read: what was asked
 
 
 def op_intent(a):
-    """Write this run's intent ({"intent": {...}}), or clear one ({"clear": token}); answers what
-    is recorded now."""
+    """Write this run's intent ({"intent": {...}}), or clear a dead run's ({"clear": token})."""
     layout = paths.Layout(a["deploy_to"])
     if a.get("intent"):
         write(layout, a["intent"])
     elif a.get("clear"):
-        held = lock.owner(layout)
-        if not held or held.get("token") != a.get("token"):
+        held = lock.held_by(layout, a.get("token"))
+        if held is None:
             raise Refused("this run does not hold the lock of %s; the intent was left" % layout.deploy_to)
         clear(layout, a["clear"])
-        # the repair may have switched this host: what this run's history line calls `old` is
-        # what is live now, not what was live when it took the lock
-        with open(layout.owner) as f:
-            record = json.load(f)
-        record["old"] = paths.current_release(layout)
-        paths.write_file(layout.owner, json.dumps(record))
-    return {"intent": read(layout)}
+        # the repair may have switched this host: its history line's `old` is what is live now
+        lock.set_old(layout, held, paths.current_release(layout))
+    return {}

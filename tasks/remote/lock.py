@@ -86,13 +86,25 @@ def take(layout, who):
         raise exc
 
 
-def release(layout, token):
-    """Remove the lock only if it is ours (same token); True if removed."""
+def held_by(layout, token):
+    """The lock's owner record if run `token` holds it, else None."""
     try:
         with open(layout.owner) as f:
-            if json.load(f).get("token") != token:
-                return False
+            held = json.load(f)
     except (OSError, ValueError):
+        return None
+    return held if held.get("token") == token else None
+
+
+def set_old(layout, held, release_id):
+    """What the holder's history line will call the release live before it: release_id (a repair
+    switched this host after the lock was taken)."""
+    paths.write_file(layout.owner, json.dumps(dict(held, old=release_id)))
+
+
+def release(layout, token):
+    """Remove the lock only if it is ours (same token); True if removed."""
+    if held_by(layout, token) is None:
         return False
     shutil.rmtree(layout.lock)
     return True

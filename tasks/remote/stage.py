@@ -285,6 +285,8 @@ def op_stage(a):
         env = dict(release_env(layout, release_id, release_dir), PREVIOUS_RELEASE=paths.current_release(layout) or "")
         done = run_hooks("before_switch", hooks["commands"], release_dir, env, hooks["timeout"])
         timings["before_switch"] = time.monotonic() - t
+    if a.get("intent"):  # a group's switch, recorded before any of its hosts switches (intent.py)
+        intent.write(layout, a["intent"])
     return {"timings": timings, "shared": linked, "writable": writable, "hooks": done}
 
 

@@ -133,7 +133,6 @@ def op_state(a):
         "current": paths.current_release(layout),
         "lock": lock.owner(layout),
         "maintenance": os.path.exists(layout.maintenance_page),
-        "intent": intent.read(layout),
     }
     if a.get("pidfile"):
         try:

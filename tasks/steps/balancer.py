@@ -10,6 +10,7 @@ from ..fleet import Run
 from ..fleet import close as close_run
 from ..fleet import connect as connect_run
 from ..output import Timer, say
+from ..remote.balancer import servers
 
 POLL_S = 0.1  # between two looks at a drained server's open connections
 
@@ -64,12 +65,8 @@ class Balancer:
         names = {self._server(r) for r in batch}
         deadline = time.monotonic() + self.settings.drain_timeout
         while True:
-            stat = self._ask("show stat")[0]
-            open_ = {}
-            for row in stat.splitlines():
-                fields = row.split(",")
-                if len(fields) > 17 and fields[0] == backend and fields[1] in names:
-                    open_[fields[1]] = int(fields[4] or 0)  # scur: connections open now
+            found = servers(self._ask("show stat")[0], backend)
+            open_ = {name: found[name]["open"] for name in names if name in found}
             if len(open_) < len(names):
                 raise CutoverError(f"balancer: backend {backend} has no server {', '.join(sorted(names - set(open_)))}")
             if not any(open_.values()) or time.monotonic() > deadline:

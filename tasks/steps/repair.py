@@ -14,14 +14,44 @@ A switch that fails its health check is switched back on that host (the swap's o
 the whole group returns to the old release.
 """
 
+import time
+
 from .. import manifest
 from ..errors import CutoverError, HealthError
 from ..fleet import Run, close, connect, in_parallel
 from ..output import line, say
-from . import health_args, protected_urls
 from .finish import finish
 from .lock import force_unlock, lock, unlock
-from .swap import paused, switch
+from .swap import paused, switch, verify_of
+
+
+def intent_of(run):
+    """What each host of a group records before any of them switches (tasks/remote/intent.py);
+    None for one host, which cannot be left split. A deploy sends it with its stage request."""
+    if len(run.hosts) < 2:
+        return None
+    return {
+        "token": run.who["token"], "command": run.command, "user": run.who["user"],
+        "local_host": run.who["local_host"], "release": run.release_id, "started": time.time(),
+        "hosts": [r.name for r in run.hosts], "old": {r.name: r.current for r in run.hosts},
+    }  # fmt: skip
+
+
+def record_intent(run):
+    """The intent in a request of its own, for a rollback (which has no stage step)."""
+    intent = intent_of(run)
+    if intent is not None:
+        in_parallel(
+            run.hosts, lambda r: r.call("intent", "intent", intent=intent, token=run.who["token"]), len(run.hosts)
+        )
+
+
+def describe(intent):
+    """The dead run an intent is from, as messages name it."""
+    return (
+        f"an interrupted {intent.get('command')} of {intent.get('release')} "
+        f"(by {intent.get('user')}@{intent.get('local_host')})"
+    )
 
 
 def repair_group(hosts):
@@ -69,10 +99,7 @@ def repair(run):
 
 def _repair(run, intent):
     by_name = {r.name: r for r in run.hosts}
-    what = (
-        f"an interrupted {intent.get('command')} of {intent.get('release')} "
-        f"(by {intent.get('user')}@{intent.get('local_host')})"
-    )
+    what = describe(intent)
     missing = [name for name in intent["hosts"] if name not in by_name]
     if missing:
         raise CutoverError(
@@ -141,7 +168,7 @@ def _switch(hosts, way, new, olds):
 
     def one(r):
         release = new if way == "new" else olds[r.name]
-        verify = health_args(r.host.health, protected=protected_urls(r.host)) if r.host.health.urls else None
+        verify = verify_of(r)
         try:
             answer = switch(r, "repair", release, verify, restore=way == "old")
         except CutoverError as exc:

@@ -7,12 +7,15 @@ from ..errors import HookError, SmokeError
 from ..fleet import in_parallel
 from ..output import indented, say
 from . import health_args, health_seconds, margin
+from .repair import intent_of
 
 SHARED_SAID = {"seeded": "seeded from the build", "created": "created empty"}
 
 
 def stage(run, build):
     """Link, smoke-test and promote the incoming release; the live site is untouched."""
+
+    intent = intent_of(run)  # the group's switch, recorded with this request: no round trip of its own
 
     def one(r):
         h = r.host
@@ -27,7 +30,7 @@ def stage(run, build):
             answer = r.call(
                 "stage", "stage", timeout=timeout, release_id=run.release_id, shared=list(h.shared),
                 writable=list(h.writable), web_user=h.web_user, smoke=smoke, hooks=hooks, pidfile=pidfile,
-                pause=h.httpd.pause,
+                pause=h.httpd.pause, intent=intent,
             )  # fmt: skip
         except (SmokeError, HookError) as exc:
             r.hooks = exc.details.get("hooks", [])

@@ -50,23 +50,6 @@ def switch(r, step, release_id, verify, restore=False, arm=False):
     )  # fmt: skip
 
 
-def record_intent(run):
-    """Before a group's switch, each host records it (tasks/remote/intent.py): a run that dies
-    between two hosts' renames leaves what the next run needs to make the group whole again."""
-    if len(run.hosts) < 2:
-        return
-    intent = {
-        "token": run.who["token"], "command": run.command, "user": run.who["user"],
-        "local_host": run.who["local_host"], "release": run.release_id, "started": time.time(),
-        "hosts": [r.name for r in run.hosts], "old": {r.name: r.current for r in run.hosts},
-    }  # fmt: skip
-
-    def one(r):
-        r.call("intent", "intent", intent=intent, token=run.who["token"])
-
-    in_parallel(run.hosts, one, len(run.hosts))
-
-
 def arm(run, verify_of):
     """Prepare the swap on every host of a group, each waiting for its go: the renames then follow
     one short message per host instead of each host's preparation. A host that fails to arm
@@ -101,8 +84,8 @@ def verify_of(r):
 def swap(run, batch=None):
     """Switch every host to the run's release at once, or `batch` hosts at a time (rolling, each
     batch drained from the load balancer first and verified before the next); if any fails,
-    switch back every host that switched."""
-    record_intent(run)
+    switch back every host that switched. A group's hosts have recorded the switch first
+    (steps/repair.py: with the stage request, or record_intent)."""
     try:
         if batch:
             rolling(run, batch)
