@@ -12,8 +12,10 @@ nothing received, the server is asked for a reply; none within DEAD_AFTER_S and 
 closed, which ends rsync with an error and every later call with "the connection was lost".
 """
 
+import errno
 import json
 import os
+import select
 import shutil
 import socket
 import sys
@@ -27,6 +29,8 @@ from .ssh import KEEPALIVE_S  # the connection's own keepalive interval
 RSH = Path(__file__).resolve().parent / "rsh.py"
 CHUNK = 65536
 DEAD_AFTER_S = 3 * KEEPALIVE_S  # as OpenSSH's ServerAliveCountMax=3
+STATUS_WAIT_S = 60  # after the server's output ends, its exit status is due at once
+GONE = (errno.EPIPE, errno.ECONNRESET)  # rsync closed its end: it exited, and says why itself
 
 
 class Bridge:
@@ -41,7 +45,8 @@ class Bridge:
         self.listener.bind(self.path)
         self.listener.listen(1)
         self.channel = None
-        self.last_heard = time.monotonic()
+        self.last_heard = time.monotonic()  # anything from the server, a keepalive reply too
+        self.last_moved = time.monotonic()  # a byte of rsync's, either way: the upload's progress
         self.done = threading.Event()
         threading.Thread(target=self._serve, name=f"rsync-{name}", daemon=True).start()
 
@@ -66,6 +71,10 @@ class Bridge:
             status = 255
             try:
                 if len(fds) == 3:
+                    # rsync makes the pipes it gives a remote shell non-blocking (unless
+                    # --blocking-io): the end we write the server's output into is ours alone
+                    # now (rsh.py closed its copy), so writes to it wait for rsync to read
+                    os.set_blocking(fds[1], True)
                     status = self._run(" ".join(json.loads(message)), *fds)
             except Exception as exc:  # reported where rsync reports its remote side's errors
                 _write_all(fds[2], f"cutover: the upload channel failed: {type(exc).__name__}: {exc}\n".encode())
@@ -80,6 +89,7 @@ class Bridge:
     def _run(self, command, stdin, stdout, stderr):
         """The command on a new channel, as ssh runs it (its words joined by spaces, for the login
         shell); returns its exit status (255 when it had none, as ssh does)."""
+        self.stderr_fd = stderr
         channel = self.channel = self.transport.open_session(timeout=DEAD_AFTER_S)
         channel.exec_command(command)
         threading.Thread(target=self._feed, args=(stdin, channel), daemon=True).start()
@@ -89,26 +99,41 @@ class Bridge:
         self._drain(channel.recv, stdout)
         errors.join()
         self.done.set()
-        status = channel.recv_exit_status()  # after the EOF: waits for the status, or the close (-1)
+        # after the EOF the status comes at once, or the close (-1); a server that sends neither
+        # must not hold the upload for ever
+        if not channel.status_event.wait(STATUS_WAIT_S):
+            channel.close()
+            _write_all(stderr, f"cutover: no exit status from the server's rsync within {STATUS_WAIT_S} s\n".encode())
+            return 255
+        status = channel.recv_exit_status()
         return status if 0 <= status < 256 else 255
 
     def _feed(self, fd, channel):
         """rsync's output to the server, until rsync closes it."""
         try:
             while data := os.read(fd, CHUNK):
+                self.last_moved = time.monotonic()
                 channel.sendall(data)
             channel.shutdown_write()
         except OSError:
             channel.close()  # the connection failed: rsync sees its remote side end
 
     def _drain(self, recv, fd):
-        """The server's output to rsync, until the channel ends."""
+        """The server's output to rsync, until the channel ends. Nothing is dropped: a write waits
+        for rsync to read. rsync gone first ends it quietly (rsync reports why); any other failure
+        is said where rsync's remote errors go, and ends the channel, so that rsync ends too."""
         try:
             while data := recv(CHUNK):
-                self.last_heard = time.monotonic()
+                self.last_heard = self.last_moved = time.monotonic()
                 _write_all(fd, data)
-        except OSError:
-            pass  # rsync exited first (it reports why)
+        except OSError as exc:
+            if exc.errno in GONE:
+                return
+            self.channel.close()
+            try:
+                _write_all(self.stderr_fd, f"cutover: the upload channel failed: {exc}\n".encode())
+            except OSError:
+                pass  # rsync's stderr is gone too: its exit status still tells
 
     def _watch(self, channel):
         """Close the connection once the server stops answering keepalives (a silent link)."""
@@ -131,5 +156,9 @@ class Bridge:
 
 
 def _write_all(fd, data):
+    """All of data to fd, waiting while it is full (a non-blocking fd, rsync reading slowly)."""
     while data:
-        data = data[os.write(fd, data) :]
+        try:
+            data = data[os.write(fd, data) :]
+        except BlockingIOError:
+            select.select([], [fd], [])
