@@ -16,6 +16,7 @@ class Build:
     command: str | None = None  # `deploy --ref`: run in the exported tree, on this machine
     output: str = "."  # `deploy --ref`: what of the built tree is uploaded
     timeout: float = 1800
+    stall_timeout: float = 120  # an upload that moves no byte either way this long is stopped
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,7 @@ def _host(at, layers, base):
             command=s["build"]["command"],
             output=s["build"]["output"],
             timeout=s["build"]["timeout"],
+            stall_timeout=s["build"]["stall_timeout"],
         ),
         keep_releases=s["keep_releases"],
         shared=tuple(s["shared"]),

@@ -5,6 +5,7 @@ import re
 import shlex
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ WHEN_READY = Path(__file__).resolve().parent / "remote" / "when_ready.py"
 STOP_WAIT = 5  # seconds a stopped rsync gets to exit before it is killed
 
 PROGRESS_EVERY = 2.0  # seconds between progress lines of a long upload
+STALL_CHECK_S = 1.0  # how often a running upload's progress is looked at
 WAIT_LIMIT = 600  # seconds an early-started upload waits on the server for the lock step
 
 
@@ -66,6 +68,16 @@ def rsync_argv(host, build_path, dest, rsh, dry_run=False, when_ready=False, siz
     return argv
 
 
+def _cpu_ticks(pid):
+    """CPU time (user + system, clock ticks) of a local process so far; None where /proc has none."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _stat(text, label):
     m = re.search(rf"^{label}: ([\d,]+)", text, re.M)
     return int(m.group(1).replace(",", "")) if m else 0
@@ -77,6 +89,8 @@ class Upload:
     def __init__(self, host, conn, make_argv, dry_run=False):
         """make_argv(rsh): rsync's argv for the remote shell argv `rsh`."""
         self.host, self.dry_run = host, dry_run
+        self.stalled = None  # seconds without progress, once the upload was stopped for it
+        self.last_output = 0.0  # when rsync last printed (its progress)
         self.bridge = Bridge(conn, host.name)
         argv = make_argv(self.bridge.argv())
         # stderr into a file, not a pipe: rsync blocked on a full stderr pipe while this reads
@@ -116,17 +130,37 @@ class Upload:
         self.bridge.close()
 
     def result(self, progress=None):
-        """Wait for rsync; returns UploadStats. progress(text) is called every few seconds."""
+        """Wait for rsync; returns UploadStats. progress(text) is called every few seconds. An
+        upload that makes no progress for build.stall_timeout seconds is stopped: RemoteError."""
+        ended = threading.Event()
+        threading.Thread(target=self._watch, args=(ended,), name=f"stall-{self.host.name}", daemon=True).start()
         try:
             return self._result(progress)
         finally:
+            ended.set()
             self.stop()
+
+    def _watch(self, ended):
+        """Kill rsync once nothing has moved for stall_timeout: no byte on the channel either way,
+        no output, no CPU time of the local rsync (which checksums the build before it sends)."""
+        limit, pid = self.host.build.stall_timeout, self.proc.pid
+        since, cpu = time.monotonic(), _cpu_ticks(pid)  # the clock starts when the result is awaited
+        while not ended.wait(STALL_CHECK_S):
+            now, used = time.monotonic(), _cpu_ticks(pid)
+            if used != cpu:
+                since, cpu = now, used
+            idle = now - max(since, self.bridge.last_moved, self.last_output)
+            if idle >= limit:
+                self.stalled = limit
+                self.proc.kill()  # a stopped rsync too; its server side sees the channel end
+                return
 
     def _result(self, progress):
         host, proc, dry_run, start = self.host, self.proc, self.dry_run, time.monotonic()
         out, last = [], start
         buf = b""
         while chunk := proc.stdout.read1(65536):
+            self.last_output = time.monotonic()
             out.append(chunk)
             buf = (buf + chunk)[-4096:]
             now = time.monotonic()
@@ -139,6 +173,13 @@ class Upload:
         self.errors.seek(0)
         err = self.errors.read().decode("utf-8", "replace")
         text = b"".join(out).decode("utf-8", "replace")
+        if self.stalled is not None:
+            raise RemoteError(
+                f"upload: no progress for {self.stalled:g} s (no byte moved either way), so it was stopped",
+                host=host.name,
+                hint="if the network and the server are fine and the server is only slow (a big site read "
+                "file by file from a slow disk), raise build.stall_timeout in hosts.yaml",
+            )
         if code != 0:
             if "No space left on device" in err:
                 raise RemoteError(

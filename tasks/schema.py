@@ -11,6 +11,7 @@ from .remote import limits
 
 SMOKE_TIMEOUT = (1, 3600)
 BUILD_TIMEOUT = (1, 86400)
+STALL_TIMEOUT = (1, 86400)  # seconds an upload may move nothing before it is stopped
 MIGRATE_TIMEOUT = (1, 86400)
 PORTS = (1, 65535)
 KEEP_RELEASES = (2, 1000)
@@ -39,6 +40,7 @@ BUILTIN = {
         "command": None,
         "output": ".",
         "timeout": 1800,
+        "stall_timeout": 120,
     },
     "httpd": {"pidfile": "/run/apache2/apache2.pid", "pause": "auto", "pause_timeout": limits.PAUSE_TIMEOUT_DEFAULT},
     "smoke": {"commands": [], "url": None, "timeout": 60},
@@ -163,6 +165,7 @@ SECTIONS = {
         "command": lambda at: y.string(at, allow_none=True),
         "output": lambda at: "." if y.scalar(at) == "." else y.relpath(at, local=True),
         "timeout": lambda at: y.number(at, *BUILD_TIMEOUT),
+        "stall_timeout": lambda at: y.number(at, *STALL_TIMEOUT),
     },
     "httpd": {
         "pidfile": y.abspath,

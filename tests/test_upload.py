@@ -7,10 +7,17 @@ import shutil
 import signal
 import time
 from concurrent import futures
+from dataclasses import replace
 from pathlib import Path
 
-from .conftest import configure, current, history, make_build, releases
+import pytest
+import yaml
+
 from tasks import rsync, ssh
+from tasks.errors import RemoteError
+
+from .conftest import configure, current, history, make_build, releases
+from .test_deploy import _rsync_processes, deploy, wait_until
 
 FILES, FILE_KB = 1000, 48  # a site of tens of MB, whose every file the server already has an older copy of
 
@@ -80,3 +87,58 @@ def test_a_local_rsync_that_reads_slower_than_the_server_writes_still_finishes(l
     for i in range(FILES):
         assert (dest / f"blob{i:02}.bin").read_bytes() == (build / f"blob{i:02}.bin").read_bytes()
     shutil.rmtree(dest)
+
+
+def test_an_upload_whose_server_stays_silent_ends_with_an_error_naming_host_and_step(lab1, tmp_path):
+    # The server side of an early-started upload waits, silent, for an incoming dir that never comes.
+    server = lab1.servers[0]
+    host = lab1.host()
+    host = replace(host, build=replace(host.build, stall_timeout=2))
+    dest = Path(server.deploy_to, "releases", ".incoming-never-made")
+    conn = ssh.connect(host)
+    t = time.monotonic()
+    try:
+        upload = rsync.Upload.start(host, conn, make_build(tmp_path, "x"), str(dest), when_ready=True)
+        with pytest.raises(RemoteError) as failed:
+            futures.ThreadPoolExecutor(1).submit(upload.result).result(timeout=30)
+    finally:
+        conn.close()
+    took = time.monotonic() - t
+    assert failed.value.host == "lab1"
+    assert failed.value.message.startswith("upload: no progress for 2 s (no byte moved either way), so it was stopped")
+    assert "raise build.stall_timeout" in failed.value.hint
+    assert 2 <= took < 10, took
+    wait_until(lambda: _rsync_processes(server) == [], "the upload's processes on both ends to end", 10)
+    assert not dest.exists()
+
+
+def test_a_deploy_whose_upload_stalls_fails_on_that_host_and_releases_the_lock(lab1, tmp_path):
+    # The local rsync is stopped as soon as it starts (a machine too loaded to run it, a Ctrl-Z):
+    # after build.stall_timeout the deploy ends, the site as it was, the lock free.
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "one"))
+    assert deploy(lab1).returncode == 0
+    live = current(server)
+    configure(lab1, make_build(tmp_path, "two"))
+    settings = yaml.safe_load(lab1.hosts_file.read_text())
+    settings["defaults"]["build"]["stall_timeout"] = 2
+    lab1.hosts_file.write_text(yaml.safe_dump(settings))
+    running = futures.ThreadPoolExecutor(1).submit(deploy, lab1)
+    stopped = set()
+
+    def local_rsync_stopped():
+        for pid in _rsync_processes(server):
+            if pid not in stopped and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"rsync\0"):
+                os.kill(pid, signal.SIGSTOP)  # the deploy's own rsync, started by this test's fab
+                stopped.add(pid)
+        return bool(stopped)
+
+    wait_until(local_rsync_stopped, "the deploy's local rsync")
+    result = running.result(timeout=60)
+    assert result.returncode != 0
+    assert "lab1: upload: no progress for 2 s (no byte moved either way), so it was stopped" in result.stderr
+    assert current(server) == live
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()
+    assert [r for r in releases(server) if r.startswith(".incoming")] == []
+    assert history(server)[-1]["result"] == "failed"
+    assert deploy(lab1).returncode == 0, "the next deploy goes through"
