@@ -7,6 +7,7 @@ owner, and the next deploy must succeed.
 
 import hashlib
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -633,7 +634,8 @@ def test_deploy_killed_during_its_migration_leaves_maintenance_on(lab1, tmp_path
     assert result.returncode == -signal.SIGKILL
     marker = Path(server.deploy_to, "shared", "db", "shop.sqlite")
     assert poll(lambda: marker.exists(), seconds=20)  # the migration ran to its end on the server
-    time.sleep(2)  # and the server side of the killed run has ended
+    owner = json.loads(Path(server.deploy_to, ".cutover", "lock", "owner.json").read_text())
+    assert poll(lambda: not Path(f"/proc/{owner['agent_pid']}").exists())  # and the killed run's server side
     assert Path(server.deploy_to, "maintenance", "index.html").exists()
     assert fetch(server, "/", source="127.0.0.2")[0] == 503 and current(server) == before
     # the way back: the backup the killed run took before migrating, restored past its dead lock

@@ -94,7 +94,7 @@ def test_a_held_lock_is_refused_with_its_owner(site):
         agent.call("lock", {"deploy_to": site.deploy_to, "who": who("second")})
     owner = held.value.details["lock"]
     assert owner["token"] == "first" and owner["alive"] is True and owner["user"] == "tester"
-    with pytest.raises(RemoteError) as forced:
+    with pytest.raises(LockError) as forced:
         agent.call("unlock", {"deploy_to": site.deploy_to, "force": True, "who": who("second")})
     assert "the lock owner is still connected" in str(forced.value)
     assert lock.owner(site)["token"] == "first"
@@ -153,7 +153,7 @@ def test_a_forced_unlock_never_clears_a_live_owners_lock(site):
             time.sleep(5)
             os._exit(0)
         os.read(r, 1)
-        with pytest.raises(RemoteError, match="the lock owner is still connected"):
+        with pytest.raises(LockError, match="the lock owner is still connected"):
             LocalAgent().call("unlock", {"deploy_to": site.deploy_to, "force": True, "who": who(f"force{i}")})
         assert lock.owner(site)["token"] == f"live{i}"
         os.kill(holder, signal.SIGKILL)

@@ -3,7 +3,12 @@
 A lock is made under a temporary name (.cutover/lock.<token>/ with owner.json written and
 synced), then renamed to .cutover/lock: rename(2) of a directory fails when the target is a
 directory with something in it, so of two runs exactly one gets the lock, and nobody ever sees
-a lock without its owner. Its owner is alive while the sshd session that took it lives.
+a lock without its owner.
+
+Its owner is alive while the sshd session that took it lives, and after that for as long as
+anything the run started still runs here: the server-side agent that serves the run (it waits
+for what it started), the command it runs (.cutover/lock/working.json: a migration outlives a
+lost connection), the detached swap. Only then can --force-unlock clear it.
 """
 
 import json
@@ -11,19 +16,11 @@ import os
 import shutil
 import time
 
-from . import history, paths
+from . import history, paths, procs
 from .protocol import Refused
 
 STALE_TEMP_S = 3600  # a lock.<token> temp dir this old was left by a run killed while locking
-
-
-def _proc_start(pid):
-    """The start time of pid (clock ticks since boot), or None when it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+WORKING = "working.json"  # in the lock: the command the holder runs right now
 
 
 def session():
@@ -38,22 +35,72 @@ def session():
             with open("/proc/%d/comm" % pid) as f:
                 name = f.read().strip()
             if name.startswith("sshd"):
-                return pid, _proc_start(pid)
+                return pid, procs.start_time(pid)
             with open("/proc/%d/stat" % pid) as f:
                 pid = int(f.read().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             break  # an ancestor exited while we looked: fall back to ourselves
-    return os.getpid(), _proc_start(os.getpid())
+    return procs.this()
 
 
-def owner_alive(owner, start_of):
-    """Whether the lock's owner still runs: its session PID lives with the same start time."""
-    pid = owner.get("session_pid")
-    return bool(pid) and start_of(pid) == owner.get("session_start")
+def connected(owner):
+    """Whether the lock's owner is still connected: its session PID lives with the same start time."""
+    return procs.alive(owner.get("session_pid"), owner.get("session_start"))
+
+
+def working_on(layout, what, command=None, pid=None):
+    """Record in the lock the command its holder runs now (pid: its process group's leader), or
+    with what=None that it ended. Without a lock (a command run outside any run) nothing."""
+    path = os.path.join(layout.lock, WORKING)
+    if what is None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass  # it was never written: no lock
+        return
+    if os.path.isdir(layout.lock) and not os.path.islink(layout.lock):
+        paths.write_file(path, json.dumps({"what": what, "command": command, "pid": pid,
+                                           "start": procs.start_time(pid), "since": time.time()}))
+
+
+def working(layout, held):
+    """What of the holder's run still runs on this server, or None: the command it ran (the
+    newest record), the detached swap, or else the agent that served the run."""
+    try:
+        with open(os.path.join(layout.lock, WORKING)) as f:
+            command = json.load(f)
+    except (OSError, ValueError):
+        command = None
+    if command and procs.alive(command.get("pid"), command.get("start")):
+        return command
+    try:
+        with open(layout.swap_pid) as f:
+            pid, start = (int(v) for v in f.read().split()[:2])
+        if procs.alive(pid, start):
+            return {"what": "swap", "pid": pid}
+    except (OSError, ValueError):
+        pass  # no swap ever ran here
+    if procs.alive(held.get("agent_pid"), held.get("agent_start")):
+        return {"what": "server side", "pid": held["agent_pid"]}
+    return None
+
+
+def describe_working(work):
+    """The still-running part of a run, as messages say it."""
+    if work.get("command") is not None:
+        text = "its %s %r still runs on the server (pid %s" % (work["what"], work["command"], work["pid"])
+        if work.get("since"):
+            text += ", for %d s" % (time.time() - work["since"])
+        return text + ")"
+    if work["what"] == "swap":
+        return "its swap still runs on the server (pid %s)" % work["pid"]
+    return "its server side is still at work (pid %s)" % work["pid"]
 
 
 def owner(layout):
-    """The lock's owner.json plus its age and liveness; None if the lock is free."""
+    """The lock's owner.json plus its age and liveness; None if the lock is free. `connected`:
+    its SSH session lives; `working`: what of its run still runs here (lock.working); `alive`:
+    either."""
     try:
         age = round(time.time() - os.stat(layout.lock).st_mtime, 1)
     except FileNotFoundError:
@@ -65,7 +112,10 @@ def owner(layout):
         # Cutover's locks appear whole; this one was made by hand or by an older Cutover
         found = {"user": "?", "local_host": "?", "command": "? (no owner.json)", "unknown": True}
     found["age_s"] = age
-    found["alive"] = owner_alive(found, _proc_start)
+    found["connected"] = connected(found)
+    work = None if found["connected"] or found.get("unknown") else working(layout, found)
+    found["working"] = describe_working(work) if work else None
+    found["alive"] = found["connected"] or work is not None
     return found
 
 
@@ -73,7 +123,9 @@ def take(layout, who):
     """Take the lock for `who` (user, local_host, pid, command, token); Refused(kind=locked) if held."""
     os.makedirs(layout.meta, exist_ok=True)
     pid, start = session()
-    record = dict(who, session_pid=pid, session_start=start, started=paths.now())
+    agent_pid, agent_start = procs.this()
+    record = dict(who, session_pid=pid, session_start=start, agent_pid=agent_pid, agent_start=agent_start,
+                  started=paths.now())
     temp = "%s.%s" % (layout.lock, who["token"])
     os.mkdir(temp)
     try:
@@ -134,11 +186,19 @@ def op_unlock(a):
             "the lock %s has no owner record, so nobody can tell whether its owner still runs" % layout.lock,
             hint="if no deploy is running on this server, remove it by hand: rm -r %s" % layout.lock,
         )
-    if held["alive"]:
+    if held["connected"]:
         raise Refused(
             "the lock owner is still connected (sshd session %s): %s@%s, %s"
             % (held.get("session_pid"), held.get("user"), held.get("local_host"), held.get("command")),
             hint="wait for that run to end; --force-unlock clears only a lock whose owner is gone",
+            kind="locked", lock=held,
+        )
+    if held["alive"]:
+        raise Refused(
+            "the run that holds the lock (%s@%s, %r since %s) lost its connection, but %s"
+            % (held.get("user"), held.get("local_host"), held.get("command"), held.get("started"), held["working"]),
+            hint="wait for it to end, then run again with --force-unlock",
+            kind="locked", lock=held,
         )
     # Renamed aside first and checked: between our look and the removal another --force-unlock
     # may have cleared it and a new run taken the lock; that lock must not be removed.

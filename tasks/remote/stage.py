@@ -7,9 +7,8 @@ import stat
 import time
 
 from . import history, intent, lock, paths, protocol, seals, shared
+from .commands import release_env, run_command, run_hooks, tail
 from .protocol import Refused
-
-OUTPUT_KEPT = 3000  # characters of a failed command's output sent back
 
 
 def op_lock(a):
@@ -172,75 +171,6 @@ def prelink(live, incoming, plan):
     return sum(linked), None
 
 
-def tail(text, limit=OUTPUT_KEPT):
-    return text if len(text) <= limit else "..." + text[-limit:]
-
-
-def _as_user(name):
-    """argv prefix and preexec function that run a command as user `name` (root: setuid; else sudo -n)."""
-    import pwd
-
-    try:
-        user = pwd.getpwnam(name)
-    except KeyError:
-        raise Refused("user %r does not exist on this server" % name)
-    if os.geteuid() == user.pw_uid:
-        return [], None
-    if os.geteuid() != 0:
-        return ["sudo", "-n", "-u", name, "--"], None
-
-    def drop():
-        os.setgroups([])
-        os.setgid(user.pw_gid)
-        os.setuid(user.pw_uid)
-
-    return [], drop
-
-
-def run_command(what, command, cwd, env, timeout, kind=None, user=None):
-    """Run one configured shell command in cwd (as `user` if given); Refused (with its output)
-    unless it exits 0."""
-    import subprocess  # only the steps that run commands start processes
-
-    prefix, preexec = _as_user(user) if user else ([], None)
-    try:
-        run = subprocess.run(
-            prefix + ["/bin/sh", "-c", command], cwd=cwd, env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, preexec_fn=preexec,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = (exc.output or b"").decode("utf-8", "replace")
-        raise Refused("%s %r timed out after %ss" % (what, command, timeout), kind=kind, output=tail(out))
-    out = run.stdout.decode("utf-8", "replace")
-    if run.returncode != 0:
-        hint = None
-        if prefix and "password is required" in out:
-            hint = "let the deploy user run commands as %s without a password (sudoers), or deploy as root" % user
-        raise Refused("%s %r exited %d" % (what, command, run.returncode), kind=kind, output=tail(out), hint=hint)
-    return out
-
-
-def run_hooks(point, commands, cwd, env, timeout):
-    """Run the hooks of one point in order; returns what each did. A failing one stops the rest:
-    Refused(kind=hook) with its output and the hooks that ran."""
-    done = []
-    for command in commands:
-        t = time.monotonic()
-        try:
-            out = run_command("%s hook" % point, command, cwd, env, timeout)
-        except Refused as exc:
-            done.append({"point": point, "command": command, "seconds": round(time.monotonic() - t, 3),
-                         "failed": True, "output": exc.extra.get("output", "")})
-            raise Refused(str(exc), kind="hook", output=exc.extra.get("output"), hooks=done)
-        done.append({"point": point, "command": command, "seconds": round(time.monotonic() - t, 3), "output": tail(out, 500)})
-    return done
-
-
-def release_env(layout, release_id, release_dir):
-    """What a smoke command, hook or migration finds in its environment."""
-    return {"RELEASE_DIR": release_dir, "RELEASE_ID": release_id, "DEPLOY_TO": layout.deploy_to}
-
-
 def op_stage(a):
     """Link shared entries, run the smoke tests, promote: one round trip after the upload."""
     layout = paths.Layout(a["deploy_to"])
@@ -265,7 +195,7 @@ def op_stage(a):
     env = release_env(layout, release_id, incoming)
     smoke = a["smoke"]
     for command in smoke["commands"]:
-        run_command("smoke command", command, incoming, env, smoke["timeout"], kind="smoke")
+        run_command("smoke command", command, incoming, env, smoke["timeout"], kind="smoke", layout=layout)
     if smoke.get("url"):
         from . import health
 
@@ -283,7 +213,7 @@ def op_stage(a):
     if hooks.get("commands"):
         t = time.monotonic()
         env = dict(release_env(layout, release_id, release_dir), PREVIOUS_RELEASE=paths.current_release(layout) or "")
-        done = run_hooks("before_switch", hooks["commands"], release_dir, env, hooks["timeout"])
+        done = run_hooks("before_switch", hooks["commands"], release_dir, env, hooks["timeout"], layout)
         timings["before_switch"] = time.monotonic() - t
     if a.get("intent"):  # a group's switch, recorded before any of its hosts switches (intent.py)
         intent.write(layout, a["intent"])
@@ -297,7 +227,7 @@ def op_hook(a):
     release_dir = layout.release(release_id)
     env = dict(release_env(layout, release_id, release_dir), PREVIOUS_RELEASE=a.get("previous") or "")
     hooks = a["hooks"]
-    return {"hooks": run_hooks(a["point"], hooks["commands"], release_dir, env, hooks["timeout"])}
+    return {"hooks": run_hooks(a["point"], hooks["commands"], release_dir, env, hooks["timeout"], layout)}
 
 
 def op_migrate(a):
@@ -310,5 +240,5 @@ def op_migrate(a):
     t = time.monotonic()
     migration = a["migration"]
     out = run_command("migration", migration["command"], release_dir, release_env(layout, release_id, release_dir),
-                      migration["timeout"], kind="migration", user=migration.get("user"))
+                      migration["timeout"], kind="migration", user=migration.get("user"), layout=layout)
     return {"output": tail(out), "seconds": time.monotonic() - t}

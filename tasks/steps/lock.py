@@ -53,7 +53,10 @@ def lock_error(owner):
     since = owner.get("started", "?")
     who = f"{owner.get('user', '?')}@{owner.get('local_host', '?')} (pid {owner.get('pid', '?')})"
     held = f"locked by {who} running {owner.get('command', '?')!r} since {since} ({owner.get('age_s', '?')} s ago)"
-    if owner.get("alive"):
+    if owner.get("working"):
+        held += f"; it lost its connection, but {owner['working']}"
+        hint = "wait for it to end, then run again with --force-unlock"
+    elif owner.get("alive"):
         hint = "wait for that run to finish"
     elif owner.get("unknown"):
         hint = "the lock has no owner record; if nothing runs there, remove it by hand (see `fab check`)"

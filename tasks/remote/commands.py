@@ -1,0 +1,101 @@
+"""The commands hosts.yaml configures (smoke commands, hooks, the migration), run in a release.
+
+Each runs in a process group of its own, recorded in the lock while it runs (lock.working), so
+that a run whose connection is gone still holds its lock until its command has ended: a second
+run can never start a migration beside one still running. A command that outlives its timeout
+is killed with everything it started.
+"""
+
+import os
+import signal
+import time
+
+from . import lock
+from .protocol import Refused
+
+OUTPUT_KEPT = 3000  # characters of a failed command's output sent back
+
+
+def tail(text, limit=OUTPUT_KEPT):
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def release_env(layout, release_id, release_dir):
+    """What a smoke command, hook or migration finds in its environment."""
+    return {"RELEASE_DIR": release_dir, "RELEASE_ID": release_id, "DEPLOY_TO": layout.deploy_to}
+
+
+def _as_user(name):
+    """argv prefix and preexec function that run a command as user `name` (root: setuid; else sudo -n)."""
+    import pwd
+
+    try:
+        user = pwd.getpwnam(name)
+    except KeyError:
+        raise Refused("user %r does not exist on this server" % name)
+    if os.geteuid() == user.pw_uid:
+        return [], None
+    if os.geteuid() != 0:
+        return ["sudo", "-n", "-u", name, "--"], None
+
+    def drop():
+        os.setgroups([])
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+
+    return [], drop
+
+
+def run_command(what, command, cwd, env, timeout, kind=None, user=None, layout=None):
+    """Run one configured shell command in cwd (as `user` if given); Refused (with its output)
+    unless it exits 0. With `layout`, the command is recorded in the lock while it runs."""
+    import subprocess  # only the steps that run commands start processes
+
+    prefix, preexec = _as_user(user) if user else ([], None)
+    proc = subprocess.Popen(
+        prefix + ["/bin/sh", "-c", command], cwd=cwd, env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec, start_new_session=True,
+    )
+    if layout is not None:
+        lock.working_on(layout, what, command, proc.pid)
+    try:
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            out, _ = proc.communicate()
+            raise Refused("%s %r timed out after %ss; it was stopped, with what it started" % (what, command, timeout),
+                          kind=kind, output=tail(out.decode("utf-8", "replace")))
+    finally:
+        if layout is not None:
+            lock.working_on(layout, None)
+    out = out.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        hint = None
+        if prefix and "password is required" in out:
+            hint = "let the deploy user run commands as %s without a password (sudoers), or deploy as root" % user
+        raise Refused("%s %r exited %d" % (what, command, proc.returncode), kind=kind, output=tail(out), hint=hint)
+    return out
+
+
+def _kill_group(pgid):
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # ended already, or another user's process that sudo started: sudo ends it with its child
+
+
+def run_hooks(point, commands, cwd, env, timeout, layout=None):
+    """Run the hooks of one point in order; returns what each did. A failing one stops the rest:
+    Refused(kind=hook) with its output and the hooks that ran."""
+    done = []
+    for command in commands:
+        t = time.monotonic()
+        try:
+            out = run_command("%s hook" % point, command, cwd, env, timeout, layout=layout)
+        except Refused as exc:
+            done.append({"point": point, "command": command, "seconds": round(time.monotonic() - t, 3),
+                         "failed": True, "output": exc.extra.get("output", "")})
+            raise Refused(str(exc), kind="hook", output=exc.extra.get("output"), hooks=done)
+        done.append({"point": point, "command": command, "seconds": round(time.monotonic() - t, 3), "output": tail(out, 500)})
+    return done

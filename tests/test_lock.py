@@ -1,0 +1,72 @@
+"""The deploy lock against lab servers: alive while anything its run started still runs on the
+server, whatever became of the run's connection; forced only when nothing of it runs."""
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import configure, current, history, make_build
+from .test_murphy import poll
+
+
+def _gone(pid):
+    return not Path(f"/proc/{pid}").exists()
+
+
+def _marks(log):
+    return log.read_text().split() if log.exists() else []
+
+
+def test_a_dead_runs_migration_keeps_the_lock_until_it_ends(lab1, tmp_path):
+    """fab killed during a migration: its SSH session ends, its migration runs on. Forcing the lock
+    is refused (deploy --force-unlock and check --repair alike), naming the migration, until the
+    migration has ended: two migrations never run at once."""
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "m1"))
+    assert lab1.fab("deploy").returncode == 0
+    log = Path(server.root, "migrations.log")
+    migrate = {"command": f"echo start >> {log}; sleep 6; echo end >> {log}"}
+    configure(lab1, make_build(tmp_path, "m2"), migrate=migrate)
+    killed = lab1.fab("deploy", "--migrate", env={"CUTOVER_TEST_KILL_AT": "migrate:0.5"})
+    assert killed.returncode == -signal.SIGKILL
+    assert _marks(log) == ["start"]
+    owner = json.loads(Path(server.deploy_to, ".cutover", "lock", "owner.json").read_text())
+    assert poll(lambda: _gone(owner["session_pid"])), "the killed run's sshd session should end with it"
+
+    forced = lab1.fab("deploy", "--migrate", "--force-unlock")
+    assert forced.returncode == 5, forced.stderr
+    assert "lab1: force-unlock: the run that holds the lock (root@" in forced.stderr
+    assert f"lost its connection, but its migration {migrate['command']!r} still runs on the server" in forced.stderr
+    assert "wait for it to end, then run again with --force-unlock" in forced.stderr
+    repair = lab1.fab("check", "--repair")
+    assert repair.returncode == 5 and "its migration" in repair.stderr, repair.stderr
+    assert _marks(log) == ["start"], "a second migration started beside the first"
+
+    assert poll(lambda: _marks(log) == ["start", "end"], seconds=20)
+    # once the migration has ended, nothing of the dead run is left: the lock can be cleared
+    deadline = time.monotonic() + 20
+    while (again := lab1.fab("deploy", "--migrate", "--force-unlock")).returncode == 5:
+        assert time.monotonic() < deadline, again.stderr  # the agent's own end follows the migration's at once
+    assert again.returncode == 0, again.stderr
+    assert _marks(log) == ["start", "end", "start", "end"]
+    assert [e["event"] for e in history(server)[-3:]] == ["force-unlock", "backup", "deploy"]
+    assert current(server) == history(server)[-1]["release"]
+
+
+def test_a_command_past_its_timeout_is_stopped_with_everything_it_started(tmp_path):
+    """A migration that times out must not go on in the background once its run has moved on:
+    its whole process group is killed, a child it put in the background too."""
+    from tasks.remote import commands
+    from tasks.remote.protocol import Refused
+
+    pids = tmp_path / "pids"
+    command = f"sleep 60 & echo $! > {pids}; sleep 60"
+    t = time.monotonic()
+    with pytest.raises(Refused) as timed_out:
+        commands.run_command("migration", command, str(tmp_path), {}, 1, kind="migration")
+    assert time.monotonic() - t < 10
+    assert str(timed_out.value) == f"migration {command!r} timed out after 1s; it was stopped, with what it started"
+    assert poll(lambda: _gone(int(pids.read_text())), seconds=5), "the background child still runs"
