@@ -2,6 +2,7 @@
 server, whatever became of the run's connection; forced only when nothing of it runs."""
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -70,3 +71,28 @@ def test_a_command_past_its_timeout_is_stopped_with_everything_it_started(tmp_pa
     assert time.monotonic() - t < 10
     assert str(timed_out.value) == f"migration {command!r} timed out after 1s; it was stopped, with what it started"
     assert poll(lambda: _gone(int(pids.read_text())), seconds=5), "the background child still runs"
+
+
+def test_a_run_that_locks_while_the_holder_releases_keeps_its_lock(tmp_path, monkeypatch):
+    """Releasing empties the lock before removing it; a second run renaming its own lock onto the
+    emptied one in between (rename(2) replaces an empty directory) must keep it, and the first
+    run's release must still succeed."""
+    from tasks.agent import LocalAgent
+    from tasks.remote import lock
+    from tasks.remote.paths import Layout
+
+    site = Layout(str(tmp_path / "site"))
+    LocalAgent().call("setup", {"deploy_to": site.deploy_to, "rules": "# rules\n", "serve": ""})
+    who = {"user": "tester", "local_host": "here", "pid": 1, "command": "deploy"}
+    lock.take(site, dict(who, token="first"))
+    real_rmtree = lock.shutil.rmtree
+
+    def rmtree_racing(path, *args, **kwargs):
+        for name in os.listdir(path):  # what rmtree does first
+            os.unlink(os.path.join(path, name))
+        lock.take(site, dict(who, token="second"))  # lands on .cutover/lock if that is the emptied dir
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(lock.shutil, "rmtree", rmtree_racing)
+    assert lock.release(site, "first") is True
+    assert lock.owner(site)["token"] == "second"

@@ -13,6 +13,7 @@ lost connection), the detached swap. Only then can --force-unlock clear it.
 
 import json
 import os
+import re
 import shutil
 import time
 
@@ -20,6 +21,7 @@ from . import history, paths, procs
 from .protocol import Refused
 
 STALE_TEMP_S = 3600  # a lock.<token> temp dir this old was left by a run killed while locking
+TOKEN = re.compile(r"[0-9A-Za-z_-]{1,64}")  # a run's token names paths beside the lock
 WORKING = "working.json"  # in the lock: the command the holder runs right now
 
 
@@ -121,6 +123,8 @@ def owner(layout):
 
 def take(layout, who):
     """Take the lock for `who` (user, local_host, pid, command, token); Refused(kind=locked) if held."""
+    if not TOKEN.fullmatch(str(who.get("token"))):
+        raise Refused("the lock token %r is not one Cutover makes (letters, digits, _ and -)" % (who.get("token"),))
     os.makedirs(layout.meta, exist_ok=True)
     pid, start = session()
     agent_pid, agent_start = procs.this()
@@ -158,7 +162,11 @@ def release(layout, token):
     """Remove the lock only if it is ours (same token); True if removed."""
     if held_by(layout, token) is None:
         return False
-    shutil.rmtree(layout.lock)
+    # renamed aside first (one rename(2)): removing it in place empties it before its rmdir, and a
+    # run renaming its new lock onto the emptied directory in between would lose it
+    aside = "%s.released-%s" % (layout.lock, token)
+    os.rename(layout.lock, aside)
+    shutil.rmtree(aside)
     return True
 
 
