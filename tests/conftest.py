@@ -13,9 +13,31 @@ from pathlib import Path
 import pytest
 
 import lab
+from lab import packages
 from tasks import hostsfile
 
 PROJECT = Path(__file__).resolve().parent.parent
+CI = os.environ.get("CUTOVER_CI") == "1"  # .ci/run: every test must run, a skip is a failure
+
+
+def pytest_sessionstart(session):
+    """Before any test: every program the lab and the tests run is here (lab/packages.txt), or the
+    run ends now naming each missing one and its Debian package."""
+    problem = packages.problem()
+    if problem:
+        raise pytest.UsageError(problem)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI, a skip (no cgroup v2 to freeze, no sudo, no ACLs ...) fails the test, with its reason:
+    a CI machine must run everything, and a green run must mean every test ran."""
+    report = yield
+    if CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, which CI does not allow (CUTOVER_CI=1): {reason.removeprefix('Skipped: ')}"
+    return report
 
 
 class Background:
