@@ -188,7 +188,7 @@ def configure(handle, build=None, **overrides):
 
 def skip_without_cgroup(server, pause):
     """Skip a test of httpd.pause freeze where the lab's Apache has no cgroup of its own (.ci/run
-    mounts cgroup v2 where none is, so CI never skips it)."""
+    mounts cgroup v2 where none is; in CI the skip is a failure)."""
     if pause == "freeze" and not server.cgroup:
         pytest.skip("no writable cgroup v2 on this machine: the lab's Apache has no cgroup of its own")
 
