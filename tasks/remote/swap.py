@@ -65,22 +65,22 @@ MAP_READ = 65536  # bytes of a map read at most: a few lines, whatever a deploy 
 
 
 def read_map(dirs, release_id):
-    """{key: release} of maps/<release_id>.map, or {} when there is none; Refused when it is not a
-    regular file. The sudo helper reads it as root in a directory its caller owns: never through a
-    symlink, and without blocking (O_NONBLOCK: a FIFO there would hold open() for ever)."""
-    name = release_id + ".map"
+    """{key: release} of maps/<release_id>.map, or {} when there is none. The sudo helper reads it
+    as root where its caller writes: never through a symlink, never blocking (O_NONBLOCK: a FIFO
+    would hold open() for ever), only a regular file (Refused otherwise)."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dirs.maps)
+        fd = os.open(release_id + ".map", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dirs.maps)
     except FileNotFoundError:
         return {}
     except OSError:  # a symlink (ELOOP), a socket (ENXIO) ...
         fd = None
-    if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Refused(".cutover/maps/%s.map is not a regular file; refusing to read it" % release_id)
+        text = os.read(fd, MAP_READ).decode("utf-8", "replace")
+    finally:
         if fd is not None:
             os.close(fd)
-        raise Refused(".cutover/maps/%s is not a regular file; refusing to read it" % name)
-    with os.fdopen(fd, errors="replace") as f:
-        text = f.read(MAP_READ)
     return dict(line.split()[:2] for line in text.splitlines() if len(line.split()) >= 2)
 
 
