@@ -23,21 +23,32 @@ CI = os.environ.get("CUTOVER_CI") == "1"  # .ci/run: every test must run, a skip
 def pytest_sessionstart(session):
     """Before any test: every program the lab and the tests run is here (lab/packages.txt), or the
     run ends now naming each missing one and its Debian package."""
-    problem = packages.problem()
+    try:
+        problem = packages.problem()
+    except ValueError as exc:  # a line of the list without a program
+        problem = str(exc)
     if problem:
         raise pytest.UsageError(problem)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    """In CI, a skip (no cgroup v2 to freeze, no sudo, no ACLs ...) fails the test, with its reason:
-    a CI machine must run everything, and a green run must mean every test ran."""
-    report = yield
+def _skip_fails_in_ci(report):
+    """In CI, a skip (no cgroup v2 to freeze, no sudo, no ACLs ...) fails, with its reason: a CI
+    machine must run everything, and a green run must mean every test ran."""
     if CI and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped, which CI does not allow (CUTOVER_CI=1): {reason.removeprefix('Skipped: ')}"
     return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    return _skip_fails_in_ci((yield))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    return _skip_fails_in_ci((yield))  # a whole module skipped (pytest.importorskip ...)
 
 
 class Background:

@@ -114,33 +114,40 @@ SKIPPING = """
 """
 
 
-def _run_skipping(tmp_path, ci):
+def _run_skipping(tmp_path, ci, *files):
     (tmp_path / "test_skipping.py").write_text(textwrap.dedent(SKIPPING))
+    (tmp_path / "test_skipped_module.py").write_text("import pytest\n\npytest.importorskip('no_such_module_here')\n")
     env = {k: v for k, v in os.environ.items() if k != "CUTOVER_CI"}
     if ci:
         env["CUTOVER_CI"] = "1"
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider", "-p", "tests.conftest", "--rootdir",
-         str(tmp_path), str(tmp_path / "test_skipping.py")], cwd=PROJECT, env=env, capture_output=True, text=True,
+         str(tmp_path), *(str(tmp_path / f) for f in files)], cwd=PROJECT, env=env, capture_output=True, text=True,
         timeout=120,
     )  # fmt: skip
 
 
 def test_a_skip_is_reported_with_its_reason(tmp_path):
-    run = _run_skipping(tmp_path, ci=False)
+    run = _run_skipping(tmp_path, False, "test_skipping.py", "test_skipped_module.py")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "test_skipping.py:9: no widget here" in run.stdout, run.stdout
-    assert "no frobnicator on this machine" in run.stdout, run.stdout
-    assert "1 passed, 2 skipped" in run.stdout, run.stdout
+    assert "test_skipping.py:11: no frobnicator on this machine" in run.stdout, run.stdout
+    assert "test_skipped_module.py:3: could not import 'no_such_module_here'" in run.stdout, run.stdout
+    assert "1 passed, 3 skipped" in run.stdout, run.stdout
 
 
 def test_ci_fails_a_skip_with_its_reason(tmp_path):
-    """CUTOVER_CI=1 (.ci/run): a test that would skip fails, saying why it would have skipped."""
-    run = _run_skipping(tmp_path, ci=True)
+    """CUTOVER_CI=1 (.ci/run): a test that would skip fails, saying why it would have skipped; a
+    module that would skip whole stops the run."""
+    run = _run_skipping(tmp_path, True, "test_skipping.py")
     assert run.returncode == 1, run.stdout + run.stderr
     assert "1 failed, 1 passed, 1 error" in run.stdout, run.stdout  # a fixture's failure is an error
     for reason in ("no widget here", "no frobnicator on this machine"):
         assert f"skipped, which CI does not allow (CUTOVER_CI=1): {reason}" in run.stdout, run.stdout
+    run = _run_skipping(tmp_path, True, "test_skipped_module.py")
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "skipped, which CI does not allow (CUTOVER_CI=1): could not import 'no_such_module_here'" in run.stdout
+    assert "Interrupted: 1 error during collection" in run.stdout, run.stdout
 
 
 def test_make_install_installs_the_packages_of_a_missing_program(tmp_path):
