@@ -12,7 +12,13 @@ install:
 		echo "installing the Debian packages of missing programs:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt 2>&1 | grep -v "as the 'root' user" || true
+	@$(PYTHON) -m pip --version >/dev/null 2>&1 || { echo "installing the Debian package python3-pip"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null; }
+	@# Debian marks its Python externally managed (PEP 668): these two commands are for a machine of
+	@# Cutover's own, as root, where the requirements go beside Debian's packages.
+	@out=$$(PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install -q --disable-pip-version-check \
+		-r requirements.txt -r requirements-dev.txt 2>&1); status=$$?; \
+	printf '%s\n' "$$out" | grep -v -e "as the 'root' user" -e '^$$' || true; exit $$status
 
 # The packages of $(PACKAGES) with a program missing here: an absolute path (or glob) that matches
 # no file, or a name not on PATH.
