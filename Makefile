@@ -1,17 +1,34 @@
 # Cutover: the two commands of the README, and their pieces.
 PYTHON ?= python3
-DEBIAN_PACKAGES = git openssh-server openssh-client apache2 libapache2-mod-php php-fpm php-cli rsync wrk sqlite3 sudo python3 acl iproute2 haproxy e2fsprogs mount passwd
-# a program of each package above: `make install` installs the packages when any one is missing
-PROGRAMS = git /usr/sbin/sshd /usr/bin/ssh /usr/sbin/apache2 /usr/bin/php rsync wrk sqlite3 sudo /usr/bin/python3 getfacl ip tc /usr/sbin/haproxy /usr/sbin/mkfs.ext4 mount /usr/sbin/useradd
+# The Debian packages the lab and the tests need, each with the programs of it they run.
+PACKAGES ?= lab/packages.txt
 
-.PHONY: install demo test lint bench
+.PHONY: install missing-packages demo test lint bench
 
-# Debian packages (only when a program is missing) and the Python requirements.
+# Debian packages (those of a missing program) and the Python requirements.
 install:
-	@missing=0; for p in $(PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing=1; done; \
-	ls /usr/lib/apache2/modules/libphp*.so /usr/sbin/php-fpm* >/dev/null 2>&1 || missing=1; \
-	if [ $$missing = 1 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; fi
-	@$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt 2>&1 | grep -v "as the 'root' user" || true
+	@missing=$$($(MAKE) -s --no-print-directory missing-packages); \
+	if [ -n "$$missing" ]; then \
+		echo "installing the Debian packages of missing programs:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@$(PYTHON) -m pip --version >/dev/null 2>&1 || { echo "installing the Debian package python3-pip"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null; }
+	@# Debian marks its Python externally managed (PEP 668): these two commands are for a machine of
+	@# Cutover's own, as root, where the requirements go beside Debian's packages.
+	@out=$$(PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install -q --disable-pip-version-check \
+		-r requirements.txt -r requirements-dev.txt 2>&1); status=$$?; \
+	printf '%s\n' "$$out" | grep -v -e "as the 'root' user" -e '^$$' || true; exit $$status
+
+# The packages of $(PACKAGES) with a program missing here: an absolute path (or glob) that matches
+# no file, or a name not on PATH.
+missing-packages:
+	@sed -e 's/#.*//' $(PACKAGES) | while read -r package programs; do \
+		for program in $$programs; do \
+			case $$program in /*) ls $$program >/dev/null 2>&1 ;; *) command -v $$program >/dev/null 2>&1 ;; esac \
+				|| { echo $$package; break; }; \
+		done; \
+	done
 
 # Start the local sandbox (two lab servers) and deploy the example site to it.
 demo: install
@@ -22,9 +39,10 @@ demo: install
 	@echo "maintenance mode as a visitor sees it: fab maintenance-on, then curl -i --interface 127.0.0.2 http://127.0.0.1:8081/"
 	@echo "(127.0.0.1 itself is on maintenance.allow, so the health check passes during a migration, and gets the site)"
 
-# The whole test suite against real sshd and Apache lab servers.
+# The whole test suite against real sshd and Apache lab servers; -ra: every skip and failure
+# listed with its reason (CI: .ci/run sets CUTOVER_CI=1, and a skip fails).
 test: install
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -ra tests
 
 lint:
 	ruff check . && ruff format --check .

@@ -13,9 +13,42 @@ from pathlib import Path
 import pytest
 
 import lab
+from lab import packages
 from tasks import hostsfile
 
 PROJECT = Path(__file__).resolve().parent.parent
+CI = os.environ.get("CUTOVER_CI") == "1"  # .ci/run: every test must run, a skip is a failure
+
+
+def pytest_sessionstart(session):
+    """Before any test: every program the lab and the tests run is here (lab/packages.txt), or the
+    run ends now naming each missing one and its Debian package."""
+    try:
+        problem = packages.problem()
+    except ValueError as exc:  # a line of the list without a program
+        problem = str(exc)
+    if problem:
+        raise pytest.UsageError(problem)
+
+
+def _skip_fails_in_ci(report):
+    """In CI, a skip (no cgroup v2 to freeze, no sudo, no ACLs ...) fails, with its reason: a CI
+    machine must run everything, and a green run must mean every test ran."""
+    if CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, which CI does not allow (CUTOVER_CI=1): {reason.removeprefix('Skipped: ')}"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    return _skip_fails_in_ci((yield))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    return _skip_fails_in_ci((yield))  # a whole module skipped (pytest.importorskip ...)
 
 
 class Background:
@@ -166,7 +199,7 @@ def configure(handle, build=None, **overrides):
 
 def skip_without_cgroup(server, pause):
     """Skip a test of httpd.pause freeze where the lab's Apache has no cgroup of its own (.ci/run
-    mounts cgroup v2 where none is, so CI never skips it)."""
+    mounts cgroup v2 where none is; in CI the skip is a failure)."""
     if pause == "freeze" and not server.cgroup:
         pytest.skip("no writable cgroup v2 on this machine: the lab's Apache has no cgroup of its own")
 

@@ -15,7 +15,7 @@ from tasks import rsync, ssh
 from tasks.errors import ConnectError, CutoverError
 from tasks.remote.paths import PLACEHOLDER, Layout
 
-from .conftest import PROJECT, accepted, new_lab_dir, process_gone, start_lab, stop_lab
+from .conftest import accepted, new_lab_dir, process_gone, start_lab, stop_lab
 
 
 def test_sshd_accepts_the_lab_key(lab2):
@@ -136,24 +136,6 @@ def test_a_lab_that_failed_to_start_is_stopped_and_a_new_one_starts():
     again = lab.start(root, count=1)
     assert lab.stop(root) is True and all(process_gone(p) for p in lab.pids(again))
     os.rmdir(root.parent)
-
-
-def test_make_install_installs_when_any_program_is_missing(tmp_path):
-    # a stand-in apt-get records what it is asked; the missing program is not the first one
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/apt.log\n')
-    (bin_dir / "apt-get").chmod(0o755)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    for programs, expected in (("sh ls /no/such/program", True), ("sh ls", False)):
-        (tmp_path / "apt.log").unlink(missing_ok=True)
-        run = subprocess.run(
-            ["make", "-s", "install", f"PROGRAMS={programs}", "PYTHON=true"], cwd=PROJECT, env=env,
-            capture_output=True, text=True,
-        )  # fmt: skip
-        assert run.returncode == 0, run.stderr
-        log = (tmp_path / "apt.log").read_text() if (tmp_path / "apt.log").exists() else ""
-        assert ("install -y -qq git openssh-server" in log) is expected, (programs, log)
 
 
 def test_a_wan_link_delays_and_limits_and_goes_down_with_the_lab(tmp_path):

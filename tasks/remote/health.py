@@ -52,16 +52,42 @@ def _get(url, timeout):
     return status, headers.get(RELEASE_HEADER), body
 
 
+def _origin(url):
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+def _same_origin_redirects():
+    """A redirect handler that follows a redirect only within the URL's own scheme, host and port.
+    The sudo helper fetches as root a URL the deploy user's site answers: a redirect elsewhere
+    would have root ask any address of the site's choosing (one a firewall lets only root reach)."""
+    import urllib.error
+    import urllib.request
+
+    class SameOrigin(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            if _origin(newurl) != _origin(req.full_url):
+                raise urllib.error.URLError(
+                    "redirected to %s, another origin: not followed (health urls must answer themselves, or "
+                    "redirect within their own scheme, host and port)" % newurl[:200])
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return SameOrigin()
+
+
 def get(url, timeout):
     """(status, headers, start of the body) of a GET."""
     import urllib.request  # only the steps that fetch a URL pay for this import
 
     # Only the http and https handlers: a file://, ftp:// or data: URL, given or redirected
-    # to, finds no opener ("unknown url type").
+    # to, finds no opener ("unknown url type"); a redirect is followed within its origin only.
     opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.HTTPHandler, urllib.request.HTTPSHandler, urllib.request.HTTPRedirectHandler,
-                    urllib.request.HTTPErrorProcessor, urllib.request.HTTPDefaultErrorHandler):
-        opener.add_handler(handler())
+    for handler in (urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(), _same_origin_redirects(),
+                    urllib.request.HTTPErrorProcessor(), urllib.request.HTTPDefaultErrorHandler()):
+        opener.add_handler(handler)
     request = urllib.request.Request(url, headers={"Cache-Control": "no-cache", "Connection": "close"})
     try:
         with opener.open(request, timeout=timeout) as r:

@@ -6,6 +6,7 @@ and what they must answer) comes from the root-owned registration that `fab setu
 the helper keeps its own files in a root-owned directory, never in deploy_to.
 """
 
+import hashlib
 import json
 import os
 
@@ -49,8 +50,11 @@ def checked(op, args):
 
 
 def meta_dir(deploy_to):
-    """The helper's own directory for one site's swap files (swap.pid, results, watchdog log)."""
+    """The helper's own directory for one site's swap files (swap.pid, results, watchdog log):
+    readable (the path's start, / as _) and one per site (a hash of the path: /srv/a_b and
+    /srv/a/b read alike but never share a swap.pid)."""
     os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
-    path = os.path.join(RUN_DIR, deploy_to.strip("/").replace("/", "_"))
+    digest = hashlib.sha256(deploy_to.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    path = os.path.join(RUN_DIR, "%s-%s" % (deploy_to.strip("/").replace("/", "_")[:40], digest))
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path

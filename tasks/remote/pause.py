@@ -79,8 +79,10 @@ def pause_and_rename(renames, parent, pause_timeout, watchdog_log, hold_ms, cgro
     freeze = os.open(os.path.join(cgroup, "cgroup.freeze"), os.O_WRONLY) if cgroup else None
     if freeze is None:
         httpd.children(parent)  # warm the code path and the /proc entry before the pause
+    one_read = freeze is not None or httpd.has_children_file(parent)  # asked now: the parent may exit
     gc.disable()
     paused = []
+    parent_gone = False
     os.write(disarm, START)
     try:
         t0 = time.perf_counter_ns()
@@ -107,7 +109,10 @@ def pause_and_rename(renames, parent, pause_timeout, watchdog_log, hold_ms, cgro
                     os.kill(pid, signal.SIGCONT)
                 except ProcessLookupError:
                     pass  # exited while paused
-            os.kill(parent, signal.SIGCONT)
+            try:
+                os.kill(parent, signal.SIGCONT)
+            except ProcessLookupError:
+                parent_gone = True  # exited while paused: the rest below must still run
         t1 = time.perf_counter_ns()
         _normal_priority()
         gc.enable()
@@ -120,7 +125,9 @@ def pause_and_rename(renames, parent, pause_timeout, watchdog_log, hold_ms, cgro
             fired = True  # the watchdog already gave up waiting and resumed httpd
         os.close(disarm)
     notes = [refused] if refused else []
-    if freeze is None and not httpd.has_children_file(parent):
+    if parent_gone:
+        notes.append("httpd's parent (pid %d) exited during the pause" % parent)
+    if not one_read:
         notes.append("this kernel has no /proc/PID/task/PID/children: httpd's children were found by reading all of /proc inside the pause")
     if fired:
         notes = ["the watchdog resumed httpd after pause_timeout (%ss)" % pause_timeout]

@@ -61,14 +61,27 @@ class Dirs:
             os.close(fd)
 
 
+MAP_READ = 65536  # bytes of a map read at most: a few lines, whatever a deploy user put there
+
+
 def read_map(dirs, release_id):
-    """{key: release} of maps/<release_id>.map, or {} when there is none."""
+    """{key: release} of maps/<release_id>.map, or {} when there is none. The sudo helper reads it
+    as root where its caller writes: never through a symlink, never blocking (O_NONBLOCK: a FIFO
+    would hold open() for ever), only a regular file (Refused otherwise)."""
     try:
-        fd = os.open(release_id + ".map", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dirs.maps)
-    except OSError:
+        fd = os.open(release_id + ".map", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dirs.maps)
+    except FileNotFoundError:
         return {}
-    with os.fdopen(fd) as f:
-        return dict(line.split()[:2] for line in f if len(line.split()) >= 2)
+    except OSError:  # a symlink (ELOOP), a socket (ENXIO) ...
+        fd = None
+    try:
+        if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Refused(".cutover/maps/%s.map is not a regular file; refusing to read it" % release_id)
+        text = os.read(fd, MAP_READ).decode("utf-8", "replace")
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return dict(line.split()[:2] for line in text.splitlines() if len(line.split()) >= 2)
 
 
 def map_text(dirs, release_id, old, depth):
@@ -188,7 +201,7 @@ def switch_and_verify(layout, release_id, parent, old, settings):
         problem = health.problem(verify, release_id)
         result["health"] = problem or "ok"
         if problem and settings["swap_back"] and old:
-            back = switch(layout, old, parent, dict(settings, restore=True))
+            back = switch(layout, paths.release_id(old), parent, dict(settings, restore=True))
             result["swapped_back"] = True
             result["swap_back_pause_ms"] = back["pause_ms"]
             again = health.problem(dict(verify, expect_text=None), old)
@@ -251,6 +264,9 @@ def op_swap(a):
     if not os.path.isdir(target) or os.path.islink(target):
         raise Refused("release %s does not exist on this server" % release_id)
     old = paths.current_release(layout)
+    if old is not None and settings["verify"] and settings["swap_back"] and not paths.RELEASE_ID.fullmatch(old):
+        raise Refused("current points at %r, which is not a release: a failed health check could not switch back to "
+                      "it; point current at a release in releases/ by hand first" % os.readlink(layout.current))
     parent = httpd.parent(settings["pidfile"]) if settings["pause"] != "none" else None
     settings["cgroup"] = pause.method(settings["pause"], parent)
     # The swap's own files: in .cutover, or for the sudo helper in its root-owned directory.
