@@ -6,6 +6,7 @@ server), its runtime API on a Unix socket under the lab root. Started by a test,
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from contextlib import contextmanager
@@ -50,6 +51,21 @@ class Haproxy:
     def ask(self, command):
         """One runtime API command's reply (as Cutover's server side sends it)."""
         return ask(self.socket, command)
+
+    def admin(self, command):
+        """Any runtime API command, as an operator types it (Cutover's own server side sends only
+        the few it needs)."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        try:
+            s.connect(self.socket)
+            s.sendall((command + "\n").encode())
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        finally:
+            s.close()
+        return reply.decode()
 
     def states(self):
         """{server: status} of backend web (DRAIN, UP, no check ...)."""

@@ -1,6 +1,8 @@
 """The load balancer around a rolling switch (--batch): each batch's servers drained before their
-switch (no new connections; those open end, or drain_timeout passes) and made ready after it
-verified, through HAProxy's runtime API on the host `balancer.via` (tasks/remote/balancer.py)."""
+switch (no new connections; those open end, or drain_timeout passes) and given back the state they
+had before once it verified, through HAProxy's runtime API on the host `balancer.via`
+(tasks/remote/balancer.py). A server the operator had in maintenance or draining is left as it
+is; a server whose switch is unknown stays drained."""
 
 import time
 
@@ -13,6 +15,13 @@ from ..output import Timer, say
 from ..remote.balancer import servers
 
 POLL_S = 0.1  # between two looks at a drained server's open connections
+
+
+def admin_state(status):
+    """The admin state behind a `show stat` status: "maint" (MAINT, MAINT(via) ...), "drain", or "ready"."""
+    if status.startswith("MAINT"):
+        return "maint"
+    return "drain" if status.startswith("DRAIN") else "ready"
 
 
 def balancer_of(hosts):
@@ -40,12 +49,14 @@ class Balancer:
 
     def __init__(self, run, found):
         self.settings, via = found
+        self.hosts = run.hosts
         self.own = next((r for r in run.hosts if r.host == via), None)
         self.run = None
         if self.own is None:
             self.run = Run.of("balancer", [via])
             connect_run(self.run)
         self.agent = self.own or self.run.hosts[0]
+        self.before = {}  # host name -> its server's admin state before this run drained it
 
     def close(self):
         if self.run is not None:
@@ -57,29 +68,61 @@ class Balancer:
     def _server(self, r):
         return r.host.balancer.server or r.name
 
+    def server_of(self, name):
+        """The balancer's server name of the host named `name`."""
+        return next(self._server(r) for r in self.hosts if r.name == name)
+
+    def _servers(self, names):
+        backend = self.settings.backend
+        found = servers(self._ask("show stat")[0], backend)
+        if names - set(found):
+            raise CutoverError(f"balancer: backend {backend} has no server {', '.join(sorted(names - set(found)))}")
+        return found
+
     def drain(self, batch):
-        """Drain every server of the batch, then wait until none has a connection open."""
+        """Drain every server of the batch that is in rotation, then wait until none of the batch has
+        a connection open. A server in maintenance or draining already is left as it is."""
         t = Timer()
         backend = self.settings.backend
-        self._ask(*(f"set server {backend}/{self._server(r)} state drain" for r in batch))
-        names = {self._server(r) for r in batch}
+        found = self._servers({self._server(r) for r in batch})
+        for r in batch:
+            self.before[r.name] = admin_state(found[self._server(r)]["status"])
+        ready = [r for r in batch if self.before[r.name] == "ready"]
+        if ready:
+            self._ask(*(f"set server {backend}/{self._server(r)} state drain" for r in ready))
+        names = {self._server(r) for r in batch if self.before[r.name] != "maint"}
         deadline = time.monotonic() + self.settings.drain_timeout
-        while True:
-            found = servers(self._ask("show stat")[0], backend)
-            open_ = {name: found[name]["open"] for name in names if name in found}
-            if len(open_) < len(names):
-                raise CutoverError(f"balancer: backend {backend} has no server {', '.join(sorted(names - set(open_)))}")
+        while names:
+            found = self._servers(names)
+            open_ = {name: found[name]["open"] for name in names}
             if not any(open_.values()) or time.monotonic() > deadline:
                 break
             time.sleep(POLL_S)
         for r in batch:
-            left = open_[self._server(r)]
+            name = self._server(r)
+            if self.before[r.name] == "maint":
+                say(r.host, "drain", t.seconds, f"in maintenance ({found[name]['status']}) in {backend}: left as it is")
+                continue
+            left = found[name]["open"]
             note = f", {left} still open after {self.settings.drain_timeout:g} s" if left else ", no connection open"
-            say(r.host, "drain", t.seconds, f"drained from {backend}{note}")
+            already = " (it was draining already)" if self.before[r.name] == "drain" else ""
+            say(r.host, "drain", t.seconds, f"drained from {backend}{already}{note}")
 
-    def ready(self, batch):
+    def restore(self, batch):
+        """Give each server of the batch the state it had before drain(); one whose switch is unknown
+        (r.switched) stays drained. Returns the names of the servers left drained for that."""
         t = Timer()
         backend = self.settings.backend
-        self._ask(*(f"set server {backend}/{self._server(r)} state ready" for r in batch))
+        unknown = [r for r in batch if r.switched == "unknown" and self.before.get(r.name) == "ready"]
+        back = [r for r in batch if r.switched != "unknown" and self.before.get(r.name) == "ready"]
+        if back:
+            self._ask(*(f"set server {backend}/{self._server(r)} state ready" for r in back))
         for r in batch:
-            say(r.host, "enable", t.seconds, f"back in {backend}")
+            if r in back:
+                say(r.host, "enable", t.seconds, f"back in {backend}")
+            elif r in unknown:
+                say(r.host, "enable", t.seconds, f"left drained in {backend}: whether it switched is unknown")
+            elif r.name in self.before:
+                was = {"maint": "MAINT", "drain": "DRAIN"}[self.before[r.name]]
+                say(r.host, "enable", t.seconds, f"left in {was}, as it was")
+        return [r.name for r in unknown]

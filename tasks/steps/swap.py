@@ -123,12 +123,35 @@ def rolling(run, batch):
                 lb.drain(hosts)
             try:
                 in_parallel(hosts, lambda r: _switch_host(run, r, False, {}), len(hosts))
-            finally:
+            except BaseException as exc:
                 if lb:
-                    lb.ready(hosts)  # switched and verified, or switched back: in rotation again
+                    _restore_after_failure(lb, hosts, exc)
+                raise
+            if lb:
+                lb.restore(hosts)  # switched and verified: each server as it was before its drain
     finally:
         if lb:
             lb.close()
+
+
+def _restore_after_failure(lb, hosts, exc):
+    """After a failed switch: each server of the batch as it was before its drain (switched back, or
+    never switched), but one whose switch is unknown stays drained; said in the switch's error,
+    which a failure of the balancer never replaces."""
+    try:
+        drained = lb.restore(hosts)
+        problem = None
+    except CutoverError as failed:
+        drained, problem = [r.name for r in hosts if r.name in lb.before], failed.message
+    if isinstance(exc, CutoverError):
+        backend = lb.settings.backend
+        for name in drained:
+            exc.message += (
+                f"; {name} left drained in {backend}: whether its switch happened is unknown "
+                f"(check it with fab check, then: set server {backend}/{lb.server_of(name)} state ready)"
+            )
+        if problem:
+            exc.message += f"; putting the batch back in {backend} failed: {problem}"
 
 
 def _switch_host(run, r, armed, unsent):

@@ -1,0 +1,62 @@
+"""Rolling deploys (--batch) behind the lab's HAProxy: every server gets back the state it had in
+the balancer before (an operator's MAINT stays MAINT), and a server whose switch is unknown is
+left drained, named in the error."""
+
+import time
+
+import pytest
+
+from lab.balancer import haproxy
+
+from .conftest import configure, current, make_build, start_lab, stop_lab
+
+
+@pytest.fixture(scope="module")
+def lab3():
+    handle, root = start_lab(3)
+    yield handle
+    stop_lab(handle, root)
+
+
+def test_a_server_the_operator_had_in_maintenance_stays_there(lab3, tmp_path):
+    with haproxy(lab3.lab) as hp:
+        configure(lab3, make_build(tmp_path, "rb-old"))
+        assert lab3.fab("deploy").returncode == 0
+        assert hp.admin("set server web/lab2 state maint") == "\n"
+        assert hp.states()["lab2"] == "MAINT"
+        configure(lab3, make_build(tmp_path, "rb-new"), balancer={"via": "lab1", "socket": hp.socket, "backend": "web"})
+        result = lab3.fab("deploy", "--batch", "1")
+        after = hp.states()
+    assert result.returncode == 0, result.stderr
+    assert after["lab2"] == "MAINT", after
+    assert after["lab1"] not in ("MAINT", "DRAIN") and after["lab3"] not in ("MAINT", "DRAIN"), after
+    assert "[lab2] drain" in result.stdout and "in maintenance (MAINT) in web: left as it is" in result.stdout
+    assert "[lab2] enable" in result.stdout and "left in MAINT, as it was" in result.stdout
+    assert len({current(s) for s in lab3.servers}) == 1  # a server in maintenance is deployed to all the same
+
+
+def test_a_server_whose_switch_is_unknown_stays_drained_and_is_named(lab3, tmp_path):
+    # lab1's swap holds httpd paused longer than fab waits for its answer: whether it switched is
+    # unknown to fab, so it must not be sent traffic again
+    with haproxy(lab3.lab) as hp:
+        configure(lab3, make_build(tmp_path, "ru-old"))
+        assert lab3.fab("deploy").returncode == 0
+        configure(
+            lab3, make_build(tmp_path, "ru-new"), balancer={"via": "lab1", "socket": hp.socket, "backend": "web"},
+            health={"expect_status": 200, "retries": 0, "timeout": 0.5}, httpd={"pause_timeout": 0.5},
+        )  # fmt: skip
+        settings = {"CUTOVER_TEST_HOLD_PAUSE_MS": "5000", "CUTOVER_TEST_MARGIN": "0.5"}
+        result = lab3.fab("deploy", "--batch", "1", env=settings)
+        after = hp.states()
+    assert result.returncode != 0
+    assert after["lab1"] == "DRAIN", after
+    assert result.stderr.startswith("cutover: error: lab1: swap: no answer from the server within"), result.stderr
+    assert "lab1 left drained in web: whether its switch happened is unknown" in result.stderr, result.stderr
+    assert after["lab2"] != "DRAIN" and after["lab3"] != "DRAIN", after
+    # the next run makes the group whole again, and puts nothing back in rotation by itself
+    configure(lab3, tmp_path / "build-ru-new")
+    deadline = time.monotonic() + 30
+    while (again := lab3.fab("deploy", "--force-unlock")).returncode == 5:  # lab1's swap still runs
+        assert "its swap still runs on the server" in again.stderr and time.monotonic() < deadline, again.stderr
+    assert again.returncode == 0, again.stderr
+    assert len({current(s) for s in lab3.servers}) == 1
