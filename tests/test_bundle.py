@@ -16,7 +16,10 @@ from tasks.remote import protocol
 # What each bundle must serve: every op of the agent; the helper's gate and the one op it runs.
 ROOTS = {
     "BUNDLE": (agent.BUNDLE, ["protocol"] + sorted({module for module, _ in protocol.OPS.values()})),
-    "HELPER_BUNDLE": (agent.HELPER_BUNDLE, ["protocol", "helper", protocol.OPS["swap"][0]]),
+    "HELPER_BUNDLE": (
+        agent.HELPER_BUNDLE,
+        ["protocol", "helper"] + sorted({m for m, _ in protocol.HELPER_OPS.values()}),
+    ),
 }
 
 # The bootstrap's own loader, then an import of each module named on the command line, and a
@@ -63,7 +66,7 @@ def test_every_module_an_op_imports_travels_in_the_bundle(bundle):
     missing = sorted(needed(roots) - set(names))
     assert missing == [], f"{bundle} lacks {missing}, which its ops import (tasks/agent.py)"
     ops = {}
-    for module, function in protocol.OPS.values():
+    for module, function in [*protocol.OPS.values(), *protocol.HELPER_OPS.values()]:
         if module in roots:
             ops.setdefault(module, []).append(function)
     run = subprocess.run(

@@ -96,3 +96,24 @@ def test_a_run_that_locks_while_the_holder_releases_keeps_its_lock(tmp_path, mon
     monkeypatch.setattr(lock.shutil, "rmtree", rmtree_racing)
     assert lock.release(site, "first") is True
     assert lock.owner(site)["token"] == "second"
+
+
+def test_a_switch_whose_run_went_away_is_recorded_by_the_server(lab1, tmp_path):
+    """fab killed after the switch, before its finish step: the server still writes the deploy's
+    history line (the release it made live, the one before it), so history and rollback know it."""
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "h1"))
+    assert lab1.fab("deploy").returncode == 0
+    before = current(server)
+    configure(lab1, make_build(tmp_path, "h2"))
+    killed = lab1.fab("deploy", env={"CUTOVER_TEST_KILL_AT": "finish"})
+    assert killed.returncode == -signal.SIGKILL
+    assert current(server) != before
+    assert poll(lambda: history(server)[-1].get("release") == current(server)), history(server)[-1]
+    line = history(server)[-1]
+    assert (line["release"], line["old"], line["result"]) == (current(server), before, "ok")
+    assert line["note"] == "its run went away after the switch; the lock stays until --force-unlock"
+    assert line["pause_ms"] > 0
+    rolled = lab1.fab("rollback", "--force-unlock")
+    assert rolled.returncode == 0, rolled.stderr
+    assert current(server) == before

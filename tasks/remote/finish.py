@@ -4,8 +4,10 @@ or, after a failure, remove what the run uploaded, record that, and release the 
 import os
 import shutil
 
-from . import history, intent, lock, paths, seals
+from . import history, intent, lock, paths, protocol, seals
 from .protocol import Refused
+
+LEFT_NOTE = "its run went away after the switch; the lock stays until --force-unlock"
 
 
 def to_remove(kept, current, protect, keep):
@@ -93,6 +95,25 @@ def _run_fields(a, held, release_id):
     }
 
 
+def record_left(layout, result):
+    """The history line of a run whose client went away after this server's switch (result: the
+    swap's answer); the run never finished, so its lock stays."""
+    held = lock.owner(layout) or {}
+    back = bool(result.get("swapped_back"))
+    error = "health check failed after the switch: %s; switched back" % result.get("health") if back else None
+    history.record(layout, held.get("command") or "deploy", held, "failed" if back else "ok",
+                   started=held.get("started"), release=result.get("new"), old=result.get("old"),
+                   pause_ms=result.get("pause_ms"), rename_ms=result.get("rename_ms"),
+                   pause_method=result.get("method"), renamed_at=result.get("renamed_at"), error=error,
+                   note=LEFT_NOTE)
+
+
+def _settled(layout):
+    from .switching import key  # the agent's; finish and abort record the run themselves
+
+    protocol.settled(key(layout))
+
+
 def op_finish(a):
     """Clean up (keep_releases, never the live or the previous release), record, release the lock."""
     import time
@@ -108,6 +129,7 @@ def op_finish(a):
     fields = _run_fields(a, held, release_id)
     fields["steps"] = dict(fields["steps"] or {}, cleanup=round(time.monotonic() - t, 4))
     history.record(layout, held["command"], held, "ok", started=held.get("started"), cleaned=removed, **fields)
+    _settled(layout)
     intent.clear(layout, a["token"])  # the group's switch is done: every host serves the new release
     lock.release(layout, a["token"])
     return {"removed": removed, "cleanup_s": time.monotonic() - t}
@@ -125,6 +147,8 @@ def op_abort(a):
             if os.path.lexists(os.path.join(layout.releases, name)):
                 remove_release_dir(layout, name)
                 removed.append(name)
+    if held:
+        _settled(layout)
     if held and a.get("record", True):
         try:
             history.record(layout, held["command"], held, "failed", started=held.get("started"), cleaned=removed,

@@ -24,8 +24,8 @@ OPS = {
     "stage": ("stage", "op_stage"),
     "migrate": ("stage", "op_migrate"),
     "hook": ("stage", "op_hook"),
-    "swap": ("swap", "op_swap"),
-    "go": ("swap", "op_go"),
+    "swap": ("switching", "op_swap"),
+    "go": ("switching", "op_go"),
     "disarm": ("swap", "op_disarm"),
     "intent": ("intent", "op_intent"),
     "balancer": ("balancer", "op_balancer"),
@@ -39,6 +39,7 @@ OPS = {
     "setup": ("install", "op_setup"),
     "install_helper": ("install", "op_install_helper"),
 }
+HELPER_OPS = {"swap": ("swap", "op_swap")}  # what the root-owned sudo helper answers (helper.checked)
 
 
 class Refused(Exception):
@@ -62,9 +63,10 @@ def answer(op, args, helper=False):
             from . import helper as sudo_helper
 
             args = sudo_helper.checked(op, args)
-        if op not in OPS:
+        table = HELPER_OPS if helper else OPS
+        if op not in table:
             raise Refused("unknown operation %r" % (op,))
-        module, function = OPS[op]
+        module, function = table[op]
         return getattr(importlib.import_module("." + module, __package__), function)(args)
     except Refused as exc:
         out = dict(exc.extra, error=str(exc), kind=exc.kind)

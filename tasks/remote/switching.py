@@ -1,0 +1,29 @@
+"""The switch as the agent serves a run: swap.py's switch, and the server's own history line for
+it should the client go away before the run's finish or abort step (a killed fab, a pulled
+cable): history then names the release this server made live although the run never finished.
+The sudo helper runs swap.py's op itself; it serves one call and records nothing."""
+
+from . import finish, paths, protocol, swap
+
+
+def op_swap(a):
+    return _until_finished(a, swap.op_swap(a))
+
+
+def op_go(a):
+    return _until_finished(a, swap.op_go(a))
+
+
+def key(layout):
+    return "switch " + layout.deploy_to
+
+
+def _until_finished(a, result):
+    if result.get("armed"):
+        return result  # nothing switched yet: go() does
+    layout = paths.Layout(a["deploy_to"])
+    if a.get("restore"):
+        protocol.settled(key(layout))  # a switch back: the run's abort records the run
+    else:
+        protocol.at_disconnect(key(layout), lambda: finish.record_left(layout, result))
+    return result
