@@ -91,8 +91,8 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
         connect(run)
         if dry:
             return dry_run(run, build, info)
-        if hashing is not None:
-            run.digests = hashing.result()
+        if hashing is not None and any(manifest.knows(r.host) for r in run.hosts):
+            run.digests = hashing.result()  # the prelink's plan needs them: the upload waits for them
         if force:
             force_unlock(run)
         fault_point("lock")
@@ -111,9 +111,10 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
         hook_error = run_hooks(run, "after_switch", run.release_id)
         fault_point("finish")
         finish(run)
-        if run.digests is not None:
+        if hashing is not None:  # read while the upload ran, where nothing waited for them
+            digests = run.digests if run.digests is not None else hashing.result()
             for r in run.hosts:
-                manifest.remember(r.host, run.release_id, info.stats, run.digests)
+                manifest.remember(r.host, run.release_id, info.stats, digests)
         if hook_error:
             raise hook_error
     except BaseException as exc:

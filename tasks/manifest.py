@@ -97,6 +97,13 @@ def _live(host):
     return live if RELEASE_ID.fullmatch(live) else None
 
 
+def knows(host):
+    """Whether this machine knows the files of the release it last saw live on host (plan() then
+    needs the build's digests; otherwise the upload compares checksums and need not wait for them)."""
+    live = _live(host)
+    return live is not None and (_server_dir(host) / f"{live}.json").is_file()
+
+
 def plan(host, stats, digest_of):
     """The prelink's `sized` plan for this host, or None when the live release is not known here:
     {"expect": live release, "unlink": the build's files that differ from it with the same size}."""
