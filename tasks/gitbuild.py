@@ -45,8 +45,11 @@ def _git(repo, *args, **kwargs):
 
 
 def repository(host):
-    """The local git repository builds come from: build.git, else the one holding hosts.yaml."""
-    start = host.build.git or host.build.path.parent
+    """The local git repository builds come from: the one holding build.git (by default the folder
+    of hosts.yaml, tasks/hostsfile.py)."""
+    start = host.build.git
+    if start is None:
+        raise ConfigError("--ref needs a git repository", hint="set build.git in hosts.yaml to the site's repository")
     found = _git(start, "rev-parse", "--show-toplevel", text=True)
     if found.returncode != 0:
         raise ConfigError(

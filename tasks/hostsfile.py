@@ -117,7 +117,7 @@ def _host(at, layers, base):
             _local_path(s["build"]["path"], base),
             tuple(s["build"]["required"]),
             s["build"]["compare"],
-            git=_local_path(s["build"]["git"], base) if s["build"]["git"] else None,
+            git=_local_path(s["build"]["git"], base) if s["build"]["git"] else base,  # the repo holding hosts.yaml
             command=s["build"]["command"],
             output=s["build"]["output"],
             timeout=s["build"]["timeout"],
