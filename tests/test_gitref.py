@@ -3,13 +3,17 @@
 switching between work-tree deploys and `--ref` deploys sends only what changed."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from .conftest import PROJECT, current
+from .conftest import PROJECT, current, history
+
+BIG = 2 * 2**20  # bytes of a file that must not travel again when nothing changed
 
 
 def fab_in(directory, *args, umask=0o022):
@@ -72,3 +76,34 @@ def test_ref_with_build_path_dot_takes_the_repository_holding_hosts_yaml(lab1, t
     # the commit's tree (no .git), and the shared entry's link
     assert sorted(p.name for p in live.iterdir()) == ["hosts.yaml", "index.html", "media"]
     assert (live / "media").is_symlink()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])  # Debian's, and a user-private group's (Ubuntu)
+def test_a_ref_deploy_of_the_work_tree_commit_sends_nothing_and_back(lab1, tmp_path, umask):
+    server = lab1.servers[0]
+    site = tmp_path / "shop"
+    # what `git checkout` makes under this umask: 666 less the umask, 777 less it for what git
+    # records as executable
+    plain, executable = 0o666 & ~umask, 0o777 & ~umask
+    files = {
+        "public/index.html": (page("v1"), plain),
+        "public/assets/video.bin": (os.urandom(BIG), plain),
+        "public/cgi/tool.sh": ("#!/bin/sh\necho tool\n", executable),
+        "hosts.yaml": (hosts_file(lab1, {"path": "public", "output": "public", "required": ["index.html"]}), plain),
+    }
+    repository(site, files, "v1")
+    commit = git(site, "rev-parse", "--short=7", "HEAD").strip()
+    sent = []
+    for args in ((), ("--ref", "v1"), ()):
+        result = fab_in(site, "-H", "sandbox", "deploy", *args, umask=umask)
+        assert result.returncode == 0, result.stderr
+        assert current(server).endswith("Z-" + commit), current(server)  # the same commit, clean, each time
+        sent.append(history(server)[-1]["bytes_sent"])
+        live = Path(server.deploy_to, "current")
+        modes = [oct(os.stat(live / rel.removeprefix("public/")).st_mode & 0o7777) for rel in files if "/" in rel]
+        assert modes == [oct(plain), oct(plain), oct(executable)]
+        assert (live / "assets" / "video.bin").read_bytes() == (site / "public/assets/video.bin").read_bytes()
+        if sent[1:]:
+            assert re.search(r"\[lab1\] upload +\d+ ms  0 files changed", result.stdout), result.stdout
+    assert sent[0] > BIG  # the first deploy sent the whole site
+    assert sent[1] < 20_000 and sent[2] < 20_000, sent  # rsync's file list and checksums, not the files
