@@ -1,5 +1,6 @@
 """`fab check`: a preflight of each server of the group, one table row per host."""
 
+import shlex
 from urllib.parse import urlsplit
 
 from invoke import task
@@ -100,8 +101,7 @@ def check_host(r):
         problems.append(f"the server's Python ({found['executable']}) is {found['python']}: Cutover needs 3.7 or newer")
     if not found["rsync"]:
         problems.append("rsync is not installed on the server: apt-get install rsync")
-    if not found["deploy_to"].startswith(("ok", "missing, can be")):
-        problems.append(f"deploy_to {r.host.deploy_to} is {found['deploy_to']}: fix its owner or permissions")
+    problems += filter(None, [deploy_to_problem(r.host, found)])
     if r.host.httpd.pause != "none" and not found["httpd"]["ok"]:
         problems.append(found["httpd"]["problem"])
     elif found["httpd"].get("pause_problem"):
@@ -119,6 +119,35 @@ def check_host(r):
     return found, problems
 
 
+def deploy_to_problem(host, found):
+    """What keeps deploy_to from being deployed to, with the fix, or None."""
+    state, where = found["deploy_to"], f"deploy_to {host.deploy_to}"
+    elsewhere = "if the site lives elsewhere, correct deploy_to in hosts.yaml"
+    if state.startswith("missing"):
+        new = (
+            "`fab setup` creates it"
+            if state == "missing, can be created"
+            else f"create it as root for the deploy user ({shlex.join(['install', '-d', '-o', host.user or 'USER', host.deploy_to])}), "
+            "then run `fab setup`"
+        )
+        return f"{where} does not exist on the server: {elsewhere}; for a new site, {new}"
+    if state != "ok":
+        return f"{where} is {state}: fix its owner or permissions"
+    if not found["set_up"]:
+        return f"{where} has no Cutover layout (no .cutover/apache.conf): {elsewhere}; else run `fab setup`, which makes it"
+    return None
+
+
+def nothing_deployed(host, found):
+    """The note for a health URL the placeholder release lacks (answered 404), or None."""
+    if not found.get("http", {}).get("nothing_deployed"):
+        return None
+    return (
+        f"nothing deployed yet: {host.health.urls[0]} answered 404 from setup's placeholder release (it holds "
+        "only index.html); the health check applies from the first deploy"
+    )
+
+
 def http_problems(host, found):
     """What the HTTP probes found wrong."""
     http = found.get("http")
@@ -126,7 +155,7 @@ def http_problems(host, found):
         return []
     problems = []
     url = host.health.urls[0]
-    if http["front"] != "ok":
+    if http["front"] != "ok" and not http.get("nothing_deployed"):
         problems.append(f"the front page does not answer as the health check expects: {http['front']}")
     if not http["reachable"]:
         return problems
@@ -231,7 +260,8 @@ def check(c, repair=False):
         rows.append(row)
         problems += found
         if not isinstance(outcome, BaseException):
-            notes += [f"{r.name}: {line}" for line in listen_queue(r.host, outcome[0]) if line]
+            lines = [*listen_queue(r.host, outcome[0]), nothing_deployed(r.host, outcome[0])]
+            notes += [f"{r.name}: {line}" for line in lines if line]
     print(table(rows))
     if notes:
         print("\n" + "\n".join(notes))

@@ -45,8 +45,11 @@ def _git(repo, *args, **kwargs):
 
 
 def repository(host):
-    """The local git repository builds come from: build.git, else the one holding hosts.yaml."""
-    start = host.build.git or host.build.path.parent
+    """The local git repository builds come from: the one holding build.git (by default the folder
+    of hosts.yaml, tasks/hostsfile.py)."""
+    start = host.build.git
+    if start is None:
+        raise ConfigError("--ref needs a git repository", hint="set build.git in hosts.yaml to the site's repository")
     found = _git(start, "rev-parse", "--show-toplevel", text=True)
     if found.returncode != 0:
         raise ConfigError(
@@ -69,7 +72,11 @@ def build(host, ref, say=print):
     try:
         tree = work / "tree"
         tree.mkdir()
-        archive = _git(repo, "archive", "--format=tar", commit)
+        # tar.umask=user: each file's mode as `git checkout` makes it, 666 (777 for what git records
+        # as executable) less this process's umask, so a release from git has the modes of the
+        # work tree's files and switching between the two ways sends only what changed. git's
+        # default (664/775) would be kept by tar run as root: every file different, and sent again.
+        archive = _git(repo, "-c", "tar.umask=user", "archive", "--format=tar", commit)
         if archive.returncode != 0:
             raise BuildError(f"git archive {commit} failed: {archive.stderr.decode(errors='replace').strip()}")
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True, timeout=GIT_TIMEOUT)

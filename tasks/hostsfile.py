@@ -117,7 +117,7 @@ def _host(at, layers, base):
             _local_path(s["build"]["path"], base),
             tuple(s["build"]["required"]),
             s["build"]["compare"],
-            git=_local_path(s["build"]["git"], base) if s["build"]["git"] else None,
+            git=_local_path(s["build"]["git"], base) if s["build"]["git"] else base,  # the repo holding hosts.yaml
             command=s["build"]["command"],
             output=s["build"]["output"],
             timeout=s["build"]["timeout"],
@@ -182,11 +182,28 @@ def _group(at, defaults, base):
 
 def default_path():
     """Which hosts.yaml a task reads: CUTOVER_HOSTS_FILE, else hosts.yaml in the current directory
-    (a site's own, with `fab -r CUTOVER_DIR` run from the site), else Cutover's own."""
+    (a site's own, with `fab -r CUTOVER_DIR` run from the site), else Cutover's own, but only from
+    Cutover's directory (or one inside it): a task run from anywhere else would act on Cutover's
+    sandbox (its default_group) instead of the site meant."""
     if os.environ.get(HOSTS_FILE_ENV):
         return Path(os.environ[HOSTS_FILE_ENV])
-    here = Path.cwd() / "hosts.yaml"
-    return here if here.exists() else PROJECT_DIR / "hosts.yaml"
+    how = f"run the task from your site's directory (where `fab init` wrote its hosts.yaml), or name the file: {HOSTS_FILE_ENV}=/path/to/hosts.yaml"
+    try:
+        cwd = Path.cwd()  # the directory itself, symlinks resolved (getcwd)
+    except OSError as exc:
+        raise ConfigError(
+            f"the current directory cannot be read ({exc.strerror}): removed since the shell entered it?", hint=how
+        ) from None
+    here = cwd / "hosts.yaml"
+    if os.path.lexists(here):  # a broken link too: the file meant, which load() says it cannot read
+        return here
+    if cwd.is_relative_to(PROJECT_DIR):
+        return PROJECT_DIR / "hosts.yaml"
+    raise ConfigError(
+        f"no hosts.yaml in {cwd} (the current directory), and {HOSTS_FILE_ENV} is not set; Cutover's own "
+        f"{PROJECT_DIR / 'hosts.yaml'} (its sandbox) is used only from Cutover's directory",
+        hint=how,
+    )
 
 
 def load(path=None):

@@ -1,6 +1,9 @@
 """`fab init`: a starter hosts.yaml in the current directory, for a site of your own."""
 
+import os
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
 from invoke import task
@@ -8,7 +11,17 @@ from invoke import task
 from .cli import boundary
 from .errors import ConfigError
 
-STARTER = Path(__file__).resolve().parent.parent / "templates" / "hosts.yaml"
+CUTOVER_DIR = Path(__file__).resolve().parent.parent
+STARTER = CUTOVER_DIR / "templates" / "hosts.yaml"
+
+
+def fab_command():
+    """How this fab was started (`fab`, or `python3 -m fabric`) and told where Cutover is: the start
+    of a command that runs Cutover's tasks from a site's directory."""
+    program = ["fab"]
+    if os.path.basename(sys.argv[0]) == "__main__.py":  # python -m fabric
+        program = [sys.executable, "-m", "fabric"]
+    return shlex.join([*program, "-r", str(CUTOVER_DIR)])
 
 
 @task
@@ -19,5 +32,5 @@ def init(c):
     if target.exists():
         raise ConfigError(f"{target} exists already; nothing was written", hint="edit it, or remove it first")
     shutil.copyfile(STARTER, target)
-    print(f"wrote {target}: set deploy_to, build.path, user and the hosts of group prod, then run")
-    print("  fab -r CUTOVER_DIR -H prod check    (CUTOVER_DIR: where Cutover is checked out)")
+    print(f"wrote {target}: set deploy_to, build.path, user and the hosts of group prod, then, from this directory:")
+    print(f"  {fab_command()} -H prod check")

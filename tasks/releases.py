@@ -27,6 +27,15 @@ def _commit(release_id):
     return (commit_of(release_id) or "-") + (" (dirty)" if release_id.endswith("-dirty") else "")
 
 
+def _reason(error):
+    """Why a run failed, as history recorded it: the error's first line (the rest is its output and
+    what to do), without control characters; "" for a run that did not fail."""
+    if not isinstance(error, str) or not error.strip():
+        return ""
+    first = error.strip().splitlines()[0]
+    return "".join(ch if ch.isprintable() else "?" for ch in first)
+
+
 @task
 @boundary
 def releases(c):
@@ -66,7 +75,7 @@ def history(c, n=None):
     if not low <= n <= high:
         raise ConfigError(f"-n must be a whole number from {low} to {high}")
     for host, answer in _read(c, "history", n=n):
-        rows = [["started", "event", "release", "ref", "from", "user", "result", "pause ms", "seconds"]]
+        rows = [["started", "event", "release", "ref", "from", "user", "result", "pause ms", "seconds", "error"]]
         for e in answer["entries"]:
             rows.append(
                 [
@@ -79,6 +88,7 @@ def history(c, n=None):
                     e.get("result", "-"),
                     "-" if e.get("pause_ms") is None else f"{e['pause_ms']:.3f}",
                     "-" if e.get("duration_s") is None else f"{e['duration_s']:.2f}",
+                    _reason(e.get("error")),
                 ]
             )
         print(f"{host.name}: last {len(answer['entries'])} entr{'y' if len(answer['entries']) == 1 else 'ies'}")

@@ -5,6 +5,9 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
+
+from lab import graceful_restart
 
 from .conftest import process_gone
 
@@ -123,3 +126,51 @@ def test_check_advice_for_a_split_group_names_a_release_every_host_keeps(lab_pai
     fixed = lab_pair.fab("rollback", "--to", both)
     assert fixed.returncode == 0, fixed.stderr
     assert lab_pair.fab("check").returncode == 0
+
+
+def test_check_names_a_wrong_deploy_to_and_creates_nothing(lab1, tmp_path):
+    server = lab1.servers[0]
+    typo = server.deploy_to + "-typo"
+    plain = f"{server.root}/html"  # an existing folder without Cutover's layout: a site's old DocumentRoot
+    os.mkdir(plain)
+    with open(f"{plain}/index.html", "w") as f:
+        f.write("<p>the old site</p>\n")
+    text = lab1.hosts_file.read_text()
+    for deploy_to, expected in (
+        (typo, f"lab1: deploy_to {typo} does not exist on the server: if the site lives elsewhere, correct "
+               "deploy_to in hosts.yaml; for a new site, `fab setup` creates it"),
+        (plain, f"lab1: deploy_to {plain} has no Cutover layout (no .cutover/apache.conf): if the site lives "
+                "elsewhere, correct deploy_to in hosts.yaml; else run `fab setup`, which makes it"),
+    ):  # fmt: skip
+        hosts_file = tmp_path / "hosts.yaml"
+        hosts_file.write_text(text.replace(f"deploy_to: {server.deploy_to}", f"deploy_to: {deploy_to}"))
+        result = lab1.fab("check", hosts_file=hosts_file)
+        assert result.returncode == 1, result.stdout
+        assert expected in result.stdout, result.stdout
+        assert "Error" not in result.stdout + result.stderr  # no Python exception's name
+        assert "1 problem(s) found on 1 host(s)" in result.stderr
+    assert not os.path.lexists(typo) and os.listdir(plain) == ["index.html"]
+
+
+def test_check_before_the_first_deploy_says_nothing_is_deployed_yet(lab1, tmp_path):
+    server = lab1.servers[0]
+    url = server.url + "index.php"  # the site's own page: setup's placeholder release has only index.html
+    hosts_file = tmp_path / "hosts.yaml"
+    hosts_file.write_text(lab1.hosts_file.read_text().replace(f"url: {server.url}", f"url: {url}"))
+    result = lab1.fab("check", hosts_file=hosts_file)
+    assert result.returncode == 0, result.stdout
+    note = (
+        f"lab1: nothing deployed yet: {url} answered 404 from setup's placeholder release (it holds only "
+        "index.html); the health check applies from the first deploy"
+    )
+    assert note in result.stdout
+    assert "Include" not in result.stdout and "all 1 host(s) ready" in result.stdout
+    # the same, with Cutover's rules really missing from Apache's config: still said
+    conf = Path(server.httpd_conf)
+    conf.write_text(conf.read_text().replace("Include ", "# Include "))
+    graceful_restart(server)
+    result = lab1.fab("check", hosts_file=hosts_file)
+    assert result.returncode == 1
+    rules = f"{server.deploy_to}/.cutover/apache.conf"
+    missing = f"lab1: Cutover's Apache rules are not active at {url}: Include {rules} in the site's VirtualHost"
+    assert missing in result.stdout, result.stdout

@@ -1,5 +1,6 @@
 """hosts.yaml validation and -H resolution: pure, no servers."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -181,3 +182,53 @@ def test_shipped_hosts_file_is_valid():
     inv = hostsfile.load(PROJECT / "hosts.yaml")
     assert inv.default_group == "sandbox"
     assert {"sandbox", "prod", "staging"} <= set(inv.groups)
+
+
+def test_outside_cutover_a_directory_without_hosts_yaml_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUTOVER_HOSTS_FILE", raising=False)
+    monkeypatch.chdir(tmp_path)  # e.g. the site's build folder, or home: no hosts.yaml here
+    with pytest.raises(ConfigError) as err:
+        hostsfile.load()
+    assert str(err.value) == (
+        f"no hosts.yaml in {tmp_path} (the current directory), and CUTOVER_HOSTS_FILE is not set; "
+        f"Cutover's own {PROJECT}/hosts.yaml (its sandbox) is used only from Cutover's directory\n"
+        "  what to do: run the task from your site's directory (where `fab init` wrote its hosts.yaml), "
+        "or name the file: CUTOVER_HOSTS_FILE=/path/to/hosts.yaml"
+    )
+    assert err.value.exit_code == 2
+    # a hosts.yaml here, even a dangling link, is the one meant: never Cutover's instead
+    (tmp_path / "hosts.yaml").symlink_to(tmp_path / "moved-away.yaml")
+    with pytest.raises(ConfigError, match=f"cannot read {tmp_path}/hosts.yaml: No such file"):
+        hostsfile.load()
+
+
+def test_inside_cutover_its_own_hosts_yaml_is_used(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUTOVER_HOSTS_FILE", raising=False)
+    monkeypatch.chdir(PROJECT)  # make demo, the test suite
+    assert hostsfile.load().path == PROJECT / "hosts.yaml"
+    monkeypatch.chdir(PROJECT / "example" / "site")
+    assert hostsfile.default_path() == PROJECT / "hosts.yaml"
+    (tmp_path / "cutover").symlink_to(PROJECT)  # reached through a symlink: still Cutover's directory
+    monkeypatch.chdir(tmp_path / "cutover" / "example")
+    assert hostsfile.default_path() == PROJECT / "hosts.yaml"
+
+
+def test_fab_from_a_directory_without_hosts_yaml_changes_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "CUTOVER_HOSTS_FILE"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fabric", "-r", str(PROJECT), "-H", "sandbox", "releases"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"cutover: error: no hosts.yaml in {tmp_path} (the current directory)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_removed_current_directory_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUTOVER_HOSTS_FILE", raising=False)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()  # another shell removed the folder this one is in
+    with pytest.raises(ConfigError, match=r"^the current directory cannot be read \(No such file or directory\)"):
+        hostsfile.load()

@@ -106,3 +106,19 @@ def test_releases_and_history_are_listed(lab1, tmp_path):
     assert lab1.fab("history", "-n", "0").returncode == 2
     raw = [json.loads(line) for line in Path(server.deploy_to, ".cutover", "history.jsonl").read_text().splitlines()]
     assert [e["event"] for e in raw] == ["deploy", "deploy", "rollback"]
+
+
+def test_history_says_why_a_run_failed(lab1, tmp_path):
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "x"), smoke={"commands": ["echo 'cache dir not writable' >&2; exit 3"]})
+    assert lab1.fab("deploy").returncode == 6
+    recorded = history(server)[-1]
+    assert recorded["result"] == "failed"
+    reason = recorded["error"].splitlines()[0]
+    assert reason == "lab1: stage: smoke command \"echo 'cache dir not writable' >&2; exit 3\" exited 3", reason
+    shown = lab1.fab("history")
+    assert shown.returncode == 0, shown.stderr
+    header, row = shown.stdout.splitlines()[1:3]
+    assert header.split()[-1] == "error"
+    assert row.split()[1] == "deploy" and row.split()[6] == "failed"
+    assert row.endswith(f"  {reason}"), row

@@ -3,6 +3,8 @@ Cutover's tasks from its own directory with Fabric's --search-root (`fab -r CUTO
 
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +142,25 @@ def test_a_work_tree_with_uncommitted_changes_makes_a_dirty_release(lab1, tmp_pa
     assert result.returncode == 0, result.stderr
     assert current(server).endswith("Z-" + clean.split("Z-", 1)[1] + "-dirty")
     assert "(dirty)" in fab_in(repo, "-H", "sandbox", "releases").stdout
+
+
+def test_init_prints_the_command_that_runs_from_the_site_directory(tmp_path):
+    site = tmp_path / "my site"  # a space: the printed command quotes what needs it
+    site.mkdir()
+    # (how fab is started, how the hint says to start it)
+    ways = [([sys.executable, "-m", "fabric"], [sys.executable, "-m", "fabric"])]
+    if shutil.which("fab"):
+        ways.append(([shutil.which("fab")], ["fab"]))
+    for program, shown in ways:
+        (site / "hosts.yaml").unlink(missing_ok=True)
+        env = {k: v for k, v in os.environ.items() if k != "CUTOVER_HOSTS_FILE"}
+        wrote = subprocess.run([*program, "-r", str(PROJECT), "init"], cwd=site, env=env, capture_output=True,
+                               text=True, timeout=60)  # fmt: skip
+        assert wrote.returncode == 0, wrote.stderr
+        hint = shlex.split(wrote.stdout.splitlines()[-1])
+        assert hint == [*shown, "-r", str(PROJECT), "-H", "prod", "check"], wrote.stdout
+        # the starter's host, pointed at a closed port of this machine: the command reaches the task
+        hosts = site / "hosts.yaml"
+        hosts.write_text(hosts.read_text().replace("{host: www.example.com}", "{host: 127.0.0.1, port: 1}"))
+        ran = subprocess.run(hint, cwd=site, env=env, capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 1 and "cannot reach 127.0.0.1 port 1" in ran.stdout, ran.stdout + ran.stderr

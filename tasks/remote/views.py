@@ -46,7 +46,10 @@ def op_check(a):
         from . import install
 
         out["helper_sha256"] = install.installed_hash(a["helper_path"])
-    if a.get("probe"):
+    # Cutover's rules, written by setup: without them (a deploy_to that is wrong, or not set up
+    # yet) the layout the HTTP probes read is not there either
+    out["set_up"] = os.path.isfile(layout.apache_conf)
+    if a.get("probe") and out["set_up"]:
         out["http"] = _probe(layout, out["current"], a["probe"])
     return out
 
@@ -86,6 +89,11 @@ def _probe(layout, current, probe):
         return {"front": "%s: %s" % (verify["urls"][0], reached), "release": None, "denied": {}, "reachable": False}
     out = {"front": health.problem(verify, current or "") or "ok", "reachable": True,
            "release": health.release_of(verify["urls"][0], timeout)}
+    if current == paths.PLACEHOLDER and reached == 404 and out["release"] is None:
+        # nothing deployed yet, and the health URL is a page of the site: whether the rules are
+        # active shows on the placeholder's own page
+        out["nothing_deployed"] = True
+        out["release"] = health.release_of(probe["origin"] + "/index.html", timeout)
     urls = list(probe.get("denied", []))
     serve = probe.get("serve")
     if serve and current:
