@@ -1,12 +1,21 @@
 """A site's databases in a backup: each entry checked, dumped (the SQLite online backup API; a
 single-transaction mariadb-dump) and loaded back on restore.
+
+A SQLite database is a file the web server's user may own or be granted: its dump keeps the
+file's owner, mode and ACL, and a restore loads it into the live file in place and gives it those
+again, so that the web server writes it after a restore as before.
 """
 
+import errno
+import grp
 import os
+import pwd
 import re
 import shutil
+import stat
 import subprocess
 
+from . import shared
 from .protocol import Refused
 
 DB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -54,6 +63,7 @@ def dump(layout, db, dest):
         finally:
             dst.close()
             src.close()
+        copy_owner_and_mode(db["file"], out)
         return out
     out = os.path.join(dest, "databases", db["name"] + ".sql")
     argv = [_mariadb_program("mariadb-dump", "mysqldump"), "--defaults-extra-file=" + db["credentials"],
@@ -72,13 +82,15 @@ def load(layout, db, source):
         import sqlite3
 
         os.makedirs(os.path.dirname(db["file"]), exist_ok=True)
-        src = sqlite3.connect("file:%s?mode=ro" % os.path.join(source, db["name"] + ".sqlite"), uri=True)
-        dst = sqlite3.connect(db["file"])
+        dump = os.path.join(source, db["name"] + ".sqlite")
+        src = sqlite3.connect("file:%s?mode=ro" % dump, uri=True)
+        dst = sqlite3.connect(db["file"])  # the live file, written in place: its inode stays
         try:
             src.backup(dst)
         finally:
             dst.close()
             src.close()
+        copy_owner_and_mode(dump, db["file"])
         return
     with open(os.path.join(source, db["name"] + ".sql"), "rb") as f:
         run = subprocess.run([_mariadb_program("mariadb", "mysql"), "--defaults-extra-file=" + db["credentials"]],
@@ -96,3 +108,66 @@ def remove_sqlite(layout, db):
             os.unlink(path)
             gone.append(os.path.relpath(path, layout.deploy_to))
     return gone
+
+
+def copy_owner_and_mode(src, dst):
+    """Give dst the owner, group, mode and access ACL of src."""
+    st = os.stat(src)
+    try:
+        os.chown(dst, st.st_uid, st.st_gid)
+    except PermissionError:
+        pass  # a deploy user who is not root cannot give a file away; the file stays its own
+    os.chmod(dst, st.st_mode & 0o7777)
+    try:
+        acl = os.getxattr(src, shared.ACCESS)
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        acl = None
+    try:
+        if acl:
+            os.setxattr(dst, shared.ACCESS, acl)
+        else:
+            os.removexattr(dst, shared.ACCESS)
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+
+
+def can_write(path, user):
+    """Whether user (a pwd entry) may write path, as the kernel decides it (acl(5)): the owner's
+    bits, a named user's entry under the mask, the groups' entries under the mask, the others'."""
+    if user.pw_uid == 0:
+        return True
+    st = os.stat(path)
+    want = 3 if stat.S_ISDIR(st.st_mode) else 2  # a directory also needs x to be written into
+    if st.st_uid == user.pw_uid:
+        return (st.st_mode >> 6) & want == want
+    try:
+        acl = shared.parse_acl(os.getxattr(path, shared.ACCESS))
+    except OSError:
+        acl = []
+    groups = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem}
+    if not acl:
+        perm = (st.st_mode >> 3) & 7 if st.st_gid in groups else st.st_mode & 7
+        return perm & want == want
+    mask = next((p for tag, p, _ in acl if tag == shared.MASK), 7)
+    named = [p for tag, p, uid in acl if tag == shared.USER and uid == user.pw_uid]
+    if named:
+        return named[0] & mask & want == want
+    matching = [p for tag, p, gid in acl if (tag == shared.GROUP_OBJ and st.st_gid in groups) or
+                (tag == shared.GROUP and gid in groups)]  # fmt: skip
+    if matching:
+        return any(p & mask & want == want for p in matching)
+    return st.st_mode & want == want
+
+
+def web_user_writes(layout, db, web_user):
+    """Whether the web server's user (a name, or None) may write this SQLite database's file."""
+    db = checked(layout, db)
+    if db["kind"] != "sqlite" or not web_user or not os.path.exists(db["file"]):
+        return False
+    try:
+        return can_write(db["file"], pwd.getpwnam(web_user))
+    except KeyError:
+        return False  # no such user on this server: the restore's make_writable says so
