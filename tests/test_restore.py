@@ -5,8 +5,10 @@ needs kept, and only the entries hosts.yaml shares written."""
 import json
 import os
 import pwd
+import shutil
 import sqlite3
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -227,3 +229,186 @@ def test_a_restore_writes_only_the_entries_hosts_yaml_still_shares(lab1, tmp_pat
     assert restored.returncode == 0, restored.stderr
     assert cache.read_text() == "written since\n"
     assert "cache not restored: hosts.yaml no longer shares it" in restored.stdout
+
+
+# --- the server's side of a restore, in this process against a scratch deploy_to ----------------
+
+RELEASE = "20261101T000000.000Z-aaaaaaa"
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A deploy_to with one live release sharing media and public/uploads, locked by token "t",
+    and one complete backup of it; returns (layout, backup id)."""
+    from tasks.agent import LocalAgent
+    from tasks.remote import paths
+    from tasks.remote.paths import Layout
+
+    agent = LocalAgent()
+    layout = Layout(str(tmp_path / "site"))
+    agent.call("setup", {"deploy_to": layout.deploy_to, "rules": "# rules\n", "serve": ""})
+    release = Path(layout.release(RELEASE))
+    release.mkdir()
+    for entry in ("media", "public/uploads"):
+        Path(layout.shared, entry).mkdir(parents=True)
+        (Path(layout.shared, entry) / "photo.txt").write_text(f"{entry} as backed up\n")
+        (release / entry).parent.mkdir(parents=True, exist_ok=True)
+        (release / entry).symlink_to(os.path.relpath(Path(layout.shared, entry), (release / entry).parent))
+    (Path(layout.shared, "media") / "latest").symlink_to("photo.txt")
+    paths.point(layout.current, f"releases/{RELEASE}")
+    who = {"user": "tester", "local_host": "here", "pid": os.getpid(), "command": "backup", "token": "t"}
+    agent.call("lock", {"deploy_to": layout.deploy_to, "who": who})
+    bid = "20261102T000000.000Z"
+    for phase in ("copy", "seal", "complete"):
+        agent.call("backup", {"deploy_to": layout.deploy_to, "token": "t", "backup_id": bid, "phase": phase,
+                              "shared": ["media", "public/uploads"], "keep": 5})  # fmt: skip
+    return layout, bid
+
+
+def restore_call(layout, bid, check=True, shared=("media", "public/uploads")):
+    from tasks.agent import LocalAgent
+
+    return LocalAgent().call("restore", {"deploy_to": layout.deploy_to, "token": "t", "backup_id": bid,
+                                         "shared": list(shared), "check": check})  # fmt: skip
+
+
+def test_a_backup_json_naming_a_path_outside_shared_is_refused_in_process(site, tmp_path):
+    # the review's case: an entry ../../outside would have rsync --delete mirror backups/outside there
+    from tasks.errors import RemoteError
+
+    layout, bid = site
+    backup = Path(layout.backup(bid))
+    info = json.loads((backup / "backup.json").read_text())
+    (backup / "backup.json").write_text(json.dumps(dict(info, entries=["media", "../../outside"])))
+    Path(layout.backups, "outside").mkdir()
+    Path(layout.backups, "outside", "planted.txt").write_text("planted\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "own.txt").write_text("its own\n")
+    for check in (True, False):
+        with pytest.raises(RemoteError) as refused:
+            restore_call(layout, bid, check=check)
+        assert (
+            f"restore: backup {bid} names the shared entry '../../outside', which climbs out of shared/ with '..'; "
+            "nothing was restored" in str(refused.value)
+        )
+    assert sorted(p.name for p in outside.iterdir()) == ["own.txt"]
+
+
+def test_verify_fails_on_a_file_or_symlink_the_manifest_does_not_name_or_lacks(site):
+    from tasks.errors import RemoteError
+    from tasks.remote import backup as server_backup
+
+    layout, bid = site
+    tree = Path(layout.backup(bid))
+    assert server_backup.verify(str(tree), whole=True) is None
+    assert json.loads((tree / "manifest.json").read_text())["links"] == {"shared/media/latest": "photo.txt"}
+    added = tree / "shared" / "media" / "added.php"
+    added.write_text("<?php system($_GET['c']);\n")
+    assert server_backup.verify(str(tree)) == "shared/media/added.php is in the backup but not in its manifest"
+    with pytest.raises(RemoteError) as refused:
+        restore_call(layout, bid)
+    assert "shared/media/added.php is in the backup but not in its manifest; nothing was restored" in str(refused.value)
+    added.unlink()
+    (tree / "shared" / "media" / "more").symlink_to("/etc")
+    assert server_backup.verify(str(tree)) == "the symlink shared/media/more is in the backup but not in its manifest"
+    (tree / "shared" / "media" / "more").unlink()
+    (tree / "shared" / "media" / "latest").unlink()
+    (tree / "shared" / "media" / "latest").symlink_to("/etc/passwd")
+    expected = "the symlink shared/media/latest is missing or points elsewhere than its manifest says"
+    assert server_backup.verify(str(tree)) == expected
+    (tree / "shared" / "media" / "latest").unlink()
+    assert server_backup.verify(str(tree)) == expected
+
+
+def test_a_restore_never_writes_through_a_symlink_planted_in_shared(site, tmp_path):
+    from tasks.errors import RemoteError
+
+    layout, bid = site
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "uploads").mkdir(parents=True)
+    (elsewhere / "uploads" / "own.txt").write_text("not the site's\n")
+    public = Path(layout.shared, "public")
+    os.rename(public, tmp_path / "public-moved")
+    public.symlink_to(elsewhere)  # as a user who can write shared/ would plant it
+    with pytest.raises(RemoteError) as refused:
+        restore_call(layout, bid, check=False)
+    assert f"restore: shared/public is a symlink (to {elsewhere}): a restore writes only inside" in str(refused.value)
+    assert sorted(p.name for p in (elsewhere / "uploads").iterdir()) == ["own.txt"]
+    public.unlink()
+    os.rename(tmp_path / "public-moved", public)
+    media = Path(layout.shared, "media")
+    os.rename(media, tmp_path / "media-moved")
+    media.symlink_to(elsewhere / "uploads")  # the entry itself, where the backup holds a directory
+    with pytest.raises(RemoteError) as refused:
+        restore_call(layout, bid)
+    assert f"restore: shared/media is a symlink (to {elsewhere}/uploads)" in str(refused.value)
+    assert sorted(p.name for p in (elsewhere / "uploads").iterdir()) == ["own.txt"]
+    media.unlink()
+    os.rename(tmp_path / "media-moved", media)
+    (media / "photo.txt").write_text("changed\n")
+    done = restore_call(layout, bid, check=False, shared=["media"])
+    assert done["entries"] == ["media"] and done["skipped"] == ["public/uploads"]
+    assert (media / "photo.txt").read_text() == "media as backed up\n"
+
+
+def test_the_backups_a_way_back_needs_are_protected_until_a_later_success():
+    from tasks.remote import history as h
+
+    def deploy(release, result, backup=None):
+        return {"event": "deploy", "release": release, "result": result, "backup": backup}
+
+    ok1, failed1, failed2 = deploy("r1", "ok", "b1"), deploy("r2", "failed", "b2"), deploy("r2", "failed", "b3")
+    assert h.protected([ok1, failed1, failed2], "r1") == {
+        "b1": "before the migration of the live release r1",
+        "b2": "before a migration that failed, until one succeeds (of r2)",
+        "b3": "before a migration that failed, until one succeeds (of r2)",
+    }
+    # a later migration succeeds, then a rollback to r1: the failed ones go, the last success stays
+    entries = [ok1, failed1, failed2, deploy("r3", "ok", "b4"), {"event": "rollback", "release": "r1", "result": "ok"}]
+    assert h.protected(entries, "r1") == {
+        "b1": "before the migration of the live release r1",
+        "b4": "before the last migration that succeeded (of r3)",
+    }
+    # a deploy without a migration ends nothing; a restore that did not finish keeps its backup
+    restore = {"event": "restore", "release": "r3", "result": "failed", "backup": "b5"}
+    assert h.protected([*entries[:4], deploy("r4", "ok"), restore], "r4") == {
+        "b4": "before the last migration that succeeded (of r3)",
+        "b5": "the data before a restore that did not finish, until one succeeds",
+    }
+    assert "b5" not in h.protected([restore, dict(restore, result="ok", backup="b6")], "r4")
+
+
+@pytest.fixture
+def reachable(tmp_path):
+    """A directory www-data can reach (pytest's own are root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="cutover-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_can_write_decides_as_the_kernel_does(reachable):
+    from tasks.remote.dumps import can_write
+
+    www = pwd.getpwnam("www-data")
+    path = reachable / "orders.sqlite"
+    path.write_text("")
+    path.chmod(0o644)
+    assert not can_write(str(path), www)
+    subprocess.run(["setfacl", "-m", "u:www-data:rwx,m::r", str(path)], check=True)  # the restore's bug: mask r--
+    assert not can_write(str(path), www)
+    subprocess.run(["setfacl", "-m", "m::rw", str(path)], check=True)
+    assert can_write(str(path), www)
+    subprocess.run(["setfacl", "-b", str(path)], check=True)
+    os.chown(path, www.pw_uid, 0)
+    assert can_write(str(path), www)
+    path.chmod(0o444)
+    assert not can_write(str(path), www)
+    os.chown(path, 0, www.pw_gid)
+    path.chmod(0o664)
+    assert can_write(str(path), www)
+    for check in (www.pw_uid, 0):  # each verdict against the kernel's own, as www-data
+        os.chown(path, check, 0)
+        path.chmod(0o604)
+        assert can_write(str(path), www) == (as_web_user("test", "-w", str(path)).returncode == 0)
