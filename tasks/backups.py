@@ -6,7 +6,7 @@ from invoke import task
 from .cli import FORCE_UNLOCK_HELP, boundary, target
 from .errors import ConfigError, CutoverError, Interrupted, RemoteError
 from .fleet import Run, close, connect, in_parallel, on_group
-from .output import Timer, line, say, shown, size, table
+from .output import Timer, count, line, say, shown, size, table
 from .remote.paths import BACKUP_ID
 from .steps import backup as backup_step
 from .steps.finish import abort, finish
@@ -192,6 +192,9 @@ def _restored(r, answer):
     what += [f"databases {', '.join(answer['databases'])}"] if answer["databases"] else []
     what += [f"removed {', '.join(answer['removed'])} (made since)"] if answer["removed"] else []
     what += [f"{', '.join(answer['writable'])} writable by {answer['web_user']}"] if answer["writable"] else []
+    if answer.get("others_kept"):
+        what.append(f"{count(len(answer['others_kept']), 'file')} of other users kept their owner and mode (the "
+                    "deploy user may not change them)")  # fmt: skip
     if answer["skipped"]:
         what.append(f"{', '.join(answer['skipped'])} not restored: hosts.yaml no longer shares it")
     return "; ".join(what) or "nothing to restore: the backup holds no data"

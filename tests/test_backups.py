@@ -264,6 +264,13 @@ def test_backups_are_copied_off_the_server_over_ssh(lab_pair, tmp_path):
     assert photo[0].stat().st_ino == photo[1].stat().st_ino  # the second copy links the first's unchanged files
     manifest = json.loads((offsite / "lab1" / second / "manifest.json").read_text())
     assert manifest["files"]["shared/media/photo.jpg"][0] == 50_000
+    # a restore copies the backup it takes first (the data it replaces) off the server like any other
+    Path(one.deploy_to, "shared", "media", "photo.jpg").write_bytes(b"\x00" * 50_000)
+    restored = lab_pair.fab("-H", "lab1", "restore", "--backup", first)
+    assert restored.returncode == 0, restored.stderr
+    assert "WARNING" not in restored.stdout
+    before = restored.stdout.split("the data as it was before the restore: backup ")[1].split()[0]
+    assert (offsite / "lab1" / before / "shared" / "media" / "photo.jpg").read_bytes() == b"\x00" * 50_000
 
 
 def test_a_maintenance_window_the_operator_opened_stays_open(lab1, tmp_path):

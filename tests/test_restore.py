@@ -412,3 +412,31 @@ def test_can_write_decides_as_the_kernel_does(reachable):
         os.chown(path, check, 0)
         path.chmod(0o604)
         assert can_write(str(path), www) == (as_web_user("test", "-w", str(path)).returncode == 0)
+
+
+def test_a_change_that_keeps_a_files_size_and_mtime_is_backed_up(site):
+    """rsync links or keeps a file whose size and mtime match; the file's ctime tells it changed."""
+    from tasks.agent import LocalAgent
+
+    layout, first = site
+    photo = Path(layout.shared, "media", "photo.txt")
+    stamp = photo.stat().st_mtime_ns
+
+    def rewrite(text):  # as a copy that keeps times would (cp -p, rsync -t, unzip)
+        assert len(text) == photo.stat().st_size
+        photo.write_text(text)
+        os.utime(photo, ns=(stamp, stamp))
+
+    def phase(bid, name):
+        LocalAgent().call("backup", {"deploy_to": layout.deploy_to, "token": "t", "backup_id": bid, "phase": name,
+                                     "shared": ["media", "public/uploads"], "keep": 5})  # fmt: skip
+
+    rewrite("MEDIA AS BACKED UP\n")  # since the backup before: its copy must not be linked
+    phase("20261103T000000.000Z", "copy")
+    rewrite("media CHANGED anew\n")  # between the two passes: the second must see it
+    phase("20261103T000000.000Z", "seal")
+    phase("20261103T000000.000Z", "complete")
+    copy = Path(layout.backup("20261103T000000.000Z"), "shared", "media", "photo.txt")
+    assert copy.read_text() == "media CHANGED anew\n"
+    assert copy.stat().st_ino != Path(layout.backup(first), "shared", "media", "photo.txt").stat().st_ino
+    assert Path(layout.backup(first), "shared", "media", "photo.txt").read_text() == "media as backed up\n"

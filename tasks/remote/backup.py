@@ -15,9 +15,11 @@ from the complete backup; a restore is restore.py.
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
+import tempfile
 import time
 
 from . import dumps, history, lock, paths, protocol
@@ -26,6 +28,7 @@ from .protocol import Refused
 MANIFEST = "manifest.json"
 INFO = "backup.json"
 SEALED = "sealed.json"  # the second pass's facts, until the backup is complete
+STARTED = "started.json"  # when the first pass started (this server's clock), until the second pass
 HASH_CHUNK = 1 << 20
 
 
@@ -60,17 +63,57 @@ def info(layout, bid):
 
 
 RSYNC_VANISHED = 24  # a file went away while rsync copied: the site deleted it, which the backup then reflects
+RSYNC_PARTIAL = 23  # some files or attributes were not transferred (rsync says which)
+# rsync could not give a file another user owns its owner, group, mode, times or ACL (not root)
+ATTRIBUTE_REFUSED = re.compile(r'^rsync: (?:\[\w+\] )?(?:chgrp|chown|failed to set (?:times|permissions) on|set_acl: \w+\()'
+                               r' ?"?(.+?)"?[):]* ?(?:failed)?:? Operation not permitted \(1\)$')
+CTIME_SLACK = 2.0  # seconds: a file system's ctime may lag this server's clock by a tick; compare a little early
 
 
-def rsync(src, dst, link_dest=None, exclude=()):
+def rsync(src, dst, link_dest=None, exclude=(), only=None, others_kept=False):
     """Mirror src to dst with owners, modes, times, ACLs and extended attributes (those that
-    --link-dest links must match in all of them too)."""
-    argv = ["rsync", "-aAX", "--delete", "--modify-window=-1"] + ["--exclude=/" + e for e in exclude]
+    --link-dest links must match in all of them too). only: these files of src (relative) and
+    nothing else, each compared by content (--checksum), whatever its size and time say.
+    others_kept: a deploy user who is not root may not change the owner, mode or times of a file
+    another user owns: such a file, with the content it should have, keeps them; returns those
+    files (any other failure is one)."""
+    argv = ["rsync", "-aAX", "--modify-window=-1"] + ["--exclude=/" + e for e in exclude]
     if link_dest and os.path.exists(link_dest):
         argv.append("--link-dest=" + link_dest)
-    run = subprocess.run(argv + [src, dst], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with tempfile.TemporaryFile() as listed:
+        if only is None:
+            argv.append("--delete")
+        else:
+            listed.write(b"".join(os.fsencode(rel) + b"\0" for rel in only))
+            listed.seek(0)
+            argv += ["--checksum", "--from0", "--files-from=-"]
+        run = subprocess.run(argv + [src, dst], stdin=listed, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = run.stdout.decode("utf-8", "replace")
+    if run.returncode == RSYNC_PARTIAL and others_kept:
+        problems = [line for line in out.splitlines() if line.startswith("rsync: ")]
+        kept = [ATTRIBUTE_REFUSED.match(line) for line in problems]
+        if all(kept):
+            return sorted({m.group(1) for m in kept})
     if run.returncode not in (0, RSYNC_VANISHED):
-        raise Refused("copying %s failed: %s" % (src, run.stdout.decode("utf-8", "replace").strip()[-500:]))
+        raise Refused("copying %s failed: %s" % (src, out.strip()[-500:]))
+    return []
+
+
+def changed_since(src, since, skip=()):
+    """The files under the directory src (relative paths) whose ctime is `since` or later: a
+    change that kept a file's size and mtime (a copy or unpack that sets times) shows only there,
+    and rsync's size-and-time check would keep the old content."""
+    out = []
+    for root, _dirs, names in os.walk(src):
+        for name in names:
+            full = os.path.join(root, name)
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            if full not in skip and stat.S_ISREG(st.st_mode) and st.st_ctime >= since - CTIME_SLACK:
+                out.append(os.path.relpath(full, src))
+    return out
 
 
 def database_files(layout, databases):
@@ -84,8 +127,10 @@ def database_files(layout, databases):
     return out
 
 
-def copy_shared(layout, entries, dest, previous, databases=()):
-    """Copy each shared entry into dest/shared/, hard-linking what the previous backup holds unchanged."""
+def copy_shared(layout, entries, dest, previous, databases=(), since=None):
+    """Copy each shared entry into dest/shared/, hard-linking what the previous backup holds
+    unchanged. since: a time (this server's clock) after which a file whose ctime is later is
+    compared by content too, and copied again where it differs."""
     skip = database_files(layout, databases)
     for entry in entries:
         src = layout.shared_entry(entry)
@@ -97,10 +142,15 @@ def copy_shared(layout, entries, dest, previous, databases=()):
         if os.path.isdir(src) and not os.path.islink(src):
             inside = [os.path.relpath(f, src) for f in skip if f.startswith(src + "/")]
             rsync(src + "/", target + "/", prev and prev + "/", exclude=inside)
+            recent = changed_since(src, since, skip) if since is not None else []
+            if recent:
+                rsync(src + "/", target + "/", only=recent)
         elif src in skip:
             continue
         else:
             rsync(src, os.path.dirname(target) + "/", prev and os.path.dirname(prev) + "/")
+            if since is not None and os.lstat(src).st_ctime >= since - CTIME_SLACK:
+                rsync(os.path.dirname(src) + "/", os.path.dirname(target) + "/", only=[os.path.basename(src)])
 
 
 def _sha256(path):
@@ -213,21 +263,31 @@ def op_backup(a):
         os.chmod(layout.backups, 0o700)  # the web server's user owns some of what backups hold
         os.makedirs(os.path.join(incoming, "shared"), exist_ok=True)
         protocol.at_disconnect("backup", lambda: _orphaned(layout, incoming, a["token"], a.get("unlock_if_gone")))
-        copy_shared(layout, a["shared"], incoming, previous, a.get("databases", []))
+        paths.write_file(os.path.join(incoming, STARTED), json.dumps(time.time()))
+        # what changed since the backup before started is compared by content: a file linked from
+        # there by size and time alone may hold other bytes now (a backup from before this field:
+        # every file is)
+        since = (info(layout, done[-1]) or {}).get("copy_started", 0) if done else None
+        copy_shared(layout, a["shared"], incoming, previous, a.get("databases", []), since)
         return {"seconds": time.monotonic() - t, "previous": done[-1] if done else None}
     if a["phase"] == "seal":
-        if not os.path.isdir(incoming):
-            raise Refused("backup %s has no first pass" % bid)
+        try:
+            with open(os.path.join(incoming, STARTED)) as f:
+                started = json.load(f)
+        except (OSError, ValueError):
+            raise Refused("backup %s has no first pass" % bid) from None
         # no --link-dest: what is unchanged since the first pass is in place already, and rsync
-        # would look up every file in the backup before too (0.28 s against 0.11 s for 10,000 files)
-        copy_shared(layout, a["shared"], incoming, None, a.get("databases", []))
+        # would look up every file in the backup before too (0.28 s against 0.11 s for 10,000 files);
+        # what changed since the first pass started is compared by content
+        copy_shared(layout, a["shared"], incoming, None, a.get("databases", []), since=started)
+        os.unlink(os.path.join(incoming, STARTED))
         dumped, absent, web_writable = [], [], []
         for db in a.get("databases", []):
             (dumped if dumps.dump(layout, db, incoming) else absent).append(db["name"])
             if db["name"] in dumped and dumps.web_user_writes(layout, db, a.get("web_user")):
                 web_writable.append(db["name"])  # a restore checks that it still can
         sealed = {"release": paths.current_release(layout), "databases": dumped, "absent": absent,
-                  "web_writable": web_writable}
+                  "web_writable": web_writable, "copy_started": started}
         paths.write_file(os.path.join(incoming, SEALED), json.dumps(sealed, sort_keys=True))
         return dict(sealed, seconds=time.monotonic() - t)
     if a["phase"] != "complete":

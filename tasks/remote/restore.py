@@ -142,18 +142,20 @@ def op_restore(a):
     dbs = a.get("databases", [])
     kept = [db for db in dbs if db.get("name") in record.get("databases", []) + record.get("absent", [])]
     skip = backup.database_files(layout, kept)  # loaded below, never mirrored (nor deleted) as files
+    others = []  # files another user owns, whose owner and mode a deploy user who is not root may not set
     for entry in restore:
         src = os.path.join(source, "shared", entry)
         if not os.path.lexists(src):
             continue
         dst = layout.shared_entry(entry)
+        not_root = os.geteuid() != 0
         if _is_dir(src):
             os.makedirs(dst, exist_ok=True)
             inside = [os.path.relpath(f, dst) for f in skip if f.startswith(dst + "/")]
-            backup.rsync(src + "/", dst + "/", exclude=inside)
+            others += backup.rsync(src + "/", dst + "/", exclude=inside, others_kept=not_root)
         else:
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-            backup.rsync(src, os.path.dirname(dst) + "/")
+            others += backup.rsync(src, os.path.dirname(dst) + "/", others_kept=not_root)
     removed = []
     for db in dbs:
         if db.get("name") in record.get("databases", []):
@@ -161,5 +163,5 @@ def op_restore(a):
         elif db.get("name") in record.get("absent", []):
             removed += dumps.remove_sqlite(layout, db)  # made after this backup (saved by the one before the restore)
     writable = _grants(a, release_dir, restore, record)
-    return dict(answer, removed=removed, writable=writable, web_user=a.get("web_user"),
+    return dict(answer, removed=removed, writable=writable, web_user=a.get("web_user"), others_kept=others,
                 seconds=time.monotonic() - t)
