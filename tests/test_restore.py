@@ -321,6 +321,13 @@ def test_verify_fails_on_a_file_or_symlink_the_manifest_does_not_name_or_lacks(s
     assert server_backup.verify(str(tree)) == expected
 
 
+def plant(link, target):
+    """A symlink as the web server's user would plant it where it may write."""
+    link.symlink_to(target)
+    www = pwd.getpwnam("www-data")
+    os.lchown(link, www.pw_uid, www.pw_gid)
+
+
 def test_a_restore_never_writes_through_a_symlink_planted_in_shared(site, tmp_path):
     from tasks.errors import RemoteError
 
@@ -330,26 +337,75 @@ def test_a_restore_never_writes_through_a_symlink_planted_in_shared(site, tmp_pa
     (elsewhere / "uploads" / "own.txt").write_text("not the site's\n")
     public = Path(layout.shared, "public")
     os.rename(public, tmp_path / "public-moved")
-    public.symlink_to(elsewhere)  # as a user who can write shared/ would plant it
+    plant(public, elsewhere)  # on the way to the entry public/uploads
     with pytest.raises(RemoteError) as refused:
         restore_call(layout, bid, check=False)
-    assert f"restore: shared/public is a symlink (to {elsewhere}): a restore writes only inside" in str(refused.value)
+    assert f"restore: shared/public is a symlink (to {elsewhere}) that another user owns" in str(refused.value)
     assert sorted(p.name for p in (elsewhere / "uploads").iterdir()) == ["own.txt"]
     public.unlink()
-    os.rename(tmp_path / "public-moved", public)
     media = Path(layout.shared, "media")
     os.rename(media, tmp_path / "media-moved")
-    media.symlink_to(elsewhere / "uploads")  # the entry itself, where the backup holds a directory
+    plant(media, elsewhere / "uploads")  # the entry itself
     with pytest.raises(RemoteError) as refused:
         restore_call(layout, bid)
-    assert f"restore: shared/media is a symlink (to {elsewhere}/uploads)" in str(refused.value)
+    assert f"restore: shared/media is a symlink (to {elsewhere}/uploads) that another user owns" in str(refused.value)
     assert sorted(p.name for p in (elsewhere / "uploads").iterdir()) == ["own.txt"]
     media.unlink()
     os.rename(tmp_path / "media-moved", media)
     (media / "photo.txt").write_text("changed\n")
-    done = restore_call(layout, bid, check=False, shared=["media"])
-    assert done["entries"] == ["media"] and done["skipped"] == ["public/uploads"]
+    # the operator's own symlink (public on another disk, say) is theirs: the restore goes through it
+    public.symlink_to(elsewhere)
+    done = restore_call(layout, bid, check=False)
+    assert done["entries"] == ["media", "public/uploads"] and done["skipped"] == []
     assert (media / "photo.txt").read_text() == "media as backed up\n"
+    assert sorted(p.name for p in (elsewhere / "uploads").iterdir()) == ["photo.txt"]
+    assert (elsewhere / "uploads" / "photo.txt").read_text() == "public/uploads as backed up\n"
+
+
+def test_a_database_file_or_journal_planted_as_a_symlink_is_never_read_or_written_through(site, tmp_path):
+    from tasks.agent import LocalAgent
+    from tasks.errors import RemoteError
+
+    layout, _ = site
+    db = Path(layout.shared, "media", "app.sqlite")
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE t (v TEXT)")
+        con.execute("INSERT INTO t VALUES ('backed up')")
+    app = {"name": "app", "kind": "sqlite", "path": "shared/media/app.sqlite"}
+    bid = "20261104T000000.000Z"
+    for phase in ("copy", "seal", "complete"):
+        LocalAgent().call("backup", {"deploy_to": layout.deploy_to, "token": "t", "backup_id": bid, "phase": phase,
+                                     "shared": ["media"], "databases": [app], "keep": 5})  # fmt: skip
+    victim = tmp_path / "root-only.sqlite"
+    with sqlite3.connect(victim) as con:
+        con.execute("CREATE TABLE secret (v TEXT)")
+    before = victim.read_bytes()
+    for planted in (db, Path(f"{db}-journal")):
+        if planted == db:
+            db.unlink()
+        plant(planted, victim)
+        for check in (True, False):
+            with pytest.raises(RemoteError) as refused:
+                LocalAgent().call("restore", {"deploy_to": layout.deploy_to, "token": "t", "backup_id": bid,
+                                              "shared": ["media"], "databases": [app], "check": check})  # fmt: skip
+            assert (
+                f"database app: shared/media/{planted.name} is a symlink (to {victim}) that another user owns; "
+                "nothing was read or written through it" in str(refused.value)
+            )
+        taking = {"deploy_to": layout.deploy_to, "token": "t", "backup_id": "20261105T000000.000Z", "keep": 5,
+                  "shared": ["media"], "databases": [app]}  # fmt: skip
+        LocalAgent().call("backup", dict(taking, phase="copy"))
+        with pytest.raises(RemoteError) as refused:  # nor does a backup read through it
+            LocalAgent().call("backup", dict(taking, phase="seal"))
+        assert f"database app: shared/media/{planted.name} is a symlink (to {victim})" in str(refused.value)
+        LocalAgent().call("backup_abort", taking)
+        assert victim.read_bytes() == before and os.stat(victim).st_uid == 0
+        planted.unlink()
+    done = LocalAgent().call("restore", {"deploy_to": layout.deploy_to, "token": "t", "backup_id": bid,
+                                         "shared": ["media"], "databases": [app], "check": False})  # fmt: skip
+    assert done["databases"] == ["app"]
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT v FROM t").fetchall() == [("backed up",)]
 
 
 def test_the_backups_a_way_back_needs_are_protected_until_a_later_success():

@@ -123,7 +123,7 @@ def database_files(layout, databases):
     for db in databases:
         if db.get("kind") == "sqlite":
             path = dumps.checked(layout, db)["file"]
-            out += [path] + [path + suffix for suffix in ("-journal", "-wal", "-shm")]
+            out += [path] + [path + suffix for suffix in dumps.JOURNALS]
     return out
 
 

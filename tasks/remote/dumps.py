@@ -15,7 +15,7 @@ import shutil
 import stat
 import subprocess
 
-from . import shared
+from . import paths, shared
 from .protocol import Refused
 
 DB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -39,6 +39,23 @@ def checked(layout, db):
     raise Refused("database %s: kind must be sqlite or mariadb" % db["name"])
 
 
+JOURNALS = ("-journal", "-wal", "-shm")
+
+
+def guarded(layout, db):
+    """Refused where a directory on the way from deploy_to to the database's file, the file or a
+    journal of it is a symlink another user owns: the deploy user (root, maybe) never reads or
+    writes through a name the web server's user could have planted."""
+    parts = db["path"].split("/")
+    names = [os.path.join(layout.deploy_to, *parts[:i]) for i in range(1, len(parts))]
+    for path in names + [db["file"] + suffix for suffix in ("",) + JOURNALS]:
+        target = paths.foreign_symlink(path)
+        if target is not None:
+            raise Refused("database %s: %s is a symlink (to %s) that another user owns; nothing was read or written "
+                          "through it" % (db["name"], os.path.relpath(path, layout.deploy_to), target),
+                          hint="remove it (the web server's user may have planted it), then try again")  # fmt: skip
+
+
 def _mariadb_program(*names):
     for name in names:
         if shutil.which(name):
@@ -53,6 +70,7 @@ def dump(layout, db, dest):
     if db["kind"] == "sqlite":
         import sqlite3
 
+        guarded(layout, db)
         if not os.path.exists(db["file"]):
             return None  # not made yet (a first migration makes it): the backup records it absent
         out = os.path.join(dest, "databases", db["name"] + ".sqlite")
@@ -81,16 +99,25 @@ def load(layout, db, source):
     if db["kind"] == "sqlite":
         import sqlite3
 
+        guarded(layout, db)
         os.makedirs(os.path.dirname(db["file"]), exist_ok=True)
         dump = os.path.join(source, db["name"] + ".sqlite")
         src = sqlite3.connect("file:%s?mode=ro" % dump, uri=True)
-        dst = sqlite3.connect(db["file"])  # the live file, written in place: its inode stays
+        # the live file, written in place: its inode stays, and so do processes that hold it open
+        dst = sqlite3.connect(db["file"])
         try:
             src.backup(dst)
         finally:
             dst.close()
             src.close()
-        copy_owner_and_mode(dump, db["file"])
+        try:
+            fd = os.open(db["file"], os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise Refused("database %s: %s is no longer a file: %s" % (db["name"], db["path"], exc)) from None
+        try:
+            copy_owner_and_mode(dump, fd)
+        finally:
+            os.close(fd)
         return
     with open(os.path.join(source, db["name"] + ".sql"), "rb") as f:
         run = subprocess.run([_mariadb_program("mariadb", "mysql"), "--defaults-extra-file=" + db["credentials"]],
@@ -102,16 +129,19 @@ def load(layout, db, source):
 def remove_sqlite(layout, db):
     """Remove a SQLite database (and its journals) that did not exist when a backup was taken."""
     db = checked(layout, db)
+    if db["kind"] != "sqlite":
+        return []
+    guarded(layout, db)
     gone = []
-    for path in [db["file"]] + [db["file"] + suffix for suffix in ("-journal", "-wal", "-shm")]:
-        if db["kind"] == "sqlite" and os.path.isfile(path):
+    for path in [db["file"]] + [db["file"] + suffix for suffix in JOURNALS]:
+        if os.path.isfile(path):
             os.unlink(path)
             gone.append(os.path.relpath(path, layout.deploy_to))
     return gone
 
 
 def copy_owner_and_mode(src, dst):
-    """Give dst the owner, group, mode and access ACL of src."""
+    """Give dst (a path, or a descriptor) the owner, group, mode and access ACL of src."""
     st = os.stat(src)
     try:
         os.chown(dst, st.st_uid, st.st_gid)

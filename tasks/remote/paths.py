@@ -25,6 +25,7 @@ sides name the same paths. Standard library only; this file runs on the server.
 
 import os
 import re
+import stat
 import time
 
 from .protocol import Refused
@@ -110,6 +111,18 @@ def relpath_fault(value, local=False):
         return "empty"
     if not local and not SAFE_PATH.fullmatch(value):
         return "characters"
+    return None
+
+
+def foreign_symlink(path):
+    """The target of path when it is a symlink that neither this user nor root owns (one another
+    user, say the web server's, could have planted where it may write), else None."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, os.geteuid()):
+        return os.readlink(path)
     return None
 
 

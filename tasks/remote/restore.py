@@ -50,24 +50,18 @@ def entries(bid, record, shared_now):
     return restore, skipped
 
 
-def _no_symlink_down_to(layout, entry, source):
-    """Refused unless every directory from shared/ down to the entry is a real one (or not made
-    yet), and the entry itself is not a symlink where the backup holds a directory: the restore
-    then writes inside shared/ only. (shared/ itself may be the operator's symlink to a disk.)"""
+def _no_symlink_down_to(layout, entry):
+    """Refused where a directory on the way from shared/ to the entry, or the entry itself, is a
+    symlink another user owns (the web server's user may write inside shared entries and plant
+    one): a restore then writes inside shared/ only, and through the operator's own symlinks."""
     parts = entry.split("/")
     for i in range(1, len(parts) + 1):
         rel = "/".join(parts[:i])
-        path = layout.shared_entry(rel)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if stat.S_ISLNK(st.st_mode) and (i < len(parts) or _is_dir(source)):
-            raise Refused("shared/%s is a symlink (to %s): a restore writes only inside shared/; nothing was restored"
-                          % (rel, os.readlink(path)),
-                          hint="put a directory in its place (the backup holds one), then restore again")  # fmt: skip
-        if i < len(parts) and not stat.S_ISDIR(st.st_mode):
-            raise Refused("shared/%s is not a directory; nothing was restored" % rel)
+        target = paths.foreign_symlink(layout.shared_entry(rel))
+        if target is not None:
+            raise Refused("shared/%s is a symlink (to %s) that another user owns: a restore writes only inside shared/; "
+                          "nothing was restored" % (rel, target),
+                          hint="remove it (the web server's user may have planted it), then restore again")  # fmt: skip
 
 
 def _is_dir(path):
@@ -119,7 +113,12 @@ def op_restore(a):
     source = layout.backup(bid)
     restore, skipped = entries(bid, record, a.get("shared", []))
     for entry in restore:
-        _no_symlink_down_to(layout, entry, os.path.join(source, "shared", entry))
+        _no_symlink_down_to(layout, entry)
+    dbs = a.get("databases", [])
+    kept = [db for db in dbs if db.get("name") in record.get("databases", []) + record.get("absent", [])]
+    for db in kept:
+        if db.get("kind") == "sqlite":
+            dumps.guarded(layout, dumps.checked(layout, db))
     release = record.get("release")
     if release is not None:
         paths.release_id(release)
@@ -139,8 +138,6 @@ def op_restore(a):
         raise Refused("release %s is not on this server; nothing was restored" % os.path.basename(release_dir))
     protocol.settled("maintenance")  # from here the data changes: maintenance stays on if the client goes
     t = time.monotonic()
-    dbs = a.get("databases", [])
-    kept = [db for db in dbs if db.get("name") in record.get("databases", []) + record.get("absent", [])]
     skip = backup.database_files(layout, kept)  # loaded below, never mirrored (nor deleted) as files
     others = []  # files another user owns, whose owner and mode a deploy user who is not root may not set
     for entry in restore:
