@@ -7,7 +7,9 @@ import os
 import pwd
 import re
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,53 @@ def test_each_host_of_a_group_keeps_its_own_copy_off_the_server_and_is_restored_
     assert copies(restored.stdout) == {"lab1": f"{offsite}/lab1/{before}", "lab2": f"{offsite}/lab2/{before}"}
     for server in (one, two):
         assert (offsite / server.name / before / "shared" / "media" / "photo.txt").read_text() == "written since\n"
+
+
+def test_a_silent_backup_host_ends_the_copy_in_bounded_time_and_the_backup_stays(lab1, tmp_path):
+    # a backup host that takes the connection and never answers: ssh's connect timeout ends it
+    server = lab1.servers[0]
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    to = {"host": "127.0.0.1", "port": silent.getsockname()[1], "user": "root", "path": "/srv/offsite",
+          "key": str(lab1.lab.key), "known_hosts": str(lab1.lab.known_hosts)}  # fmt: skip
+    configure(lab1, make_build(tmp_path, "s1"), backups={"to": to, "hold": 0})
+    try:
+        assert lab1.fab("deploy").returncode == 0
+        started = time.monotonic()
+        result = lab1.fab("backup", timeout=120)
+        seconds = time.monotonic() - started
+    finally:
+        silent.close()
+    assert result.returncode == 4, result.stderr
+    assert (
+        "timed out during banner exchange" in result.stderr and "the backup is complete on this server" in result.stderr
+    )
+    assert seconds < 15 + 30  # CONNECT_TIMEOUT, and the rest of the backup on a loaded machine
+    bid = [e for e in history(server) if e["event"] == "backup"][-1]["backup"]
+    assert json.loads(Path(server.deploy_to, "backups", bid, "backup.json").read_text()).get("copied_to") is None
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()
+
+
+def test_the_comparison_after_a_copy_finds_what_differs_there(tmp_path):
+    from tasks.remote.offsite import differences
+
+    src, copy = tmp_path / "backup", tmp_path / "copy"
+    (src / "shared" / "media").mkdir(parents=True)
+    (src / "shared" / "media" / "photo.txt").write_text("lab1's photo\n")
+    (src / "shared" / "media" / "latest").symlink_to("photo.txt")
+    subprocess.run(["rsync", "-a", f"{src}/", f"{copy}/"], check=True)
+    assert differences(str(src), f"{copy}/") == []
+    photo = copy / "shared" / "media" / "photo.txt"
+    stamp = photo.stat().st_mtime_ns
+    photo.write_text("lab2's photo\n")  # another host's file: same name, size and time
+    os.utime(photo, ns=(stamp, stamp))
+    (copy / "shared" / "media" / "lab2-only.txt").write_text("lab2\n")
+    (copy / "shared" / "media" / "latest").unlink()
+    (copy / "shared" / "media" / "latest").symlink_to("lab2-only.txt")
+    found = differences(str(src), f"{copy}/")
+    assert [(line.split()[0][:3], line.split()[1]) for line in found] == [
+        ("*de", "shared/media/lab2-only.txt"),  # *deleting: a file the backup does not hold
+        ("cLc", "shared/media/latest"),  # a symlink pointing elsewhere
+        (">fc", "shared/media/photo.txt"),  # a file whose content (checksum) differs
+    ]

@@ -23,6 +23,9 @@ from . import backup, paths
 from .protocol import Refused
 
 PUSH_TIMEOUT = 3600  # seconds for the copy off the server, and again for its comparison
+CONNECT_TIMEOUT = 15  # seconds for the backup host to answer ssh's connection (the banner included)
+ALIVE_INTERVAL, ALIVE_COUNT = 15, 4  # a backup host silent for a minute mid-copy ends it (ssh's keepalives)
+IO_TIMEOUT = 600  # seconds rsync waits for data either way before it gives up
 SAFE = re.compile(r"^[A-Za-z0-9._@+/:-]+$")  # what goes into the copy's ssh command line, word by word
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # a host's name in hosts.yaml
 DIFFERENCES_SHOWN = 5
@@ -35,7 +38,9 @@ def ssh_command(to):
             raise Refused("backups.to.%s is missing or holds characters a path or host name cannot" % key)
     port = int(to.get("port", 22))
     return ["ssh", "-F", "none", "-p", str(port), "-i", to["key"], "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + to["known_hosts"]]  # fmt: skip
+            "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + to["known_hosts"],
+            "-o", "ConnectTimeout=%d" % CONNECT_TIMEOUT, "-o", "ServerAliveInterval=%d" % ALIVE_INTERVAL,
+            "-o", "ServerAliveCountMax=%d" % ALIVE_COUNT]  # fmt: skip
 
 
 def folder(to, name):
@@ -63,7 +68,7 @@ def _run(argv, what):
 def differences(src, dest, rsh=None):
     """What rsync would change to make dest (a directory, here or user@host:path) hold what src
     holds: files by content, symlinks by target, anything extra. [] when they are the same."""
-    argv = ["rsync", "-r", "-l", "--checksum", "--dry-run", "--itemize-changes", "--delete"]
+    argv = ["rsync", "-r", "-l", "--checksum", "--dry-run", "--itemize-changes", "--delete", "--timeout=%d" % IO_TIMEOUT]
     if rsh:
         argv += ["-e", shlex.join(rsh)]
     out = _run(argv + [src.rstrip("/") + "/", dest], "comparing the copy at %s" % dest)
@@ -82,8 +87,8 @@ def push(layout, bid, to, name):
     earlier = [b for b in backup.complete(layout) if b < bid and (backup.info(layout, b) or {}).get("copied_to") ==
                into + b + "/"]  # fmt: skip
     with tempfile.TemporaryDirectory() as empty:  # <path>/<name>/ made if missing (rsync makes one level)
-        _run(["rsync", "-d", "-e", shlex.join(rsh), empty + "/", into], "making %s" % into)
-    argv = ["rsync", "-a", "--checksum", "--delete", "-e", shlex.join(rsh)]
+        _run(["rsync", "-d", "--timeout=%d" % IO_TIMEOUT, "-e", shlex.join(rsh), empty + "/", into], "making %s" % into)
+    argv = ["rsync", "-a", "--checksum", "--delete", "--timeout=%d" % IO_TIMEOUT, "-e", shlex.join(rsh)]
     if earlier:
         argv.append("--link-dest=../" + earlier[-1])
     _run(argv + [layout.backup(bid) + "/", dest], "copying backup %s to %s" % (bid, dest))
