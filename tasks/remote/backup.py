@@ -67,7 +67,7 @@ RSYNC_PARTIAL = 23  # some files or attributes were not transferred (rsync says 
 # rsync could not give a file another user owns its owner, group, mode, times or ACL (not root)
 ATTRIBUTE_REFUSED = re.compile(r'^rsync: (?:\[\w+\] )?(?:chgrp|chown|failed to set (?:times|permissions) on|set_acl: \w+\()'
                                r' ?"?(.+?)"?[):]* ?(?:failed)?:? Operation not permitted \(1\)$')
-CTIME_SLACK = 2.0  # seconds: a file system's ctime may lag this server's clock by a tick; compare a little early
+CTIME_SLACK = 1.0  # seconds: a file system's ctime may lag this server's clock (a coarse tick, an NFS server); compare a little early
 
 
 def rsync(src, dst, link_dest=None, exclude=(), only=None, others_kept=False):
