@@ -496,3 +496,34 @@ def test_a_change_that_keeps_a_files_size_and_mtime_is_backed_up(site):
     assert copy.read_text() == "media CHANGED anew\n"
     assert copy.stat().st_ino != Path(layout.backup(first), "shared", "media", "photo.txt").stat().st_ino
     assert Path(layout.backup(first), "shared", "media", "photo.txt").read_text() == "media as backed up\n"
+
+
+def test_a_restore_that_would_leave_the_web_user_unable_to_write_its_database_says_so(site):
+    from tasks.agent import LocalAgent
+    from tasks.errors import RemoteError
+
+    layout, _ = site
+    www = pwd.getpwnam("www-data")
+    db = Path(layout.shared, "media", "app.sqlite")
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE t (v TEXT)")
+    os.chown(db, www.pw_uid, www.pw_gid)  # the app's: the web server writes it
+    app = {"name": "app", "kind": "sqlite", "path": "shared/media/app.sqlite"}
+    bid = "20261104T000000.000Z"
+    for phase in ("copy", "seal", "complete"):
+        LocalAgent().call("backup", {"deploy_to": layout.deploy_to, "token": "t", "backup_id": bid, "phase": phase,
+                                     "shared": ["media"], "databases": [app], "keep": 5, "web_user": "www-data"})  # fmt: skip
+    dump = Path(layout.backup(bid), "databases", "app.sqlite")
+    assert json.loads(Path(layout.backup(bid), "backup.json").read_text())["web_writable"] == ["app"]
+    assert (dump.stat().st_uid, oct(dump.stat().st_mode & 0o777)) == (www.pw_uid, "0o644")
+    args = {"deploy_to": layout.deploy_to, "token": "t", "backup_id": bid, "shared": ["media"], "databases": [app],
+            "web_user": "www-data", "check": False}  # fmt: skip
+    os.chown(db, 0, 0)  # broken since: the restore gives the database back its owner
+    LocalAgent().call("restore", args)
+    assert db.stat().st_uid == www.pw_uid
+    os.chown(dump, 0, 0)  # a backup whose dump lost its owner (copied back by hand, say)
+    with pytest.raises(RemoteError) as refused:
+        LocalAgent().call("restore", args)
+    assert f"after the restore www-data cannot write {db} (owner 0, mode 0644): the site would be read-only" in str(
+        refused.value
+    )

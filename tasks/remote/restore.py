@@ -71,7 +71,7 @@ def _is_dir(path):
         return False
 
 
-def _grants(a, release_dir, restored, record):
+def _grants(a, layout, release_dir, restored, record):
     """The writable entries under what was restored made writable again (make_writable, as a
     deploy does), then checked: the web server's user can write each of them, and each SQLite
     database it could write when the backup was taken. Returns {entry: "acl" | "group"}."""
@@ -80,22 +80,22 @@ def _grants(a, release_dir, restored, record):
     done = shared.make_writable(release_dir, writable, a.get("web_user"), []) if writable else {}
     if not writable and not record.get("web_writable"):
         return done
-    user = pwd.getpwnam(a.get("web_user"))
+    try:
+        user = pwd.getpwnam(a.get("web_user") or "")
+    except KeyError:
+        raise Refused("the web server's user %r does not exist on this server" % a.get("web_user"),
+                      hint="set web_user in hosts.yaml to the user Apache or php-fpm runs as") from None
     tops = [os.path.realpath(os.path.join(release_dir, w)) for w in writable]
-    dbs = [dumps.checked(layout_of(a), db)["file"] for db in a.get("databases", []) if db.get("kind") == "sqlite" and
+    dbs = [dumps.checked(layout, db)["file"] for db in a.get("databases", []) if db.get("kind") == "sqlite" and
            db.get("name") in record.get("web_writable", [])]  # fmt: skip
     for path in tops + dbs:
         if not dumps.can_write(path, user):
             st = os.stat(path)
-            raise Refused("after the restore %s cannot write %s, which it could when the backup was taken (owner %d, "
-                          "mode %04o)" % (user.pw_name, path, st.st_uid, st.st_mode & 0o7777),
+            raise Refused("after the restore %s cannot write %s (owner %d, mode %04o): the site would be read-only "
+                          "there" % (user.pw_name, path, st.st_uid, st.st_mode & 0o7777),
                           hint="give it back to the web server's user (setfacl -m u:%s:rw, or chown), then `fab "
                           "maintenance-off`" % user.pw_name)  # fmt: skip
     return done
-
-
-def layout_of(a):
-    return paths.Layout(a["deploy_to"])
 
 
 def op_restore(a):
@@ -132,20 +132,20 @@ def op_restore(a):
         raise Refused("backup %s does not match its manifest: %s; nothing was restored" % (bid, problem))
     if a.get("check"):
         return answer
-    live = paths.current_release(layout)
-    release_dir = layout.release(live if a.get("data_only") else release)
-    if not os.path.isdir(release_dir):
-        raise Refused("release %s is not on this server; nothing was restored" % os.path.basename(release_dir))
+    keep = paths.current_release(layout) if a.get("data_only") else release
+    if not keep or not os.path.isdir(layout.release(keep)):
+        raise Refused("release %s is not on this server; nothing was restored" % keep)
+    release_dir = layout.release(keep)
     protocol.settled("maintenance")  # from here the data changes: maintenance stays on if the client goes
     t = time.monotonic()
     skip = backup.database_files(layout, kept)  # loaded below, never mirrored (nor deleted) as files
     others = []  # files another user owns, whose owner and mode a deploy user who is not root may not set
+    not_root = os.geteuid() != 0
     for entry in restore:
         src = os.path.join(source, "shared", entry)
         if not os.path.lexists(src):
             continue
         dst = layout.shared_entry(entry)
-        not_root = os.geteuid() != 0
         if _is_dir(src):
             os.makedirs(dst, exist_ok=True)
             inside = [os.path.relpath(f, dst) for f in skip if f.startswith(dst + "/")]
@@ -159,6 +159,6 @@ def op_restore(a):
             dumps.load(layout, db, os.path.join(source, "databases"))
         elif db.get("name") in record.get("absent", []):
             removed += dumps.remove_sqlite(layout, db)  # made after this backup (saved by the one before the restore)
-    writable = _grants(a, release_dir, restore, record)
+    writable = _grants(a, layout, release_dir, restore, record)
     return dict(answer, removed=removed, writable=writable, web_user=a.get("web_user"), others_kept=others,
                 seconds=time.monotonic() - t)
