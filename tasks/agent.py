@@ -22,7 +22,7 @@ from .errors import HookError, LockError, MigrationError, RemoteError, SmokeErro
 
 REMOTE = Path(__file__).resolve().parent / "remote"
 BUNDLE = ("protocol", "paths", "limits", "history", "httpd", "listen", "pause", "swap", "health", "lock", "stage", "shared",
-          "finish", "views", "install", "helper", "dumps", "backup", "restore", "offsite", "intent", "seals",
+          "finish", "views", "install", "helper", "dumps", "manifests", "backup", "restore", "offsite", "intent", "seals",
           "balancer")  # fmt: skip
 HELPER_BUNDLE = (
     "protocol",

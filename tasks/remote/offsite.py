@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 
-from . import backup, paths
+from . import backup, manifests, paths
 from .protocol import Refused
 
 PUSH_TIMEOUT = 3600  # seconds for the copy off the server, and again for its comparison
@@ -81,7 +81,7 @@ def push(layout, bid, to, name):
     rsh = ssh_command(to)
     into = folder(to, name)
     dest = into + bid + "/"
-    problem = backup.verify(layout.backup(bid), rehash=False)
+    problem = manifests.verify(layout.backup(bid), rehash=False)
     if problem:
         raise Refused("backup %s does not match its manifest: %s; it was not copied" % (bid, problem))
     earlier = [b for b in backup.complete(layout) if b < bid and (backup.info(layout, b) or {}).get("copied_to") ==
@@ -99,7 +99,7 @@ def push(layout, bid, to, name):
                       hint="something else writes there: give each site and host a path of its own")
     record = backup.info(layout, bid)
     record["copied_to"] = dest
-    paths.write_file(os.path.join(layout.backup(bid), backup.INFO), json.dumps(record, sort_keys=True))
+    paths.write_file(os.path.join(layout.backup(bid), manifests.INFO), json.dumps(record, sort_keys=True))
     return dest
 
 

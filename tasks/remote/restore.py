@@ -14,7 +14,7 @@ import pwd
 import stat
 import time
 
-from . import backup, dumps, paths, protocol, shared
+from . import backup, dumps, manifests, paths, protocol, shared
 from .protocol import Refused
 
 WHY = {
@@ -127,7 +127,7 @@ def op_restore(a):
               "databases": record.get("databases", [])}
     # the check rehashes every file; the restore, under the same lock minutes later and inside the
     # maintenance window, checks the tree and the sizes again only
-    problem = backup.verify(source, whole=True, rehash=bool(a.get("check")))
+    problem = manifests.verify(source, whole=True, rehash=bool(a.get("check")))
     if problem:
         raise Refused("backup %s does not match its manifest: %s; nothing was restored" % (bid, problem))
     if a.get("check"):
