@@ -10,12 +10,10 @@ from pathlib import PurePosixPath
 import yaml
 
 from .errors import ConfigError
+from .remote.paths import SAFE_PATH, relpath_fault
 
 VALUE_MAX = 4096  # characters of one string value
 
-# Characters allowed in server-side paths (deploy_to, shared entries, pidfile). Everything is
-# quoted anyway; the narrow set keeps paths readable in Apache config and error messages.
-SAFE_PATH = re.compile(r"^[A-Za-z0-9._/@+-]+$")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 SAFE_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
 SAFE_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
@@ -123,12 +121,12 @@ def number(at, low, high, integer=False):
 def relpath(at, local=False):
     """A path inside a release: relative, no '..', no empty parts."""
     value = string(at)
-    parts = PurePosixPath(value).parts
-    if value.startswith("/"):
+    fault = relpath_fault(value, local)
+    if fault == "absolute":
         raise at.error(f"{value!r} is absolute; give a path relative to the release, e.g. media")
-    if ".." in parts or not parts:
+    if fault in ("climbs", "empty"):
         raise at.error(f"{value!r} climbs out of the release with '..'; give a path inside it")
-    if not local and not SAFE_PATH.fullmatch(value):
+    if fault == "characters":
         raise at.error(f"{value!r} may hold only letters, digits and . _ - + @ /")
     return str(PurePosixPath(value))
 

@@ -72,6 +72,15 @@ class Writers(Background):
     def __init__(self, server, seconds=120):
         super().__init__([(self.pairs, ()), (self.sqlite, ()), (self.mariadb, ())], seconds)
         self.server, self.errors = server, []
+        self.written = {"pairs": 0, "sqlite": 0, "mariadb": 0}  # each writer's completed writes
+
+    def have_written(self, n, timeout=60):
+        """Wait until every writer has written n times (fails after timeout seconds)."""
+        deadline = time.monotonic() + timeout
+        while min(self.written.values()) < n:
+            assert time.monotonic() < deadline, f"the writers wrote {self.written} in {timeout} s, not {n} each"
+            assert self.running(), "the writers stopped"
+            time.sleep(0.01)
 
     def pairs(self):
         n = 0
@@ -88,6 +97,7 @@ class Writers(Background):
             finally:
                 conn.close()
             n += 1
+            self.written["pairs"] += status == 200  # 503: held off by maintenance, nothing written
 
     def sqlite(self):
         while self.running():
@@ -95,11 +105,13 @@ class Writers(Background):
                 db.execute("UPDATE accounts SET balance = balance - 7 WHERE id = 1")
                 time.sleep(0.005)
                 db.execute("UPDATE accounts SET balance = balance + 7 WHERE id = 2")
+            self.written["sqlite"] += 1
 
     def mariadb(self):
         while self.running():
             mariadb(self.server, "START TRANSACTION; UPDATE accounts SET balance = balance - 3 WHERE id = 1; "
                                  "DO SLEEP(0.005); UPDATE accounts SET balance = balance + 3 WHERE id = 2; COMMIT")  # fmt: skip
+            self.written["mariadb"] += 1
 
 
 def test_a_backup_is_consistent_while_the_site_writes(shop, tmp_path):
@@ -108,7 +120,7 @@ def test_a_backup_is_consistent_while_the_site_writes(shop, tmp_path):
     assert shop.fab("deploy").returncode == 0
     seed_databases(server)
     with Writers(server) as writers:
-        time.sleep(0.5)  # the writers are at it before the backup starts
+        writers.have_written(3)  # every writer is at it before the backup starts
         result = shop.fab("backup", "--label", "before the sale")
     assert result.returncode == 0, result.stderr
     assert writers.errors == []
@@ -244,12 +256,21 @@ def test_backups_are_copied_off_the_server_over_ssh(lab_pair, tmp_path):
     for _ in range(2):
         result = lab_pair.fab("-H", "lab1", "backup")
         assert result.returncode == 0, result.stderr
-    first, second = sorted(p.name for p in offsite.iterdir())
-    assert f"copied to root@127.0.0.1:{offsite}/{second}/" in result.stdout
-    photo = [offsite / b / "shared" / "media" / "photo.jpg" for b in (first, second)]
+    assert [p.name for p in offsite.iterdir()] == ["lab1"]  # each host's copies in a folder of its own
+    first, second = sorted(p.name for p in (offsite / "lab1").iterdir())
+    assert f"copied to root@127.0.0.1:{offsite}/lab1/{second}/, compared there with the backup" in result.stdout
+    photo = [offsite / "lab1" / b / "shared" / "media" / "photo.jpg" for b in (first, second)]
     assert photo[0].read_bytes() == b"\xff" * 50_000
     assert photo[0].stat().st_ino == photo[1].stat().st_ino  # the second copy links the first's unchanged files
-    assert json.loads((offsite / second / "manifest.json").read_text())["files"]["shared/media/photo.jpg"][0] == 50_000
+    manifest = json.loads((offsite / "lab1" / second / "manifest.json").read_text())
+    assert manifest["files"]["shared/media/photo.jpg"][0] == 50_000
+    # a restore copies the backup it takes first (the data it replaces) off the server like any other
+    Path(one.deploy_to, "shared", "media", "photo.jpg").write_bytes(b"\x00" * 50_000)
+    restored = lab_pair.fab("-H", "lab1", "restore", "--backup", first)
+    assert restored.returncode == 0, restored.stderr
+    assert "WARNING" not in restored.stdout
+    before = restored.stdout.split("the data as it was before the restore: backup ")[1].split()[0]
+    assert (offsite / "lab1" / before / "shared" / "media" / "photo.jpg").read_bytes() == b"\x00" * 50_000
 
 
 def test_a_maintenance_window_the_operator_opened_stays_open(lab1, tmp_path):

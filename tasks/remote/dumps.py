@@ -1,12 +1,21 @@
 """A site's databases in a backup: each entry checked, dumped (the SQLite online backup API; a
 single-transaction mariadb-dump) and loaded back on restore.
+
+A SQLite database is a file the web server's user may own or be granted: its dump keeps the
+file's owner, mode and ACL, and a restore loads it into the live file in place and gives it those
+again, so that the web server writes it after a restore as before.
 """
 
+import errno
+import grp
 import os
+import pwd
 import re
 import shutil
+import stat
 import subprocess
 
+from . import paths, shared
 from .protocol import Refused
 
 DB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -30,6 +39,23 @@ def checked(layout, db):
     raise Refused("database %s: kind must be sqlite or mariadb" % db["name"])
 
 
+JOURNALS = ("-journal", "-wal", "-shm")
+
+
+def guarded(layout, db):
+    """Refused where a directory on the way from deploy_to to the database's file, the file or a
+    journal of it is a symlink another user owns: the deploy user (root, maybe) never reads or
+    writes through a name the web server's user could have planted."""
+    parts = db["path"].split("/")
+    names = [os.path.join(layout.deploy_to, *parts[:i]) for i in range(1, len(parts))]
+    for path in names + [db["file"] + suffix for suffix in ("",) + JOURNALS]:
+        target = paths.foreign_symlink(path)
+        if target is not None:
+            raise Refused("database %s: %s is a symlink (to %s) that another user owns; nothing was read or written "
+                          "through it" % (db["name"], os.path.relpath(path, layout.deploy_to), target),
+                          hint="remove it (the web server's user may have planted it), then try again")  # fmt: skip
+
+
 def _mariadb_program(*names):
     for name in names:
         if shutil.which(name):
@@ -44,6 +70,7 @@ def dump(layout, db, dest):
     if db["kind"] == "sqlite":
         import sqlite3
 
+        guarded(layout, db)
         if not os.path.exists(db["file"]):
             return None  # not made yet (a first migration makes it): the backup records it absent
         out = os.path.join(dest, "databases", db["name"] + ".sqlite")
@@ -54,6 +81,7 @@ def dump(layout, db, dest):
         finally:
             dst.close()
             src.close()
+        copy_owner_and_mode(db["file"], out)
         return out
     out = os.path.join(dest, "databases", db["name"] + ".sql")
     argv = [_mariadb_program("mariadb-dump", "mysqldump"), "--defaults-extra-file=" + db["credentials"],
@@ -71,14 +99,25 @@ def load(layout, db, source):
     if db["kind"] == "sqlite":
         import sqlite3
 
+        guarded(layout, db)
         os.makedirs(os.path.dirname(db["file"]), exist_ok=True)
-        src = sqlite3.connect("file:%s?mode=ro" % os.path.join(source, db["name"] + ".sqlite"), uri=True)
+        dump = os.path.join(source, db["name"] + ".sqlite")
+        src = sqlite3.connect("file:%s?mode=ro" % dump, uri=True)
+        # the live file, written in place: its inode stays, and so do processes that hold it open
         dst = sqlite3.connect(db["file"])
         try:
             src.backup(dst)
         finally:
             dst.close()
             src.close()
+        try:
+            fd = os.open(db["file"], os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise Refused("database %s: %s is no longer a file: %s" % (db["name"], db["path"], exc)) from None
+        try:
+            copy_owner_and_mode(dump, fd)
+        finally:
+            os.close(fd)
         return
     with open(os.path.join(source, db["name"] + ".sql"), "rb") as f:
         run = subprocess.run([_mariadb_program("mariadb", "mysql"), "--defaults-extra-file=" + db["credentials"]],
@@ -90,9 +129,75 @@ def load(layout, db, source):
 def remove_sqlite(layout, db):
     """Remove a SQLite database (and its journals) that did not exist when a backup was taken."""
     db = checked(layout, db)
+    if db["kind"] != "sqlite":
+        return []
+    guarded(layout, db)
     gone = []
-    for path in [db["file"]] + [db["file"] + suffix for suffix in ("-journal", "-wal", "-shm")]:
-        if db["kind"] == "sqlite" and os.path.isfile(path):
+    for path in [db["file"]] + [db["file"] + suffix for suffix in JOURNALS]:
+        if os.path.isfile(path):
             os.unlink(path)
             gone.append(os.path.relpath(path, layout.deploy_to))
     return gone
+
+
+def copy_owner_and_mode(src, dst):
+    """Give dst (a path, or a descriptor) the owner, group, mode and access ACL of src."""
+    st = os.stat(src)
+    try:
+        os.chown(dst, st.st_uid, st.st_gid)
+    except PermissionError:
+        pass  # a deploy user who is not root cannot give a file away; the file stays its own
+    os.chmod(dst, st.st_mode & 0o7777)
+    try:
+        acl = os.getxattr(src, shared.ACCESS)
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        acl = None
+    try:
+        if acl:
+            os.setxattr(dst, shared.ACCESS, acl)
+        else:
+            os.removexattr(dst, shared.ACCESS)
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+
+
+def can_write(path, user):
+    """Whether user (a pwd entry) may write path, as the kernel decides it (acl(5)): the owner's
+    bits, a named user's entry under the mask, the groups' entries under the mask, the others'."""
+    if user.pw_uid == 0:
+        return True
+    st = os.stat(path)
+    want = 3 if stat.S_ISDIR(st.st_mode) else 2  # a directory also needs x to be written into
+    if st.st_uid == user.pw_uid:
+        return (st.st_mode >> 6) & want == want
+    try:
+        acl = shared.parse_acl(os.getxattr(path, shared.ACCESS))
+    except OSError:
+        acl = []
+    groups = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem}
+    if not acl:
+        perm = (st.st_mode >> 3) & 7 if st.st_gid in groups else st.st_mode & 7
+        return perm & want == want
+    mask = next((p for tag, p, _ in acl if tag == shared.MASK), 7)
+    named = [p for tag, p, uid in acl if tag == shared.USER and uid == user.pw_uid]
+    if named:
+        return named[0] & mask & want == want
+    matching = [p for tag, p, gid in acl if (tag == shared.GROUP_OBJ and st.st_gid in groups) or
+                (tag == shared.GROUP and gid in groups)]  # fmt: skip
+    if matching:
+        return any(p & mask & want == want for p in matching)
+    return st.st_mode & want == want
+
+
+def web_user_writes(layout, db, web_user):
+    """Whether the web server's user (a name, or None) may write this SQLite database's file."""
+    db = checked(layout, db)
+    if db["kind"] != "sqlite" or not web_user or not os.path.exists(db["file"]):
+        return False
+    try:
+        return can_write(db["file"], pwd.getpwnam(web_user))
+    except KeyError:
+        return False  # no such user on this server: the restore's make_writable says so

@@ -86,6 +86,33 @@ def backup_of(entries, release):
     return None
 
 
+def protected(entries, current):
+    """{backup id: why} of the backups that are a way back, which no pruning removes whatever
+    keep_backups says: the one taken before the live release's migration; the one before the last
+    migration that succeeded (a rollback since does not end it) and those before every migration
+    that failed after it, until another succeeds; and the data as it was before a restore that did
+    not finish, until a restore succeeds."""
+    out = {}
+    live = backup_of(entries, current)
+    if live:
+        out[live] = "before the migration of the live release %s" % current
+    for e in reversed(entries):
+        if e.get("event") != "deploy" or not e.get("backup"):
+            continue
+        if e.get("result") == "ok":
+            out.setdefault(e["backup"], "before the last migration that succeeded (of %s)" % e.get("release"))
+            break
+        out.setdefault(e["backup"], "before a migration that failed, until one succeeds (of %s)" % e.get("release"))
+    for e in reversed(entries):
+        if e.get("event") != "restore":
+            continue
+        if e.get("result") == "ok":
+            break
+        if e.get("backup"):
+            out.setdefault(e["backup"], "the data before a restore that did not finish, until one succeeds")
+    return out
+
+
 def release_notes(entries):
     """{release: {"deployed", "user", "rolled_back"}} from the entries."""
     info = {}

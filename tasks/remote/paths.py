@@ -25,6 +25,7 @@ sides name the same paths. Standard library only; this file runs on the server.
 
 import os
 import re
+import stat
 import time
 
 from .protocol import Refused
@@ -34,6 +35,9 @@ from .protocol import Refused
 RELEASE_ID = re.compile(r"^[0-9]{8}T[0-9]{6}(\.[0-9]{1,6})?Z(-[0-9a-z]{1,40})?(-dirty)?$")
 PLACEHOLDER = "19700101T000000Z-placeholder"  # setup's first release, so Apache has a DocumentRoot
 BACKUP_ID = re.compile(r"^[0-9]{8}T[0-9]{6}\.[0-9]{3}Z$")  # UTC time to the millisecond
+# Characters allowed in server-side paths (deploy_to, shared entries, pidfile). Everything is
+# quoted anyway; the narrow set keeps paths readable in Apache config and error messages.
+SAFE_PATH = re.compile(r"^[A-Za-z0-9._/@+-]+$")
 
 
 class Layout:
@@ -90,6 +94,36 @@ def release_id(value):
     if not isinstance(value, str) or not RELEASE_ID.fullmatch(value):
         raise Refused("%r is not a release id" % (value,))
     return value
+
+
+def relpath_fault(value, local=False):
+    """Why value is not a relative path inside a directory ("absolute", "climbs" with '..', "empty",
+    or "characters" outside SAFE_PATH unless local), or None: hosts.yaml's shared entries and a
+    backup's entries are held to this one grammar."""
+    if not isinstance(value, str) or not value:
+        return "empty"
+    if value.startswith("/"):
+        return "absolute"
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return "climbs"
+    if not parts:
+        return "empty"
+    if not local and not SAFE_PATH.fullmatch(value):
+        return "characters"
+    return None
+
+
+def foreign_symlink(path):
+    """The target of path when it is a symlink that neither this user nor root owns (one another
+    user, say the web server's, could have planted where it may write), else None."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, os.geteuid()):
+        return os.readlink(path)
+    return None
 
 
 def commit_of(value):

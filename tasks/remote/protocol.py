@@ -33,9 +33,9 @@ OPS = {
     "abort": ("finish", "op_abort"),
     "backup": ("backup", "op_backup"),
     "backup_abort": ("backup", "op_backup_abort"),
-    "backup_push": ("backup", "op_backup_push"),
+    "backup_push": ("offsite", "op_backup_push"),
     "backups": ("backup", "op_backups"),
-    "restore": ("backup", "op_restore"),
+    "restore": ("restore", "op_restore"),
     "setup": ("install", "op_setup"),
     "install_helper": ("install", "op_install_helper"),
 }

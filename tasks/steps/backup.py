@@ -83,7 +83,7 @@ def seal(run, backup_id):
     def one(r):
         answer = r.call(
             "backup", "backup", timeout=BACKUP_TIMEOUT, token=run.who["token"], backup_id=backup_id, phase="seal",
-            shared=list(r.host.shared), databases=databases_of(run, r),
+            shared=list(r.host.shared), databases=databases_of(run, r), web_user=r.host.web_user,
         )  # fmt: skip
         dbs = f"; databases {', '.join(answer['databases'])} dumped" if answer["databases"] else ""
         if answer["absent"]:
@@ -114,13 +114,14 @@ def complete(run, backup_id, label, protect=()):
 
 
 def push(run, backup_id, warn=False):
-    """Copy the complete backup off each server that names backups.to. warn: a failure is a
-    warning (the deploy or restore it belongs to is done), not an error."""
+    """Copy the complete backup off each server that names backups.to, each host's into a folder
+    of its own there, and compare it with the backup. Call it holding the lock. warn: a failure is
+    a warning (the deploy or restore it belongs to is done), not an error."""
 
     def one(r):
-        answer = r.call("backup", "backup_push", timeout=BACKUP_TIMEOUT, token=run.who["token"],
-                        backup_id=backup_id, to=r.host.backups.to.__dict__)  # fmt: skip
-        say(r.host, "backup", answer["seconds"], f"copied to {answer['copied_to']}")
+        answer = r.call("backup", "backup_push", timeout=2 * BACKUP_TIMEOUT + 60, token=run.who["token"],
+                        backup_id=backup_id, to=r.host.backups.to.__dict__, name=r.name)  # fmt: skip
+        say(r.host, "backup", answer["seconds"], f"copied to {answer['copied_to']}, compared there with the backup")
 
     away = [r for r in run.hosts if r.host.backups.to]
     if not warn:
