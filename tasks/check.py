@@ -94,6 +94,7 @@ def check_host(r):
     found = r.call(
         "check", "check", timeout=timeout, pidfile=r.host.httpd.pidfile, probe=probe,
         helper_path=agent.HELPER if r.uses_helper else None, ports=http_ports(r.host), pause=r.host.httpd.pause,
+        shared=list(r.host.shared),
     )  # fmt: skip
     problems = []
     if tuple(int(x) for x in found["python"].split(".")[:2]) < MIN_PYTHON:
@@ -117,6 +118,20 @@ def check_host(r):
         elif found["helper_sha256"] != agent.helper_hash():
             problems.append(f"the swap helper {agent.HELPER} is from another version of Cutover: run `fab setup`")
     return found, problems
+
+
+def unshared(found):
+    """A note on what shared/ holds that no shared: entry names: data the app now writes into each
+    release instead (where cleanup deletes it), or leftovers to remove."""
+    shown, total = found.get("unshared") or ([], 0)
+    if not total:
+        return []
+    more = f" and {total - len(shown)} more" if total > len(shown) else ""
+    listed = ", ".join(f"shared/{p}" for p in shown)
+    return [
+        f"{listed}{more}: named by no shared: entry, so no release links it (the app writes into each release "
+        "instead, and cleanup deletes that); add it to shared: or remove it from the server"
+    ]
 
 
 def http_problems(host, found):
@@ -232,6 +247,7 @@ def check(c, repair=False):
         problems += found
         if not isinstance(outcome, BaseException):
             notes += [f"{r.name}: {line}" for line in listen_queue(r.host, outcome[0]) if line]
+            notes += [f"{r.name}: {line}" for line in unshared(outcome[0])]
     print(table(rows))
     if notes:
         print("\n" + "\n".join(notes))

@@ -469,3 +469,31 @@ def fetch(server, path):
         return response.status, response.read().decode()
     finally:
         conn.close()
+
+
+def test_check_names_what_shared_holds_that_no_entry_names(lab):
+    server = lab.servers[0]
+    shared_dir = Path(server.deploy_to, "shared")
+    for child in shared_dir.iterdir():  # what the tests before left
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    for rel in ("media", "public/uploads", "uploads", "public/legacy"):
+        (shared_dir / rel).mkdir(parents=True)
+    (shared_dir / ".env").write_text("DB=1\n")
+    from .conftest import configure
+
+    configure(lab, make_build(Path(server.root), "c1"), shared=["media", "public/uploads"])
+    result = lab.fab("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        "lab1: shared/.env, shared/public/legacy, shared/uploads: named by no shared: entry, so no release links it "
+        "(the app writes into each release instead, and cleanup deletes that); add it to shared: or remove it from "
+        "the server" in result.stdout
+    )
+    configure(lab, make_build(Path(server.root), "c2"), shared=["media", "public/uploads", "uploads", ".env"])
+    result = lab.fab("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [line] = [x for x in result.stdout.splitlines() if "named by no shared: entry" in x]
+    assert line.startswith("lab1: shared/public/legacy: named by")  # public/ itself is no entry: public/uploads is
+    (shared_dir / "public" / "legacy").rmdir()
+    result = lab.fab("check")
+    assert result.returncode == 0 and "named by no shared: entry" not in result.stdout

@@ -31,6 +31,41 @@ def missing(layout, entries):
     return [e for e in entries if not os.path.lexists(layout.shared_entry(e))]
 
 
+UNNAMED_SHOWN = 20  # entries of shared/ that no shared: entry names, listed by check
+
+
+def unnamed(layout, entries):
+    """What shared/ holds that no entry names (an entry removed from shared: since): a deploy no longer
+    links it, so the app writes into each release instead, where cleanup deletes it. Returns
+    (the first UNNAMED_SHOWN relative paths, how many in all)."""
+    found = []
+
+    def walk(fd, prefix):
+        for name in sorted(os.listdir(fd)):
+            rel = prefix + name
+            if rel in entries:
+                continue
+            st = nofollow.lstat_at(fd, name)
+            if st is not None and stat.S_ISDIR(st.st_mode) and any(e.startswith(rel + "/") for e in entries):
+                sub = nofollow.open_dir(fd, name)
+                try:
+                    walk(sub, rel + "/")
+                finally:
+                    os.close(sub)
+            else:
+                found.append(rel)
+
+    try:
+        top = os.open(layout.shared, nofollow.DIR_FLAGS)
+    except OSError:
+        return [], 0  # no shared/ yet (or not a plain directory: the next deploy says so)
+    try:
+        walk(top, "")
+    finally:
+        os.close(top)
+    return found[:UNNAMED_SHOWN], len(found)
+
+
 def overlap(entries):
     """(inner, outer): the indexes of the first entry that lies inside another (or repeats it), or None."""
     for i, entry in enumerate(entries):
@@ -61,7 +96,7 @@ class Opened:
     """deploy_to, its shared/ and the release directory releases/<name>, opened once each without
     following a symlink (deploy_to's own parents are the operator's)."""
 
-    def __init__(self, release_dir, make_shared=False):
+    def __init__(self, release_dir):
         release_dir = os.path.normpath(release_dir)
         above = os.path.dirname(release_dir)
         if os.path.basename(above) != "releases":
@@ -69,8 +104,11 @@ class Opened:
         self.deploy_to, self.name = os.path.dirname(above), os.path.basename(release_dir)
         self.fds = [nofollow.open_top(self.deploy_to, "deploy_to")]
         try:
-            self.release = self.open(["releases", self.name])
-            self.shared = self.open(["shared"], create=make_shared)
+            try:
+                self.release = self.open(["releases", self.name])
+            except FileNotFoundError:
+                raise Refused("release %s does not exist on this server" % release_dir)
+            self.shared = self.open(["shared"], create=True)
         except BaseException:
             self.close()
             raise
@@ -128,7 +166,7 @@ def link(layout, release_dir, entries):
             raise Refused("shared entry %r is given twice" % inner, hint="give each shared entry once")
         raise Refused("shared entries overlap: %r lies inside shared entry %r" % (inner, outer),
                       hint=overlap_hint(inner, outer))  # fmt: skip
-    with Opened(release_dir, make_shared=True) as o:
+    with Opened(release_dir) as o:
         if os.path.normpath(o.deploy_to) != os.path.normpath(layout.deploy_to):
             raise Refused("%s is not a release of %s" % (release_dir, layout.deploy_to))
         plan = []
