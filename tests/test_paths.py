@@ -156,6 +156,24 @@ def test_nested_entries_are_seeded_linked_and_created_through_descriptors(site):
     assert (again / "public" / "uploads" / "README.txt").read_text() == "uploads land here"
 
 
+@pytest.mark.parametrize("entry", ["../../../outside", "media/../../../../outside", "/outside", "./media", "a//b"])
+def test_an_entry_that_is_no_plain_path_is_refused_by_the_server_too(site, root, entry):
+    """hosts.yaml refuses these; the server holds any request to the same grammar, before any change."""
+    (root / "outside").mkdir()
+    before = snapshot(root)
+    for call, kind in ((shared.link, "shared"), (shared.make_writable, "writable"), (shared.make_readable, "readable")):
+        args = (
+            (site, site.release(RELEASE), [entry])
+            if call is shared.link
+            else (site.release(RELEASE), [entry], WEB_USER, [entry])
+        )
+        err = refusal(call, *args)
+        assert snapshot(root) == before
+        assert (
+            str(err) == f"{kind} entry {entry!r} is not a plain relative path inside the release; nothing was changed"
+        )
+
+
 # --- item: a file entry that nothing seeds -------------------------------------------------------------
 
 

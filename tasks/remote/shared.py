@@ -155,11 +155,21 @@ def _parent(o, top, parts, entry, where):
                       "what is at %s" % shown)  # fmt: skip
 
 
+def plain(kind, entries):
+    """entries, each checked to be a plain relative path (hosts.yaml checks them too; a request from
+    anything else is held to the same): no leading /, no empty, '.' or '..' part."""
+    for entry in entries:
+        if not isinstance(entry, str) or any(p in ("", ".", "..") for p in entry.split("/")):
+            raise Refused("%s entry %r is not a plain relative path inside the release; nothing was changed"
+                          % (kind, entry), hint="give paths such as media or storage/logs, without '..'")  # fmt: skip
+    return entries
+
+
 def link(layout, release_dir, entries):
     """Make each entry of release_dir a symlink to shared/<entry>, seeding shared/ from the
     release's copy when shared/ lacks it. Everything is checked before anything changes.
     Returns {entry: "seeded" | "created" | "linked"}."""
-    found = overlap(entries)
+    found = overlap(plain("shared", entries))
     if found:
         inner, outer = entries[found[0]], entries[found[1]]
         if inner == outer:
@@ -241,6 +251,7 @@ def _grant(kind, release_dir, entries, web_user, fresh):
         raise Refused("the web server's user %r does not exist on this server" % web_user,
                       hint="set web_user in hosts.yaml to the user Apache or php-fpm runs as")  # fmt: skip
     fresh = set(fresh)
+    plain(kind, entries)
     with Opened(release_dir) as o:
         found = [(entry, _resolve(o, kind, entry)) for entry in entries]  # refused here, before any grant
         done = {}
