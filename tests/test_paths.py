@@ -316,6 +316,32 @@ def test_a_directory_swapped_for_a_symlink_during_the_walk_redirects_nothing(sit
     assert f"user:{WEB_USER}:rw-" in acl(moved / "authorized_keys")  # the grant went where the walk was
 
 
+def test_without_acls_the_group_is_given_on_opened_inodes_and_a_symlink_left_alone(site, victim):
+    """The fallback where the file system has no ACLs: group and mode, set through descriptors too."""
+    import pwd
+
+    from tasks.remote import grants, nofollow
+
+    top = Path(site.shared, "uploads")
+    (top / "a").mkdir(parents=True)
+    (top / "a" / "photo.jpg").write_bytes(b"jpeg")
+    (top / "a" / "photo.jpg").chmod(0o600)
+    os.symlink(victim, top / "a" / "keys")
+    os.symlink(victim / "authorized_keys", top / "k")
+    before = snapshot(victim)
+    user = pwd.getpwnam(WEB_USER)
+    fd = os.open(top, nofollow.DIR_FLAGS)
+    try:
+        assert grants._grant_group("writable", fd, os.fstat(fd), user, True, "uploads") == "group"
+    finally:
+        os.close(fd)
+    assert snapshot(victim) == before
+    for path, mode in ((top, 0o2775), (top / "a", 0o2775), (top / "a" / "photo.jpg", 0o660)):
+        st = path.stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (mode, user.pw_gid), path
+    assert as_web_user("echo more >> a/photo.jpg && mkdir a/new", top) == (0, "")
+
+
 # --- item: readable (a hardened config the web server reads, never writes) ------------------------------
 
 
