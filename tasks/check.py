@@ -95,6 +95,7 @@ def check_host(r):
     found = r.call(
         "check", "check", timeout=timeout, pidfile=r.host.httpd.pidfile, probe=probe,
         helper_path=agent.HELPER if r.uses_helper else None, ports=http_ports(r.host), pause=r.host.httpd.pause,
+        shared=list(r.host.shared),
     )  # fmt: skip
     problems = []
     if tuple(int(x) for x in found["python"].split(".")[:2]) < MIN_PYTHON:
@@ -146,6 +147,20 @@ def nothing_deployed(host, found):
         f"nothing deployed yet: {host.health.urls[0]} answered 404 from setup's placeholder release (it holds "
         "only index.html); the health check applies from the first deploy"
     )
+
+
+def unshared(found):
+    """A note on what shared/ holds that no shared: entry names: data the app now writes into each
+    release instead (where cleanup deletes it), or leftovers to remove."""
+    shown, total = found.get("unshared") or ([], 0)
+    if not total:
+        return []
+    more = f" and {total - len(shown)} more" if total > len(shown) else ""
+    listed = ", ".join(f"shared/{p}" for p in shown)
+    return [
+        f"{listed}{more}: named by no shared: entry, so no release links it (the app writes into each release "
+        "instead, and cleanup deletes that); add it to shared: or remove it from the server"
+    ]
 
 
 def http_problems(host, found):
@@ -260,7 +275,7 @@ def check(c, repair=False):
         rows.append(row)
         problems += found
         if not isinstance(outcome, BaseException):
-            lines = [*listen_queue(r.host, outcome[0]), nothing_deployed(r.host, outcome[0])]
+            lines = [*listen_queue(r.host, outcome[0]), nothing_deployed(r.host, outcome[0]), *unshared(outcome[0])]
             notes += [f"{r.name}: {line}" for line in lines if line]
     print(table(rows))
     if notes:

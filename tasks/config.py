@@ -169,6 +169,7 @@ class Host:
     balancer: Balancer | None = None
     jump: tuple = ()  # ProxyJump hops from the OpenSSH client config (sshconfig.Jump), first first
     parallel: int | None = None  # hosts of a run that connect, lock, upload and stage at the same time
+    readable: tuple[str, ...] = ()  # made readable, never writable, by web_user (a hardened config)
 
     @property
     def served_shared(self):

@@ -126,6 +126,7 @@ def _host(at, layers, base):
         keep_releases=s["keep_releases"],
         shared=tuple(s["shared"]),
         writable=tuple(s["writable"]),
+        readable=tuple(s["readable"]),
         web_user=s["web_user"],
         protected=tuple(s["protected"]),
         serve=s["serve"] or "",

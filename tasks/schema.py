@@ -8,6 +8,7 @@ import re
 from . import yamlcheck as y
 from .config import Database, OffSite
 from .remote import limits
+from .remote.shared import overlap, overlap_hint
 
 SMOKE_TIMEOUT = (1, 3600)
 BUILD_TIMEOUT = (1, 86400)
@@ -73,6 +74,7 @@ BUILTIN = {
         "releases": 1,
     },
     "writable": [],
+    "readable": [],
     "keep_backups": 5,
     "backups": {"databases": [], "host": None, "hold": 1, "to": None},
     "balancer": {"via": None, "socket": None, "backend": None, "server": None, "drain_timeout": 30},
@@ -156,6 +158,24 @@ def _offsite(at):
     )
 
 
+def _shared(at):
+    """The shared entries, none inside another: linking the outer one first, the inner one would
+    resolve through its symlink to the shared data itself, which a deploy would then delete."""
+    items = y.listed(at)
+    entries = [y.relpath(item) for item in items]
+    found = overlap(entries)
+    if found:
+        inner, outer = found
+        where = items[inner]
+        if entries[inner] == entries[outer]:
+            raise where.error(f"{entries[inner]!r} is given twice (shared[{outer}])", hint="give each entry once")
+        raise where.error(
+            f"{entries[inner]!r} lies inside shared entry {entries[outer]!r} (shared[{outer}])",
+            hint=overlap_hint(entries[inner], entries[outer]),
+        )
+    return entries
+
+
 SECTIONS = {
     "build": {
         "path": lambda at: y.string(at),
@@ -235,8 +255,9 @@ SETTINGS = {
     "parallel": lambda at: y.number(at, *PARALLEL, integer=True),
     "keep_releases": lambda at: y.number(at, *KEEP_RELEASES, integer=True),
     "python": lambda at: y.program(at),
-    "shared": y.strings(y.relpath),
+    "shared": _shared,
     "writable": y.strings(y.relpath),
+    "readable": y.strings(y.relpath),
     "keep_backups": lambda at: y.number(at, *KEEP_BACKUPS, integer=True),
     "web_user": lambda at: y.string(at, y.SAFE_USER, "a user name (letters, digits, _ . -)"),
     "protected": y.strings(lambda at: y.string(at, y.URL_PATH, "a y.URL path such as /private/")),

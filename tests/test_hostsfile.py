@@ -109,6 +109,18 @@ BAD = [
     ("  user: deploy", "  never_serve: ['*']", "defaults.never_serve[0]: '*' would hide every path"),
     ("  user: deploy", "  serve: /public", "defaults.serve: '/public' is absolute"),
     ("  user: deploy", "  writable: [../etc]", "defaults.writable[0]: '../etc' climbs out of the release"),
+    ("  user: deploy", "  readable: [../etc]", "defaults.readable[0]: '../etc' climbs out of the release"),
+    (
+        "  user: deploy",
+        "  shared: [storage, storage/logs]",
+        "hosts.yaml:3: defaults.shared[1]: 'storage/logs' lies inside shared entry 'storage' (shared[0])",
+    ),
+    (
+        "  user: deploy",
+        "  shared:\n    - storage/logs\n    - media\n    - storage",
+        "hosts.yaml:4: defaults.shared[0]: 'storage/logs' lies inside shared entry 'storage' (shared[2])",
+    ),
+    ("  user: deploy", "  shared: [media, ./media/]", "hosts.yaml:3: defaults.shared[1]: 'media' is given twice"),
     (
         "  user: deploy",
         "  apache: {allow_override: 'Everything'}",
@@ -153,6 +165,19 @@ def test_bad_values_name_key_and_line(tmp_path, old, new, message):
         hostsfile.load(path)
     assert message in str(err.value)
     assert err.value.exit_code == 2
+
+
+def test_overlap_hint_and_entries_that_only_share_a_prefix(tmp_path):
+    path = write(tmp_path, GOOD.replace("  user: deploy", "  shared: [storage, storage/logs]", 1))
+    with pytest.raises(ConfigError) as err:
+        hostsfile.load(path)
+    assert err.value.hint == (
+        "remove 'storage/logs' from shared: shared/storage holds it already, and linking both would make every "
+        "deploy delete shared/storage/logs"
+    )
+    ok = GOOD.replace("  user: deploy", "  shared: [media, media2, media-x/y, public/media]\n  readable: [.env]", 1)
+    host = hostsfile.load(write(tmp_path, ok)).resolve("web1.example.com")[0]
+    assert host.shared == ("media", "media2", "media-x/y", "public/media") and host.readable == (".env",)
 
 
 def test_missing_and_empty_file(tmp_path):

@@ -2,9 +2,9 @@
 or, after a failure, remove what the run uploaded, record that, and release the lock."""
 
 import os
-import shutil
+import stat
 
-from . import history, intent, lock, paths, protocol, seals
+from . import history, intent, lock, nofollow, paths, protocol, seals
 from .protocol import Refused
 
 LEFT_NOTE = "its run went away after the switch; the lock stays until --force-unlock"
@@ -17,14 +17,27 @@ def to_remove(kept, current, protect, keep):
 
 
 def remove_release_dir(layout, name):
-    """Remove releases/<name>, after checking on this server that it is a real directory there."""
+    """Remove releases/<name>, a directory directly inside releases/, through descriptors: neither
+    releases/ nor anything inside the release is followed if it is a symlink."""
     path = os.path.join(layout.releases, name)
-    if "/" in name or name in (".", "..") or os.path.realpath(os.path.dirname(path)) != os.path.realpath(layout.releases):
+    if "/" in name or name in (".", "..", ""):
         raise Refused("refusing to remove %s: not directly inside %s" % (path, layout.releases))
-    if os.path.islink(path):
-        raise Refused("refusing to remove %s: it is a symlink" % path)
-    if os.path.isdir(path):
-        shutil.rmtree(path)
+    top = nofollow.open_top(layout.deploy_to, "deploy_to")
+    try:
+        try:
+            releases = nofollow.open_dir(top, "releases")
+        except nofollow.SymlinkInPath:
+            raise Refused("refusing to remove %s: %s is not a plain directory" % (path, layout.releases))
+        try:
+            st = nofollow.lstat_at(releases, name)
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                raise Refused("refusing to remove %s: it is a symlink" % path)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                nofollow.remove(releases, name)
+        finally:
+            os.close(releases)
+    finally:
+        os.close(top)
 
 
 def _map_entries(layout, release_id):
@@ -60,18 +73,44 @@ def cleanup(layout, keep, protect):
             removed.append(name)
     kept = set(paths.releases(layout))
     seals.prune(layout, kept)
-    if os.path.isdir(layout.maps) and not os.path.islink(layout.maps):
-        for name in os.listdir(layout.maps):
-            if name.endswith(".map") and name[: -len(".map")] not in kept:
-                os.unlink(os.path.join(layout.maps, name))
-    for name in os.listdir(layout.meta):
-        # the result file of a swap whose agent died before reading it
-        if name.startswith("swap-") and name.endswith(".json") and name[5:-5].isdigit():
-            if not _pid_alive(int(name[5:-5])):
-                os.unlink(os.path.join(layout.meta, name))
-    for temp in lock.stale_temps(layout):
-        shutil.rmtree(temp, ignore_errors=True)
+    _remove_leftovers(layout, kept)
     return removed
+
+
+def _remove_leftovers(layout, kept):
+    """The maps of releases no longer kept, dead swaps' result files and stale temp locks, removed
+    inside .cutover/ opened without following a symlink."""
+    top = nofollow.open_top(layout.deploy_to, "deploy_to")
+    try:
+        meta = nofollow.open_dir(top, ".cutover")
+    except (nofollow.SymlinkInPath, FileNotFoundError):
+        os.close(top)
+        return
+    os.close(top)
+    try:
+        try:
+            maps = nofollow.open_dir(meta, "maps")
+        except (nofollow.SymlinkInPath, FileNotFoundError):
+            maps = None
+        if maps is not None:
+            try:
+                for name in os.listdir(maps):
+                    if name.endswith(".map") and name[: -len(".map")] not in kept:
+                        os.unlink(name, dir_fd=maps)
+            finally:
+                os.close(maps)
+        for name in os.listdir(meta):
+            # the result file of a swap whose agent died before reading it
+            if name.startswith("swap-") and name.endswith(".json") and name[5:-5].isdigit():
+                if not _pid_alive(int(name[5:-5])):
+                    os.unlink(name, dir_fd=meta)
+        for temp in lock.stale_temps(layout):
+            try:
+                nofollow.remove(meta, os.path.basename(temp))
+            except OSError:
+                pass  # a temp lock is only litter; the next cleanup tries again
+    finally:
+        os.close(meta)
 
 
 def _run_fields(a, held, release_id):

@@ -76,10 +76,14 @@ def read(layout, release_id):
 
 
 def prune(layout, kept):
-    """Remove the seals of releases no longer kept."""
-    folder = os.path.join(layout.meta, "seals")
-    if not os.path.isdir(folder) or os.path.islink(folder):
-        return
-    for name in os.listdir(folder):
-        if name.endswith(".json") and name[: -len(".json")] not in kept:
-            os.unlink(os.path.join(folder, name))
+    """Remove the seals of releases no longer kept (.cutover/seals opened without following a symlink)."""
+    try:
+        folder = os.open(os.path.join(layout.meta, "seals"), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return  # none yet, or not a plain directory: nothing of ours to remove
+    try:
+        for name in os.listdir(folder):
+            if name.endswith(".json") and name[: -len(".json")] not in kept:
+                os.unlink(name, dir_fd=folder)
+    finally:
+        os.close(folder)

@@ -190,6 +190,7 @@ def op_stage(a):
     linked = shared.link(layout, incoming, a["shared"])
     fresh = [e for e, how in linked.items() if how != "linked"] + [e for e in a.get("writable", []) if e not in linked]
     writable = shared.make_writable(incoming, a.get("writable", []), a.get("web_user"), fresh) if a.get("writable") else {}
+    readable = shared.make_readable(incoming, a.get("readable", []), a.get("web_user"), fresh) if a.get("readable") else {}
     timings["link"] = time.monotonic() - t
     t = time.monotonic()
     env = release_env(layout, release_id, incoming)
@@ -217,7 +218,7 @@ def op_stage(a):
         timings["before_switch"] = time.monotonic() - t
     if a.get("intent"):  # a group's switch, recorded before any of its hosts switches (intent.py)
         intent.write(layout, a["intent"])
-    return {"timings": timings, "shared": linked, "writable": writable, "hooks": done}
+    return {"timings": timings, "shared": linked, "writable": writable, "readable": readable, "hooks": done}
 
 
 def op_hook(a):

@@ -42,6 +42,10 @@ def op_check(a):
     out["releases"] = paths.releases(layout)
     out["intent"] = intent.read(layout)
     out["maintenance"] = os.path.exists(layout.maintenance_page)
+    if "shared" in a:
+        from . import shared
+
+        out["unshared"] = shared.unnamed(layout, a["shared"])
     if a.get("helper_path"):
         from . import install
 

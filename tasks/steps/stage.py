@@ -29,7 +29,7 @@ def stage(run, build):
         try:
             answer = r.call(
                 "stage", "stage", timeout=timeout, release_id=run.release_id, shared=list(h.shared),
-                writable=list(h.writable), web_user=h.web_user, smoke=smoke, hooks=hooks, pidfile=pidfile,
+                writable=list(h.writable), readable=list(h.readable), web_user=h.web_user, smoke=smoke, hooks=hooks, pidfile=pidfile,
                 pause=h.httpd.pause, intent=intent,
             )  # fmt: skip
         except (SmokeError, HookError) as exc:
@@ -60,6 +60,7 @@ def _shared_note(host, build, answer):
             notes.append(f"shared/{entry} {SHARED_SAID[how]}")
         elif build is not None and os.path.lexists(os.path.join(build.path, entry)):
             notes.append(f"the build's {entry} ignored: shared/{entry} exists")
-    for entry, how in answer.get("writable", {}).items():
-        notes.append(f"{entry} writable by {host.web_user} ({'ACL' if how == 'acl' else 'group and mode'})")
+    for kind in ("writable", "readable"):
+        for entry, how in answer.get(kind, {}).items():
+            notes.append(f"{entry} {kind} by {host.web_user} ({'ACL' if how == 'acl' else 'group and mode'})")
     return "; ".join(notes)
