@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.remote import finish, shared
+from tasks.remote import finish, grants, shared
 from tasks.remote.paths import Layout
 from tasks.remote.protocol import Refused
 
@@ -98,7 +98,7 @@ def needs_acls(site):
     probe = Path(site.deploy_to, "acl-probe")
     probe.write_text("")
     try:
-        os.setxattr(probe, shared.ACCESS, shared.build_acl(shared.acl_with_user([], 0o644, 33, 4)))
+        os.setxattr(probe, grants.ACCESS, grants.build_acl(grants.acl_with_user([], 0o644, 33, 4)))
     except OSError as exc:
         if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
             pytest.skip("this file system has no POSIX ACLs")

@@ -12,7 +12,7 @@ import pytest
 
 from tasks.agent import LocalAgent
 from tasks.errors import LockError, RemoteError
-from tasks.remote import finish, history, lock, paths, shared
+from tasks.remote import finish, grants, history, lock, paths, shared
 from tasks.remote.paths import PLACEHOLDER, Layout
 
 IDS = ["20261101T000000.000Z-aaaaaaa", "20261102T000000.000Z-bbbbbbb", "20261103T000000.000Z-ccccccc"]
@@ -219,12 +219,12 @@ def test_shared_entries_are_seeded_from_the_release_once(site, tmp_path):
 
 
 def test_acl_entries_grant_the_user_and_widen_the_mask():
-    acl = shared.acl_with_user([], 0o640, 33, 6)
-    assert sorted(acl) == sorted([(shared.USER_OBJ, 6, shared.NO_ID), (shared.GROUP_OBJ, 4, shared.NO_ID),
-                                  (shared.OTHER, 0, shared.NO_ID), (shared.USER, 6, 33), (shared.MASK, 6, shared.NO_ID)])  # fmt: skip
-    blob = shared.build_acl(acl)
+    acl = grants.acl_with_user([], 0o640, 33, 6)
+    assert sorted(acl) == sorted([(grants.USER_OBJ, 6, grants.NO_ID), (grants.GROUP_OBJ, 4, grants.NO_ID),
+                                  (grants.OTHER, 0, grants.NO_ID), (grants.USER, 6, 33), (grants.MASK, 6, grants.NO_ID)])  # fmt: skip
+    blob = grants.build_acl(acl)
     assert struct.unpack("<I", blob[:4]) == (2,) and len(blob) == 4 + 8 * 5
-    assert sorted(shared.parse_acl(blob)) == sorted(acl)
+    assert sorted(grants.parse_acl(blob)) == sorted(acl)
     tags = [struct.unpack("<H", blob[i : i + 2])[0] for i in range(4, len(blob), 8)]
     assert tags == sorted(tags)  # the kernel wants them in tag order
 

@@ -15,7 +15,7 @@ import shutil
 import stat
 import subprocess
 
-from . import paths, shared
+from . import grants, paths
 from .protocol import Refused
 
 DB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -149,16 +149,16 @@ def copy_owner_and_mode(src, dst):
         pass  # a deploy user who is not root cannot give a file away; the file stays its own
     os.chmod(dst, st.st_mode & 0o7777)
     try:
-        acl = os.getxattr(src, shared.ACCESS)
+        acl = os.getxattr(src, grants.ACCESS)
     except OSError as exc:
         if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
         acl = None
     try:
         if acl:
-            os.setxattr(dst, shared.ACCESS, acl)
+            os.setxattr(dst, grants.ACCESS, acl)
         else:
-            os.removexattr(dst, shared.ACCESS)
+            os.removexattr(dst, grants.ACCESS)
     except OSError as exc:
         if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
@@ -174,19 +174,19 @@ def can_write(path, user):
     if st.st_uid == user.pw_uid:
         return (st.st_mode >> 6) & want == want
     try:
-        acl = shared.parse_acl(os.getxattr(path, shared.ACCESS))
+        acl = grants.parse_acl(os.getxattr(path, grants.ACCESS))
     except OSError:
         acl = []
     groups = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem}
     if not acl:
         perm = (st.st_mode >> 3) & 7 if st.st_gid in groups else st.st_mode & 7
         return perm & want == want
-    mask = next((p for tag, p, _ in acl if tag == shared.MASK), 7)
-    named = [p for tag, p, uid in acl if tag == shared.USER and uid == user.pw_uid]
+    mask = next((p for tag, p, _ in acl if tag == grants.MASK), 7)
+    named = [p for tag, p, uid in acl if tag == grants.USER and uid == user.pw_uid]
     if named:
         return named[0] & mask & want == want
-    matching = [p for tag, p, gid in acl if (tag == shared.GROUP_OBJ and st.st_gid in groups) or
-                (tag == shared.GROUP and gid in groups)]  # fmt: skip
+    matching = [p for tag, p, gid in acl if (tag == grants.GROUP_OBJ and st.st_gid in groups) or
+                (tag == grants.GROUP and gid in groups)]  # fmt: skip
     if matching:
         return any(p & mask & want == want for p in matching)
     return st.st_mode & want == want

@@ -14,15 +14,12 @@ own links into shared/ that link() made, which are followed by opening shared/<e
 """
 
 import os
+import posixpath
 import pwd
 import stat
 
-from . import grants, nofollow
+from . import grants, nofollow, paths
 
-# The ACL codec lives in grants.py; importers from before find it here too.
-from .grants import (  # noqa: F401
-    ACCESS, DEFAULT, GROUP, GROUP_OBJ, MASK, NO_ID, OTHER, USER, USER_OBJ, acl_with_user, build_acl, parse_acl,
-)  # fmt: skip
 from .protocol import Refused
 
 
@@ -159,7 +156,7 @@ def plain(kind, entries):
     """entries, each checked to be a plain relative path (hosts.yaml checks them too; a request from
     anything else is held to the same): no leading /, no empty, '.' or '..' part."""
     for entry in entries:
-        if not isinstance(entry, str) or any(p in ("", ".", "..") for p in entry.split("/")):
+        if paths.relpath_fault(entry) or entry != posixpath.normpath(entry):  # hosts.yaml's grammar, normalised
             raise Refused("%s entry %r is not a plain relative path inside the release; nothing was changed"
                           % (kind, entry), hint="give paths such as media or storage/logs, without '..'")  # fmt: skip
     return entries
