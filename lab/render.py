@@ -102,14 +102,14 @@ def prefork_conf(workers):
 
 
 def render_apache(lab, server):
-    """Write the server's httpd.conf, and Cutover's rules as `fab setup` does (its layout, placeholder
-    release and .cutover/apache.conf, made by the same server-side code run locally); True if
-    either file changed."""
+    """Write the server's httpd.conf, then Cutover's rules as `fab setup` does (its layout,
+    placeholder release, .cutover/apache.conf and the site's blocks in .cutover/apache-site.conf,
+    made by the same server-side code run locally); True if any of the files changed."""
     host = hostsfile.load(lab.hosts_file).resolve(server.name)[0]
     rules = Path(server.deploy_to, ".cutover", "apache.conf")
     conf = Path(server.httpd_conf)
-    before = [p.read_text() if p.exists() else None for p in (rules, conf)]
-    LocalAgent().call("setup", {"deploy_to": server.deploy_to, "rules": apache.snippet(host), "serve": host.serve})
+    written = (rules, rules.with_name("apache-site.conf"), conf)
+    before = [p.read_text() if p.exists() else None for p in written]
     render(
         "httpd.conf",
         conf,
@@ -127,7 +127,9 @@ def render_apache(lab, server):
         prefork=prefork_conf(server.workers),
         listen_backlog=server.listen_backlog or APACHE_LISTEN_BACKLOG,
     )
-    return before != [rules.read_text(), conf.read_text()]
+    LocalAgent().call("setup", {"deploy_to": server.deploy_to, "rules": apache.snippet(host), "serve": host.serve,
+                                "apache_config": str(conf)})  # fmt: skip
+    return before != [p.read_text() for p in written]
 
 
 def write_hosts_file(lab, build=None, build_compare="checksum", required=("index.html",), **overrides):

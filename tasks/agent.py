@@ -22,7 +22,7 @@ from .errors import HookError, LockError, MigrationError, RemoteError, SmokeErro
 
 REMOTE = Path(__file__).resolve().parent / "remote"
 BUNDLE = ("protocol", "paths", "limits", "history", "httpd", "listen", "pause", "swap", "health", "lock", "stage", "shared",
-          "finish", "views", "install", "helper", "dumps", "backup", "intent", "seals", "balancer")  # fmt: skip
+          "finish", "views", "install", "helper", "dumps", "backup", "intent", "seals", "balancer", "siteconf")  # fmt: skip
 HELPER_BUNDLE = (
     "protocol",
     "paths",

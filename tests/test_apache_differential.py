@@ -121,6 +121,11 @@ EXTRA = [
 # Hours old (Apache gives a file changed within the last second a weak ETag), and each release's
 # own, as its upload keeps them (build.compare mtime)
 MTIME = {"A": time.time() - 7200, "B": time.time() - 3600}
+# Among the answers with Cutover's rules: pinned ones, and never pinned (elsewhere, denied, shared)
+PINNED = {"/", "/index.html", "/static/t.php", "/dl/report.html", "/css/app.css", "/txtphp/run.txt", "/latin/p.php",
+          "/gen/g.txt", "/x.php/extra/info", "/app/some/route", "/blog/posts/3", "/links/a.txt", "/idx/"}  # fmt: skip
+NOT_PINNED = {"/docs/x.txt", "/old.html", "/uploads/evil.php", "/x/..//uploads/evil.php", "//uploads/evil.php",
+              "/deny/a.txt", "/img/internal.png", "/conf/app.ini", "/vendor/lib.php", "/loc/a.txt", "/.env"}  # fmt: skip
 HIDDEN_HEADERS = {"date", "connection", "keep-alive", "x-cutover-release", "x-cutover-fallback"}
 NEVER_SERVE = re.compile(never_serve_pattern(BUILTIN["never_serve"]), re.I)
 
@@ -185,6 +190,7 @@ class Answer:
     body: bytes
     headers: tuple
     fallback: bool
+    pinned: bool = False
 
     def __str__(self):
         digest = hashlib.sha256(self.body).hexdigest()[:8]
@@ -225,9 +231,8 @@ def crawl(port, urls):
                     if k.lower() not in HIDDEN_HEADERS
                 )
             )
-            answers[(method, url)] = Answer(
-                r.status, r.getheader("Content-Type"), body, headers, bool(r.getheader("X-Cutover-Fallback"))
-            )
+            answers[(method, url)] = Answer(r.status, r.getheader("Content-Type"), body, headers,
+                                            bool(r.getheader("X-Cutover-Fallback")), bool(r.getheader("X-Cutover-Release")))  # fmt: skip
             if r.getheader("Connection", "").lower() == "close":
                 conn.close()
     finally:
@@ -319,5 +324,12 @@ def test_cutovers_rules_answer_as_plain_apache(oracle_lab, tmp_path):
         ours, plain = crawl(server.http_port, urls), crawl(server.oracle_port, urls)
         assert plain[("GET", "/")].body.count(b"B") and ours[("GET", "/")].status == 200
         found += [f"MergeSlashes {mode}: {line}" for line in differences(urls, ours, plain, before[mode])]
+        # the rules pin what they can (or this test would prove nothing), never what they must not
+        pinned = {url for (method, url), answer in ours.items() if answer.pinned and method == "GET"}
+        fallback = {url for (method, url), answer in ours.items() if answer.fallback and method == "GET"}
+        assert PINNED <= pinned, (mode, PINNED - pinned)
+        assert NOT_PINNED & pinned == set(), mode
+        assert {"/css/old.css", "/img/old.png"} <= fallback, mode
+        assert {url.split("?")[0].rsplit("/", 1)[-1] for url in fallback} == {"old.css", "old.png"}, (mode, fallback)
     assert current(server) == release_id
     assert found == [], f"{len(found)} of {len(urls) * len(modes)} answers differ:\n" + "\n".join(found)

@@ -108,11 +108,7 @@ BAD = [
     ("  user: deploy", "  never_serve: ['*']", "defaults.never_serve[0]: '*' would hide every path"),
     ("  user: deploy", "  serve: /public", "defaults.serve: '/public' is absolute"),
     ("  user: deploy", "  writable: [../etc]", "defaults.writable[0]: '../etc' climbs out of the release"),
-    (
-        "  user: deploy",
-        "  apache: {allow_override: 'Everything'}",
-        "defaults.apache.allow_override: 'Everything' is not",
-    ),
+    ("  user: deploy", "  apache: {allow_override: All}", "defaults.apache: is not a known key"),
     ("  user: deploy", "  hooks: {after_deploy: [x]}", "defaults.hooks.after_deploy: is not a known key"),
     (
         "  user: deploy",

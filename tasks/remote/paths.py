@@ -14,6 +14,7 @@
       .cutover/release.map             Apache's release pin: a symlink to maps/<id>.map
       .cutover/maps/<id>.map
       .cutover/apache.conf             Cutover's Apache rules, written by setup
+      .cutover/apache-site.conf        the site's <Directory current/...> blocks for releases/*/...
       .cutover/swap.pid, swap-<pid>.json, watchdog.log   the detached swap and its watchdog
       backups/<backup_id>/             a backup: shared/ (hard links to the backup before where
                                        unchanged), databases/, manifest.json, backup.json
@@ -56,6 +57,7 @@ class Layout:
         self.maps = join(self.meta, "maps")
         self.release_map = join(self.meta, "release.map")
         self.apache_conf = join(self.meta, "apache.conf")
+        self.apache_site = join(self.meta, "apache-site.conf")
         self.swap_pid = join(self.meta, "swap.pid")
         self.watchdog_log = join(self.meta, "watchdog.log")
         self.backups = join(deploy_to, "backups")

@@ -48,6 +48,10 @@ def op_check(a):
         out["helper_sha256"] = install.installed_hash(a["helper_path"])
     if a.get("probe"):
         out["http"] = _probe(layout, out["current"], a["probe"])
+    if os.path.exists(layout.apache_conf):  # set up: the site's blocks for pinned requests are current
+        from . import siteconf
+
+        out["site_blocks"] = siteconf.problems(layout, a.get("pidfile"))
     return out
 
 
