@@ -6,7 +6,7 @@
       releases/.incoming-<id>/         a release being uploaded or tested; never served
       shared/                          survives every release (shared: entries)
       current -> releases/<id>         Apache's DocumentRoot (or current/<serve>)
-      next -> releases/.incoming-<id>  the release a smoke.url checks before the switch
+      next -> releases/.incoming-<id>  the release a smoke.url checks before the switch (only then)
       maintenance/index.html           present only while maintenance mode is on
       maintenance/retry-after          the Retry-After of the maintenance page
       .cutover/lock/owner.json         the lock and who holds it
@@ -151,3 +151,9 @@ def temp_symlink(link, target, dir_fd=None):
 def point(link, target):
     """Point the symlink link at target atomically: a temp symlink renamed over it."""
     os.replace(temp_symlink(link, target), link)
+
+
+def unpoint(link):
+    """Remove the symlink link, if there is one (never anything else)."""
+    if os.path.islink(link):
+        os.unlink(link)
