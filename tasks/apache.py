@@ -32,7 +32,8 @@ def document_root(host):
 FALLBACK = """#    (d) a static asset the live release lacks, from the release live before it ({key}): a page
 #        served just before the switch still gets its own stylesheets, scripts and images.
 #        Only these extensions (assets.fallback), never a page or a script; and only when the
-#        normal mapping allows the asset's own URL and maps it to current/ (as in (b)).
+#        normal mapping allows the asset's own URL and maps it to current/ as in (b) (to its
+#        name, or to a directory of that name the live release lacks: the rest is path info).
 RewriteCond %{{REQUEST_URI}} !^/(_cutover_maintenance|_next)(/|$)
 RewriteCond $1 !%
 {shared}
@@ -41,7 +42,7 @@ RewriteCond "{deploy_to}/releases/%1{serve}/$1" !-f
 RewriteCond ${{cutover_release:{key}|-}} ^({release_id})$
 RewriteCond "{deploy_to}/releases/%1{serve}/$1" -f
 RewriteCond ${{cutover_escape:/$1}} -U
-RewriteCond "%1|$1|%{{LA-U:REQUEST_FILENAME}}" "^([^|]+)\\|([^|]*)\\|{current_pattern}/\\2$"
+RewriteCond "%1|$1|%{{LA-U:REQUEST_FILENAME}}" "^([^|]+)\\|(([^|]*?)(/[^|]*)?)\\|{current_pattern}/\\3$"
 RewriteRule "^/?((.*/)?[^/]+\\.({extensions}))$" "{deploy_to}/releases/%1{serve}/$1" [L,NC,E=CUTOVER_RELEASE:%1,E=CUTOVER_FALLBACK:{key}]"""
 
 

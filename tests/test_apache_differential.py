@@ -66,11 +66,11 @@ RULES = [
     Rule(directory("deny", "Require all denied"), {"deny/a.txt": TXT, "deny/a.php": PHP}),
     Rule(directory("static", "php_admin_flag engine off"), {"static/t.php": PHP, "static/s.css": CSS}),
     Rule(directory("dl", "ForceType application/octet-stream", "Header set Content-Disposition attachment"), {"dl/report.html": HTML}),
-    Rule(directory("css", "Header set Content-Security-Policy \"default-src 'self'\""), {"css/app.css": CSS}, previous={"css/old.css": CSS}),
+    Rule(directory("css", "Header set Content-Security-Policy \"default-src 'self'\""), {"css/app.css": CSS}, previous={"css/old.css": CSS, "css/v1/old.css": CSS}),
     Rule(directory("img", '<Files "internal.png">', "    Require all denied", "</Files>"), {"img/ok.png": PNG}, previous={"img/internal.png": PNG, "img/old.png": PNG}),
     Rule('<FilesMatch "\\.(bak|sql)$">\n    Require all denied\n</FilesMatch>', {"dump.sql": TXT, "conf/app.php.bak": TXT}),
     Rule(directory("conf", '<FilesMatch "\\.ini$">', "    Require all denied", "</FilesMatch>"), {"conf/app.ini": TXT, "conf/ok.txt": TXT}),
-    Rule('Alias /docs "@@other@@"\n<Directory "@@other@@">\n    Require all granted\n</Directory>', {"docs/x.txt": TXT, "docs/only-release.txt": TXT}),
+    Rule('Alias /docs "@@other@@"\n<Directory "@@other@@">\n    Require all granted\n</Directory>', {"docs/x.txt": TXT, "docs/only-release.txt": TXT}, previous={"docs/v2/old.css": CSS, "docs/old.css": CSS}),
     Rule("Redirect /old.html /new.html", {"old.html": HTML, "new.html": HTML}),
     Rule("<Location /loc>\n    Require all denied\n</Location>", {"loc/a.txt": TXT}),
     Rule(directory("txtphp", '<FilesMatch "\\.txt$">', "    SetHandler application/x-httpd-php", "</FilesMatch>"), {"txtphp/run.txt": PHP}),
@@ -329,7 +329,7 @@ def test_cutovers_rules_answer_as_plain_apache(oracle_lab, tmp_path):
         fallback = {url for (method, url), answer in ours.items() if answer.fallback and method == "GET"}
         assert PINNED <= pinned, (mode, PINNED - pinned)
         assert NOT_PINNED & pinned == set(), mode
-        assert {"/css/old.css", "/img/old.png"} <= fallback, mode
+        assert {"/css/old.css", "/img/old.png", "/css/v1/old.css"} <= fallback, mode
         assert {url.split("?")[0].rsplit("/", 1)[-1] for url in fallback} == {"old.css", "old.png"}, (mode, fallback)
     assert current(server) == release_id
     assert found == [], f"{len(found)} of {len(urls) * len(modes)} answers differ:\n" + "\n".join(found)
