@@ -165,3 +165,11 @@ def test_check_names_each_block_changed_added_or_removed_since_setup(tmp_path):
         f"the site's block that was at {conf}:21 <Directory {site}/current/../current//dl> is gone since `fab setup`"
         + again,
     ]
+
+
+def test_a_configuration_that_includes_itself_is_refused(tmp_path):
+    root = tree(
+        tmp_path, {"httpd.conf": f"ServerRoot {tmp_path}\nInclude loop.conf\n", "loop.conf": "Include loop.conf\n"}
+    )
+    with pytest.raises(Refused, match="Include nested deeper than 32 files"):
+        rendered(root)

@@ -44,10 +44,9 @@ def root_config(pidfile=None, config=None):
                 config = value
             elif flag == "-d":
                 server_root = value
-    if not config and argv:
-        root, name = _compiled_defaults(argv[0])
-        server_root = server_root or root
-        config = name
+    if argv and not server_root and not (config and os.path.isabs(config)):
+        root, name = _compiled_defaults(argv[0])  # where a relative or missing -f is looked for
+        server_root, config = root, config or name
     if config and not os.path.isabs(config) and server_root:
         config = os.path.join(server_root, config)
     if not config or not os.path.isfile(config):
