@@ -42,10 +42,10 @@ def rules_before(host):
     module = types.ModuleType("tasks.apache_before")
     module.__package__, module.__file__ = "tasks", str(PROJECT / "tasks" / "apache.py")
     exec(compile(show("tasks/apache.py"), f"{BEFORE}:tasks/apache.py", "exec"), module.__dict__)
-    template = Path(tempfile.mkdtemp(prefix="cutover-rules-")) / "apache.conf"
-    template.write_text(show("templates/apache.conf"))
-    module.TEMPLATE = template
-    return module.snippet(_HostBefore(host))
+    with tempfile.TemporaryDirectory(prefix="cutover-rules-") as work:
+        module.TEMPLATE = Path(work, "apache.conf")
+        module.TEMPLATE.write_text(show("templates/apache.conf"))
+        return module.snippet(_HostBefore(host))
 
 
 class _HostBefore:
@@ -128,7 +128,8 @@ def main():
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    names, rates = measure(Path(tempfile.mkdtemp(prefix="cutover-rules-")), args.seconds, args.rounds)
+    with tempfile.TemporaryDirectory(prefix="cutover-rules-") as work:
+        names, rates = measure(Path(work), args.seconds, args.rounds)
     kinds = list(PATHS)
     lines = [
         f"Command: `python3 bench/rules_bench.py --seconds {args.seconds} --rounds {args.rounds}` (one lab server, "
