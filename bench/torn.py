@@ -48,7 +48,7 @@ def main():
             "| Apache rules | swaps | requests | torn (length of one release, bytes of the other) |",
             "|---|---|---|---|",
             f"| DocumentRoot through `current` only | {args.swaps} | {without[0]:,} | {without[1]} |",
-            f"| Cutover's rules: release pinning (RewriteMap release.map) behind the access check | {args.swaps} | {with_pin[0]:,} | {with_pin[1]} |",
+            f"| Cutover's rules: release pinning (RewriteMap release.map) behind the access check (-U) and the mapped file name (LA-U) | {args.swaps} | {with_pin[0]:,} | {with_pin[1]} |",
         ],
     )
 

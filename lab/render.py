@@ -56,6 +56,34 @@ def php_conf(server):
 
 APACHE_LISTEN_BACKLOG = 511  # Apache's own default
 
+SITE = """{site_conf}
+
+# Cutover's rules, written by `fab setup` (the lab runs the same code) from this host's settings.
+Include "{rules}"
+"""
+# With an oracle port: the same site twice, with Cutover's rules on the server's port and without
+# them on the oracle's (plain Apache, what tests/test_apache_differential.py compares with).
+SITE_AND_ORACLE = """Listen {address}:{oracle_port}
+<VirtualHost {address}:{http_port}>
+{site_conf}
+
+# Cutover's rules, written by `fab setup` (the lab runs the same code) from this host's settings.
+Include "{rules}"
+</VirtualHost>
+# The same site without Cutover's rules.
+<VirtualHost {address}:{oracle_port}>
+{site_conf}
+</VirtualHost>
+"""
+
+
+def site(server, rules):
+    """The site's part of httpd.conf: its own rules and Cutover's, and the oracle's VirtualHost if asked for."""
+    site_conf = server.site_conf.replace("@@deploy_to@@", server.deploy_to)
+    template = SITE_AND_ORACLE if server.oracle_port else SITE
+    return template.format(site_conf=site_conf, rules=rules, address=server.address, http_port=server.http_port,
+                           oracle_port=server.oracle_port)  # fmt: skip
+
 
 def prefork_conf(workers):
     """The prefork MPM's pool: 4 to 16 children, or a fixed pool of `workers` (the pause bench)."""
@@ -74,14 +102,14 @@ def prefork_conf(workers):
 
 
 def render_apache(lab, server):
-    """Write the server's httpd.conf, and Cutover's rules as `fab setup` does (its layout, placeholder
-    release and .cutover/apache.conf, made by the same server-side code run locally); True if
-    either file changed."""
+    """Write the server's httpd.conf, then Cutover's rules as `fab setup` does (its layout,
+    placeholder release, .cutover/apache.conf and the site's blocks in .cutover/apache-site.conf,
+    made by the same server-side code run locally); True if any of the files changed."""
     host = hostsfile.load(lab.hosts_file).resolve(server.name)[0]
     rules = Path(server.deploy_to, ".cutover", "apache.conf")
     conf = Path(server.httpd_conf)
-    before = [p.read_text() if p.exists() else None for p in (rules, conf)]
-    LocalAgent().call("setup", {"deploy_to": server.deploy_to, "rules": apache.snippet(host), "serve": host.serve})
+    written = (rules, rules.with_name("apache-site.conf"), conf)
+    before = [p.read_text() if p.exists() else None for p in written]
     render(
         "httpd.conf",
         conf,
@@ -94,11 +122,14 @@ def render_apache(lab, server):
         deploy_to=server.deploy_to,
         document_root=apache.document_root(host),
         php=php_conf(server),
-        site_conf=server.site_conf.replace("@@deploy_to@@", server.deploy_to),
+        merge_slashes=server.merge_slashes,
+        site=site(server, rules),
         prefork=prefork_conf(server.workers),
         listen_backlog=server.listen_backlog or APACHE_LISTEN_BACKLOG,
     )
-    return before != [rules.read_text(), conf.read_text()]
+    LocalAgent().call("setup", {"deploy_to": server.deploy_to, "rules": apache.snippet(host), "serve": host.serve,
+                                "apache_config": str(conf)})  # fmt: skip
+    return before != [p.read_text() for p in written]
 
 
 def write_hosts_file(lab, build=None, build_compare="checksum", required=("index.html",), **overrides):

@@ -56,6 +56,8 @@ class LabServer:
     address: str = "127.0.0.1"  # where sshd and Apache listen: loopback, or the far end of the link
     netns: str = ""  # the network namespace of a link profile's server
     wire_pid: int = 0  # its link's delay element
+    oracle_port: int = 0  # the same site without Cutover's rules on this port (render.py), or 0
+    merge_slashes: str = "On"  # Apache's MergeSlashes for the site
 
     @property
     def url(self):
@@ -155,8 +157,8 @@ def start_server(lab, server, client_pub, tmpfs_mb=None, ext4_mb=None):
     # sshd reads authorized_keys as the user logging in: the directory must let every user in.
     # The host key itself stays 0600.
     (base / "ssh").chmod(0o755)
-    for port in (server.ssh_port, server.http_port):
-        if _listening(port, server.address):
+    for port in (server.ssh_port, server.http_port, server.oracle_port):
+        if port and _listening(port, server.address):
             raise CutoverError(f"lab: port {port} on {server.address} is already in use")
     deploy_to = server.deploy_to
     if tmpfs_mb:
@@ -236,6 +238,8 @@ def start(
     listen_backlog=0,
     lean_shell=True,
     link="loopback",
+    oracle=False,
+    merge_slashes="On",
     **settings,
 ):
     """Start `count` lab servers under root (a new directory); writes lab.json and hosts.yaml.
@@ -250,6 +254,8 @@ def start(
     link: the link profile between this machine and each server (lab/link.py): loopback, lan, wan.
     cgroup: run each Apache in a cgroup v2 of its own, as systemd runs a service (where cgroup v2
     is mounted and writable), so the swap can freeze it; False: in the caller's cgroup.
+    oracle: each Apache also serves the same site without Cutover's rules, on a port of its own
+    (LabServer.oracle_port); merge_slashes: Apache's MergeSlashes (On, its default, or Off).
     settings: hosts.yaml defaults for the lab's group (see write_hosts_file).
     """
     if os.geteuid() != 0:
@@ -270,15 +276,17 @@ def start(
     client_key = root / "client_ed25519"
     _keygen(client_key)
     lab = Lab(root, [], client_key, root / "known_hosts")
-    chosen = free_ports(2 * count)  # all different, ssh and http for each server
+    chosen = free_ports(3 * count)  # all different, ssh, http and the oracle's for each server
     for i in range(1, count + 1):
         ssh_port, http_port = ports[i - 1] if ports else chosen[2 * i - 2 : 2 * i]
+        oracle_port = chosen[2 * count + i - 1] if oracle else 0
         base = root / f"lab{i}"
         lab.servers.append(
             LabServer(
                 f"lab{i}", str(base), ssh_port, http_port, str(base / "site"), str(base / "apache" / "run" / "httpd.pid"),
                 0, 0, mpm=mpm, php=php, site_conf=site_conf, mariadb_pid=-1 if mariadb else 0, workers=workers,
                 cgroup=make_cgroup(f"lab{i}") if cgroup else "", listen_backlog=listen_backlog, lean_shell=lean_shell,
+                oracle_port=oracle_port, merge_slashes=merge_slashes,
             )
         )  # fmt: skip
     try:

@@ -23,7 +23,7 @@ from .errors import HookError, LockError, MigrationError, RemoteError, SmokeErro
 REMOTE = Path(__file__).resolve().parent / "remote"
 BUNDLE = ("protocol", "paths", "limits", "history", "httpd", "listen", "pause", "swap", "health", "lock", "stage", "shared",
           "finish", "views", "install", "helper", "dumps", "manifests", "backup", "restore", "offsite", "intent", "seals",
-          "balancer", "procs", "commands", "switching", "nofollow", "grants")  # fmt: skip
+          "balancer", "procs", "commands", "switching", "nofollow", "grants", "siteconf")  # fmt: skip
 HELPER_BUNDLE = (
     "protocol",
     "paths",

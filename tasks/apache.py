@@ -32,15 +32,23 @@ def document_root(host):
 FALLBACK = """#    (d) a static asset the live release lacks, from the release live before it ({key}): a page
 #        served just before the switch still gets its own stylesheets, scripts and images.
 #        Only these extensions (assets.fallback), never a page or a script; and only when the
-#        asset's directory passes the normal mapping's access checks (-U on it).
+#        normal mapping allows the asset's own URL and maps it to current/ as in (b) (to its
+#        name, or to a directory of that name the live release lacks: the rest is path info).
 RewriteCond %{{REQUEST_URI}} !^/(_cutover_maintenance|_next)(/|$)
+RewriteCond $1 !%
 {shared}
 RewriteCond ${{cutover_release:current|-}} ^({release_id})$
 RewriteCond "{deploy_to}/releases/%1{serve}/$1" !-f
 RewriteCond ${{cutover_release:{key}|-}} ^({release_id})$
 RewriteCond "{deploy_to}/releases/%1{serve}/$1" -f
-RewriteCond ${{cutover_escape:/$2}} -U
+RewriteCond ${{cutover_escape:/$1}} -U
+RewriteCond "%1|$1|%{{LA-U:REQUEST_FILENAME}}" "^([^|]+)\\|(([^|]*?)(/[^|]*)?)\\|{current_pattern}/\\3$"
 RewriteRule "^/?((.*/)?[^/]+\\.({extensions}))$" "{deploy_to}/releases/%1{serve}/$1" [L,NC,E=CUTOVER_RELEASE:%1,E=CUTOVER_FALLBACK:{key}]"""
+
+
+def current_pattern(host):
+    """The document root through `current` as a regex: what the normal mapping of a pinnable URL gives."""
+    return re.escape(document_root(host))
 
 
 def fallback_rules(host, shared, serve):
@@ -50,12 +58,9 @@ def fallback_rules(host, shared, serve):
     keys = ["previous"] + [f"previous{i}" for i in range(2, host.assets.releases + 1)]
     extensions = "|".join(re.escape(e) for e in host.assets.fallback)
     release_id = RELEASE_ID.pattern.removeprefix("^").removesuffix("$")
-    return "\n".join(
-        FALLBACK.format(
-            key=key, shared=shared, release_id=release_id, deploy_to=host.deploy_to, serve=serve, extensions=extensions
-        )  # fmt: skip
-        for key in keys
-    )
+    values = {"shared": shared, "release_id": release_id, "deploy_to": host.deploy_to, "serve": serve,
+              "extensions": extensions, "current_pattern": current_pattern(host)}  # fmt: skip
+    return "\n".join(FALLBACK.format(key=key, **values) for key in keys)
 
 
 def snippet(host):
@@ -71,6 +76,7 @@ def snippet(host):
     serve = f"/{host.serve}" if host.serve else ""
     values = {
         "exceptions": "\n".join(exceptions),
+        "next_allow": f"    Require ip {' '.join(m.allow)}" if m.allow else "",
         "maintenance": f"{host.deploy_to}/maintenance",
         "never_serve": f'RewriteRule "{never_serve_pattern(host.never_serve)}" - [NC,R=404]'
         if host.never_serve
@@ -81,8 +87,8 @@ def snippet(host):
         "fallback": fallback_rules(host, shared, serve),
         "release_id": RELEASE_ID.pattern.removeprefix("^").removesuffix("$"),
         "serve": serve,
-        "options": host.apache.options,
-        "allow_override": host.apache.allow_override,
+        "current": document_root(host),
+        "current_pattern": current_pattern(host),
         "document_root": document_root(host),
         "deploy_to": host.deploy_to,
     }
@@ -90,3 +96,12 @@ def snippet(host):
     for key, value in values.items():
         text = text.replace(f"@@{key}@@", value)
     return text
+
+
+def site_blocks_line(host, answer):
+    """What setup says of the site's <Directory current/...> blocks it wrote for the pinned paths."""
+    current = f"{host.deploy_to}/current"
+    if answer.get("site_config") is None:
+        return (f"no Apache configuration found: the site's <Directory {current}/...> blocks are not written "
+                "for pinned requests; start Apache and rerun setup")  # fmt: skip
+    return f"the site's <Directory {current}/...> blocks: {answer['mirrored']} written for pinned requests, from {answer['site_config']}"

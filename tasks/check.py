@@ -109,6 +109,7 @@ def check_host(r):
         problems.append(found["httpd"]["pause_problem"])
     if found["disk_free"] < MIN_FREE:
         problems.append(f"only {found['disk_free'] // 2**20} MB free under {r.host.deploy_to}")
+    problems += found.get("site_blocks", [])
     http = http_problems(r.host, found)
     found["http_ok"] = not http
     problems += http

@@ -129,14 +129,6 @@ class Hooks:
 
 
 @dataclass(frozen=True)
-class Apache:
-    """How Apache treats the release directories that pinned requests are mapped to."""
-
-    allow_override: str
-    options: str
-
-
-@dataclass(frozen=True)
 class Host:
     """One server as a deploy sees it, every setting resolved."""
 
@@ -161,7 +153,6 @@ class Host:
     health: Health
     maintenance: Maintenance
     migrate: Migrate
-    apache: Apache
     hooks: Hooks
     assets: Assets
     backups: Backups

@@ -12,7 +12,6 @@ import yaml
 from . import sshconfig
 from . import yamlcheck as y
 from .config import (
-    Apache,
     Assets,
     Backups,
     Balancer,
@@ -147,7 +146,6 @@ def _host(at, layers, base):
             message=s["maintenance"]["message"],
         ),
         migrate=Migrate(**s["migrate"]),
-        apache=Apache(**s["apache"]),
         assets=Assets(tuple(s["assets"]["fallback"]), s["assets"]["releases"]),
         backups=Backups(
             tuple(s["backups"]["databases"]), s["backups"]["host"], s["backups"]["hold"], s["backups"]["to"]

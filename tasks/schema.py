@@ -80,7 +80,6 @@ BUILTIN = {
     "balancer": {"via": None, "socket": None, "backend": None, "server": None, "drain_timeout": 30},
     "web_user": "www-data",
     "protected": [],
-    "apache": {"allow_override": "All", "options": "FollowSymLinks"},
 }
 
 
@@ -239,10 +238,6 @@ SECTIONS = {
         "backend": lambda at: y.string(at, y.SAFE_NAME, "an HAProxy backend name", allow_none=True),
         "server": lambda at: y.string(at, y.SAFE_NAME, "an HAProxy server name", allow_none=True),
         "drain_timeout": lambda at: y.number(at, *DRAIN_TIMEOUT),
-    },
-    "apache": {
-        "allow_override": lambda at: y.string(at, y.ALLOW_OVERRIDE, "an AllowOverride value (All, None, FileInfo ...)"),
-        "options": lambda at: y.string(at, y.OPTIONS, "an Options value (FollowSymLinks ...)"),
     },
 }
 SETTINGS = {

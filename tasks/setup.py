@@ -54,7 +54,9 @@ def setup(c, admin_user="root"):
     lines = []
 
     def one(r):
-        answer = r.call("setup", "setup", rules=apache.snippet(r.host), serve=r.host.serve)
+        answer = r.call(
+            "setup", "setup", rules=apache.snippet(r.host), serve=r.host.serve, pidfile=r.host.httpd.pidfile
+        )
         helper = "not needed (root)" if not r.uses_helper else "installed"
         if r.uses_helper:
             try:
@@ -68,6 +70,7 @@ def setup(c, admin_user="root"):
             )
         rows.append([r.name, r.host.deploy_to, str(len(answer["created"])), answer["current"] or "-", helper])
         say(r.host, "setup", 0, f"Cutover's Apache rules: Include {answer['rules']}")
+        say(r.host, "setup", 0, apache.site_blocks_line(r.host, answer))
 
     on_group("setup", target(c), lambda run: in_parallel(run.hosts, one))
     print(table(rows))

@@ -22,13 +22,6 @@ ADDRESS = re.compile(r"^[0-9a-fA-F.:]+(/[0-9]{1,3})?$")
 URL_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
 # A name never served from any release: one path component, `*` for any characters.
 NEVER_SERVE = re.compile(r"^[A-Za-z0-9._+@*-]+$")
-# Apache's AllowOverride and Options for the release directories (see templates/apache.conf).
-ALLOW_OVERRIDE = re.compile(
-    r"^(All|None|(AuthConfig|FileInfo|Indexes|Limit|Options(=[A-Za-z,]+)?)( (AuthConfig|FileInfo|Indexes|Limit|Options(=[A-Za-z,]+)?))*)$"
-)
-OPTIONS = re.compile(
-    r"^[+-]?(None|All|FollowSymLinks|SymLinksIfOwnerMatch|ExecCGI|Includes|IncludesNOEXEC|Indexes|MultiViews)( [+-]?(FollowSymLinks|SymLinksIfOwnerMatch|ExecCGI|Includes|IncludesNOEXEC|Indexes|MultiViews))*$"
-)
 
 
 # --- the schema -----------------------------------------------------------------------------

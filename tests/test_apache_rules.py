@@ -2,6 +2,7 @@
 nothing outside `serve` or named in never_serve."""
 
 import http.client
+import os
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,9 @@ SITE_CONF = """
 """
 
 
-def get(server, path):
-    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+def get(server, path, source="127.0.0.1"):
+    """GET path from the source address (127.0.0.2: a visitor; loopback, but not the server's own address)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10, source_address=(source, 0))
     try:
         conn.request("GET", path)
         response = conn.getresponse()
@@ -134,3 +136,75 @@ def test_serve_maps_the_site_to_a_folder_of_the_release(tmp_path):
             assert b"hunter2" not in body
     finally:
         stop_lab(handle, root)
+
+
+def test_the_smoke_preview_answers_only_the_server_itself_and_only_while_a_release_is_tested(site_lab, tmp_path):
+    server = site_lab.servers[0]
+    next_link = Path(server.deploy_to, "next")
+    build = make_build(tmp_path, "preview", {"unreleased.txt": b"not released yet\n"})
+    configure(site_lab, build, smoke={"url": f"{server.url}_next/"})
+    result = site_lab.fab("deploy")
+    assert result.returncode == 0, result.stderr  # the smoke URL answered the server itself
+    assert not os.path.lexists(next_link)  # gone after the promote
+    assert get(server, "/_next/unreleased.txt")[0] == 404
+    # while a release is tested (`next` as the stage points it): the server itself, not a visitor
+    os.symlink(f"releases/{current(server)}", next_link)
+    try:
+        assert get(server, "/_next/unreleased.txt", source="127.0.0.2")[0] == 403
+        assert get(server, "/_next/unreleased.txt") == (200, None, b"not released yet\n")
+    finally:
+        os.unlink(next_link)
+    # a smoke URL that fails: the deploy stops, and the preview is gone too
+    broken = make_build(tmp_path, "broken", {"index.html": b"<p>no release name here</p>\n"})
+    configure(site_lab, broken, smoke={"url": f"{server.url}_next/"})
+    failed = site_lab.fab("deploy")
+    assert failed.returncode != 0 and "smoke URL failed" in failed.stderr, failed.stderr
+    assert not os.path.lexists(next_link)
+    assert get(server, "/_next/")[0] == 404
+
+
+def test_check_names_a_site_rule_added_since_setup_and_access_holds_meanwhile(site_lab, tmp_path):
+    server = site_lab.servers[0]
+    build = make_build(tmp_path, "drift", {"secret/new.txt": b"new secret\n", "dl/report.html": b"<p>report</p>\n"})
+    configure(site_lab, build)
+    assert site_lab.fab("deploy").returncode == 0
+    release_id = current(server)
+    assert site_lab.fab("check").returncode == 0
+    # the operator adds rules to the site's config and reloads Apache, but does not rerun setup
+    conf = Path(server.httpd_conf)
+    added = (
+        f'<Directory "{server.deploy_to}/current/secret">\n    Require all denied\n</Directory>\n'
+        f'<Directory "{server.deploy_to}/current/dl">\n    ForceType application/octet-stream\n</Directory>\n'
+    )
+    text = conf.read_text()
+    conf.write_text(text.replace("\n# Cutover's rules", "\n" + added + "# Cutover's rules"))
+    try:
+        lab.graceful_restart(server)
+        line = conf.read_text().splitlines().index(f'<Directory "{server.deploy_to}/current/secret">') + 1
+        # access is decided by the normal mapping before a request is pinned: the denial holds already
+        assert get(server, "/secret/new.txt")[0] == 403
+        # the ForceType does not hold for pinned requests yet, and check says which rule and what to do
+        assert get(server, "/dl/report.html") == (200, release_id, b"<p>report</p>\n")
+        checked = site_lab.fab("check")
+        assert checked.returncode != 0
+        for at, first in ((line, "secret"), (line + 3, "dl")):
+            assert (
+                f'the site\'s block at {conf}:{at} <Directory "{server.deploy_to}/current/{first}"> is new since '
+                "`fab setup`; rerun `fab setup` and reload Apache"
+            ) in checked.stdout, checked.stdout
+        assert site_lab.fab("setup").returncode == 0
+        lab.graceful_restart(server)
+        conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+        conn.request("GET", "/dl/report.html")
+        answer = conn.getresponse()
+        assert (answer.status, answer.getheader("Content-Type"), answer.getheader("X-Cutover-Release")) == (
+            200,
+            "application/octet-stream",
+            release_id,
+        )
+        conn.close()
+        assert site_lab.fab("check").returncode == 0
+    finally:
+        conf.write_text(text)
+        lab.apply_rules(site_lab.lab)  # the site's config and the blocks written for it as before
+        lab.graceful_restart(server)

@@ -103,9 +103,7 @@ def assert_whole(handle, known, shared_before, build_next):
         assert shared_snapshot(server) == shared_before[server.name]
         # free, or held by a dead run: once what the killed run started on the server has ended
         # (a smoke command runs on to its end), its lock can be cleared
-        assert poll(lambda: (o := lock_state(handle, server)) is None or o["alive"] is False, seconds=30), lock_state(
-            handle, server
-        )
+        assert poll(lambda s=server: (o := lock_state(handle, s)) is None or o["alive"] is False, seconds=30)
     configure(handle, build_next)
     result = handle.fab("deploy", "--force-unlock")
     assert result.returncode == 0, result.stderr

@@ -74,6 +74,7 @@ def cleanup(layout, keep, protect):
     kept = set(paths.releases(layout))
     seals.prune(layout, kept)
     _remove_leftovers(layout, kept)
+    paths.unpoint(layout.next)  # a dead run's smoke preview
     return removed
 
 
@@ -181,6 +182,8 @@ def op_abort(a):
     held = lock.held_by(layout, a["token"]) if a.get("token") else None
     removed = []
     live = paths.current_release(layout)
+    if held:
+        paths.unpoint(layout.next)  # the smoke preview of the release this run tested
     if held and a.get("remove") and paths.RELEASE_ID.fullmatch(release_id or "") and live != release_id:
         for name in (".prelink-" + release_id, ".incoming-" + release_id, release_id):
             if os.path.lexists(os.path.join(layout.releases, name)):

@@ -7,7 +7,7 @@ import os
 import pwd
 import sys
 
-from . import paths, swap
+from . import paths, siteconf, swap
 from .helper import HELPER_CONFIG
 from .protocol import Refused
 
@@ -37,9 +37,13 @@ def op_setup(a):
     if not os.path.exists(layout.release_map):  # Apache refuses to start while a RewriteMap file is missing
         swap.point_map(layout, paths.current_release(layout))
         created.append(layout.release_map)
+    # the site's blocks for current/... first: the rules include them
+    site, config = siteconf.render(layout.deploy_to, a.get("pidfile"), a.get("apache_config"), layout.apache_conf)
+    paths.write_file(layout.apache_site, site)
     paths.write_file(layout.apache_conf, a["rules"])
     return {"created": created, "user": pwd.getpwuid(os.geteuid()).pw_name, "rules": layout.apache_conf,
-            "current": paths.current_release(layout), "executable": sys.executable}
+            "current": paths.current_release(layout), "executable": sys.executable,
+            "site_config": config, "mirrored": site.count(siteconf.MARK)}
 
 
 def placeholder(layout, serve=""):

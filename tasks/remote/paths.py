@@ -6,7 +6,7 @@
       releases/.incoming-<id>/         a release being uploaded or tested; never served
       shared/                          survives every release (shared: entries)
       current -> releases/<id>         Apache's DocumentRoot (or current/<serve>)
-      next -> releases/.incoming-<id>  the release a smoke.url checks before the switch
+      next -> releases/.incoming-<id>  the release a smoke.url checks before the switch (only then)
       maintenance/index.html           present only while maintenance mode is on
       maintenance/retry-after          the Retry-After of the maintenance page
       .cutover/lock/owner.json         the lock and who holds it
@@ -14,6 +14,7 @@
       .cutover/release.map             Apache's release pin: a symlink to maps/<id>.map
       .cutover/maps/<id>.map
       .cutover/apache.conf             Cutover's Apache rules, written by setup
+      .cutover/apache-site.conf        the site's <Directory current/...> blocks for releases/*/...
       .cutover/swap.pid, swap-<pid>.json, watchdog.log   the detached swap and its watchdog
       backups/<backup_id>/             a backup: shared/ (hard links to the backup before where
                                        unchanged), databases/, manifest.json, backup.json
@@ -60,6 +61,7 @@ class Layout:
         self.maps = join(self.meta, "maps")
         self.release_map = join(self.meta, "release.map")
         self.apache_conf = join(self.meta, "apache.conf")
+        self.apache_site = join(self.meta, "apache-site.conf")
         self.swap_pid = join(self.meta, "swap.pid")
         self.watchdog_log = join(self.meta, "watchdog.log")
         self.backups = join(deploy_to, "backups")
@@ -183,3 +185,9 @@ def temp_symlink(link, target, dir_fd=None):
 def point(link, target):
     """Point the symlink link at target atomically: a temp symlink renamed over it."""
     os.replace(temp_symlink(link, target), link)
+
+
+def unpoint(link):
+    """Remove the symlink link, if there is one (never anything else)."""
+    if os.path.islink(link):
+        os.unlink(link)

@@ -201,7 +201,10 @@ def op_stage(a):
         from . import health
 
         paths.point(layout.next, os.path.relpath(incoming, layout.deploy_to))
-        problem = health.problem(dict(smoke["health"], urls=[smoke["url"]]), release_id)
+        try:
+            problem = health.problem(dict(smoke["health"], urls=[smoke["url"]]), release_id)
+        finally:
+            paths.unpoint(layout.next)  # /_next answers 404 again: the preview exists only while tested
         if problem:
             raise Refused("smoke URL failed: %s" % problem, kind="smoke")
     timings["smoke"] = time.monotonic() - t

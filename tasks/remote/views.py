@@ -55,6 +55,10 @@ def op_check(a):
     out["set_up"] = os.path.isfile(layout.apache_conf)
     if a.get("probe") and out["set_up"]:
         out["http"] = _probe(layout, out["current"], a["probe"])
+    if os.path.exists(layout.apache_conf):  # set up: the site's blocks for pinned requests are current
+        from . import siteconf
+
+        out["site_blocks"] = siteconf.problems(layout, a.get("pidfile"))
     return out
 
 

@@ -1,0 +1,335 @@
+"""Pinning changes which file is read, never which configuration applies. Plain Apache is the
+oracle: one lab Apache (mod_php, prefork) serves the same site and release twice, on its port with
+Cutover's rules and on an oracle port without them (lab/render.py), and every answer must be the
+same: status, Content-Type, body and the site's headers. Only Cutover's documented differences
+are allowed: its own headers, a never_serve name answered 404, and an asset the live release
+lacks served from the release before it (then it must be what plain Apache answered while that
+release was live, and a 404 now).
+
+The corpus is generated: RULES (one line per kind of site rule: the rule, the files it is about)
+times every file and directory of the release times VARIANTS (one line per way to write a URL),
+with MergeSlashes On and Off, with and without `serve: public`. Plain Apache keeps PHP's realpath
+cache of the release it saw first, so Apache is restarted after every deploy."""
+
+import hashlib
+import http.client
+import os
+import posixpath
+import re
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import lab
+from lab.render import render_apache
+from tasks.apache import never_serve_pattern
+from tasks.schema import BUILTIN
+
+from .conftest import configure, current, start_lab, stop_lab
+
+TXT = "text of {label}\n"
+HTML = '<meta name="release" content="{label}"><p>{label}</p>\n'
+CSS = "/* {label} */ body {{ color: black; }}\n"
+PNG = "PNG of {label}\n"
+PHP = '<?php echo "PHP ran in {label}: ", basename(__FILE__), " path-info=", $_SERVER["PATH_INFO"] ?? "-", " charset=", ini_get("default_charset"), "\\n";\n'
+FRONT = "RewriteEngine On\nRewriteCond %{{REQUEST_FILENAME}} !-f\nRewriteRule ^ index.php [L]\n"
+FRONT_BASE = (
+    "RewriteEngine On\nRewriteBase /blog/\nRewriteCond %{{REQUEST_FILENAME}} !-f\nRewriteRule ^ index.php [L]\n"
+)
+ROUTER = '<?php echo "front controller of {label}: ", $_SERVER["REQUEST_URI"], "\\n";\n'
+
+
+def directory(path, *lines, match=False):
+    """A <Directory> (or <DirectoryMatch>) block of the site for a path under its document root."""
+    section = "DirectoryMatch" if match else "Directory"
+    where = f"^@@docroot_re@@/{path}" if match else f"@@docroot@@/{path}"
+    body = "".join(f"    {line}\n" for line in lines)
+    return f'<{section} "{where}">\n{body}</{section}>'
+
+
+@dataclass
+class Rule:
+    """One kind of site rule: its Apache config, the files of the release it is about (path under
+    the document root: text with {label}), those only the release before has, and shared files."""
+
+    conf: str
+    files: dict
+    previous: dict = field(default_factory=dict)
+    shared: dict = field(default_factory=dict)
+
+
+# fmt: off
+RULES = [
+    Rule(directory("deny", "Require all denied"), {"deny/a.txt": TXT, "deny/a.php": PHP}),
+    Rule(directory("static", "php_admin_flag engine off"), {"static/t.php": PHP, "static/s.css": CSS}),
+    Rule(directory("dl", "ForceType application/octet-stream", "Header set Content-Disposition attachment"), {"dl/report.html": HTML}),
+    Rule(directory("css", "Header set Content-Security-Policy \"default-src 'self'\""), {"css/app.css": CSS}, previous={"css/old.css": CSS, "css/v1/old.css": CSS}),
+    Rule(directory("img", '<Files "internal.png">', "    Require all denied", "</Files>"), {"img/ok.png": PNG}, previous={"img/internal.png": PNG, "img/old.png": PNG}),
+    Rule('<FilesMatch "\\.(bak|sql)$">\n    Require all denied\n</FilesMatch>', {"dump.sql": TXT, "conf/app.php.bak": TXT}),
+    Rule(directory("conf", '<FilesMatch "\\.ini$">', "    Require all denied", "</FilesMatch>"), {"conf/app.ini": TXT, "conf/ok.txt": TXT}),
+    Rule('Alias /docs "@@other@@"\n<Directory "@@other@@">\n    Require all granted\n</Directory>', {"docs/x.txt": TXT, "docs/only-release.txt": TXT}, previous={"docs/v2/old.css": CSS, "docs/old.css": CSS}),
+    Rule("Redirect /old.html /new.html", {"old.html": HTML, "new.html": HTML}),
+    Rule("<Location /loc>\n    Require all denied\n</Location>", {"loc/a.txt": TXT}),
+    Rule(directory("txtphp", '<FilesMatch "\\.txt$">', "    SetHandler application/x-httpd-php", "</FilesMatch>"), {"txtphp/run.txt": PHP}),
+    Rule(directory("latin", "php_admin_value default_charset ISO-8859-1"), {"latin/p.php": PHP}),
+    Rule(directory("idx", "DirectoryIndex start.html"), {"idx/start.html": HTML, "idx/index.html": HTML}),
+    Rule(directory("links", "Options None"), {"links/a.txt": TXT, "links/to-deny": "->../deny"}),
+    Rule(directory("app", "AllowOverride All"), {"app/.htaccess": FRONT, "app/index.php": ROUTER, "app/real.txt": TXT}),
+    Rule(directory("blog", "AllowOverride All"), {"blog/.htaccess": FRONT_BASE, "blog/index.php": ROUTER}),
+    Rule(directory("vendor", "AllowOverride All"), {"vendor/.htaccess": "Require all denied\n", "vendor/lib.php": PHP}),
+    Rule(directory("(gen|build)", "Header set X-Generated yes", match=True), {"gen/g.txt": TXT, "gen/g.php": PHP}),
+    Rule(directory("uploads", "php_admin_flag engine off"), {}, shared={"uploads/evil.php": PHP, "uploads/photo.png": PNG}),
+    Rule("", {"index.html": HTML, "index.php": PHP, "a b.txt": TXT, "x.php": PHP, ".env": TXT, ".git/config": TXT, "sub/.env.local": TXT, "sub/.htaccess": TXT}),
+]
+# What lies beside `public/` when the document root is the release's public/ (serve: public).
+OUTSIDE = {".env": TXT, "composer.json": TXT, "src/App.php": PHP}
+# Ways to write a URL for a path of the release (p starts with "/"): (name, method, URL).
+VARIANTS = [
+    ("as is", "GET", lambda p: p),
+    ("POST", "POST", lambda p: p),
+    ("query", "GET", lambda p: p + "?x=1"),
+    ("dot segment", "GET", lambda p: "/x/.." + p),
+    ("encoded dot segment", "GET", lambda p: "/x/%2e%2e" + p),
+    ("double-encoded dot segment", "GET", lambda p: "/css/%252e%252e" + p),
+    ("self segment", "GET", lambda p: "/." + p),
+    ("doubled slash", "GET", lambda p: "/" + p),
+    ("doubled slash after a dot segment", "GET", lambda p: "/x/../" + p),
+    ("doubled inner slash", "GET", lambda p: p[:1] + p[1:].replace("/", "//", 1)),
+    ("first letter encoded", "GET", lambda p: f"/%{ord(p[1]):02x}{p[2:]}" if len(p) > 1 else p),
+    ("first letter double-encoded", "GET", lambda p: f"/%25{ord(p[1]):02x}{p[2:]}" if len(p) > 1 else p),
+    ("slash encoded", "GET", lambda p: p[:1] + p[1:].replace("/", "%2f")),
+    ("path-info", "GET", lambda p: p + "/extra/info"),
+    ("upper case", "GET", lambda p: p.upper()),
+    ("%00", "GET", lambda p: p + "%00"),
+    ("%00 and an extension", "GET", lambda p: p + "%00.txt"),
+    ("trailing slash", "GET", lambda p: p + "/"),
+    ("trailing dot segment", "GET", lambda p: p + "/."),
+]
+# fmt: on
+EXTRA = [
+    "/",
+    "/nothing.txt",
+    "/docs/only-other.txt",
+    "/app/some/route",
+    "/blog/posts/3",
+    "/%2egit/config",
+    "/.GIT/config",
+]
+# Hours old (Apache gives a file changed within the last second a weak ETag), and each release's
+# own, as its upload keeps them (build.compare mtime)
+MTIME = {"A": time.time() - 7200, "B": time.time() - 3600}
+# Among the answers with Cutover's rules: pinned ones, and never pinned (elsewhere, denied, shared)
+PINNED = {"/", "/index.html", "/static/t.php", "/dl/report.html", "/css/app.css", "/txtphp/run.txt", "/latin/p.php",
+          "/gen/g.txt", "/x.php/extra/info", "/app/some/route", "/blog/posts/3", "/links/a.txt", "/idx/"}  # fmt: skip
+NOT_PINNED = {"/docs/x.txt", "/old.html", "/uploads/evil.php", "/x/..//uploads/evil.php", "//uploads/evil.php",
+              "/deny/a.txt", "/img/internal.png", "/conf/app.ini", "/vendor/lib.php", "/loc/a.txt", "/.env"}  # fmt: skip
+HIDDEN_HEADERS = {"date", "connection", "keep-alive", "x-cutover-release", "x-cutover-fallback"}
+NEVER_SERVE = re.compile(never_serve_pattern(BUILTIN["never_serve"]), re.I)
+
+
+def site_conf(deploy_to, serve, other):
+    """The site's own Apache config: every rule of RULES, for the document root of `serve`; an
+    Alias's target is the directory other."""
+    docroot = f"{deploy_to}/current" + (f"/{serve}" if serve else "")
+    text = "\n".join(rule.conf for rule in RULES if rule.conf)
+    return (
+        text.replace("@@docroot_re@@", re.escape(docroot))
+        .replace("@@docroot@@", docroot)
+        .replace("@@other@@", str(other))
+    )
+
+
+def write_release(parent, label, serve, previous):
+    """A build of every rule's files (and, for the release before, those only it has)."""
+    build = Path(parent) / f"build-{label}"
+    root = build / serve if serve else build
+    files = {}
+    for rule in RULES:
+        files.update(rule.files)
+        files.update(rule.shared)
+        if previous:
+            files.update(rule.previous)
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if text.startswith("->"):
+            path.symlink_to(text[2:])
+        else:
+            path.write_text(text.format(label=label))
+            os.utime(path, (MTIME[label],) * 2)
+    for rel, text in OUTSIDE.items() if serve else ():
+        (build / rel).parent.mkdir(parents=True, exist_ok=True)
+        (build / rel).write_text(text.format(label=label))
+    return build
+
+
+def paths_of(build, serve):
+    """Every file and directory of the build as a URL path, those beside the document root too."""
+    root = build / serve if serve else build
+    found = {"/" + str(p.relative_to(root)) for p in root.rglob("*")}
+    if serve:
+        found |= {"/" + str(p.relative_to(build)) for p in build.rglob("*") if not p.is_relative_to(root)}
+    for rule in RULES:
+        found |= {"/" + rel for rel in rule.previous}
+    return sorted(found)
+
+
+def urls_of(paths):
+    """(variant, method, URL) for every path and every variant, and the extra URLs."""
+    out = [(name, method, make(urllib.parse.quote(p))) for p in paths for name, method, make in VARIANTS]
+    return out + [("extra", "GET", url) for url in EXTRA]
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple
+    fallback: bool
+    pinned: bool = False
+
+    def __str__(self):
+        digest = hashlib.sha256(self.body).hexdigest()[:8]
+        shown = self.body[:70].decode("utf-8", "replace").replace("\n", "\\n")
+        return f"{self.status} {self.content_type or '-'} {dict(self.headers)} body {digest} {shown!r}"
+
+    def same(self, other):
+        return (self.status, self.content_type, self.body, self.headers) == (
+            other.status,
+            other.content_type,
+            other.body,
+            other.headers,
+        )
+
+
+def crawl(port, urls):
+    """Every URL's answer from the Apache on port, ports in answers written as PORT."""
+    answers = {}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for _, method, url in urls:
+            for attempt in (1, 2):  # a kept-alive connection the server closed: once more on a new one
+                try:
+                    conn.request(method, url, body=b"x=1" if method == "POST" else None)
+                    r = conn.getresponse()
+                    body = r.read()
+                    break
+                except (http.client.HTTPException, ConnectionError):
+                    conn.close()
+                    if attempt == 2:
+                        raise
+            own = str(port).encode()
+            body = body.replace(b":" + own, b":PORT")
+            headers = tuple(
+                sorted(
+                    (k.lower(), v.replace(f":{port}", ":PORT"))
+                    for k, v in r.getheaders()
+                    if k.lower() not in HIDDEN_HEADERS
+                )
+            )
+            answers[(method, url)] = Answer(r.status, r.getheader("Content-Type"), body, headers,
+                                            bool(r.getheader("X-Cutover-Fallback")), bool(r.getheader("X-Cutover-Release")))  # fmt: skip
+            if r.getheader("Connection", "").lower() == "close":
+                conn.close()
+    finally:
+        conn.close()
+    return answers
+
+
+def never_served(url):
+    """Whether Cutover's never_serve rule (a 404) covers the path Apache decodes from url."""
+    path = posixpath.normpath(urllib.parse.unquote(url.split("?", 1)[0]))
+    return bool(NEVER_SERVE.search(path))
+
+
+def differences(urls, ours, plain, before):
+    """One line per URL whose answer with Cutover's rules is not plain Apache's."""
+    out = []
+    for variant, method, url in urls:
+        key = (method, url)
+        o, p = ours[key], plain[key]
+        if o.fallback:  # an asset the live release lacks, from the release before
+            if p.status == 404 and o.same(before[key]):
+                continue
+            out.append(f"{method} {url} ({variant}): with Cutover's rules (fallback) {o}; plain Apache {p}; "
+                       f"plain Apache with the release before live {before[key]}")  # fmt: skip
+        elif o.same(p) or (o.status == 404 and never_served(url)):
+            continue
+        else:
+            out.append(f"{method} {url} ({variant}): with Cutover's rules {o}; plain Apache {p}")
+    return out
+
+
+@pytest.fixture(scope="module", params=["", "public"])
+def oracle_lab(request):
+    """A lab Apache with mod_php serving the site on two ports, with and without Cutover's rules;
+    the document root is the release (serve: none) or its public/ (serve: public)."""
+    serve = request.param
+    handle, root = start_lab(1, php="mod_php", oracle=True, **({"serve": serve} if serve else {}))
+    handle.serve = serve
+    yield handle
+    stop_lab(handle, root)
+
+
+def deploy(handle, build, serve):
+    """Deploy build (its front page says its label) and restart Apache (plain Apache's PHP caches)."""
+    root = f"{serve}/" if serve else ""
+    settings = {"serve": serve} if serve else {}
+    configure(
+        handle,
+        build,
+        shared=[f"{root}uploads"],
+        required=[f"{root}index.html"],
+        smoke={"commands": []},
+        build_compare="mtime",
+        **settings,
+    )  # fmt: skip  (mtime: the build's mtimes are kept, MTIME)
+    result = handle.fab("deploy")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return current(handle.servers[0])
+
+
+def restart(handle, merge_slashes):
+    """Apache with MergeSlashes On or Off, restarted."""
+    server = handle.servers[0]
+    server.merge_slashes = merge_slashes
+    render_apache(handle.lab, server)
+    lab.graceful_restart(server)
+
+
+def test_cutovers_rules_answer_as_plain_apache(oracle_lab, tmp_path):
+    server, serve = oracle_lab.servers[0], oracle_lab.serve
+    other = Path(server.deploy_to).parent / "other"
+    other.mkdir(exist_ok=True)
+    for name in ("x.txt", "only-other.txt"):
+        (other / name).write_text(f"the alias target's {name}\n")
+    server.site_conf = site_conf(server.deploy_to, serve, other)
+    before_build = write_release(tmp_path, "A", serve, previous=True)
+    live_build = write_release(tmp_path, "B", serve, previous=False)
+    urls = urls_of(paths_of(before_build, serve))
+    modes = ("On", "Off")
+    deploy(oracle_lab, before_build, serve)
+    before = {}
+    for mode in modes:
+        restart(oracle_lab, mode)
+        before[mode] = crawl(server.oracle_port, urls)
+    release_id = deploy(oracle_lab, live_build, serve)
+    found = []
+    for mode in modes:
+        restart(oracle_lab, mode)
+        ours, plain = crawl(server.http_port, urls), crawl(server.oracle_port, urls)
+        assert plain[("GET", "/")].body.count(b"B") and ours[("GET", "/")].status == 200
+        found += [f"MergeSlashes {mode}: {line}" for line in differences(urls, ours, plain, before[mode])]
+        # the rules pin what they can (or this test would prove nothing), never what they must not
+        pinned = {url for (method, url), answer in ours.items() if answer.pinned and method == "GET"}
+        fallback = {url for (method, url), answer in ours.items() if answer.fallback and method == "GET"}
+        assert PINNED <= pinned, (mode, PINNED - pinned)
+        assert NOT_PINNED & pinned == set(), mode
+        assert {"/css/old.css", "/img/old.png", "/css/v1/old.css"} <= fallback, mode
+        assert {url.split("?")[0].rsplit("/", 1)[-1] for url in fallback} == {"old.css", "old.png"}, (mode, fallback)
+    assert current(server) == release_id
+    assert found == [], f"{len(found)} of {len(urls) * len(modes)} answers differ:\n" + "\n".join(found)

@@ -1,0 +1,175 @@
+"""The site's <Directory current/...> blocks written again for releases/*/... (tasks/remote/siteconf.py),
+read in this process from Apache configuration trees written here: Include and IncludeOptional
+(wildcards, directories, symlinks, relative to ServerRoot), conditional sections, Define, continued
+lines, VirtualHosts of this site and of others, regular expressions, and the drift `fab check` reports."""
+
+from pathlib import Path
+
+import pytest
+
+from tasks.remote import siteconf
+from tasks.remote.paths import Layout
+from tasks.remote.protocol import Refused
+
+DEPLOY_TO = "/var/www/shop"
+
+
+def tree(root, files):
+    """Write {relative path: text} under root; a text starting with -> makes a symlink."""
+    for rel, text in files.items():
+        path = Path(root, rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if text.startswith("->"):
+            path.symlink_to(text[2:])
+        else:
+            path.write_text(text)
+    return Path(root)
+
+
+def rendered(root, config="httpd.conf"):
+    text, found = siteconf.render(
+        DEPLOY_TO, config=str(Path(root, config)), rules_path=f"{DEPLOY_TO}/.cutover/apache.conf"
+    )
+    assert found == str(Path(root, config))
+    return text
+
+
+def blocks(text):
+    """The mirrored blocks of a rendered apache-site.conf, without the comment lines."""
+    return [chunk.partition("\n")[2].strip("\n") for chunk in text.split("\n" + siteconf.MARK)[1:]]
+
+
+MAIN = """ServerRoot "{root}"
+Define SITE /var/www/shop
+<Directory />
+    Require all denied
+</Directory>
+<Directory /var/www/shop>
+    AllowOverride None
+</Directory>
+<IfModule php_module>
+    <Directory "${{SITE}}/current/static">
+        php_admin_flag engine off
+        <Files "x.php">
+            Require all denied
+        </Files>
+    </Directory>
+</IfModule>
+<DirectoryMatch "^/var/www/shop/current/(gen|build)/">
+    Header set X-Generated \\
+        yes
+</DirectoryMatch>
+<Directory /var/www/shop/current/../current//dl>
+    ForceType application/octet-stream
+</Directory>
+<Directory /var/www/other/current/private>
+    Require all denied
+</Directory>
+IncludeOptional sites-enabled/*.conf
+IncludeOptional missing/*.conf
+"""
+SHOP = """<VirtualHost *:80>
+    DocumentRoot /var/www/shop/current/public
+    <Directory /var/www/shop/current/public/uploads>
+        php_admin_flag engine off
+    </Directory>
+    Include conf.d
+</VirtualHost>
+"""
+OTHER = """<VirtualHost *:8080>
+    DocumentRoot /srv/other
+    <Directory /var/www/shop/current/public/admin>
+        Require all granted
+    </Directory>
+</VirtualHost>
+"""
+
+
+def test_the_blocks_for_current_are_written_for_every_release_inside_their_conditions(tmp_path):
+    root = tree(tmp_path, {
+        "httpd.conf": MAIN.format(root=tmp_path),
+        "sites-available/shop.conf": SHOP,
+        "sites-enabled/shop.conf": "->../sites-available/shop.conf",  # Debian's a2ensite
+        "sites-enabled/other.conf": OTHER,
+        "conf.d/headers.conf": '<Directory "/var/www/shop/current/public/css">\n    Header set X-Css yes\n</Directory>\n',
+    })  # fmt: skip
+    assert blocks(rendered(root)) == [
+        '<IfModule php_module>\n    <Directory "/var/www/shop/releases/*/static">\n        php_admin_flag engine off\n'
+        '        <Files "x.php">\n            Require all denied\n        </Files>\n    </Directory>\n</IfModule>',
+        '<DirectoryMatch "^/var/www/shop/releases/[^/]+/(gen|build)/">\n    Header set X-Generated         yes\n'
+        "</DirectoryMatch>",
+        '<Directory "/var/www/shop/releases/*/dl">\n    ForceType application/octet-stream\n</Directory>',
+        # this site's VirtualHost (its DocumentRoot is under current), with what it includes; not the other's
+        '<Directory "/var/www/shop/releases/*/public/uploads">\n    php_admin_flag engine off\n</Directory>',
+        '<Directory "/var/www/shop/releases/*/public/css">\n    Header set X-Css yes\n</Directory>',
+    ]
+
+
+def test_a_regular_expression_with_escaped_slashes_and_dots_is_mirrored(tmp_path):
+    deploy_to = "/srv/shop.example"
+    conf = tree(
+        tmp_path,
+        {
+            "httpd.conf": '<Directory ~ "^\\/srv\\/shop\\.example\\/current\\/private">\nRequire all denied\n</Directory>\n'
+        },
+    )
+    text, _ = siteconf.render(deploy_to, config=str(conf / "httpd.conf"))
+    assert blocks(text) == [
+        '<Directory ~ "^/srv/shop\\.example/releases/[^/]+\\/private">\n    Require all denied\n</Directory>'
+    ]
+
+
+def test_virtualhosts_of_the_site_with_different_blocks_are_refused(tmp_path):
+    second = SHOP.replace(":80", ":443").replace("engine off", "engine on")
+    root = tree(tmp_path, {"httpd.conf": MAIN.format(root=tmp_path), "sites-enabled/a.conf": SHOP,
+                           "sites-enabled/b.conf": second, "conf.d/empty.conf": "\n"})  # fmt: skip
+    with pytest.raises(Refused, match="have different <Directory /var/www/shop/current/...> blocks"):
+        rendered(root)
+    # the same blocks in both (http and https of one site): one set, written once
+    tree(tmp_path, {"sites-enabled/b.conf": SHOP.replace(":80", ":443")})
+    assert len(blocks(rendered(root))) == 4
+
+
+def test_no_configuration_found_writes_none_and_says_so(tmp_path):
+    text, found = siteconf.render(DEPLOY_TO, pidfile=str(tmp_path / "no.pid"), config=str(tmp_path / "none.conf"))
+    if found is None:  # neither given nor at a well-known path on this machine
+        assert blocks(text) == [] and "(no Apache configuration found)" in text
+    else:
+        assert found in siteconf.WELL_KNOWN
+
+
+def test_check_names_each_block_changed_added_or_removed_since_setup(tmp_path):
+    layout = Layout(str(tmp_path / "site"))
+    Path(layout.meta).mkdir(parents=True)
+    conf = tree(tmp_path, {"httpd.conf": MAIN.format(root=tmp_path), "conf.d/x.conf": "\n"}) / "httpd.conf"
+    assert siteconf.problems(layout, config=str(conf)) == [
+        f"{layout.apache_site} is missing: rerun `fab setup` (and reload Apache)"
+    ]
+    Path(layout.apache_site).write_text(siteconf.render(layout.deploy_to, config=str(conf))[0])
+    assert siteconf.problems(layout, config=str(conf)) == []
+    site = layout.deploy_to
+    text = MAIN.format(root=tmp_path).replace("/var/www/shop", site)
+    conf.write_text(text)
+    Path(layout.apache_site).write_text(siteconf.render(site, config=str(conf))[0])
+    assert siteconf.problems(layout, config=str(conf)) == []
+    # the operator turns PHP on again in static/, adds a rule for private/ and drops the one for dl/
+    changed = text.replace("engine off", "engine on").replace(
+        f"<Directory {site}/current/../current//dl>\n    ForceType application/octet-stream\n</Directory>\n", ""
+    )
+    conf.write_text(changed + f"<Directory {site}/current/private>\n    Require all denied\n</Directory>\n")
+    lines = siteconf.problems(layout, config=str(conf))
+    again = "; rerun `fab setup` and reload Apache"
+    assert lines == [
+        f'the site\'s block at {conf}:10 <Directory "${{SITE}}/current/static"> changed since `fab setup`' + again,
+        f"the site's block at {conf}:26 <Directory {site}/current/private> is new since `fab setup`" + again,
+        f"the site's block that was at {conf}:21 <Directory {site}/current/../current//dl> is gone since `fab setup`"
+        + again,
+    ]
+
+
+def test_a_configuration_that_includes_itself_is_refused(tmp_path):
+    root = tree(
+        tmp_path, {"httpd.conf": f"ServerRoot {tmp_path}\nInclude loop.conf\n", "loop.conf": "Include loop.conf\n"}
+    )
+    with pytest.raises(Refused, match="Include nested deeper than 32 files"):
+        rendered(root)
