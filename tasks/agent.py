@@ -23,7 +23,7 @@ from .errors import HookError, LockError, MigrationError, RemoteError, SmokeErro
 REMOTE = Path(__file__).resolve().parent / "remote"
 BUNDLE = ("protocol", "paths", "limits", "history", "httpd", "listen", "pause", "swap", "health", "lock", "stage", "shared",
           "finish", "views", "install", "helper", "dumps", "backup", "intent", "seals", "balancer", "procs",
-          "commands", "switching")  # fmt: skip
+          "commands", "switching", "private")  # fmt: skip
 HELPER_BUNDLE = (
     "protocol",
     "paths",

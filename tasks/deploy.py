@@ -38,8 +38,10 @@ def check(hosts, build_override, built=None):
     build = hosts[0].build
     if any(h.build != build for h in hosts[1:]):
         raise ConfigError("the hosts of this group name different builds; deploy them as separate groups")
+    # every host's local files (hosts.yaml, its SSH key ...) stay out of the one build they share
+    build = replace(build, private=tuple(sorted({p for h in hosts for p in h.build.private})))
     if built:
-        build = built.build
+        build = replace(built.build, private=build.private)
     elif build_override:
         try:
             build = replace(build, path=Path(build_override).resolve())
@@ -167,7 +169,7 @@ def dry_run(run, build, info):
         current = r.call("plan", "state")["current"]
         layout = Layout(r.host.deploy_to)
         dest = layout.release(current) if current else layout.releases + "/.dry-run-empty"
-        stats = rsync.upload(r.host, r.conn, build.path, dest, dry_run=True)
+        stats = rsync.upload(r.host, r.conn, build, dest, dry_run=True)
         changed = [c for c in stats.changed if not c.endswith("/")]
         shown = [f"    {path}" for path in changed[:DRY_RUN_SHOWN]]
         if len(changed) > DRY_RUN_SHOWN:

@@ -73,8 +73,9 @@ PROBED_OUTSIDE = 20  # entries of the release outside `serve` requested by check
 
 def _probe(layout, current, probe):
     """Over HTTP on this server: the front page as the health check expects it, which release
-    answered (Cutover's rules active?), and the status of every URL that must not be served:
-    the given ones and each entry of the live release outside `serve`."""
+    answered (Cutover's rules active?), the status of every URL that must not be served (the
+    given ones and each entry of the live release outside `serve`), and which private-looking
+    files of the live release are served (private.py)."""
     from . import health
 
     verify = health.checked(dict(probe["verify"], retries=0, protected=[]))
@@ -92,6 +93,10 @@ def _probe(layout, current, probe):
         names = sorted(n for n in os.listdir(layout.release(current)) if n != serve.split("/")[0])
         urls += [probe["origin"] + "/" + n for n in names[:PROBED_OUTSIDE]]
     out["denied"] = {url: health.status_of(url, timeout) for url in urls}
+    if current:
+        from . import private
+
+        out["private"] = private.probe(os.path.join(layout.release(current), serve or ""), probe["origin"], timeout)
     if probe.get("fallback"):
         out["fallback"] = _probe_fallback(layout, current, probe, timeout)
     return out
