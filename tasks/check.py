@@ -4,7 +4,7 @@ from urllib.parse import urlsplit
 
 from invoke import task
 
-from . import agent, ssh
+from . import ssh, swaphelper
 from .cli import boundary, target
 from .errors import CutoverError
 from .fleet import STEP_TIMEOUT, Run, close, each_host
@@ -84,15 +84,17 @@ def listen_queue(host, found):
 
 
 def check_host(r):
-    """Check one server: SSH with a checked host key, rsync, deploy_to, httpd, disk, the swap helper,
-    and over HTTP: the front page, Cutover's rules, the paths that must not be served."""
+    """Check one server: SSH with a checked host key, rsync, deploy_to, httpd, disk, the swap helper
+    (sudo allows it, its version, its registration as hosts.yaml has it), and over HTTP: the front
+    page, Cutover's rules, the paths that must not be served, private-looking files served."""
     r.conn = ssh.connect(r.host)
     probe = probe_args(r.host)
     probes = len(probe["denied"]) + PROBED_OUTSIDE + private.PROBED + 2 if probe else 0
     timeout = STEP_TIMEOUT + probes * r.host.health.timeout
     found = r.call(
         "check", "check", timeout=timeout, pidfile=r.host.httpd.pidfile, probe=probe,
-        helper_path=agent.HELPER if r.uses_helper else None, ports=http_ports(r.host), pause=r.host.httpd.pause,
+        helper=swaphelper.probe_args(r.host) if r.uses_helper else None, ports=http_ports(r.host),
+        pause=r.host.httpd.pause,
     )  # fmt: skip
     problems = []
     if tuple(int(x) for x in found["python"].split(".")[:2]) < MIN_PYTHON:
@@ -111,10 +113,7 @@ def check_host(r):
     found["http_ok"] = not http
     problems += http
     if r.uses_helper:
-        if found.get("helper_sha256") is None:
-            problems.append(f"the swap helper {agent.HELPER} is not installed: run `fab setup`")
-        elif found["helper_sha256"] != agent.helper_hash():
-            problems.append(f"the swap helper {agent.HELPER} is from another version of Cutover: run `fab setup`")
+        problems += swaphelper.problems(r.host, found["helper"])
     return found, problems
 
 

@@ -23,6 +23,7 @@ from .steps.balancer import balancer_of
 from .steps.finish import abort, finish
 from .steps.hooks import run_hooks
 from .steps.lock import force_unlock, lock
+from .steps.preflight import preflight
 from .steps.repair import repair
 from .steps.stage import stage
 from .steps.swap import spread_note, swap
@@ -54,8 +55,11 @@ def check(hosts, build_override, built=None):
     return run, build, info
 
 
-def deploy_to_hosts(hosts, build_override=None, dry=False, force=False, migrating=False, ref=None, batch=None):
-    """The whole deploy, step by step; returns the Run."""
+def deploy_to_hosts(
+    hosts, build_override=None, dry=False, force=False, migrating=False, ref=None, batch=None, live_health=True
+):
+    """The whole deploy, step by step; returns the Run. live_health=False: deploy even where the
+    live release fails its health check."""
     total = Timer()
     if ref and build_override:
         raise ConfigError("--ref and --build name two builds; give one")
@@ -70,13 +74,13 @@ def deploy_to_hosts(hosts, build_override=None, dry=False, force=False, migratin
         raise ConfigError("--batch and --migrate: a migration switches every host at once, in maintenance mode")
     built = gitbuild.build(hosts[0], ref, say=line) if ref else None
     try:
-        return _deploy(total, hosts, build_override, dry, force, migrating, built, batch)
+        return _deploy(total, hosts, build_override, dry, force, migrating, built, batch, live_health)
     finally:
         if built:
             built.remove()
 
 
-def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=None):
+def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=None, live_health=True):
     """The steps from check to finish, and the failure path."""
     run, build, info = check(hosts, build_override, built)
     doing = "dry run of release" if dry else "deploying release"
@@ -93,6 +97,7 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
         connect(run)
         if dry:
             return dry_run(run, build, info)
+        preflight(run, live_health)  # what would fail at the switch: before anything is uploaded
         if hashing is not None:
             run.digests = hashing.result()
         if force:
@@ -192,9 +197,14 @@ def dry_run(run, build, info):
         "split": "deploy to some hosts of a group only (-H naming hosts), leaving it on two releases",
         "ref": "build and deploy this branch, tag or commit of the local git repository (build.command)",
         "batch": BATCH_HELP,
+        "ignore-live-health": "deploy even to hosts whose live release fails its health check (a release that fixes it)",
     }
 )
 @boundary
-def deploy(c, dry_run=False, force_unlock=False, build=None, migrate=False, split=False, ref=None, batch=None):
+def deploy(
+    c, dry_run=False, force_unlock=False, build=None, migrate=False, split=False, ref=None, batch=None,
+    ignore_live_health=False,
+):  # fmt: skip
     """Ship the local build: upload, smoke test, switch live atomically, verify."""
-    deploy_to_hosts(target(c, split or dry_run), build, dry_run, force_unlock, migrate, ref, batch)
+    hosts = target(c, split or dry_run)
+    deploy_to_hosts(hosts, build, dry_run, force_unlock, migrate, ref, batch, live_health=not ignore_live_health)

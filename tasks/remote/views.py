@@ -16,7 +16,8 @@ def _disk_free(path):
 
 
 def op_check(a):
-    """Preflight: rsync present, deploy_to usable, httpd alive, disk space, the sudo helper's version."""
+    """Preflight: rsync present, deploy_to usable, httpd alive, disk space; for a deploy user who is
+    not root, whether sudo lets it run the swap helper, and the helper's version and registration."""
     layout = paths.Layout(a["deploy_to"])
     out = {"rsync": shutil.which("rsync"), "python": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable}
     if os.path.isdir(layout.deploy_to):
@@ -42,10 +43,10 @@ def op_check(a):
     out["releases"] = paths.releases(layout)
     out["intent"] = intent.read(layout)
     out["maintenance"] = os.path.exists(layout.maintenance_page)
-    if a.get("helper_path"):
-        from . import install
+    if a.get("helper"):
+        from . import preflight
 
-        out["helper_sha256"] = install.installed_hash(a["helper_path"])
+        out["helper"] = preflight.helper_state(layout.deploy_to, a["helper"])
     if a.get("probe"):
         out["http"] = _probe(layout, out["current"], a["probe"])
     return out
