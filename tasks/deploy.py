@@ -97,13 +97,14 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
         connect(run)
         if dry:
             return dry_run(run, build, info)
-        preflight(run, live_health)  # what would fail at the switch: before anything is uploaded
         if hashing is not None:
             run.digests = hashing.result()
+        fault_point("lock")
+        start_uploads(run, build)  # rsync's server side waits for the lock step: nothing moves yet
+        # what would fail at the switch, while rsync starts; refused, the waiting uploads are stopped
+        preflight(run, live_health)
         if force:
             force_unlock(run)
-        fault_point("lock")
-        start_uploads(run, build)
         lock(run, info)
         repair(run)  # a group switch a dead run left half done: whole again before this one
         fault_point("upload")

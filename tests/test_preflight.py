@@ -8,6 +8,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from tasks import agent
 
 from .conftest import configure, current, history, make_build, releases, start_lab, stop_lab
+from .test_deploy import _rsync_processes
 from .test_php import SITE_CONF, configure_app
 from .test_php import build as php_app
 from .test_setup import deploy_user  # noqa: F401 (a fixture)
@@ -145,6 +147,12 @@ def test_a_live_release_failing_its_health_check_is_not_deployed_to(lab_pair, tm
     assert "deploy anyway with --ignore-live-health" in refused.stderr
     untouched(one, before[0])
     untouched(two, before[1])
+    # the uploads started beside the preflight waited for the lock step, and ended with the run
+    for server in (one, two):
+        deadline = time.monotonic() + 10
+        while _rsync_processes(server) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _rsync_processes(server) == []
     fixed = lab_pair.fab("deploy", "--ignore-live-health")
     assert fixed.returncode == 0, fixed.stderr
     assert current(one) == current(two) != live
