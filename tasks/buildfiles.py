@@ -88,13 +88,26 @@ def rules(build):
     out = [rule(text) for text in ALWAYS + tuple(build.exclude)]
     top = Path(build.path).resolve()
     for private in build.private:
-        try:
-            inside = Path(private).resolve().relative_to(top)
-        except (ValueError, OSError):
-            continue  # outside the build: never uploaded anyway
-        if inside.parts:
-            out.append(Rule(f"/{inside}", inside.parts, anchored=True, literal=True))
+        for where in _places(Path(private)):
+            try:
+                inside = where.relative_to(top)
+            except ValueError:
+                continue  # outside the build: never uploaded anyway
+            if inside.parts:
+                out.append(Rule(f"/{inside}", inside.parts, anchored=True, literal=True))
     return out
+
+
+def _places(path):
+    """Where a local file is: where its name is (a symlink included, which rsync would upload as
+    one) and where it leads to."""
+    places = set()
+    for where in (lambda: path.parent.resolve() / path.name, path.resolve):
+        try:
+            places.add(where())
+        except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+            continue
+    return sorted(places)
 
 
 def excluded(rules_, relative):

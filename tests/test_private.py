@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import hostsfile, release
+from tasks import buildfiles, hostsfile, release
 from tasks.errors import ConfigError
+from tasks.remote import private
 
 from .conftest import current, make_build
 
@@ -157,3 +158,43 @@ def test_check_fails_on_a_private_looking_file_the_site_serves(lab1, tmp_path):
     assert lab1.fab("deploy", hosts_file=hosts_file).returncode == 0
     fixed = lab1.fab("check", hosts_file=hosts_file)
     assert fixed.returncode == 0, fixed.stdout
+
+
+def test_the_hosts_file_and_its_key_are_left_out_wherever_their_symlinks_lead(tmp_path):
+    """The build reached through a symlink; hosts.yaml inside it a symlink to a file elsewhere; the
+    key named through a symlink outside the build that leads into it: none of them is uploaded
+    (rsync itself run with the rules, locally)."""
+    real = make_build(tmp_path, "linked")
+    site = tmp_path / "site"
+    site.symlink_to(real)
+    (tmp_path / "secrets").mkdir()
+    settings = {"deploy_to": "/var/www/site", "build": {"path": "../site"}, "key": "../keylink"}
+    (tmp_path / "secrets" / "hosts.yaml").write_text(
+        yaml.safe_dump({"defaults": settings, "groups": {"prod": [{"host": "w"}]}})
+    )
+    (real / "hosts.yaml").symlink_to(tmp_path / "secrets" / "hosts.yaml")
+    (real / "deploy_key").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (tmp_path / "keylink").symlink_to(real / "deploy_key")
+    build = hostsfile.load(site / "hosts.yaml").resolve("prod")[0].build
+    assert Path(build.path).resolve() == real  # relative to where hosts.yaml really is
+    texts = [r.text for r in buildfiles.rules(build)]
+    assert "/hosts.yaml" in texts and "/deploy_key" in texts
+    dest = tmp_path / "dest"
+    argv = ["rsync", "--archive", "--delete", *(r.rsync_filter() for r in buildfiles.rules(build))]
+    subprocess.run([*argv, f"{site}/", f"{dest}/"], check=True)
+    assert sorted(p.name for p in dest.iterdir()) == ["assets", "health.txt", "index.html", "migrations"]
+
+
+def test_private_looking_files_are_found_by_name_symlinks_included_and_no_directory_link_is_walked(tmp_path):
+    root = tmp_path / "release"
+    (root / "assets").mkdir(parents=True)
+    (root / "assets" / "site.css").write_text("body{}")
+    (root / "assets" / "Backup-2026.TAR.GZ").write_bytes(b"\x1f\x8b")
+    (root / "dump.sql").symlink_to("/etc/hostname")  # Apache with FollowSymLinks serves it
+    (root / "id_ed25519.pub").write_text("ssh-ed25519 AAAA")  # a public key: not private
+    (root / "media").symlink_to("/usr")  # a shared entry's link: never walked into
+    (root / ".git").mkdir()
+    (root / ".git" / "secrets.sql").write_text("x")
+    files, vcs, stopped = private.find(str(root))
+    assert files == ["dump.sql", "assets/Backup-2026.TAR.GZ"]
+    assert vcs == [".git"] and stopped is False

@@ -36,7 +36,8 @@ def looks_private(name):
 
 def find(root):
     """(private-looking files, version-control directories, whether the walk stopped early) of the
-    tree at root, paths relative to it; symlinks (the shared entries) are not followed."""
+    tree at root, paths relative to it. A symlink is a file here by its own name (Apache may follow
+    it); a symlink to a directory (a shared entry) is not walked into."""
     files, vcs, seen = [], [], 0
     for top, dirs, names in os.walk(root):
         rel = os.path.relpath(top, root)
@@ -46,9 +47,8 @@ def find(root):
             if d in VCS:
                 vcs.append(prefix + d)
                 dirs.remove(d)  # its files are no page either: never served (never_serve)
-        for name in sorted(names):
-            path = os.path.join(top, name)
-            if looks_private(name) and not os.path.islink(path) and os.path.isfile(path):
+        for name in sorted(names):  # files, and symlinks other than to directories: Apache may follow them
+            if looks_private(name):
                 files.append(prefix + name)
         seen += len(dirs) + len(names)
         if seen >= WALKED:
