@@ -7,6 +7,7 @@ import json
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,10 @@ from pathlib import Path
 import pytest
 
 from tasks import agent
+from tasks.agent import LocalAgent
+from tasks.remote import preflight as remote_preflight
+from tasks.remote.paths import PLACEHOLDER
+from tasks.remote.protocol import Refused
 
 from .conftest import configure, current, history, make_build, releases, start_lab, stop_lab
 from .test_deploy import _rsync_processes
@@ -106,6 +111,17 @@ def test_a_health_or_httpd_setting_changed_without_setup_is_named_before_the_dep
     site = json.loads(REGISTRATION.read_text())[server.deploy_to]
     assert site["pause_timeout"] == 3 and site["verify"]["expect_text"] == "Everything"
     assert lab1.fab("check").returncode == 0
+    # a registration the deploy user cannot read cannot be compared: said, with the fix
+    REGISTRATION.chmod(0o600)
+    try:
+        unread = lab1.fab("check")
+    finally:
+        REGISTRATION.chmod(0o644)
+    assert unread.returncode == 1
+    assert (
+        "lab1: cannot read /etc/cutover/helper.json to compare the helper's registration with hosts.yaml "
+        "(PermissionError: Permission denied): make it readable (mode 0644; it holds no secret), or rerun `fab setup`"
+    ) in unread.stdout
     assert lab1.fab("deploy").returncode == 0
 
 
@@ -249,3 +265,52 @@ def test_the_helper_and_its_registration_installed_by_hand(lab1, deploy_user, tm
     assert checked.returncode == 0, checked.stdout
     assert lab1.fab("deploy").returncode == 0
     shutil.rmtree(files)
+
+
+# --- the server's side of the preflight, in this process -------------------------------------
+
+
+def test_a_sudo_that_does_not_answer_is_given_up_after_its_timeout(tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "sudo"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexec sleep 30\n")  # a sudo waiting on a directory service that is down
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(remote_preflight, "SUDO_TIMEOUT", 1)
+    started = time.monotonic()
+    assert remote_preflight.sudo_allows(["sudo", "-n", "-l", "/bin/true"]) == (False, "sudo gave no answer within 1 s")
+    assert time.monotonic() - started < 5
+
+
+def test_the_sudo_probe_runs_only_sudo_l():
+    for argv in (["sudo", "-n", "/bin/true"], ["/bin/sh", "-c", "true"], ["sudo", "-l", "-n", "x"]):
+        with pytest.raises(Refused) as refused:
+            remote_preflight.sudo_allows(argv)
+        assert "must be `sudo -n -l ...`, which runs nothing" in str(refused.value)
+
+
+@pytest.fixture
+def silent():
+    """A TCP port on loopback that accepts connections (the kernel's backlog) and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/"
+    server.close()
+
+
+def test_a_live_release_whose_health_url_is_silent_fails_within_its_timeout(tmp_path, silent):
+    deploy_to = str(tmp_path / "site")
+    agent = LocalAgent()
+    agent.call("setup", {"deploy_to": deploy_to, "rules": "# rules\n", "serve": ""})
+    verify = {"urls": [silent], "expect_status": 200, "expect_text": None, "retries": 1, "timeout": 0.5}
+    # nothing deployed yet: setup's placeholder is not held to the site's health check
+    answer = agent.call("preflight", {"deploy_to": deploy_to, "verify": verify})
+    assert answer["live"] == {"release": PLACEHOLDER, "problem": None, "skipped": "nothing deployed yet"}
+    release = "20261101T000000.000Z-aaaaaaa"
+    Path(deploy_to, "releases", release).mkdir()
+    agent.call("swap", {"deploy_to": deploy_to, "release_id": release, "pause": "none"})
+    started = time.monotonic()
+    answer = agent.call("preflight", {"deploy_to": deploy_to, "verify": verify})
+    assert answer["live"] == {"release": release, "problem": f"{silent}: timed out"}
+    assert time.monotonic() - started < 2 * (0.5 + 0.5) + 2  # two tries of 0.5 s, half a second apart
