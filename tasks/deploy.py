@@ -1,8 +1,8 @@
 """`fab -H GROUP deploy`: ship the local build to every host of the group, all-old or all-new.
 
-The deploy reads top to bottom as the steps of the README: check, lock, upload, stage (link
-shared, smoke test, promote), swap (with verify), finish (clean up, record, unlock); each step
-is a module of tasks/steps/. Phase one (lock to stage) runs on every host in parallel; only when
+The deploy reads top to bottom as the steps of the README: check, preflight (what would fail at
+the switch, before anything is uploaded), lock, upload, stage (link shared, smoke test, promote),
+swap (with verify), finish (clean up, record, unlock); each step is a module of tasks/steps/. Phase one (lock to stage) runs on every host in parallel; only when
 every host is ready do they all swap. If any swap or verify fails, the switched hosts switch back.
 """
 

@@ -72,6 +72,10 @@ def test_check_and_the_deploy_find_the_missing_sudoers_line_before_any_upload(la
     assert first == f"cutover: error: nothing was uploaded or switched: lab1: sudo does not let {name} run the swap helper (sudo -n -l: a password is required): add this line to /etc/sudoers.d/cutover on the server (visudo -f /etc/sudoers.d/cutover):"  # fmt: skip
     assert "upload" not in refused.stdout
     untouched(server, before)
+    rollback = lab1.fab("rollback")  # the same preflight, before the lock
+    assert rollback.returncode == 1
+    assert rollback.stderr.startswith(f"cutover: error: nothing was switched: lab1: sudo does not let {name} run")
+    untouched(server, before)
     allow(sudoers, sudoers_line(name) + "\n")
     again = lab1.fab("setup")
     assert again.returncode == 0, again.stderr
