@@ -23,7 +23,7 @@ from .errors import HookError, LockError, MigrationError, RemoteError, SmokeErro
 REMOTE = Path(__file__).resolve().parent / "remote"
 BUNDLE = ("protocol", "paths", "limits", "history", "httpd", "listen", "pause", "swap", "health", "lock", "stage", "shared",
           "finish", "views", "install", "helper", "dumps", "manifests", "backup", "restore", "offsite", "intent", "seals",
-          "balancer", "procs", "commands", "switching", "nofollow", "grants", "siteconf")  # fmt: skip
+          "balancer", "procs", "commands", "switching", "nofollow", "grants", "siteconf", "private", "preflight")  # fmt: skip
 HELPER_BUNDLE = (
     "protocol",
     "paths",
@@ -108,10 +108,12 @@ def failure(step, answer, host):
 class Channel:
     """One server-side agent per connection, answering a JSON line per request."""
 
-    def __init__(self, conn, python, open_timeout):
+    def __init__(self, conn, python, open_timeout, sudo=False):
+        """sudo: run the agent as root through `sudo -n` (an admin user who is not root)."""
         payload = bundle()
         self.channel = conn.client.get_transport().open_session(timeout=open_timeout)
-        self.channel.exec_command(shlex.join([python, "-I", "-S", "-c", BOOTSTRAP, str(len(payload)), "serve"]))
+        argv = [python, "-I", "-S", "-c", BOOTSTRAP, str(len(payload)), "serve"]
+        self.channel.exec_command(shlex.join(["sudo", "-n", *argv] if sudo else argv))
         self.channel.settimeout(open_timeout)
         self.channel.sendall(payload)
         self.answers = self.channel.makefile("rb")
@@ -136,18 +138,19 @@ class Channel:
         self.channel.close()
 
 
-def call(conn, host_name, python, step, op, args, timeout):
+def call(conn, host_name, python, step, op, args, timeout, sudo=False):
     """One operation on the server over the connection's agent; returns its answer or raises.
+    sudo: the agent this call starts runs as root through `sudo -n`.
 
     A call that gets no answer within `timeout` seconds ends with a clear error, and the
     connection is given up: a network that went silent stays silent, so a later call on it (the
     abort path) fails at once instead of waiting out a timeout of its own.
     """
-    send(conn, host_name, python, step, op, args, timeout)
+    send(conn, host_name, python, step, op, args, timeout, sudo)
     return receive(conn, host_name, step, timeout)
 
 
-def send(conn, host_name, python, step, op, args, open_timeout=None):
+def send(conn, host_name, python, step, op, args, open_timeout=None, sudo=False):
     """The request half of call(): sent, not waited for (receive() gets the answer). The swap sends
     every host's go from one thread, back to back, then waits for the answers."""
     lost = getattr(conn, "_cutover_lost", None)
@@ -156,7 +159,7 @@ def send(conn, host_name, python, step, op, args, open_timeout=None):
     channel = getattr(conn, "_cutover_channel", None)
     try:
         if channel is None or channel.channel.closed:
-            channel = conn._cutover_channel = Channel(conn, python, open_timeout or SEND_TIMEOUT)
+            channel = conn._cutover_channel = Channel(conn, python, open_timeout or SEND_TIMEOUT, sudo)
         channel.send(op, args)
     except (TimeoutError, OSError, paramiko.SSHException, EOFError) as exc:
         _drop(conn, type(exc).__name__)
@@ -212,12 +215,28 @@ def call_helper(conn, host_name, python, step, args, timeout):
     answer = _last_json(result.stdout)
     if answer is None:
         detail = (result.stderr or result.stdout).strip()[-DETAIL_KEPT:]
+        said = [line for line in detail.splitlines() if line.startswith("sudo: ")]
+        if said:  # sudo itself refused: the helper never ran, nothing switched
+            error = RemoteError(f"{step}: {_sudo_refusal(said[0])}", host=host_name,
+                                hint="`fab check` says what sudo needs")  # fmt: skip
+            error.details = {"current": None, "helper_ran": False}
+            raise error
         raise RemoteError(
             f"{step}: no answer from the swap helper: {detail or f'exit {result.exited}'}", host=host_name
         )
     if "error" in answer:
         raise failure(step, answer, host_name)
     return answer
+
+
+def _sudo_refusal(said):
+    """sudo's refusal to run the swap helper, said with what it means."""
+    if "password is required" in said:
+        return (
+            f"sudo asks a password to run the swap helper ({said}): the sudoers line for it needs NOPASSWD:, "
+            "and no other line of the deploy user may ask a password for it"
+        )
+    return f"sudo refused to run the swap helper ({said})"
 
 
 def _last_json(text):

@@ -5,12 +5,12 @@ from urllib.parse import urlsplit
 
 from invoke import task
 
-from . import agent, ssh
+from . import ssh, swaphelper
 from .cli import boundary, target
 from .errors import CutoverError
 from .fleet import STEP_TIMEOUT, Run, close, each_host
 from .output import table
-from .remote import limits
+from .remote import limits, private
 from .remote.health import DENIED
 from .remote.paths import PLACEHOLDER
 from .remote.views import PROBED_OUTSIDE
@@ -85,17 +85,17 @@ def listen_queue(host, found):
 
 
 def check_host(r):
-    """Check one server: SSH with a checked host key, rsync, deploy_to, httpd, disk, the swap helper,
-    and over HTTP: the front page, Cutover's rules, the paths that must not be served."""
+    """Check one server: SSH with a checked host key, rsync, deploy_to, httpd, disk, the swap helper
+    (sudo allows it, its version, its registration as hosts.yaml has it), and over HTTP: the front
+    page, Cutover's rules, the paths that must not be served, private-looking files served."""
     r.conn = ssh.connect(r.host)
     probe = probe_args(r.host)
-    timeout = (
-        STEP_TIMEOUT + (len(probe["denied"]) + PROBED_OUTSIDE + 2) * r.host.health.timeout if probe else STEP_TIMEOUT
-    )
+    probes = len(probe["denied"]) + PROBED_OUTSIDE + private.PROBED + 2 if probe else 0
+    timeout = STEP_TIMEOUT + probes * r.host.health.timeout
     found = r.call(
         "check", "check", timeout=timeout, pidfile=r.host.httpd.pidfile, probe=probe,
-        helper_path=agent.HELPER if r.uses_helper else None, ports=http_ports(r.host), pause=r.host.httpd.pause,
-        shared=list(r.host.shared),
+        helper=swaphelper.probe_args(r.host) if r.uses_helper else None, ports=http_ports(r.host),
+        pause=r.host.httpd.pause, shared=list(r.host.shared),
     )  # fmt: skip
     problems = []
     if tuple(int(x) for x in found["python"].split(".")[:2]) < MIN_PYTHON:
@@ -114,10 +114,7 @@ def check_host(r):
     found["http_ok"] = not http
     problems += http
     if r.uses_helper:
-        if found.get("helper_sha256") is None:
-            problems.append(f"the swap helper {agent.HELPER} is not installed: run `fab setup`")
-        elif found["helper_sha256"] != agent.helper_hash():
-            problems.append(f"the swap helper {agent.HELPER} is from another version of Cutover: run `fab setup`")
+        problems += swaphelper.problems(r.host, found["helper"])
     return found, problems
 
 
@@ -187,7 +184,30 @@ def http_problems(host, found):
             problems.append(f"{probed} answered {status}: it must never be served (401, 403 or 404)")
     if http.get("fallback", "").startswith(("FAIL", "off: ")):
         problems.append(f"the asset fallback: {http['fallback']}")
+    for probed, status in http.get("private", {}).get("served", {}).items():
+        problems.append(
+            f"{probed} answered {status}, and its name looks private (a hosts file, key, credentials, database "
+            "dump or copy of a file): leave it out of the build (build.exclude) or deny it in Apache"
+        )
     return problems
+
+
+def private_notes(host, found):
+    """What check saw of the live release's private-looking files besides a problem."""
+    seen = found.get("http", {}).get("private")
+    if not seen:
+        return []
+    notes = []
+    if seen["vcs"]:
+        notes.append(
+            f"the live release holds {', '.join(seen['vcs'])} (uploaded by an older deploy; never served: "
+            "never_serve); the next deploy leaves it out"
+        )
+    if seen["more"]:
+        notes.append(f"{seen['more']} more private-looking files of the live release were not requested")
+    if seen["stopped"]:
+        notes.append(f"the live release has more than {private.WALKED:,} entries: not all were looked at")
+    return notes
 
 
 def _row(r, outcome):
@@ -277,6 +297,7 @@ def check(c, repair=False):
         problems += found
         if not isinstance(outcome, BaseException):
             lines = [*listen_queue(r.host, outcome[0]), nothing_deployed(r.host, outcome[0]), *unshared(outcome[0])]
+            lines += private_notes(r.host, outcome[0])
             notes += [f"{r.name}: {line}" for line in lines if line]
     print(table(rows))
     if notes:

@@ -17,6 +17,10 @@ class Build:
     output: str = "."  # `deploy --ref`: what of the built tree is uploaded
     timeout: float = 1800
     stall_timeout: float = 120  # an upload that moves no byte either way this long is stopped
+    exclude: tuple[str, ...] = ()  # left out of every release besides buildfiles.ALWAYS (build.exclude)
+    # local files never uploaded where they lie inside the build (hosts.yaml, the SSH key): each
+    # host names its own, so they do not make two hosts' builds differ
+    private: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """`fab -H GROUP deploy`: ship the local build to every host of the group, all-old or all-new.
 
-The deploy reads top to bottom as the steps of the README: check, lock, upload, stage (link
-shared, smoke test, promote), swap (with verify), finish (clean up, record, unlock); each step
-is a module of tasks/steps/. Phase one (lock to stage) runs on every host in parallel; only when
+The deploy reads top to bottom as the steps of the README: check, preflight (what would fail at
+the switch, before anything is uploaded), lock, upload, stage (link shared, smoke test, promote),
+swap (with verify), finish (clean up, record, unlock); each step is a module of tasks/steps/. Phase one (lock to stage) runs on every host in parallel; only when
 every host is ready do they all swap. If any swap or verify fails, the switched hosts switch back.
 """
 
@@ -23,6 +23,7 @@ from .steps.balancer import balancer_of
 from .steps.finish import abort, finish
 from .steps.hooks import run_hooks
 from .steps.lock import force_unlock, lock
+from .steps.preflight import preflight
 from .steps.repair import repair
 from .steps.stage import stage
 from .steps.swap import spread_note, swap
@@ -38,8 +39,10 @@ def check(hosts, build_override, built=None):
     build = hosts[0].build
     if any(h.build != build for h in hosts[1:]):
         raise ConfigError("the hosts of this group name different builds; deploy them as separate groups")
+    # every host's local files (hosts.yaml, its SSH key ...) stay out of the one build they share
+    build = replace(build, private=tuple(sorted({p for h in hosts for p in h.build.private})))
     if built:
-        build = built.build
+        build = replace(built.build, private=build.private)
     elif build_override:
         try:
             build = replace(build, path=Path(build_override).resolve())
@@ -52,8 +55,11 @@ def check(hosts, build_override, built=None):
     return run, build, info
 
 
-def deploy_to_hosts(hosts, build_override=None, dry=False, force=False, migrating=False, ref=None, batch=None):
-    """The whole deploy, step by step; returns the Run."""
+def deploy_to_hosts(
+    hosts, build_override=None, dry=False, force=False, migrating=False, ref=None, batch=None, live_health=True
+):
+    """The whole deploy, step by step; returns the Run. live_health=False: deploy even where the
+    live release fails its health check."""
     total = Timer()
     if ref and build_override:
         raise ConfigError("--ref and --build name two builds; give one")
@@ -68,13 +74,13 @@ def deploy_to_hosts(hosts, build_override=None, dry=False, force=False, migratin
         raise ConfigError("--batch and --migrate: a migration switches every host at once, in maintenance mode")
     built = gitbuild.build(hosts[0], ref, say=line) if ref else None
     try:
-        return _deploy(total, hosts, build_override, dry, force, migrating, built, batch)
+        return _deploy(total, hosts, build_override, dry, force, migrating, built, batch, live_health)
     finally:
         if built:
             built.remove()
 
 
-def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=None):
+def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=None, live_health=True):
     """The steps from check to finish, and the failure path."""
     run, build, info = check(hosts, build_override, built)
     doing = "dry run of release" if dry else "deploying release"
@@ -93,10 +99,12 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
             return dry_run(run, build, info)
         if hashing is not None and any(manifest.knows(r.host) for r in run.hosts):
             run.digests = hashing.result()  # the prelink's plan needs them: the upload waits for them
+        fault_point("lock")
+        start_uploads(run, build)  # rsync's server side waits for the lock step: nothing moves yet
+        # what would fail at the switch, while rsync starts; refused, the waiting uploads are stopped
+        preflight(run, live_health)
         if force:
             force_unlock(run)
-        fault_point("lock")
-        start_uploads(run, build)
         lock(run, info)
         repair(run)  # a group switch a dead run left half done: whole again before this one
         fault_point("upload")
@@ -168,7 +176,7 @@ def dry_run(run, build, info):
         current = r.call("plan", "state")["current"]
         layout = Layout(r.host.deploy_to)
         dest = layout.release(current) if current else layout.releases + "/.dry-run-empty"
-        stats = rsync.upload(r.host, r.conn, build.path, dest, dry_run=True)
+        stats = rsync.upload(r.host, r.conn, build, dest, dry_run=True)
         changed = [c for c in stats.changed if not c.endswith("/")]
         shown = [f"    {path}" for path in changed[:DRY_RUN_SHOWN]]
         if len(changed) > DRY_RUN_SHOWN:
@@ -191,9 +199,14 @@ def dry_run(run, build, info):
         "split": "deploy to some hosts of a group only (-H naming hosts), leaving it on two releases",
         "ref": "build and deploy this branch, tag or commit of the local git repository (build.command)",
         "batch": BATCH_HELP,
+        "ignore-live-health": "deploy even to hosts whose live release fails its health check (a release that fixes it)",
     }
 )
 @boundary
-def deploy(c, dry_run=False, force_unlock=False, build=None, migrate=False, split=False, ref=None, batch=None):
+def deploy(
+    c, dry_run=False, force_unlock=False, build=None, migrate=False, split=False, ref=None, batch=None,
+    ignore_live_health=False,
+):  # fmt: skip
     """Ship the local build: upload, smoke test, switch live atomically, verify."""
-    deploy_to_hosts(target(c, split or dry_run), build, dry_run, force_unlock, migrate, ref, batch)
+    hosts = target(c, split or dry_run)
+    deploy_to_hosts(hosts, build, dry_run, force_unlock, migrate, ref, batch, live_health=not ignore_live_health)

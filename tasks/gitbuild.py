@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import Build
@@ -85,7 +85,7 @@ def build(host, ref, say=print):
         output = (tree / host.build.output).resolve()
         if not output.is_relative_to(tree.resolve()) or not output.is_dir():
             raise BuildError(f"build.output {host.build.output!r} is not a directory of the build of {ref}")
-        return Built(Build(output, host.build.required, host.build.compare), ref, commit, work)
+        return Built(replace(host.build, path=output), ref, commit, work)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -121,6 +121,8 @@ def _host(at, layers, base):
             output=s["build"]["output"],
             timeout=s["build"]["timeout"],
             stall_timeout=s["build"]["stall_timeout"],
+            exclude=tuple(s["build"]["exclude"]),
+            private=_private_files(at, s, base, config_path, key),
         ),
         keep_releases=s["keep_releases"],
         shared=tuple(s["shared"]),
@@ -154,6 +156,13 @@ def _host(at, layers, base):
         balancer=Balancer(**s["balancer"]),
         hooks=Hooks(**{k: tuple(v) if isinstance(v, list) else v for k, v in s["hooks"].items()}),
     )
+
+
+def _private_files(at, s, base, config_path, key):
+    """The local files this host's settings name (hosts.yaml itself, the SSH key, known_hosts,
+    the OpenSSH config): never uploaded, should the build hold them."""
+    files = [Path(at.file), _local_path(s["known_hosts"], base)]
+    return tuple(str(p) for p in (*files, key, config_path) if p is not None)
 
 
 def _group(at, defaults, base):

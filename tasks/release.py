@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from . import buildfiles
 from .errors import ConfigError
 
 GIT_TIMEOUT = 10  # seconds for `git rev-parse`
@@ -67,14 +68,18 @@ def check_build(build):
             hint="build the site first, or set build.path in hosts.yaml (or pass --build)",
         )
     total, modes, stats = 0, {}, {}
+    rules = buildfiles.rules(build)
 
     def fail(exc):
         raise ConfigError(f"cannot read the build {path}: {exc.filename}: {exc.strerror}") from None
 
     try:
-        for root, _dirs, names in os.walk(path, onerror=fail):
+        for root, dirs, names in os.walk(path, onerror=fail):
             prefix = os.path.relpath(root, path) + "/" if root != str(path) else ""
+            dirs[:] = [d for d in dirs if not buildfiles.excluded(rules, prefix + d)]  # never uploaded: not read
             for name in names:
+                if buildfiles.excluded(rules, prefix + name):
+                    continue
                 st = os.lstat(os.path.join(root, name))
                 if stat.S_ISREG(st.st_mode):
                     total += st.st_size
@@ -84,6 +89,13 @@ def check_build(build):
         fail(exc)
     if not modes:
         raise ConfigError(f"the build {path} is empty: refusing to deploy an empty site", hint="build the site first")
+    for required in build.required:
+        rule = buildfiles.excluded(rules, required)
+        if rule is not None:
+            raise ConfigError(
+                f"build.required names {required}, which the build leaves out ({rule.text})",
+                hint="remove it from build.exclude, or from build.required",
+            )
     missing = [r for r in build.required if not (path / r).is_file()]
     if missing:
         raise ConfigError(

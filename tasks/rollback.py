@@ -16,6 +16,7 @@ from .steps.balancer import balancer_of
 from .steps.finish import abort, finish
 from .steps.hooks import run_hooks
 from .steps.lock import force_unlock, lock, unlock
+from .steps.preflight import preflight
 from .steps.repair import record_intent, repair
 from .steps.swap import spread_note, swap
 from .testhooks import fault_point
@@ -80,6 +81,7 @@ def rollback_hosts(hosts, to=None, force=False, batch=None):
             raise ConfigError(
                 f"--to {shown(to)} is not a release name; nothing was changed", hint=_kept_hint(run.hosts)
             )
+        preflight(run, live_health=False)  # sudo and the helper's registration; a rollback mends a failing site
         if force:
             force_unlock(run)
         fault_point("lock")

@@ -7,10 +7,12 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import buildfiles
 from .bridge import Bridge
+from .config import Build
 from .errors import CutoverError, RemoteError
 
 WHEN_READY = Path(__file__).resolve().parent / "remote" / "when_ready.py"
@@ -29,7 +31,7 @@ class UploadStats:
     changed: tuple = ()
 
 
-def rsync_argv(host, build_path, dest, rsh, dry_run=False, when_ready=False, sized=False):
+def rsync_argv(host, build, dest, rsh, dry_run=False, when_ready=False, sized=False):
     """rsync's argv: recursive, links, modes, delete; into a dir prelinked with the live files.
 
     Never --inplace: rsync replaces a changed file with a new one, so the inodes the incoming
@@ -37,13 +39,15 @@ def rsync_argv(host, build_path, dest, rsh, dry_run=False, when_ready=False, siz
     owns its releases) and, with checksums, no times: attribute changes are the other way to
     touch a shared inode, and a build that rewrites every file with a new mtime still shares
     every unchanged one. The shared entries are excluded: they are symlinks into shared/,
-    made on the server.
+    made on the server. What is not the site (tasks/buildfiles.py) is never sent, and deleted from
+    the incoming dir where the prelink linked it from a live release that has it.
     Unchanged files are found by checksum by default: rsync's quick check (size and mtime to
     the second) takes a rebuilt file of the same size for unchanged and ships the old bytes.
     build.compare: mtime trades that for speed, comparing mtimes to the nanosecond (and keeping
     the build's mtimes).
     sized: compare by size only, where the prelink linked only files known to be the build's
     (tasks/manifest.py): unchanged files are then read on neither side.
+    build: the run's Build (its exclusions), or a directory to upload with host.build's.
     rsh: the remote shell's argv (the bridge's, Bridge.argv()).
     """
     # --no-inc-recursive: the whole file list first, as one stream; sent directory by directory
@@ -61,11 +65,18 @@ def rsync_argv(host, build_path, dest, rsh, dry_run=False, when_ready=False, siz
         argv.append(f"--rsync-path={shlex.join(wait)}")
     for entry in host.shared:
         argv.append(f"--exclude=/{entry}")
+    build = _build_of(host, build)
+    argv += [r.rsync_filter() for r in buildfiles.rules(build)]
     if dry_run:
         argv += ["--dry-run", "--itemize-changes"]
     # the host part is for rsync's syntax only: the bridge's channel goes to the connection's host
-    argv += [f"{str(build_path).rstrip('/')}/", f"cutover:{dest}/"]
+    argv += [f"{str(build.path).rstrip('/')}/", f"cutover:{dest}/"]
     return argv
+
+
+def _build_of(host, build):
+    """The Build to upload: given, or host.build's settings for another directory."""
+    return build if isinstance(build, Build) else replace(host.build, path=Path(build))
 
 
 def _cpu_ticks(pid):
@@ -112,9 +123,9 @@ class Upload:
             ) from None
 
     @classmethod
-    def start(cls, host, conn, build_path, dest, dry_run=False, when_ready=False, sized=False):
-        """rsync the build into dest (see rsync_argv) over conn, started now."""
-        return cls(host, conn, lambda rsh: rsync_argv(host, build_path, dest, rsh, dry_run, when_ready, sized), dry_run)
+    def start(cls, host, conn, build, dest, dry_run=False, when_ready=False, sized=False):
+        """rsync the build (a Build or a directory) into dest (see rsync_argv) over conn, started now."""
+        return cls(host, conn, lambda rsh: rsync_argv(host, build, dest, rsh, dry_run, when_ready, sized), dry_run)
 
     def stop(self):
         """Stop a running rsync (the deploy failed); its server side then exits too."""
@@ -205,18 +216,19 @@ class Upload:
         )
 
 
-def seed(host, conn, build_path, entries, dest):
+def seed(host, conn, build, entries, dest):
     """Upload the build's copies of these shared entries (files or directories) into dest, keeping
     their paths: what the first deploy seeds shared/ with. Returns UploadStats."""
-    sources = [f"{str(build_path).rstrip('/')}/./{entry}" for entry in entries]
+    build = _build_of(host, build)
+    sources = [f"{str(build.path).rstrip('/')}/./{entry}" for entry in entries]
 
     def argv(rsh):
-        full = rsync_argv(host, build_path, dest, rsh)
+        full = rsync_argv(host, build, dest, rsh)
         return [a for a in full[:-2] if not a.startswith("--exclude=")] + ["--relative", *sources, full[-1]]
 
     return Upload(host, conn, argv).result()
 
 
-def upload(host, conn, build_path, dest, dry_run=False, progress=None):
+def upload(host, conn, build, dest, dry_run=False, progress=None):
     """Run rsync now and wait for it; returns UploadStats."""
-    return Upload.start(host, conn, build_path, dest, dry_run).result(progress)
+    return Upload.start(host, conn, build, dest, dry_run).result(progress)

@@ -5,6 +5,7 @@ sub-keys). tasks/hostsfile.py layers and resolves them.
 
 import re
 
+from . import buildfiles
 from . import yamlcheck as y
 from .config import Database, OffSite
 from .remote import limits
@@ -42,6 +43,7 @@ BUILTIN = {
         "output": ".",
         "timeout": 1800,
         "stall_timeout": 120,
+        "exclude": [],
     },
     "httpd": {"pidfile": "/run/apache2/apache2.pid", "pause": "auto", "pause_timeout": limits.PAUSE_TIMEOUT_DEFAULT},
     "smoke": {"commands": [], "url": None, "timeout": 60},
@@ -112,6 +114,15 @@ def _asset_extension(at):
 
 
 DATABASE_KEYS = {"sqlite": ("name", "kind", "path"), "mariadb": ("name", "kind", "database", "credentials")}
+
+
+def _exclude(at):
+    """One rule of build.exclude: a name, or a path from the build's top (tasks/buildfiles.py)."""
+    value = y.string(at)
+    problem = buildfiles.problem(value)
+    if problem:
+        raise at.error(problem, hint="e.g. *.psd (any file of that name) or /drafts (from the build's top)")
+    return value
 
 
 def _database(at):
@@ -185,6 +196,7 @@ SECTIONS = {
         "output": lambda at: "." if y.scalar(at) == "." else y.relpath(at, local=True),
         "timeout": lambda at: y.number(at, *BUILD_TIMEOUT),
         "stall_timeout": lambda at: y.number(at, *STALL_TIMEOUT),
+        "exclude": y.strings(_exclude),
     },
     "httpd": {
         "pidfile": y.abspath,

@@ -12,6 +12,7 @@ from concurrent import futures
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lab.loadgen import LoadGen
 from tasks import rsync, ssh
@@ -495,8 +496,10 @@ def test_a_group_switches_back_when_one_host_fails_verify(lab_pair, tmp_path):
     assert deploy(lab_pair).returncode == 0
     before = [current(one), current(two)]
     configure(lab_pair, make_build(tmp_path, "next"))
-    hosts = lab_pair.hosts_file.read_text().replace(f"url: {two.url}", f"url: {two.url}missing.html")
-    lab_pair.hosts_file.write_text(hosts)
+    # lab2's check wants what only the live release has: it passes before the switch, fails after
+    data = yaml.safe_load(lab_pair.hosts_file.read_text())
+    data["groups"]["sandbox"][1]["health"]["expect_text"] = 'content="base"'
+    lab_pair.hosts_file.write_text(yaml.safe_dump(data, sort_keys=False))
     result = deploy(lab_pair)
     assert result.returncode == 7
     assert "lab2: health check failed after the switch" in result.stderr

@@ -88,10 +88,11 @@ def test_a_live_release_this_machine_did_not_deploy_is_compared_by_checksum(lab1
 
 
 def test_the_build_is_read_again_only_where_a_file_changed(tmp_path, monkeypatch):
+    from tasks.config import Build
     from tasks.release import check_build
 
     build = make_build(tmp_path, "hashed")
-    setting = type("Build", (), {"path": build, "required": ()})
+    setting = Build(path=build, required=())
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     read = []
     real = manifest._hash

@@ -1,5 +1,5 @@
 """The health check on the server: every URL answers the expected status (and text), from the
-expected release when Cutover's Apache rules say which one answered.
+expected release when Cutover's Apache rules say which one answered, and is not PHP's source.
 
 Only http and https URLs are fetched, and every field is checked here, since the sudo helper
 runs this as root for a caller it does not trust.
@@ -96,6 +96,55 @@ def get(url, timeout):
         return exc.code, exc.headers, exc.read(limits.HEALTH_BODY_READ).decode("utf-8", "replace")
 
 
+PHP_NEAR = 1024  # characters at the start of an answer where "<?php" means PHP's source
+PHP_NOT_RUNNING = ("PHP is not running for it (mod_php not enabled, or no handler for .php files: "
+                   "a2enmod php8.2, or a SetHandler to php-fpm through proxy_fcgi)")
+
+
+def php_source(url, headers, body):
+    """Why this answer is a PHP file's source rather than what PHP prints, or None: Apache without
+    PHP serves index.php as it is (a 200, the site's secrets included)."""
+    import urllib.parse
+
+    ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if ctype.startswith("application/x-httpd-php"):
+        return "served as %s" % ctype
+    start = body.lstrip("\ufeff \t\r\n")
+    if start[:5].lower() == "<?php" or start[:3] == "<?=":
+        return "the answer starts with %s" % start[:5 if start[:5].lower() == "<?php" else 3]
+    if "<?php" in body[:PHP_NEAR].lower():
+        return "<?php near its start"
+    if urllib.parse.urlsplit(url).path.lower().endswith(".php") and ctype in ("", "text/plain") and "<?" in body:
+        return "a .php URL answered as %s" % (ctype or "no content type")
+    return None
+
+
+def _answer_problem(verify, url, release_id, text):
+    """What is wrong with one health URL's answer, or None."""
+    status, headers, body = get(url, verify["timeout"])
+    served_by = headers.get(RELEASE_HEADER)
+    if status != verify["expect_status"]:
+        hint = _backend_hint(status, headers, body)
+        return "%s answered %d, expected %d%s" % (url, status, verify["expect_status"], hint)
+    source = php_source(url, headers, body)
+    if source:
+        return "%s answered PHP source (%s): %s" % (url, source, PHP_NOT_RUNNING)
+    if served_by and served_by != release_id:
+        return "%s answered from release %s, not %s" % (url, served_by, release_id)
+    if text and text not in body:
+        return "%s answered %d without the text %r" % (url, status, text)
+    return None
+
+
+def _backend_hint(status, headers, body):
+    """For Apache's own 503 (no Retry-After, so not a maintenance page): what a PHP site behind
+    proxy_fcgi gets when php-fpm does not answer."""
+    if status == 503 and not headers.get("Retry-After") and "<title>503 Service Unavailable</title>" in body:
+        return (" (Apache's own 503: with PHP behind proxy_fcgi, php-fpm does not answer; is it running, and is "
+                "its socket the one the SetHandler names?)")
+    return ""
+
+
 def problem(verify, release_id):
     """None when every URL answers as expected; else the last problem seen, after the retries."""
     verify = checked(verify)
@@ -109,18 +158,10 @@ def problem(verify, release_id):
         found = None
         for url in verify["urls"]:
             try:
-                status, served_by, body = _get(url, verify["timeout"])
+                found = _answer_problem(verify, url, release_id, text)
             except (OSError, ValueError) as exc:
                 found = "%s: %s" % (url, getattr(exc, "reason", exc))
-                break
-            if status != verify["expect_status"]:
-                found = "%s answered %d, expected %d" % (url, status, verify["expect_status"])
-                break
-            if served_by and served_by != release_id:
-                found = "%s answered from release %s, not %s" % (url, served_by, release_id)
-                break
-            if text and text not in body:
-                found = "%s answered %d without the text %r" % (url, status, text)
+            if found:
                 break
         if found is None:
             found = denied_problem(verify["protected"], verify["timeout"])

@@ -15,6 +15,7 @@ import sys
 # only for what it runs.
 OPS = {
     "check": ("views", "op_check"),
+    "preflight": ("preflight", "op_preflight"),
     "state": ("views", "op_state"),
     "history": ("views", "op_history"),
     "releases": ("views", "op_releases"),

@@ -16,7 +16,8 @@ def _disk_free(path):
 
 
 def op_check(a):
-    """Preflight: rsync present, deploy_to usable, httpd alive, disk space, the sudo helper's version."""
+    """Preflight: rsync present, deploy_to usable, httpd alive, disk space; for a deploy user who is
+    not root, whether sudo lets it run the swap helper, and the helper's version and registration."""
     layout = paths.Layout(a["deploy_to"])
     out = {"rsync": shutil.which("rsync"), "python": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable}
     if os.path.isdir(layout.deploy_to):
@@ -46,10 +47,10 @@ def op_check(a):
         from . import shared
 
         out["unshared"] = shared.unnamed(layout, a["shared"])
-    if a.get("helper_path"):
-        from . import install
+    if a.get("helper"):
+        from . import preflight
 
-        out["helper_sha256"] = install.installed_hash(a["helper_path"])
+        out["helper"] = preflight.helper_state(layout.deploy_to, a["helper"])
     # Cutover's rules, written by setup: without them (a deploy_to that is wrong, or not set up
     # yet) the layout the HTTP probes read is not there either
     out["set_up"] = os.path.isfile(layout.apache_conf)
@@ -84,8 +85,9 @@ PROBED_OUTSIDE = 20  # entries of the release outside `serve` requested by check
 
 def _probe(layout, current, probe):
     """Over HTTP on this server: the front page as the health check expects it, which release
-    answered (Cutover's rules active?), and the status of every URL that must not be served:
-    the given ones and each entry of the live release outside `serve`."""
+    answered (Cutover's rules active?), the status of every URL that must not be served (the
+    given ones and each entry of the live release outside `serve`), and which private-looking
+    files of the live release are served (private.py)."""
     from . import health
 
     verify = health.checked(dict(probe["verify"], retries=0, protected=[]))
@@ -108,6 +110,10 @@ def _probe(layout, current, probe):
         names = sorted(n for n in os.listdir(layout.release(current)) if n != serve.split("/")[0])
         urls += [probe["origin"] + "/" + n for n in names[:PROBED_OUTSIDE]]
     out["denied"] = {url: health.status_of(url, timeout) for url in urls}
+    if current:
+        from . import private
+
+        out["private"] = private.probe(os.path.join(layout.release(current), serve or ""), probe["origin"], timeout)
     if probe.get("fallback"):
         out["fallback"] = _probe_fallback(layout, current, probe, timeout)
     return out

@@ -95,6 +95,8 @@ def swap(run, batch=None):
             in_parallel(run.hosts, lambda r: _switch_host(run, r, armed, unsent), len(run.hosts))  # all at once
             run.spread_ms = spread_ms(run)
     except BaseException as exc:  # any failure, Ctrl-C included: the group must not stay split
+        if isinstance(exc, CutoverError) and none_switched(run):
+            exc.message = f"nothing was switched: {exc.message}"
         try:
             undone = switch_back(run)
         except GroupError as failed:
@@ -104,6 +106,11 @@ def swap(run, batch=None):
         if undone and isinstance(exc, CutoverError):
             exc.message += f"; switched back on {', '.join(undone)} so the group stays on one release"
         raise
+
+
+def none_switched(run):
+    """Whether no host of the run switched, even for a moment (each answered, before any rename)."""
+    return all(r.switched == "no" and "new" not in r.switch for r in run.hosts)
 
 
 def rolling(run, batch):

@@ -21,7 +21,7 @@ def start_uploads(run, build):
 
 def _start(run, r, build):
     dest = Layout(r.host.deploy_to).incoming(run.release_id)
-    r.upload = rsync.Upload.start(r.host, r.conn, build.path, dest, when_ready=True, sized=r.sized is not None)
+    r.upload = rsync.Upload.start(r.host, r.conn, build, dest, when_ready=True, sized=r.sized is not None)
 
 
 def upload_all(run, build):
@@ -49,7 +49,7 @@ def upload_all(run, build):
         seeds = [e for e in r.missing_shared if os.path.lexists(os.path.join(build.path, e))]
         if seeds:
             dest = Layout(r.host.deploy_to).incoming(run.release_id)
-            stats = rsync.seed(r.host, r.conn, build.path, seeds, dest)
+            stats = rsync.seed(r.host, r.conn, build, seeds, dest)
             r.bytes_sent += stats.bytes_sent
             say(
                 r.host,

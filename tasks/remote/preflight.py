@@ -1,0 +1,86 @@
+"""What would fail at the switch, found before anything is uploaded (the deploy's first step, and
+`fab check`): whether sudo lets the deploy user run the swap helper, asked with `sudo -n -l`,
+which runs nothing; the helper's version and its registration for this site, which the client
+compares with hosts.yaml; whether the live release passes its health check.
+
+Standard library only; this file runs on the server, as the deploy user.
+"""
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+
+from . import health, install, paths
+from .helper import HELPER_CONFIG
+from .protocol import Refused
+
+SUDO_TIMEOUT = 15  # seconds `sudo -n -l` may take (a directory service behind sudo can be slow)
+SUDO_SAID = 500  # characters of sudo's answer sent back
+
+
+def sudo_allows(argv):
+    """(whether sudo's policy lets this user run the command without a password prompt, what sudo
+    said). argv is `sudo -n -l COMMAND...`: sudo lists the command if allowed and runs nothing."""
+    if argv[:3] != ["sudo", "-n", "-l"]:
+        raise Refused("the sudo probe must be `sudo -n -l ...`, which runs nothing")
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              timeout=SUDO_TIMEOUT)  # fmt: skip
+    except FileNotFoundError:
+        return False, "sudo is not installed on the server (apt-get install sudo)"
+    except subprocess.TimeoutExpired:
+        return False, "sudo gave no answer within %d s" % SUDO_TIMEOUT
+    said = done.stdout.decode("utf-8", "replace").strip()
+    if said.startswith("sudo: "):
+        said = said[len("sudo: "):]
+    return done.returncode == 0, said[-SUDO_SAID:] or "exit %d" % done.returncode
+
+
+def registration(deploy_to):
+    """(this site's entry of the helper's registration or None, why it could not be read or None)."""
+    try:
+        with open(HELPER_CONFIG) as f:
+            sites = json.load(f)
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, "%s: %s" % (type(exc).__name__, getattr(exc, "strerror", None) or exc)
+    site = sites.get(deploy_to) if isinstance(sites, dict) else None
+    return (site if isinstance(site, dict) else None), None
+
+
+def helper_state(deploy_to, probe):
+    """What the client needs to tell whether the swap through the helper will work."""
+    allowed, said = sudo_allows(probe["sudo"])
+    site, unreadable = registration(deploy_to)
+    return {
+        "user": pwd.getpwuid(os.geteuid()).pw_name,
+        "executable": sys.executable,
+        "sudo": {"allowed": allowed, "said": said},
+        "helper_sha256": install.installed_hash(probe["path"]),
+        "registration": site,
+        "registration_error": unreadable,
+    }
+
+
+def live_health(layout, verify):
+    """{"release", "problem"}: the live release's health check as a switch to it would run it; no
+    problem where nothing is deployed yet (setup's placeholder cannot hold the site's pages)."""
+    current = paths.current_release(layout)
+    if current is None or current == paths.PLACEHOLDER:
+        return {"release": current, "problem": None, "skipped": "nothing deployed yet"}
+    return {"release": current, "problem": health.problem(verify, current)}
+
+
+def op_preflight(a):
+    """helper: {"sudo": argv, "path": the helper} for a deploy user who is not root; verify: the
+    health settings, to check the live release with."""
+    layout = paths.Layout(a["deploy_to"])
+    out = {}
+    if a.get("helper"):
+        out.update(helper_state(layout.deploy_to, a["helper"]))
+    if a.get("verify"):
+        out["live"] = live_health(layout, a["verify"])
+    return out
