@@ -74,13 +74,13 @@ def prefork_conf(workers):
 
 
 def render_apache(lab, server):
-    """Write the server's httpd.conf, and Cutover's rules as `fab setup` does (its layout, placeholder
-    release and .cutover/apache.conf, made by the same server-side code run locally); True if
-    either file changed."""
+    """Write the server's httpd.conf and its site's VirtualHost (site.conf), and Cutover's rules as
+    `fab setup` does (its layout, placeholder release and .cutover/apache.conf, made by the same
+    server-side code run locally); True if any of these files changed."""
     host = hostsfile.load(lab.hosts_file).resolve(server.name)[0]
     rules = Path(server.deploy_to, ".cutover", "apache.conf")
-    conf = Path(server.httpd_conf)
-    before = [p.read_text() if p.exists() else None for p in (rules, conf)]
+    conf, site = Path(server.httpd_conf), Path(server.site_conf_file)
+    before = [p.read_text() if p.exists() else None for p in (rules, conf, site)]
     LocalAgent().call("setup", {"deploy_to": server.deploy_to, "rules": apache.snippet(host), "serve": host.serve})
     render(
         "httpd.conf",
@@ -91,14 +91,22 @@ def render_apache(lab, server):
         http_port=server.http_port,
         pidfile=server.pidfile,
         mpm=server.mpm,
-        deploy_to=server.deploy_to,
-        document_root=apache.document_root(host),
         php=php_conf(server),
-        site_conf=server.site_conf.replace("@@deploy_to@@", server.deploy_to),
         prefork=prefork_conf(server.workers),
         listen_backlog=server.listen_backlog or APACHE_LISTEN_BACKLOG,
     )
-    return before != [rules.read_text(), conf.read_text()]
+    own = server.site_conf.replace("@@deploy_to@@", server.deploy_to)
+    render(
+        "site.conf",
+        site,
+        name=server.name,
+        http_port=server.http_port,
+        deploy_to=server.deploy_to,
+        document_root=apache.document_root(host),
+        allow_override=server.allow_override,
+        site_conf="\n".join("    " + line if line.strip() else "" for line in own.splitlines()),
+    )
+    return before != [rules.read_text(), conf.read_text(), site.read_text()]
 
 
 def write_hosts_file(lab, build=None, build_compare="checksum", required=("index.html",), **overrides):
