@@ -193,7 +193,8 @@ def test_run_refuses_while_a_deploy_holds_the_lock_and_a_deploy_waits_for_the_ru
     assert [e["event"] for e in history(server)[-2:]] == ["run", "deploy"]
 
 
-def test_fab_killed_while_its_command_runs_holds_the_lock_until_the_command_ends(lab1, tmp_path):
+@pytest.mark.parametrize("how", ["killed", "Ctrl-C"])
+def test_fab_gone_while_its_command_runs_holds_the_lock_until_the_command_ends(lab1, tmp_path, how):
     """The command runs on to its end (like a migration, it is not cut halfway); meanwhile its lock
     is alive and cannot be forced; when it ends the server records it and frees the lock itself."""
     server = lab1.servers[0]
@@ -203,11 +204,20 @@ def test_fab_killed_while_its_command_runs_holds_the_lock_until_the_command_ends
     command = f"touch {started}; sleep 4; echo finished > {done}"
     one_off = fab_background(lab1, "run", "--as", "deploy", "--", command)
     assert poll(started.exists, seconds=20)
-    one_off.send_signal(signal.SIGKILL)
-    one_off.communicate(timeout=30)
+    session = json.loads(Path(server.deploy_to, ".cutover", "lock", "owner.json").read_text())["session_pid"]
+    one_off.send_signal(signal.SIGKILL if how == "killed" else signal.SIGINT)
+    out, err = one_off.communicate(timeout=30)
+    if how == "Ctrl-C":
+        assert one_off.returncode == 130, err
+        assert (
+            "interrupted; the command runs on to its end where it had started, and each server frees its lock then"
+            in err
+        )
+    assert poll(lambda: process_gone(session), seconds=15), "the run's sshd session should end with it"
+    assert not done.exists()
     forced = lab1.fab("deploy", "--force-unlock")
     assert forced.returncode == 5, forced.stderr
-    assert f"its command {command!r} still runs on the server" in forced.stderr
+    assert f"lost its connection, but its command {command!r} still runs on the server" in forced.stderr
     assert poll(done.exists, seconds=20)
     assert poll(lambda: not Path(server.deploy_to, ".cutover", "lock").exists(), seconds=10)
     entry = runs(server)[-1]
