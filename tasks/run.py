@@ -126,12 +126,18 @@ def _conclusion(outcomes):
     if not failed:
         line(f"ran on {count(len(outcomes), 'host')}: exit 0 on every one")
         return None
-    errors = [(r, o) for r, o in failed if isinstance(o, BaseException)]
-    if any(not isinstance(o, CommandError) for _, o in errors):
-        return GroupError(errors)  # a connection or a refusal, not the command: said as it is
+    # a connection or a refusal (not the command's failure) is said as it is, with its exit status
+    others = [(r, o) for r, o in failed if isinstance(o, BaseException) and not isinstance(o, CommandError)]
+    commands = [(r, o) for r, o in failed if (r, o) not in others]
     ok = [r.name for r, o in outcomes if o == 0]
-    message = "the command failed on " + ", ".join(f"{r.name} ({_why(o)})" for r, o in failed)
-    return CommandError(message + (f"; it succeeded on {', '.join(ok)}" if ok else ""))
+    message = "the command failed on " + ", ".join(f"{r.name} ({_why(o)})" for r, o in commands)
+    message += f"; it succeeded on {', '.join(ok)}" if ok else ""
+    if not others:
+        return CommandError(message)
+    error = GroupError(others)
+    if commands:
+        error.message += f"; {message}"
+    return error
 
 
 def _why(outcome):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tasks.agent import LocalAgent
 from tasks.errors import RemoteError
@@ -120,6 +121,23 @@ def test_a_failing_command_fails_the_task_with_each_hosts_output(deployed):
     assert runs(deployed.servers[0])[-1]["result"] == "ok"
     failed = runs(lab2)[-1]
     assert (failed["result"], failed["exit"], failed["output"]) == ("failed", 3, "before\nfailing\n")
+    for server in deployed.servers:
+        assert not Path(server.deploy_to, ".cutover", "lock").exists()
+
+
+def test_a_host_that_cannot_run_it_is_named_beside_the_hosts_where_it_failed(deployed, tmp_path):
+    # lab2's web_user does not exist there: a refusal (exit 4), said with lab1's exit status
+    data = yaml.safe_load(Path(deployed.hosts_file).read_text())
+    data["groups"]["sandbox"][1]["web_user"] = "no-such-user"
+    Path(deployed.hosts_file).write_text(yaml.safe_dump(data))
+    try:
+        result = deployed.fab("run", "--", "exit 3")
+    finally:
+        configure(deployed, make_build(tmp_path, "r1"))
+    assert result.returncode == 4, result.stderr
+    assert "lab2: run: user 'no-such-user' does not exist on this server" in result.stderr
+    assert "; the command failed on lab1 (exit 3)" in result.stderr
+    assert runs(deployed.servers[1])[-1]["error"] == "user 'no-such-user' does not exist on this server"
     for server in deployed.servers:
         assert not Path(server.deploy_to, ".cutover", "lock").exists()
 
