@@ -10,6 +10,7 @@ resolves or replaces every such symlink: the build holds no symlink at all.
 
 import os
 import re
+import shlex
 import shutil
 import xmlrpc.client
 from pathlib import Path
@@ -73,10 +74,10 @@ def mediawiki_install(deploy_to, url, password, name="Cutover Wiki", admin="Admi
     LocalSettings.php written there too (the one place the web server's user may write) for the
     site to take into its build."""
     data = f"{deploy_to}/shared/data"
-    return (
-        f"php maintenance/install.php --dbtype=sqlite --dbpath={data} --dbname=wiki --server={url} "
-        f"--scriptpath= --lang=en --pass={password} --confpath={data} '{name}' {admin}"
-    )
+    return shlex.join(
+        ["php", "maintenance/install.php", "--dbtype=sqlite", f"--dbpath={data}", "--dbname=wiki", f"--server={url}",
+         "--scriptpath=", "--lang=en", f"--pass={password}", f"--confpath={data}", name, admin]
+    )  # fmt: skip
 
 
 def mediawiki_release(build, installed, label, extensions=()):
