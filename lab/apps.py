@@ -107,6 +107,7 @@ def mediawiki_edit(visitor, title, text):
 
 
 def mediawiki_login(visitor, user, password):
+    """Log in through Special:UserLogin; the visitor keeps the session's cookies."""
     page = visitor.get("/index.php?title=Special:UserLogin")
     fields = dict(form(page, "userlogin"), wpName=user, wpPassword=password, wploginattempt="Log in")
     return visitor.post("/index.php?title=Special:UserLogin", fields)
