@@ -15,7 +15,7 @@ def _interrupted_early(signum, frame):
 
 signal.signal(signal.SIGINT, _interrupted_early)
 
-from tasks import backups, check, deploy, init, maintenance, releases, rollback, sandbox, setup  # noqa: E402 (after the handler)
+from tasks import backups, check, deploy, init, maintenance, releases, rollback, run, sandbox, setup  # noqa: E402 (after the handler)
 
 ns = Collection(
     init.init,
@@ -28,6 +28,7 @@ ns = Collection(
     rollback.rollback,
     releases.releases,
     releases.history,
+    run.run,
     maintenance.maintenance_on,
     maintenance.maintenance_off,
     sandbox.sandbox_up,

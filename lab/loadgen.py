@@ -32,12 +32,15 @@ class LoadGen:
     max_seconds: float = 120
     max_requests: int = 2_000_000
     new_connections: bool = False  # one new TCP connection per request (Connection: close)
+    source: str | None = None  # the loopback address requests come from (127.0.0.2: a visitor, not maintenance.allow)
     samples: list = field(default_factory=list)
 
     def __post_init__(self):
         parts = urlsplit(self.url)
         if parts.hostname not in ("127.0.0.1", "localhost") and not (parts.hostname or "").startswith("127."):
             raise ValueError(f"the load generator targets loopback only, not {parts.hostname}")
+        if self.source is not None and not self.source.startswith("127."):
+            raise ValueError(f"the load generator sends from loopback only, not {self.source}")
         self._host, self._port = parts.hostname, parts.port or 80
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -54,7 +57,8 @@ class LoadGen:
             t0 = time.monotonic()
             try:
                 if conn is None:
-                    conn = http.client.HTTPConnection(self._host, self._port, timeout=10)
+                    source = (self.source, 0) if self.source else None
+                    conn = http.client.HTTPConnection(self._host, self._port, timeout=10, source_address=source)
                 conn.request("GET", path, headers={"Connection": "close"} if self.new_connections else {})
                 response = conn.getresponse()
                 body = response.read()

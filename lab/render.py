@@ -56,34 +56,6 @@ def php_conf(server):
 
 APACHE_LISTEN_BACKLOG = 511  # Apache's own default
 
-SITE = """{site_conf}
-
-# Cutover's rules, written by `fab setup` (the lab runs the same code) from this host's settings.
-Include "{rules}"
-"""
-# With an oracle port: the same site twice, with Cutover's rules on the server's port and without
-# them on the oracle's (plain Apache, what tests/test_apache_differential.py compares with).
-SITE_AND_ORACLE = """Listen {address}:{oracle_port}
-<VirtualHost {address}:{http_port}>
-{site_conf}
-
-# Cutover's rules, written by `fab setup` (the lab runs the same code) from this host's settings.
-Include "{rules}"
-</VirtualHost>
-# The same site without Cutover's rules.
-<VirtualHost {address}:{oracle_port}>
-{site_conf}
-</VirtualHost>
-"""
-
-
-def site(server, rules):
-    """The site's part of httpd.conf: its own rules and Cutover's, and the oracle's VirtualHost if asked for."""
-    site_conf = server.site_conf.replace("@@deploy_to@@", server.deploy_to)
-    template = SITE_AND_ORACLE if server.oracle_port else SITE
-    return template.format(site_conf=site_conf, rules=rules, address=server.address, http_port=server.http_port,
-                           oracle_port=server.oracle_port)  # fmt: skip
-
 
 def prefork_conf(workers):
     """The prefork MPM's pool: 4 to 16 children, or a fixed pool of `workers` (the pause bench)."""
@@ -102,13 +74,14 @@ def prefork_conf(workers):
 
 
 def render_apache(lab, server):
-    """Write the server's httpd.conf, then Cutover's rules as `fab setup` does (its layout,
-    placeholder release, .cutover/apache.conf and the site's blocks in .cutover/apache-site.conf,
-    made by the same server-side code run locally); True if any of the files changed."""
+    """Write the server's httpd.conf and its site's VirtualHost (site.conf), then Cutover's rules as
+    `fab setup` does (its layout, placeholder release, .cutover/apache.conf and the site's blocks in
+    .cutover/apache-site.conf, made by the same server-side code run locally, which reads the site's
+    configuration); True if any of these files changed."""
     host = hostsfile.load(lab.hosts_file).resolve(server.name)[0]
     rules = Path(server.deploy_to, ".cutover", "apache.conf")
-    conf = Path(server.httpd_conf)
-    written = (rules, rules.with_name("apache-site.conf"), conf)
+    conf, site = Path(server.httpd_conf), Path(server.site_conf_file)
+    written = (rules, rules.with_name("apache-site.conf"), conf, site)
     before = [p.read_text() if p.exists() else None for p in written]
     render(
         "httpd.conf",
@@ -119,17 +92,53 @@ def render_apache(lab, server):
         http_port=server.http_port,
         pidfile=server.pidfile,
         mpm=server.mpm,
-        deploy_to=server.deploy_to,
-        document_root=apache.document_root(host),
         php=php_conf(server),
-        merge_slashes=server.merge_slashes,
-        site=site(server, rules),
         prefork=prefork_conf(server.workers),
         listen_backlog=server.listen_backlog or APACHE_LISTEN_BACKLOG,
     )
+    site.write_text(site_text(server, host))
     LocalAgent().call("setup", {"deploy_to": server.deploy_to, "rules": apache.snippet(host), "serve": host.serve,
                                 "apache_config": str(conf)})  # fmt: skip
     return before != [p.read_text() for p in written]
+
+
+CUTOVER_RULES = """    # Cutover's rules, written by `fab setup` (the lab runs the same code) from this host's settings.
+    Include "{rules}"
+"""
+ORACLE = """
+# The same site without Cutover's rules: plain Apache, what tests/test_apache_differential.py
+# compares with.
+Listen {address}:{port}
+"""
+
+
+def site_text(server, host):
+    """The site's VirtualHost (templates/lab/site.conf) with Cutover's rules; and with an oracle
+    port, the same VirtualHost again there, without them."""
+    own = server.site_conf.replace("@@deploy_to@@", server.deploy_to)
+    template = (TEMPLATES / "lab" / "site.conf").read_text()
+
+    def vhost(port, rules):
+        values = {
+            "name": server.name,
+            "http_port": port,
+            "deploy_to": server.deploy_to,
+            "document_root": apache.document_root(host),
+            "allow_override": server.allow_override,
+            "merge_slashes": server.merge_slashes,
+            "site_conf": "\n".join("    " + line if line.strip() else "" for line in own.splitlines()),
+            "cutover_rules": rules,
+        }
+        text = template
+        for key, value in values.items():
+            text = text.replace(f"@@{key}@@", str(value))
+        return text
+
+    text = vhost(server.http_port, CUTOVER_RULES.format(rules=f"{server.deploy_to}/.cutover/apache.conf"))
+    if server.oracle_port:
+        text += ORACLE.format(address=server.address, port=server.oracle_port)
+        text += vhost(server.oracle_port, "    # (no Cutover rules)\n")
+    return text
 
 
 def write_hosts_file(lab, build=None, build_compare="checksum", required=("index.html",), **overrides):

@@ -48,6 +48,7 @@ class LabServer:
     fpm_pid: int = 0
     mariadb_pid: int = 0  # a MariaDB server of this lab server's own (database shop), or 0
     site_conf: str = ""  # the site's own Apache config (as an operator writes it), @@deploy_to@@ filled in
+    allow_override: str = "None"  # AllowOverride of the site's directory (All: the app's .htaccess files)
     workers: int = 0  # prefork: a fixed pool of this many children (0: the template's 4 to 16)
     cgroup: str = ""  # the cgroup v2 directory Apache runs in (as under systemd), or "" (none made)
     listen_backlog: int = 0  # Apache's ListenBacklog (0: Apache's default, 511)
@@ -66,6 +67,11 @@ class LabServer:
     @property
     def httpd_conf(self):
         return f"{self.root}/apache/httpd.conf"
+
+    @property
+    def site_conf_file(self):
+        """The site's VirtualHost, included by httpd_conf."""
+        return f"{self.root}/apache/site.conf"
 
 
 @dataclass
@@ -232,6 +238,7 @@ def start(
     ext4_mb=None,
     php=None,
     site_conf="",
+    allow_override="None",
     mariadb=False,
     workers=0,
     cgroup=True,
@@ -246,7 +253,9 @@ def start(
 
     ports: optional list of (ssh_port, http_port), one pair per server; default free ports.
     php: None, "mod_php" (Apache's prefork MPM with mod_php) or "fpm" (php-fpm through proxy_fcgi).
-    site_conf: Apache config of the site itself, as an operator writes it (@@deploy_to@@ is filled in).
+    site_conf: Apache config of the site itself, as an operator writes it (@@deploy_to@@ is filled in),
+    inside its VirtualHost.
+    allow_override: AllowOverride of the site's directory: None, or All for an app's .htaccess files.
     workers: prefork only, a fixed pool of this many children.
     listen_backlog: Apache's ListenBacklog (0: its default, 511).
     lean_shell: sshd starts commands without the login user's ~/.bashrc (LEAN_SHELL); False: as
@@ -284,9 +293,10 @@ def start(
         lab.servers.append(
             LabServer(
                 f"lab{i}", str(base), ssh_port, http_port, str(base / "site"), str(base / "apache" / "run" / "httpd.pid"),
-                0, 0, mpm=mpm, php=php, site_conf=site_conf, mariadb_pid=-1 if mariadb else 0, workers=workers,
-                cgroup=make_cgroup(f"lab{i}") if cgroup else "", listen_backlog=listen_backlog, lean_shell=lean_shell,
-                oracle_port=oracle_port, merge_slashes=merge_slashes,
+                0, 0, mpm=mpm, php=php, site_conf=site_conf, allow_override=allow_override,
+                mariadb_pid=-1 if mariadb else 0, workers=workers, cgroup=make_cgroup(f"lab{i}") if cgroup else "",
+                listen_backlog=listen_backlog, lean_shell=lean_shell, oracle_port=oracle_port,
+                merge_slashes=merge_slashes,
             )
         )  # fmt: skip
     try:

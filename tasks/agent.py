@@ -18,12 +18,13 @@ from pathlib import Path
 
 import paramiko
 
-from .errors import HookError, LockError, MigrationError, RemoteError, SmokeError
+from .errors import CommandError, HookError, LockError, MigrationError, RemoteError, SmokeError
 
 REMOTE = Path(__file__).resolve().parent / "remote"
 BUNDLE = ("protocol", "paths", "limits", "history", "httpd", "listen", "pause", "swap", "health", "lock", "stage", "shared",
           "finish", "views", "install", "helper", "dumps", "manifests", "backup", "restore", "offsite", "intent", "seals",
-          "balancer", "procs", "commands", "switching", "nofollow", "grants", "siteconf", "private", "preflight")  # fmt: skip
+          "balancer", "procs", "commands", "switching", "nofollow", "grants", "siteconf", "private", "preflight",
+          "run")  # fmt: skip
 HELPER_BUNDLE = (
     "protocol",
     "paths",
@@ -64,7 +65,13 @@ sys.exit(protocol.main(sys.argv[2:]))
 )
 
 # error kind from the server -> the client's error class
-KINDS = {"locked": LockError, "smoke": SmokeError, "migration": MigrationError, "hook": HookError}
+KINDS = {
+    "locked": LockError,
+    "smoke": SmokeError,
+    "migration": MigrationError,
+    "hook": HookError,
+    "command": CommandError,
+}
 
 
 @functools.cache

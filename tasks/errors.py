@@ -80,6 +80,12 @@ class HookError(CutoverError):
     exit_code = 9
 
 
+class CommandError(CutoverError):
+    """`fab run`: the command exited non-zero, or outlived its timeout, on a host."""
+
+    exit_code = 11
+
+
 class GroupError(CutoverError):
     """One or more hosts of a group failed a step; holds every host's outcome."""
 

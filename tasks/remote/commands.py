@@ -26,7 +26,8 @@ def release_env(layout, release_id, release_dir):
 
 
 def _as_user(name):
-    """argv prefix and preexec function that run a command as user `name` (root: setuid; else sudo -n)."""
+    """argv prefix, preexec function and environment that run a command as user `name` (root:
+    setuid, with that user's HOME, USER and LOGNAME as sudo sets them; else sudo -n)."""
     import pwd
 
     try:
@@ -34,26 +35,27 @@ def _as_user(name):
     except KeyError:
         raise Refused("user %r does not exist on this server" % name)
     if os.geteuid() == user.pw_uid:
-        return [], None
+        return [], None, {}
     if os.geteuid() != 0:
-        return ["sudo", "-n", "-u", name, "--"], None
+        return ["sudo", "-n", "-u", name, "--"], None, {}
 
     def drop():
         os.setgroups([])
         os.setgid(user.pw_gid)
         os.setuid(user.pw_uid)
 
-    return [], drop
+    return [], drop, {"HOME": user.pw_dir, "USER": name, "LOGNAME": name}
 
 
-def run_command(what, command, cwd, env, timeout, kind=None, user=None, layout=None):
-    """Run one configured shell command in cwd (as `user` if given); Refused (with its output)
-    unless it exits 0. With `layout`, the command is recorded in the lock while it runs."""
+def run_command(what, command, cwd, env, timeout, kind=None, user=None, layout=None, kept=OUTPUT_KEPT):
+    """Run one configured shell command in cwd (as `user` if given); Refused (with the last `kept`
+    characters of its output, and its exit_code when it exited) unless it exits 0. With `layout`,
+    the command is recorded in the lock while it runs."""
     import subprocess  # only the steps that run commands start processes
 
-    prefix, preexec = _as_user(user) if user else ([], None)
+    prefix, preexec, user_env = _as_user(user) if user else ([], None, {})
     proc = subprocess.Popen(
-        prefix + ["/bin/sh", "-c", command], cwd=cwd, env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
+        prefix + ["/bin/sh", "-c", command], cwd=cwd, env=dict(os.environ, **user_env, **env), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec, start_new_session=True,
     )
     if layout is not None:
@@ -65,7 +67,7 @@ def run_command(what, command, cwd, env, timeout, kind=None, user=None, layout=N
             _kill_group(proc.pid)
             out, _ = proc.communicate()
             raise Refused("%s %r timed out after %ss; it was stopped, with what it started" % (what, command, timeout),
-                          kind=kind, output=tail(out.decode("utf-8", "replace")))
+                          kind=kind, output=tail(out.decode("utf-8", "replace"), kept))
     finally:
         if layout is not None:
             lock.working_on(layout, None)
@@ -74,7 +76,8 @@ def run_command(what, command, cwd, env, timeout, kind=None, user=None, layout=N
         hint = None
         if prefix and "password is required" in out:
             hint = "let the deploy user run commands as %s without a password (sudoers), or deploy as root" % user
-        raise Refused("%s %r exited %d" % (what, command, proc.returncode), kind=kind, output=tail(out), hint=hint)
+        raise Refused("%s %r exited %d" % (what, command, proc.returncode), kind=kind, output=tail(out, kept), hint=hint,
+                      exit_code=proc.returncode)
     return out
 
 

@@ -39,6 +39,7 @@ OPS = {
     "restore": ("restore", "op_restore"),
     "setup": ("install", "op_setup"),
     "install_helper": ("install", "op_install_helper"),
+    "run": ("run", "op_run"),
 }
 HELPER_OPS = {"swap": ("swap", "op_swap")}  # what the root-owned sudo helper answers (helper.checked)
 

@@ -25,6 +25,8 @@ def op_lock(a):
     if current not in kept:
         current = None
     lock.take(layout, dict(a["who"], release=release_id, old=current))
+    if a.get("unlock_if_gone"):  # a run that changes nothing if cut short (fab run): its lock goes with it
+        protocol.at_disconnect("lock", lambda: lock.release(layout, a["who"]["token"]))
     try:
         # a group switch a dead run left half done: the client repairs it first (steps/repair.py)
         answer = {"current": current, "releases": kept, "intent": intent.read(layout)}

@@ -7,16 +7,18 @@ from ..output import Timer, say
 LOCK_TIMEOUT = 300  # seconds: the prelink of a large site links every file of the live release
 
 
-def lock(run, build_info=None, want_previous=False):
+def lock(run, build_info=None, want_previous=False, unlock_if_gone=False):
     """Take the lock on every host; a held lock stops all.
 
     For a deploy (build_info given) also create the incoming release dir and hard-link the live
     release's files into it (`prelink`), so that the upload sends and writes only what changed.
+    unlock_if_gone: each server frees the lock itself once this run's connection is gone and
+    nothing it started runs (a run that changes nothing Cutover would have to repair).
     """
 
     def one(r):
         t = Timer()
-        args = {"who": run.who, "want_previous": want_previous}
+        args = {"who": run.who, "want_previous": want_previous, "unlock_if_gone": unlock_if_gone}
         if build_info:
             # writable entries are never hard-linked: the web server writes into them in place
             skip = list(r.host.shared) + list(r.host.writable)
