@@ -171,13 +171,14 @@ def test_check_names_a_site_rule_added_since_setup_and_access_holds_meanwhile(si
     release_id = current(server)
     assert site_lab.fab("check").returncode == 0
     # the operator adds rules to the site's config and reloads Apache, but does not rerun setup
-    conf = Path(server.httpd_conf)
+    conf = Path(server.site_conf_file)  # the site's VirtualHost
     added = (
         f'<Directory "{server.deploy_to}/current/secret">\n    Require all denied\n</Directory>\n'
         f'<Directory "{server.deploy_to}/current/dl">\n    ForceType application/octet-stream\n</Directory>\n'
     )
     text = conf.read_text()
-    conf.write_text(text.replace("\n# Cutover's rules", "\n" + added + "# Cutover's rules"))
+    assert "\n    # Cutover's rules" in text
+    conf.write_text(text.replace("\n    # Cutover's rules", "\n" + added + "    # Cutover's rules", 1))
     try:
         lab.graceful_restart(server)
         line = conf.read_text().splitlines().index(f'<Directory "{server.deploy_to}/current/secret">') + 1

@@ -166,8 +166,10 @@ def test_check_before_the_first_deploy_says_nothing_is_deployed_yet(lab1, tmp_pa
     assert note in result.stdout
     assert "Include" not in result.stdout and "all 1 host(s) ready" in result.stdout
     # the same, with Cutover's rules really missing from Apache's config: still said
-    conf = Path(server.httpd_conf)
-    conf.write_text(conf.read_text().replace("Include ", "# Include "))
+    conf = Path(server.site_conf_file)
+    rules_include = f'Include "{server.deploy_to}/.cutover/apache.conf"'
+    assert rules_include in conf.read_text()
+    conf.write_text(conf.read_text().replace(rules_include, "# " + rules_include))
     graceful_restart(server)
     result = lab1.fab("check", hosts_file=hosts_file)
     assert result.returncode == 1
