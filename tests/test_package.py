@@ -199,6 +199,7 @@ def test_installed_cutover_deploys_from_a_site_directory(lab1, tmp_path):
         where = subprocess.run([str(bin_dir / "python"), "-c", "import cutover; print(cutover.home())"],
                                cwd=site, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
         assert Path(where.stdout.strip()).is_relative_to(bin_dir.parent), where.stdout + where.stderr
+    assert bash_completions(from_wheel, ["cutover", "-H", "sandbox", "rel"], site, checkout=False) == ["releases"]
     # init's next command names the installed command, as found on PATH
     fresh = tmp_path / "fresh"
     fresh.mkdir()
@@ -206,3 +207,33 @@ def test_installed_cutover_deploys_from_a_site_directory(lab1, tmp_path):
                            env={**CLEAN_ENV, "PATH": f"{from_wheel}:{os.environ['PATH']}"}, timeout=60)  # fmt: skip
     assert wrote.returncode == 0, wrote.stderr
     assert wrote.stdout.splitlines()[-1].split() == ["cutover", "-H", "prod", "check"]
+
+
+def bash_completions(bin_dir, words, cwd, checkout=True):
+    """What bash completes for the command line `words` (the last one being typed), with the
+    script `cutover --print-completion-script bash` prints sourced, as ~/.bashrc would."""
+    script = (
+        "source <(cutover --print-completion-script bash) || exit 9\n"
+        f"COMP_WORDS=({shlex.join(words)}); COMP_CWORD={len(words) - 1}\n"
+        f"_complete_cutover cutover {shlex.quote(words[-1])} {shlex.quote(words[-2])}\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    env = {**CLEAN_ENV, "PATH": f"{bin_dir}:{os.environ['PATH']}", **({"PYTHONPATH": str(PROJECT)} if checkout else {})}
+    result = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_bash_completes_cutovers_tasks_and_their_options_from_any_directory(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "cutover").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m cutover "$@"\n')
+    (bin_dir / "cutover").chmod(0o755)
+    elsewhere = starter_site(tmp_path)  # a site's directory, not the checkout
+    assert bash_completions(bin_dir, ["cutover", "-H", "prod", "ro"], elsewhere) == ["rollback"]
+    assert bash_completions(bin_dir, ["cutover", "maint"], elsewhere) == ["maintenance-off", "maintenance-on"]
+    assert bash_completions(bin_dir, ["cutover", "deploy", "--"], elsewhere) == [
+        "--batch", "--build", "--dry-run", "--force-unlock", "--migrate", "--ref", "--split",
+    ]  # fmt: skip
+    assert bash_completions(bin_dir, ["cutover", "rollback", "--t"], elsewhere) == ["--to"]
+    assert bash_completions(bin_dir, ["cutover", "--ver"], elsewhere) == ["--version"]
