@@ -11,7 +11,7 @@ from pathlib import Path
 
 from invoke import task
 
-from . import gitbuild, manifest, release, rsync
+from . import gitbuild, manifest, release, result, rsync
 from .cli import BATCH_HELP, FORCE_UNLOCK_HELP, boundary, check_batch, target
 from .errors import ConfigError, CutoverError, GroupError, HealthError, Interrupted
 from .fleet import Background, Run, close, connect, in_parallel
@@ -77,6 +77,7 @@ def deploy_to_hosts(hosts, build_override=None, dry=False, force=False, migratin
 def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=None):
     """The steps from check to finish, and the failure path."""
     run, build, info = check(hosts, build_override, built)
+    result.started(run)
     doing = "dry run of release" if dry else "deploying release"
     line(f"{doing} {run.release_id} to {', '.join(r.name for r in run.hosts)}")
     if run.parallel and run.parallel < len(run.hosts):
@@ -191,9 +192,14 @@ def dry_run(run, build, info):
         "split": "deploy to some hosts of a group only (-H naming hosts), leaving it on two releases",
         "ref": "build and deploy this branch, tag or commit of the local git repository (build.command)",
         "batch": BATCH_HELP,
+        "json": result.JSON_HELP,
     }
 )
 @boundary
-def deploy(c, dry_run=False, force_unlock=False, build=None, migrate=False, split=False, ref=None, batch=None):
+def deploy(
+    c, dry_run=False, force_unlock=False, build=None, migrate=False, split=False, ref=None, batch=None, json=None
+):
     """Ship the local build: upload, smoke test, switch live atomically, verify."""
-    deploy_to_hosts(target(c, split or dry_run), build, dry_run, force_unlock, migrate, ref, batch)
+    with result.reported(c, "deploy", json, dry_run) as report:
+        report.hosts = target(c, split or dry_run)
+        deploy_to_hosts(report.hosts, build, dry_run, force_unlock, migrate, ref, batch)
