@@ -17,7 +17,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import hostsfile
+from . import hostsfile, notify
 from .errors import ConfigError, CutoverError, GroupError
 from .output import Timer
 
@@ -76,6 +76,7 @@ class Report:
         self.started = time.time()
         self.timer = Timer()
         self._hosts = ()
+        self.notifiers = None  # hosts.yaml's notify: settings of these hosts (tasks/notify.py)
         self.run = None  # the Run, once the task made one (started())
 
     @property
@@ -84,10 +85,11 @@ class Report:
 
     @hosts.setter
     def hosts(self, hosts):
-        """The hosts of the run (cli.target), and the target's name resolved."""
+        """The hosts of the run (cli.target): the target's name resolved, the notifiers checked."""
         self._hosts = hosts
         if self.target is None:
             self.target = hostsfile.load().default_group
+        self.notifiers = notify.settings_of(hosts)
 
     def data(self, error=None):
         """The outcome as a dict, for JSON; error: the exception the run ended with, or None."""
@@ -178,24 +180,28 @@ def started(run):
 
 @contextlib.contextmanager
 def reported(c, command, json_path=None, dry_run=False):
-    """Around a deploy or rollback: on the way out, the JSON written and the notifiers told, whatever
+    """Around a deploy or rollback: on the way out, the notifiers told and the JSON written, whatever
     the outcome; the run's error (and exit status) stays the task's."""
     global _current
     json_path = check_json_path(json_path)
     report = _current = Report(c, command, dry_run)
     real_stdout = sys.stdout
     redirect = contextlib.redirect_stdout(sys.stderr) if json_path == STDOUT else contextlib.nullcontext()
-    error = None
+    error, data = None, None
     try:
-        with redirect:
-            yield report
-    except BaseException as exc:
-        error = exc
-        raise
+        with redirect:  # the notifiers' lines too
+            try:
+                yield report
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                _current = None
+                data = report.data(error)
+                if report.notifiers and not dry_run:
+                    notify.send(report.notifiers, data)
     finally:
-        _current = None
-        data = report.data(error)
-        if json_path:
+        if json_path and data is not None:
             write_json(data, json_path, real_stdout)
 
 
