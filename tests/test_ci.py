@@ -87,3 +87,26 @@ def test_a_failed_deploy_in_ci_fails_the_job_and_says_what_each_host_serves(lab2
     assert "cutover: error: lab1: stage: smoke command 'false' exited 1" in err
     assert f"the site now: lab1 serves {live}; lab2 serves {live}" in err
     assert [current(s) for s in lab2.servers] == [live, live]
+
+
+def test_every_cutover_command_of_the_ci_guide_names_a_task_and_options_it_has():
+    from .test_package import cutover_in_checkout
+
+    guide = (PROJECT / "docs" / "ci.md").read_text()
+    commands = re.findall(r"^\s*(?:- )?cutover (.+)$", guide, re.M)
+    assert len(commands) == 4, commands  # deploy and rollback, in each of the two CIs
+    tasks = set()
+    for command in commands:
+        words = command.split()
+        if words[0] == "-H":
+            words = words[2:]
+        task, options = words[0], [w for w in words[1:] if w.startswith("--")]
+        tasks.add(task)
+        known = cutover_in_checkout("--help", task)
+        assert known.returncode == 0, (command, known.stderr)
+        for option in options:
+            assert re.search(rf"^\s+(-\w( STRING)?, )?{re.escape(option)}(=|\s)", known.stdout, re.M), (command, option)
+    assert tasks == {"deploy", "rollback"}
+    # the result it keeps as an artifact is what --json writes
+    assert all(c.endswith(" --json cutover.json") for c in commands)
+    assert guide.count("path: cutover.json") == 2 and guide.count("paths: [cutover.json]") == 1
