@@ -11,7 +11,7 @@ from pathlib import Path
 
 from invoke import task
 
-from . import gitbuild, manifest, release, result, rsync
+from . import cli, gitbuild, manifest, release, result, rsync
 from .cli import BATCH_HELP, FORCE_UNLOCK_HELP, boundary, check_batch, target
 from .errors import ConfigError, CutoverError, GroupError, HealthError, Interrupted
 from .fleet import Background, Run, close, connect, in_parallel
@@ -134,7 +134,7 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
     sent = sum(r.bytes_sent for r in run.hosts)
     pauses = "/".join(f"{r.switch.get('pause_ms')}" for r in run.hosts)
     whole = since_start()
-    started = f" ({whole:.2f} s since fab started)" if whole else ""
+    started = f" ({whole:.2f} s since {cli.PROGRAM or 'fab'} started)" if whole else ""
     line(
         f"deployed {run.release_id} to {count(len(run.hosts), 'host')} in {total.seconds:.2f} s{started}: "
         f"{size(sent)} sent, httpd paused {pauses} ms{spread_note(run)}"
