@@ -19,10 +19,11 @@ from pathlib import Path
 
 from . import hostsfile, notify
 from .errors import ConfigError, CutoverError, GroupError
-from .output import Timer
+from .output import Timer, shown
 
 JSON_HELP = "write the outcome as JSON to FILE (- : to standard output, every other line then to standard error)"
 STDOUT = "-"
+PATH_SHOWN = 300  # characters of a --json path repeated in an error
 
 
 def kind(error):
@@ -53,16 +54,23 @@ def check_json_path(value):
     if value is None or value == STDOUT:
         return value
     path = Path(value)
-    if path.is_dir():
-        raise ConfigError(f"--json {value}: is a directory; nothing was changed", hint="name a file in it")
-    parent = path.parent
-    if not parent.is_dir():
-        raise ConfigError(
-            f"--json {value}: the directory {parent} does not exist; nothing was changed",
-            hint="create it first, or name a file in an existing directory (- for standard output)",
-        )
+    try:
+        if path.is_dir():
+            raise ConfigError(
+                f"--json {shown(value, PATH_SHOWN)}: is a directory; nothing was changed", hint="name a file in it"
+            )
+        parent = path.parent
+        if not parent.is_dir():
+            raise ConfigError(
+                f"--json {shown(value, PATH_SHOWN)}: the directory {shown(str(parent), PATH_SHOWN)} does not exist; nothing was changed",
+                hint="create it first, or name a file in an existing directory (- for standard output)",
+            )
+    except OSError as exc:  # a name too long, a loop of symlinks ...
+        raise ConfigError(f"--json {shown(value, PATH_SHOWN)}: {exc.strerror}; nothing was changed") from None
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--json {value}: cannot write into {parent}; nothing was changed")
+        raise ConfigError(
+            f"--json {shown(value, PATH_SHOWN)}: cannot write into {shown(str(parent), PATH_SHOWN)}; nothing was changed"
+        )
     return value
 
 

@@ -140,13 +140,15 @@ def test_json_file_argument_checked_before_anything_and_never_written_through_a_
     live = [current(s) for s in lab2.servers]
     missing = lab2.fab("deploy", "--json", str(tmp_path / "no-such-dir" / "out.json"))
     assert missing.returncode == 2
-    assert (
-        f"--json {tmp_path / 'no-such-dir' / 'out.json'}: the directory {tmp_path / 'no-such-dir'} does not exist"
-        in (missing.stderr)
-    )
+    gone = tmp_path / "no-such-dir"
+    assert f"--json {str(gone / 'out.json')!r}: the directory {str(gone)!r} does not exist" in missing.stderr
     assert "nothing was changed" in missing.stderr
     directory = lab2.fab("deploy", "--json", str(tmp_path))
-    assert directory.returncode == 2 and f"--json {tmp_path}: is a directory" in directory.stderr
+    assert directory.returncode == 2 and f"--json {str(tmp_path)!r}: is a directory" in directory.stderr
+    for task in ("deploy", "rollback"):  # refused, not echoed back whole, no traceback
+        long = lab2.fab(task, "--json", "x" * 5000)
+        assert long.returncode == 2 and "File name too long; nothing was changed" in long.stderr
+        assert "Traceback" not in long.stderr and len(long.stderr) < 1000
     assert [current(s) for s in lab2.servers] == live
     # a symlink at the path is replaced by the file; what it pointed to stays as it was
     other = tmp_path / "other.txt"
