@@ -237,3 +237,21 @@ def test_bash_completes_cutovers_tasks_and_their_options_from_any_directory(tmp_
     ]  # fmt: skip
     assert bash_completions(bin_dir, ["cutover", "rollback", "--t"], elsewhere) == ["--to"]
     assert bash_completions(bin_dir, ["cutover", "--ver"], elsewhere) == ["--version"]
+
+
+def test_sandbox_up_run_as_cutover_names_the_command_that_reaches_the_sandbox(tmp_path, monkeypatch):
+    from tasks import cli, hostsfile, sandbox
+
+    assert sandbox._command() == "fab"  # in a checkout, from its directory
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "cutover").write_text("#!/bin/sh\n")
+    (bin_dir / "cutover").chmod(0o755)
+    monkeypatch.setattr(cli, "PROGRAM", "cutover")
+    monkeypatch.setattr(sys, "argv", [str(bin_dir / "cutover"), "sandbox-up"])
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    words = shlex.split(sandbox._command())
+    assert words[1:] == ["cutover"] and words[0].startswith("CUTOVER_HOSTS_FILE=")
+    own = Path(words[0].split("=", 1)[1])
+    assert own == hostsfile.PROJECT_DIR / "hosts.yaml"
+    assert [h.name for h in hostsfile.load(own).resolve("sandbox")] == ["lab1", "lab2"]
