@@ -10,6 +10,8 @@ from invoke.exceptions import Exit
 from . import hostsfile
 from .errors import ConfigError, CutoverError
 
+PROGRAM = None  # "cutover" when run as the installed command (cutover/__main__.py); None: fab
+
 FORCE_UNLOCK_HELP = (
     "first clear a lock whose owner is gone (its SSH session ended)"  # deploy, rollback, backup, restore
 )

@@ -133,6 +133,15 @@ class Hooks:
 
 
 @dataclass(frozen=True)
+class Notify:
+    """Told the outcome of each deploy and rollback on the operator's side (tasks/notify.py)."""
+
+    command: str | None = None  # run with /bin/sh, the outcome as JSON on stdin
+    url: str | None = None  # POSTed the outcome as JSON
+    timeout: float = 10
+
+
+@dataclass(frozen=True)
 class Host:
     """One server as a deploy sees it, every setting resolved."""
 
@@ -165,6 +174,7 @@ class Host:
     jump: tuple = ()  # ProxyJump hops from the OpenSSH client config (sshconfig.Jump), first first
     parallel: int | None = None  # hosts of a run that connect, lock, upload and stage at the same time
     readable: tuple[str, ...] = ()  # made readable, never writable, by web_user (a hardened config)
+    notify: Notify = Notify()
 
     @property
     def served_shared(self):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from invoke import task
 
-from . import gitbuild, manifest, release, rsync
+from . import cli, gitbuild, manifest, release, result, rsync
 from .cli import BATCH_HELP, FORCE_UNLOCK_HELP, boundary, check_batch, target
 from .errors import ConfigError, CutoverError, GroupError, HealthError, Interrupted
 from .fleet import Background, Run, close, connect, in_parallel
@@ -83,6 +83,7 @@ def deploy_to_hosts(
 def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=None, live_health=True):
     """The steps from check to finish, and the failure path."""
     run, build, info = check(hosts, build_override, built)
+    result.started(run)
     doing = "dry run of release" if dry else "deploying release"
     line(f"{doing} {run.release_id} to {', '.join(r.name for r in run.hosts)}")
     if run.parallel and run.parallel < len(run.hosts):
@@ -141,7 +142,7 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
     sent = sum(r.bytes_sent for r in run.hosts)
     pauses = "/".join(f"{r.switch.get('pause_ms')}" for r in run.hosts)
     whole = since_start()
-    started = f" ({whole:.2f} s since fab started)" if whole else ""
+    started = f" ({whole:.2f} s since {cli.PROGRAM or 'fab'} started)" if whole else ""
     line(
         f"deployed {run.release_id} to {count(len(run.hosts), 'host')} in {total.seconds:.2f} s{started}: "
         f"{size(sent)} sent, httpd paused {pauses} ms{spread_note(run)}"
@@ -200,13 +201,17 @@ def dry_run(run, build, info):
         "ref": "build and deploy this branch, tag or commit of the local git repository (build.command)",
         "batch": BATCH_HELP,
         "ignore-live-health": "deploy even to hosts whose live release fails its health check (a release that fixes it)",
+        "json": result.JSON_HELP,
     }
 )
 @boundary
 def deploy(
     c, dry_run=False, force_unlock=False, build=None, migrate=False, split=False, ref=None, batch=None,
-    ignore_live_health=False,
+    ignore_live_health=False, json=None,
 ):  # fmt: skip
     """Ship the local build: upload, smoke test, switch live atomically, verify."""
-    hosts = target(c, split or dry_run)
-    deploy_to_hosts(hosts, build, dry_run, force_unlock, migrate, ref, batch, live_health=not ignore_live_health)
+    with result.reported(c, "deploy", json, dry_run) as report:
+        report.hosts = target(c, split or dry_run)
+        deploy_to_hosts(
+            report.hosts, build, dry_run, force_unlock, migrate, ref, batch, live_health=not ignore_live_health
+        )

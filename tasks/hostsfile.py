@@ -23,6 +23,7 @@ from .config import (
     Inventory,
     Maintenance,
     Migrate,
+    Notify,
     Smoke,
 )
 from .errors import ConfigError
@@ -155,6 +156,7 @@ def _host(at, layers, base):
         keep_backups=s["keep_backups"],
         balancer=Balancer(**s["balancer"]),
         hooks=Hooks(**{k: tuple(v) if isinstance(v, list) else v for k, v in s["hooks"].items()}),
+        notify=Notify(**s["notify"]),
     )
 
 

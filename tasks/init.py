@@ -8,6 +8,7 @@ from pathlib import Path
 
 from invoke import task
 
+from . import cli
 from .cli import boundary
 from .errors import ConfigError
 
@@ -17,7 +18,14 @@ STARTER = CUTOVER_DIR / "templates" / "hosts.yaml"
 
 def fab_command():
     """How this fab was started (`fab`, or `python3 -m fabric`) and told where Cutover is: the start
-    of a command that runs Cutover's tasks from a site's directory."""
+    of a command that runs Cutover's tasks from a site's directory. The installed command: `cutover`
+    (its path where another or none is first on PATH), or `python3 -m cutover`."""
+    if cli.PROGRAM:
+        if os.path.basename(sys.argv[0]) == "__main__.py":
+            return shlex.join([sys.executable, "-m", "cutover"])
+        found = shutil.which(cli.PROGRAM)
+        same = found is not None and os.path.realpath(found) == os.path.realpath(sys.argv[0])
+        return cli.PROGRAM if same else shlex.quote(os.path.abspath(sys.argv[0]))
     program = ["fab"]
     if os.path.basename(sys.argv[0]) == "__main__.py":  # python -m fabric
         program = [sys.executable, "-m", "fabric"]

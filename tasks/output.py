@@ -63,11 +63,17 @@ class LiveTable:
 _live = None
 
 
+def plain():
+    """Lines only, never a live table: CUTOVER_PLAIN=1, or a CI job (CI set, as GitHub Actions, GitLab
+    CI and most others set it), whose log keeps every line even where the runner gives a terminal."""
+    return os.environ.get("CUTOVER_PLAIN") == "1" or os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
 def live_table(names):
     """Start a live table for these hosts when stdout is a terminal and there are two or more
-    (CUTOVER_PLAIN=1: never); stop_live() ends it, leaving its last state on the screen."""
+    (plain(): never); stop_live() ends it, leaving its last state on the screen."""
     global _live
-    if len(names) > 1 and sys.stdout.isatty() and os.environ.get("CUTOVER_PLAIN") != "1":
+    if len(names) > 1 and sys.stdout.isatty() and not plain():
         with _PRINTING:
             _live = LiveTable(names)
             _live.draw()

@@ -6,7 +6,7 @@ from is kept (and marked in history), so `rollback --to` or a new deploy can ret
 
 from invoke import task
 
-from . import manifest
+from . import manifest, result
 from .cli import BATCH_HELP, FORCE_UNLOCK_HELP, boundary, check_batch, target
 from .errors import ConfigError, CutoverError, Interrupted
 from .fleet import Run, close, connect
@@ -72,6 +72,7 @@ def rollback_hosts(hosts, to=None, force=False, batch=None):
     if batch:
         balancer_of(hosts)  # a wrong balancer setting is refused before anything remote
     run = Run.of("rollback", hosts)
+    result.started(run)
     live_table([r.name for r in run.hosts])
     try:
         connect(run)
@@ -136,9 +137,12 @@ def rollback_hosts(hosts, to=None, force=False, batch=None):
         "force-unlock": FORCE_UNLOCK_HELP,
         "split": "roll back some hosts of a group only (-H naming hosts), leaving it on two releases",
         "batch": BATCH_HELP,
+        "json": result.JSON_HELP,
     }
 )
 @boundary
-def rollback(c, to=None, force_unlock=False, split=False, batch=None):
+def rollback(c, to=None, force_unlock=False, split=False, batch=None, json=None):
     """Switch back to the previous release (or --to RELEASE), paused like a deploy; no upload."""
-    rollback_hosts(target(c, split), to, force_unlock, batch)
+    with result.reported(c, "rollback", json) as report:
+        report.hosts = target(c, split)
+        rollback_hosts(report.hosts, to, force_unlock, batch)

@@ -6,9 +6,11 @@ reaches it with no further setup.
 """
 
 import os
+import shlex
 
 from invoke import task
 
+from . import cli, hostsfile
 from .cli import boundary
 from .errors import ConfigError, CutoverError
 from .output import shown
@@ -71,7 +73,18 @@ def sandbox_up(c, mpm=None, php=None):
         lab.stop(SANDBOX_DIR)  # nothing half made stays behind to block the next sandbox-up
         raise
     print("\n".join(lines))
-    print("sandbox up: try `fab -H sandbox check`, then `fab -H sandbox deploy`")
+    print(f"sandbox up: try `{_command()} -H sandbox check`, then `{_command()} -H sandbox deploy`")
+
+
+def _command():
+    """The command that reaches the sandbox: the installed command names Cutover's own hosts.yaml,
+    which holds the sandbox group (from any directory); fab is run in Cutover's checkout."""
+    if not cli.PROGRAM:
+        return "fab"
+    from .init import fab_command
+
+    own = hostsfile.PROJECT_DIR / "hosts.yaml"
+    return f"{hostsfile.HOSTS_FILE_ENV}={shlex.quote(str(own))} {fab_command()}"
 
 
 @task

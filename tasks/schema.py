@@ -21,6 +21,7 @@ KEEP_BACKUPS = (1, 1000)
 PARALLEL = (1, 1000)  # hosts preparing at the same time
 HOLD = (0, 60)  # seconds requests in flight get to end before a backup's second pass
 DRAIN_TIMEOUT = (1, 3600)  # seconds a drained server's connections get to end
+NOTIFY_TIMEOUT = (1, 300)  # seconds a notifier gets after a deploy or rollback (tasks/notify.py)
 
 BUILTIN = {
     "port": 22,
@@ -82,6 +83,7 @@ BUILTIN = {
     "balancer": {"via": None, "socket": None, "backend": None, "server": None, "drain_timeout": 30},
     "web_user": "www-data",
     "protected": [],
+    "notify": {"command": None, "url": None, "timeout": 10},
 }
 
 
@@ -250,6 +252,11 @@ SECTIONS = {
         "backend": lambda at: y.string(at, y.SAFE_NAME, "an HAProxy backend name", allow_none=True),
         "server": lambda at: y.string(at, y.SAFE_NAME, "an HAProxy server name", allow_none=True),
         "drain_timeout": lambda at: y.number(at, *DRAIN_TIMEOUT),
+    },
+    "notify": {
+        "command": lambda at: y.string(at, allow_none=True),
+        "url": lambda at: y.string(at, y.URL, "an http:// or https:// URL", allow_none=True),
+        "timeout": lambda at: y.number(at, *NOTIFY_TIMEOUT),
     },
 }
 SETTINGS = {

@@ -12,8 +12,8 @@ from lab import packages
 
 from .conftest import PROJECT
 
-# Programs of Debian's Essential packages (coreutils, dash, tar): on every Debian system, unlisted.
-ESSENTIAL = {"sh", "chown", "sleep", "true", "tar", "head"}
+# Programs of Debian's Essential packages (coreutils, dash, bash, tar): on every Debian system, unlisted.
+ESSENTIAL = {"sh", "bash", "chown", "sleep", "true", "tar", "head"}
 RUNS = {"run", "Popen", "check_output", "check_call", "call"}
 ABSOLUTE = re.compile(r"^/(usr/)?s?bin/[A-Za-z0-9_.*+-]+$")
 

@@ -1,0 +1,144 @@
+"""notify: in hosts.yaml: after each deploy and rollback (not a dry run), whatever its outcome, a
+local command and a webhook on the operator's side get the outcome (tasks/result.py) as JSON: on
+the command's stdin, in the POST body. Each is bounded by notify.timeout; one that fails or hangs
+is a warning, never the run's outcome or exit status.
+
+The command runs with /bin/sh in the current directory; what it needs of the outcome comes as
+data (stdin, CUTOVER_* variables), never inside its command line.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from .config import Notify
+from .errors import ConfigError
+from .output import line
+
+OUTPUT_SHOWN = 500  # characters of a failing command's output in its warning
+KILL_WAIT = 5  # seconds for a stopped command's pipes to close
+
+
+def settings_of(hosts):
+    """The notify settings of a run's hosts (one run tells its notifiers once): None when none are
+    set; refused, before anything remote, when the hosts differ."""
+    found = {h.notify for h in hosts}
+    if len(found) > 1:
+        names = ", ".join(h.name for h in hosts)
+        raise ConfigError(
+            f"the hosts of this run have different notify: settings ({names}); nothing was changed",
+            hint="set notify: once in defaults, or run each group with its own -H",
+        )
+    settings = next(iter(found), None)
+    return settings if settings and (settings.command or settings.url) else None
+
+
+def send(settings: Notify, data):
+    """Tell the command, then the webhook; each said in one line (a warning when it failed)."""
+    body = json.dumps(data).encode()
+    if settings.command:
+        _say(_run_command(settings, data, body))
+    if settings.url:
+        _say(_post(settings, body, data["cutover"]))
+
+
+def _say(outcome):
+    ok, text = outcome
+    if ok:
+        line(f"notify: {text}")
+    else:
+        print(f"cutover: warning: notify: {text}", file=sys.stderr, flush=True)
+
+
+def _run_command(settings, data, body):
+    """The command with the outcome on stdin; (ok, what happened)."""
+    error = data["error"] or {}
+    env = dict(
+        os.environ,
+        CUTOVER_COMMAND=data["command"],
+        CUTOVER_RESULT=data["result"],
+        CUTOVER_EXIT_CODE=str(data["exit_code"]),
+        CUTOVER_ERROR_KIND=error.get("kind") or "",
+        CUTOVER_RELEASE=data["release"] or "",
+        CUTOVER_TARGET=data["target"] or "",
+        CUTOVER_TEXT=data["text"],
+    )
+    try:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", settings.command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env=env, start_new_session=True,  # its own group: stopped whole
+        )  # fmt: skip
+    except OSError as exc:
+        return False, f"command could not start: {exc.strerror}"
+    try:
+        output, _ = proc.communicate(body, timeout=settings.timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        return False, f"command did not end within {settings.timeout:g} s: stopped"
+    if proc.returncode != 0:
+        text = output.decode("utf-8", "replace").strip()[-OUTPUT_SHOWN:]
+        return False, f"command exited {proc.returncode}" + (f": {text}" if text else "")
+    return True, "command exited 0"
+
+
+def _stop(proc):
+    """Kill the command's process group (made by start_new_session: its pid is the group's id)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # it ended by itself in the meantime
+    try:
+        proc.communicate(timeout=KILL_WAIT)
+    except subprocess.TimeoutExpired:
+        # a child that left the group still holds the pipes: stop reading them
+        for pipe in (proc.stdout, proc.stdin):
+            if pipe:
+                pipe.close()
+        proc.wait(timeout=KILL_WAIT)
+
+
+def shown_url(url):
+    """A webhook's address as the log says it: scheme, host and port only (its path or query may
+    hold a secret token)."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
+
+
+def _post(settings, body, version):
+    """POST the outcome to the webhook, all of it bounded by the timeout; (ok, what happened)."""
+    request = urllib.request.Request(
+        settings.url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": f"cutover/{version.split()[0]}"},
+    )
+    outcome = {}
+
+    def post():
+        try:
+            with urllib.request.urlopen(request, timeout=settings.timeout) as answer:
+                outcome["status"] = answer.status
+        except urllib.error.HTTPError as exc:
+            outcome["status"] = exc.code
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            outcome["error"] = "timeout" if isinstance(reason, TimeoutError) else str(reason)
+
+    # in a thread of its own: a server that answers a byte at a time cannot stretch the timeout
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    thread.join(settings.timeout)
+    where = f"POST {shown_url(settings.url)}"
+    if thread.is_alive() or outcome.get("error") == "timeout":
+        return False, f"{where}: no answer within {settings.timeout:g} s"
+    if "error" in outcome:
+        return False, f"{where}: {outcome['error']}"
+    if not 200 <= outcome["status"] < 300:
+        return False, f"{where}: answered {outcome['status']}"
+    return True, f"{where}: answered {outcome['status']}"
