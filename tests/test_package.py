@@ -233,7 +233,7 @@ def test_bash_completes_cutovers_tasks_and_their_options_from_any_directory(tmp_
     assert bash_completions(bin_dir, ["cutover", "-H", "prod", "ro"], elsewhere) == ["rollback"]
     assert bash_completions(bin_dir, ["cutover", "maint"], elsewhere) == ["maintenance-off", "maintenance-on"]
     assert bash_completions(bin_dir, ["cutover", "deploy", "--"], elsewhere) == [
-        "--batch", "--build", "--dry-run", "--force-unlock", "--json", "--migrate", "--ref", "--split",
+        "--batch", "--build", "--dry-run", "--force-unlock", "--ignore-live-health", "--json", "--migrate", "--ref", "--split",
     ]  # fmt: skip
     assert bash_completions(bin_dir, ["cutover", "rollback", "--t"], elsewhere) == ["--to"]
     assert bash_completions(bin_dir, ["cutover", "--ver"], elsewhere) == ["--version"]
