@@ -161,7 +161,8 @@ def test_mediawiki_installed_edited_migrated_rolled_back_and_restored(wiki):
     assert restored.returncode == 0, restored.stderr
     assert visitor.get("/index.php?title=Cutover_test&action=raw").text == "Saved through the edit form."
     assert not later_file.exists() and (deploy_to / "shared" / image.lstrip("/")).read_bytes() == dot
-    assert current(server) == v3 and handle.fab("check").returncode == 0
+    checked = handle.fab("check")
+    assert current(server) == v3 and checked.returncode == 0, checked.stdout
 
 
 # --- WordPress on MariaDB ------------------------------------------------------------------------

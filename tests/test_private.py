@@ -197,4 +197,6 @@ def test_private_looking_files_are_found_by_name_symlinks_included_and_no_direct
     (root / ".git" / "secrets.sql").write_text("x")
     files, vcs, stopped = private.find(str(root))
     assert files == ["dump.sql", "assets/Backup-2026.TAR.GZ"]
+    (root / "schema.sql").write_text("CREATE TABLE page (id int);\n")  # an app's schema, as MediaWiki ships hundreds
+    assert private.find(str(root))[0] == files
     assert vcs == [".git"] and stopped is False

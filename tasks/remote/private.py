@@ -14,13 +14,14 @@ import urllib.parse
 # Names (matched without regard to case) of files that hold secrets or data, never a page: the
 # hosts file (hosts, ports, SSH user and key path), keys and credentials, database files and
 # dumps, copies of files (wp-config.php.bak, LocalSettings.php~: PHP source served as text) and
-# backup archives. Public keys (.pub) are not among them.
+# backup archives. Public keys (.pub) are not among them, nor a plain `*.sql` (applications ship
+# their schema as such: MediaWiki has hundreds), only one named or compressed as a dump.
 PRIVATE_NAMES = (
     "hosts.yaml", "hosts.yml",
     "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.pem", "*.key", "*.ppk", "*.p12", "*.pfx", "*.jks",
     "*.kdbx", "known_hosts", "authorized_keys",
     ".env*", ".netrc", ".npmrc", ".pgpass", ".my.cnf", ".git-credentials", ".htpasswd",
-    "*.sql", "*.sql.*", "*.dump", "*.sqlite", "*.sqlite3", "*.db",
+    "*dump*.sql", "*backup*.sql", "*.sql.*", "*.dump", "*.sqlite", "*.sqlite3", "*.db",
     "*.bak", "*.old", "*.orig", "*.save", "*~", "*.swp",
     "*backup*.zip", "*backup*.tar", "*backup*.tar.*", "*backup*.tgz", "*backup*.gz", "*backup*.7z", "*backup*.rar",
 )  # fmt: skip
