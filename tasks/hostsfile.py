@@ -36,6 +36,16 @@ HOST_ONLY_KEYS = ("host", "name")
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
+# Keys an earlier Cutover took, and why they are gone.
+RETIRED = {
+    "apache": (
+        "is no longer a setting: pinned requests now get the site's own <Directory> settings (Options, "
+        "AllowOverride and the rest), written for releases/*/ by `fab setup`",
+        "remove the apache: section, then rerun `fab setup` and reload Apache",
+    ),
+}
+
+
 def _settings(at, extra=()):
     """Validate one layer (defaults, a group or a host) into a partial dict of settings."""
     out, seen = {}, {}
@@ -51,6 +61,8 @@ def _settings(at, extra=()):
                     known = ", ".join(SECTIONS[key])
                     raise subat.error("is not a known key", hint=f"{key} takes: {known}")
                 out[key][subkey] = SECTIONS[key][subkey](subat)
+        elif key in RETIRED:
+            raise sub.error(RETIRED[key][0], hint=RETIRED[key][1])
         else:
             known = ", ".join([*extra, *SETTINGS, *SECTIONS])
             raise sub.error("is not a known key", hint=f"use one of: {known}")
