@@ -69,7 +69,7 @@ def setup(c, admin_user="root", helper_files=None):
         raise ConfigError(f"--admin-user {admin_user!r} is not a user name")
     files = Path(helper_files).resolve() if helper_files else None
     rows = [["host", "deploy_to", "created", "live release", "swap helper"]]
-    lines, registered = [], {}
+    lines, registered, unsafe = [], {}, []
 
     def one(r):
         answer = r.call(
@@ -91,7 +91,10 @@ def setup(c, admin_user="root", helper_files=None):
                 helper = "NOT installed"
                 lines.append(f"{r.name}: the swap helper could not be installed as {admin_user}: {exc.message}")
         if r.uses_helper:
-            lines.extend(_sudo_lines(r, answer))
+            said, refused = _sudo_lines(r, answer)
+            lines.extend(said)
+            if refused:
+                unsafe.append(r.name)
         rows.append([r.name, r.host.deploy_to, str(len(answer["created"])), answer["current"] or "-", helper])
         say(r.host, "setup", 0, f"Cutover's Apache rules: Include {answer['rules']}")
         say(r.host, "setup", 0, apache.site_blocks_line(r.host, answer))
@@ -105,13 +108,20 @@ def setup(c, admin_user="root", helper_files=None):
         print(line)
     if any(row[-1] == "NOT installed" for row in rows[1:]):
         raise CutoverError("the swap helper is missing on some hosts; see above")
+    if unsafe:
+        raise CutoverError(f"no sudoers line may name the Python of {', '.join(sorted(unsafe))}; see above")
 
 
 def _sudo_lines(r, answer):
-    """The sudoers line to add, unless sudo already lets the deploy user run the helper."""
-    if r.call("sudo", "preflight", helper=swaphelper.probe_args(r.host))["sudo"]["allowed"]:
-        return [f"{r.name}: sudo lets {answer['user']} run the swap helper already"]
+    """The sudoers line to add, unless sudo already lets the deploy user run the helper; never one
+    naming a Python the deploy user could replace (the second value: whether that refused it)."""
+    found = r.call("sudo", "preflight", helper=swaphelper.probe_args(r.host))
+    refused = swaphelper.python_refusal(found, setup=True)
+    if refused:
+        return [f"{r.name}: {refused}"], True
+    if found["sudo"]["allowed"]:
+        return [f"{r.name}: sudo lets {answer['user']} run the swap helper already"], False
     return [
         f"{r.name}: add this line to {swaphelper.SUDOERS_FILE} on the server (visudo -f {swaphelper.SUDOERS_FILE}):\n"
         f"    {sudoers_line(answer['user'], answer['executable'])}"
-    ]
+    ], False

@@ -58,6 +58,8 @@ def helper_state(deploy_to, probe):
     return {
         "user": pwd.getpwuid(os.geteuid()).pw_name,
         "executable": sys.executable,
+        # the sudoers line names this Python: one the deploy user could replace would run as root
+        "executable_problem": install.replaceable(sys.executable),
         "sudo": {"allowed": allowed, "said": said},
         "helper_sha256": install.installed_hash(probe["path"]),
         "registration": site,
