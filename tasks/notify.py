@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.parse
@@ -22,7 +23,7 @@ from .errors import ConfigError
 from .output import line
 
 OUTPUT_SHOWN = 500  # characters of a failing command's output in its warning
-KILL_WAIT = 5  # seconds for a stopped command's pipes to close
+KILL_WAIT = 5  # seconds for a killed command to be reaped
 
 
 def settings_of(hosts):
@@ -57,7 +58,9 @@ def _say(outcome):
 
 
 def _run_command(settings, data, body):
-    """The command with the outcome on stdin; (ok, what happened)."""
+    """The command with the outcome on stdin; (ok, what happened). Its outcome is its shell's exit
+    status: stdin and output are files, not pipes, so that what it leaves running in the background
+    (`cmd &`, the operator's to keep) neither holds the run up nor blocks on a pipe nobody reads."""
     error = data["error"] or {}
     env = dict(
         os.environ,
@@ -69,21 +72,25 @@ def _run_command(settings, data, body):
         CUTOVER_TARGET=data["target"] or "",
         CUTOVER_TEXT=data["text"],
     )
-    try:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", settings.command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=env, start_new_session=True,  # its own group: stopped whole
-        )  # fmt: skip
-    except OSError as exc:
-        return False, f"command could not start: {exc.strerror}"
-    try:
-        output, _ = proc.communicate(body, timeout=settings.timeout)
-    except subprocess.TimeoutExpired:
-        _stop(proc)
-        return False, f"command did not end within {settings.timeout:g} s: stopped"
-    if proc.returncode != 0:
-        text = output.decode("utf-8", "replace").strip()[-OUTPUT_SHOWN:]
-        return False, f"command exited {proc.returncode}" + (f": {text}" if text else "")
+    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out:
+        stdin.write(body)
+        stdin.seek(0)
+        try:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", settings.command], stdin=stdin, stdout=out, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,  # its own group: stopped whole
+            )  # fmt: skip
+        except OSError as exc:
+            return False, f"command could not start: {exc.strerror}"
+        try:
+            proc.wait(timeout=settings.timeout)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            return False, f"command did not end within {settings.timeout:g} s: stopped"
+        if proc.returncode != 0:
+            out.seek(max(0, os.fstat(out.fileno()).st_size - 4 * OUTPUT_SHOWN))
+            text = out.read().decode("utf-8", "replace").strip()[-OUTPUT_SHOWN:]
+            return False, f"command exited {proc.returncode}" + (f": {text}" if text else "")
     return True, "command exited 0"
 
 
@@ -93,14 +100,7 @@ def _stop(proc):
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass  # it ended by itself in the meantime
-    try:
-        proc.communicate(timeout=KILL_WAIT)
-    except subprocess.TimeoutExpired:
-        # a child that left the group still holds the pipes: stop reading them
-        for pipe in (proc.stdout, proc.stdin):
-            if pipe:
-                pipe.close()
-        proc.wait(timeout=KILL_WAIT)
+    proc.wait(timeout=KILL_WAIT)
 
 
 def shown_url(url):
@@ -108,6 +108,17 @@ def shown_url(url):
     hold a secret token)."""
     parts = urllib.parse.urlsplit(url)
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is not followed: a POST redirected with 301-303 arrives as a GET without the
+    JSON, and a redirect may lead anywhere. It is the webhook's answer, said as a warning."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def _post(settings, body, version):
@@ -122,10 +133,10 @@ def _post(settings, body, version):
 
     def post():
         try:
-            with urllib.request.urlopen(request, timeout=settings.timeout) as answer:
+            with _OPENER.open(request, timeout=settings.timeout) as answer:
                 outcome["status"] = answer.status
         except urllib.error.HTTPError as exc:
-            outcome["status"] = exc.code
+            outcome["status"], outcome["location"] = exc.code, exc.headers.get("Location")
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             outcome["error"] = "timeout" if isinstance(reason, TimeoutError) else str(reason)
@@ -139,6 +150,13 @@ def _post(settings, body, version):
         return False, f"{where}: no answer within {settings.timeout:g} s"
     if "error" in outcome:
         return False, f"{where}: {outcome['error']}"
-    if not 200 <= outcome["status"] < 300:
-        return False, f"{where}: answered {outcome['status']}"
-    return True, f"{where}: answered {outcome['status']}"
+    status = outcome["status"]
+    if 300 <= status < 400 and outcome.get("location"):
+        target = shown_url(urllib.parse.urljoin(settings.url, outcome["location"]))
+        return False, (
+            f"{where}: answered {status}, a redirect to {target}, not followed (the JSON would not arrive): "
+            "set notify.url to the address it redirects to"
+        )
+    if not 200 <= status < 300:
+        return False, f"{where}: answered {status}"
+    return True, f"{where}: answered {status}"

@@ -214,3 +214,90 @@ def test_hosts_with_different_notifiers_are_refused_before_anything(tmp_path):
     assert inventory.resolve("staging")[0].notify.url is None
     assert urllib.parse.urlsplit(web1.notify.url).hostname == "hooks.example.com"
     assert not os.path.exists(Path(tmp_path, "deploy.json"))
+
+
+class Redirecting:
+    """An HTTP server on 127.0.0.1 that answers every POST with `status` and a Location on the same
+    server; records each request (method, path, body)."""
+
+    def __init__(self, status):
+        self.requests = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                hook.requests.append((self.command, self.path, self.rfile.read(length)))
+
+            def do_POST(self):
+                self._record()
+                self.send_response(status)
+                self.send_header("Location", "/landed?token=elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self):
+                self._record()
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/deploys?token=s3cret"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+def test_a_webhook_that_redirects_is_a_warning_and_is_not_followed(lab1, tmp_path):
+    """A POST redirected with 301, 302 or 303 would arrive as a GET without the JSON (and a redirect
+    may lead anywhere): said as a warning, never followed, never reported as delivered."""
+    for n, status in enumerate((302, 301, 303, 307)):
+        with Redirecting(status) as hook:
+            configure(lab1, make_build(tmp_path, f"moved{n}"), notify={"url": hook.url})
+            deployed = lab1.fab("deploy")
+            assert deployed.returncode == 0, deployed.stderr
+            assert [(m, p) for m, p, _ in hook.requests] == [("POST", "/hooks/deploys?token=s3cret")], status
+            port = hook.server.server_port
+            said = (
+                f"cutover: warning: notify: POST http://127.0.0.1:{port}/...: answered {status}, a redirect to "
+                f"http://127.0.0.1:{port}/..., not followed (the JSON would not arrive): set notify.url to the "
+                "address it redirects to"
+            )
+            assert said in deployed.stderr, deployed.stderr
+            assert "notify: POST" not in deployed.stdout
+            assert "elsewhere" not in deployed.stdout + deployed.stderr and "s3cret" not in deployed.stderr
+
+
+def test_a_notify_command_that_leaves_a_process_in_the_background_is_not_waited_for(lab1, tmp_path):
+    """`cmd &` in the command: the shell exits at once, and what it left running holds the output
+    open. The outcome is the shell's exit status, the run does not wait, and the process left in
+    the background (the operator's to keep) is not killed."""
+    pidfile, said = tmp_path / "background.pid", tmp_path / "said"
+    command = f"(exec sleep 60) & echo $! > {pidfile}; echo started; cat > {said}"
+    configure(lab1, make_build(tmp_path, "bg"), notify={"command": command, "timeout": 30})
+    started = time.monotonic()
+    deployed = lab1.fab("deploy")
+    took = time.monotonic() - started
+    pid = int(pidfile.read_text())
+    try:
+        assert deployed.returncode == 0, deployed.stderr
+        assert "notify: command exited 0" in deployed.stdout
+        assert "warning" not in deployed.stderr, deployed.stderr
+        assert took < 15, took  # not the 30 s of notify.timeout
+        assert not process_gone(pid)  # left running, as `&` asked
+        assert json.loads(said.read_text())["result"] == "ok"
+    finally:
+        if not process_gone(pid):
+            os.kill(pid, 9)
