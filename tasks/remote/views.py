@@ -47,9 +47,10 @@ def op_check(a):
         from . import shared
 
         out["unshared"] = shared.unnamed(layout, a["shared"])
-    if a.get("helper"):
-        from . import preflight
+    from . import preflight
 
+    out["server"] = preflight.server_state(layout, a.get("users"))
+    if a.get("helper"):
         out["helper"] = preflight.helper_state(layout.deploy_to, a["helper"])
     # Cutover's rules, written by setup: without them (a deploy_to that is wrong, or not set up
     # yet) the layout the HTTP probes read is not there either
