@@ -220,11 +220,19 @@ def load(path=None):
     """Load hosts.yaml (see default_path) into an Inventory."""
     path = Path(path) if path else default_path()
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(
             f"cannot read {path}: {exc.strerror}",
             hint=f"create it (see the README) or name another file with {HOSTS_FILE_ENV}",
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: is not UTF-8 text (byte {data[exc.start]:#04x})",
+            hint="save it as UTF-8 (iconv -f latin1 -t utf-8, or your editor's encoding setting)",
         ) from None
     try:
         root = yaml.compose(text)

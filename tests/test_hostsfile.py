@@ -150,6 +150,30 @@ BAD = [
     ("  deploy_to: /var/www/site\n", "", "hosts.yaml:5: groups.prod[0]: deploy_to is not set"),
     ("  user: deploy", "  user: deploy\n  user: root", "hosts.yaml:4: defaults.user: is given twice"),
     ("  user: deploy", "  user: [a", "not valid YAML"),
+    # two databases of one name: their dumps were one file, and a restore gave each the other's content
+    (
+        "  user: deploy",
+        "  backups:\n    databases:\n      - {name: app, kind: sqlite, path: shared/a.sqlite}\n"
+        "      - {name: app, kind: sqlite, path: shared/b.sqlite}",
+        "hosts.yaml:6: defaults.backups.databases[1].name: 'app' is given twice (databases[0]): each database's "
+        "dump is a file named after it",
+    ),
+    (
+        "  user: deploy",
+        "  user: !!python/name:os.system x",
+        "hosts.yaml:3: defaults.user: not valid YAML: could not determine a constructor for the tag "
+        "'tag:yaml.org,2002:python/name:os.system'",
+    ),
+    (
+        "  user: deploy",
+        "  protected: [private]",
+        "defaults.protected[0]: 'private' is not a URL path such as /private/",
+    ),
+    (
+        "  user: deploy",
+        "  maintenance: {health_path: health}",
+        "defaults.maintenance.health_path: 'health' is not a URL path such as /health",
+    ),
 ]
 
 
@@ -174,6 +198,15 @@ def test_overlap_hint_and_entries_that_only_share_a_prefix(tmp_path):
     ok = GOOD.replace("  user: deploy", "  shared: [media, media2, media-x/y, public/media]\n  readable: [.env]", 1)
     host = hostsfile.load(write(tmp_path, ok)).resolve("web1.example.com")[0]
     assert host.shared == ("media", "media2", "media-x/y", "public/media") and host.readable == (".env",)
+
+
+def test_a_file_that_is_not_utf8_is_refused_naming_where(tmp_path):
+    path = tmp_path / "hosts.yaml"
+    path.write_bytes(GOOD.replace("/var/www/site", "/var/www/caf\xe9", 1).encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        hostsfile.load(path)
+    assert str(err.value).startswith(f"{path}:2: is not UTF-8 text (byte 0xe9)"), str(err.value)
+    assert err.value.exit_code == 2
 
 
 def test_missing_and_empty_file(tmp_path):
@@ -253,3 +286,21 @@ def test_a_removed_current_directory_is_a_clear_error(tmp_path, monkeypatch):
     gone.rmdir()  # another shell removed the folder this one is in
     with pytest.raises(ConfigError, match=r"^the current directory cannot be read \(No such file or directory\)"):
         hostsfile.load()
+
+
+def test_a_backup_of_two_databases_of_one_name_is_refused_and_the_server_untouched(lab1, tmp_path):
+    """Both dumps were databases/app.sqlite: the backup kept one, and a restore wrote it into both."""
+    import lab
+
+    from .conftest import make_build
+
+    server = lab1.servers[0]
+    databases = [
+        {"name": "app", "kind": "sqlite", "path": "shared/media/a.sqlite"},
+        {"name": "app", "kind": "sqlite", "path": "shared/media/b.sqlite"},
+    ]
+    lab.write_hosts_file(lab1.lab, build=str(make_build(tmp_path, "dbs")), backups={"databases": databases})
+    result = lab1.fab("backup")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "backups.databases[1].name: 'app' is given twice (databases[0])" in result.stderr
+    assert not os.path.exists(os.path.join(server.deploy_to, "backups"))
