@@ -78,7 +78,9 @@ def test_a_deploy_to_whose_layout_belongs_to_another_user_is_found_before_the_lo
     # a task without the preflight meets it on the server: said as such, not as a raw PermissionError
     on = lab1.fab("maintenance-on")
     assert on.returncode == 4
-    assert on.stderr.splitlines()[0].startswith(f"cutover: error: lab1: maintenance: {name} may not change {site}/"), on.stderr
+    assert on.stderr.splitlines()[0].startswith(f"cutover: error: lab1: maintenance: {name} may not change {site}/"), (
+        on.stderr
+    )
     assert "(Permission denied)" in on.stderr and "PermissionError" not in on.stderr
     assert "what to do: the deploy user must own deploy_to and what Cutover keeps in it" in on.stderr
     uid = pwd.getpwnam(name).pw_uid
@@ -86,3 +88,24 @@ def test_a_deploy_to_whose_layout_belongs_to_another_user_is_found_before_the_lo
         os.chown(site / sub, uid, uid)
     deployed = lab1.fab("deploy")
     assert deployed.returncode == 0, deployed.stderr
+
+
+def test_check_finds_rules_that_setup_has_not_written_since_hosts_yaml_changed(lab1, tmp_path):
+    """maintenance.allow, never_serve, serve, assets: Cutover's Apache rules are made from them by
+    setup. Changed in hosts.yaml alone, the server kept the old rules (loopback still let through
+    maintenance, a new never_serve name still served), and check said all ready."""
+    import lab
+
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "rules"))
+    assert lab1.fab("check").returncode == 0
+    lab.write_hosts_file(lab1.lab, build=str(make_build(tmp_path, "rules2")), maintenance={"allow": ["10.0.0.5"]})
+    said = (
+        f"lab1: Cutover's Apache rules in {server.deploy_to}/.cutover/apache.conf are not what hosts.yaml makes now "
+        "(serve, never_serve, maintenance or assets changed since setup): rerun `fab setup`, then reload Apache"
+    )
+    checked = lab1.fab("check")
+    assert checked.returncode == 1
+    assert said in checked.stdout, checked.stdout
+    assert lab1.fab("setup").returncode == 0
+    assert lab1.fab("check").returncode == 0
