@@ -20,6 +20,7 @@ from tasks.remote.paths import Layout
 from .conftest import PROJECT, configure, current, history, make_build, process_gone
 from .test_murphy import deploy_until_smoking, poll
 from .test_remote import IDS, make_release, site, who  # noqa: F401 (site: a fixture)
+from .test_setup import deploy_user  # noqa: F401 (a fixture)
 
 SHOW = 'echo "release $RELEASE_ID"; id -un; pwd; echo "home $HOME"'
 
@@ -380,3 +381,39 @@ def test_the_server_records_the_run_and_its_output_tail(site):  # noqa: F811
     assert (entry["event"], entry["result"], entry["exit"]) == ("run", "failed", 4)
     assert entry["output"].endswith("20000\n") and len(entry["output"]) <= 503
     assert Layout(site.deploy_to).lock and os.path.isdir(site.lock)  # the client releases the lock
+
+
+def test_a_command_run_as_another_user_through_sudo_is_stopped_at_its_timeout(lab1, deploy_user, tmp_path):  # noqa: F811
+    """A deploy user who is not root runs `--as web` through `sudo -n -u www-data`: sudo runs as
+    root, the command as www-data, and the deploy user may signal neither. The timeout killed
+    nothing, and the run waited for the command's own end (a `sleep 60`: 60 s; a hung script: ever),
+    holding the lock."""
+    name, sudoers = deploy_user
+    server = lab1.servers[0]
+    sudoers.write_text(f"{name} ALL=(www-data) NOPASSWD: ALL\n")
+    sudoers.chmod(0o440)
+    configure(lab1, make_build(tmp_path, "sudo-run"), user=name, httpd={"pidfile": server.pidfile, "pause": "none"})
+    assert lab1.fab("deploy").returncode == 0
+    pids = Path(server.root, "pids")  # where www-data may write
+    pids.touch()
+    pids.chmod(0o666)
+    started = time.monotonic()
+    result = lab1.fab("run", "--timeout", "2", "--", f"echo $$ >> {pids}; sleep 60 & echo $! >> {pids}; id -un; wait")
+    took = time.monotonic() - started
+    assert result.returncode == 11, result.stderr
+    assert took < 20, took
+    assert run_lines(result, "lab1") == ["www-data"]
+    assert "timed out after 2s; it was stopped, with what it started" in result.stderr, result.stderr
+    for pid in pids.read_text().split():
+        assert poll(lambda pid=pid: process_gone(int(pid)), seconds=5), f"{pid} still runs"
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()
+    # a sudoers rule that lets it run only the shell as www-data: what is left is named, never said stopped
+    sudoers.write_text(f"{name} ALL=(www-data) NOPASSWD: /bin/sh\n")
+    result = lab1.fab("run", "--timeout", "2", "--", f"sleep 60 & echo $! > {pids}; wait")
+    assert result.returncode == 11, result.stderr
+    left = int(pids.read_text())
+    try:
+        assert "timed out after 2s; it could not be stopped: pid " in result.stderr, result.stderr
+        assert f"{left}" in result.stderr and "as www-data, which this user may not signal" in result.stderr
+    finally:
+        os.kill(left, signal.SIGKILL)

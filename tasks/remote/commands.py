@@ -73,6 +73,8 @@ def run_command(what, command, cwd, env, timeout, kind=None, user=None, layout=N
                 ended = False
         if not ended:
             exited = proc.poll()
+            if prefix:  # through sudo, as another user: only that user may signal its processes
+                _kill_group_as(user, proc.pid)
             _kill_group(proc.pid)
             _kill_holders(proc.stdout)  # what left its process group (setsid) holding the output
             more, _ = _read_output(proc.stdout, time.monotonic() + STOP_WAIT, kept)
@@ -81,7 +83,13 @@ def run_command(what, command, cwd, env, timeout, kind=None, user=None, layout=N
             how = "timed out after %ss" % timeout
             if exited is not None:
                 how = "exited %d, but what it left running still held its output after %ss" % (exited, timeout)
-            raise Refused("%s %r %s; it was stopped, with what it started" % (what, command, how), kind=kind,
+            left = _group_members(proc.pid)
+            stopped = "it was stopped, with what it started"
+            if left:
+                stopped = ("it could not be stopped: pid %s still run%s as %s, which this user may not signal "
+                           "(let it run kill as that user through sudo, or stop them as root)"
+                           % (", ".join(map(str, left)), "s" if len(left) == 1 else "", user))  # fmt: skip
+            raise Refused("%s %r %s; %s" % (what, command, how, stopped), kind=kind,
                           output=tail((out + more).decode("utf-8", "replace"), kept))  # fmt: skip
     finally:
         if layout is not None:
@@ -127,6 +135,35 @@ def _kill_group(pgid):
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass  # ended already, or another user's process that sudo started: sudo ends it with its child
+
+
+def _kill_group_as(user, pgid):
+    """Kill process group pgid as `user` through sudo (the sudo that started it stays: root's)."""
+    import subprocess
+
+    try:
+        subprocess.run(["sudo", "-n", "-u", user, "--", "kill", "-KILL", "--", "-%d" % pgid], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=STOP_WAIT * 5)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        pass  # said below: what is left of the group is named
+
+
+def _group_members(pgid):
+    """The pids of process group pgid still alive (zombies aside), once it has had a moment to die."""
+    deadline = time.monotonic() + STOP_WAIT
+    while True:
+        alive = []
+        for pid in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/stat" % pid) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                alive.append(int(pid))
+        if not alive or time.monotonic() > deadline:
+            return sorted(alive)
+        time.sleep(0.05)
 
 
 def _kill_holders(pipe):
