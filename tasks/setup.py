@@ -4,6 +4,7 @@ files that root installs by hand)."""
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 from invoke import task
@@ -67,7 +68,7 @@ def setup(c, admin_user="root", helper_files=None):
     """Create the layout on each host; for a non-root deploy user install the swap helper."""
     if not admin_user or not all(ch.isalnum() or ch in "._-" for ch in admin_user):
         raise ConfigError(f"--admin-user {admin_user!r} is not a user name")
-    files = Path(helper_files).resolve() if helper_files else None
+    files = _helper_files(helper_files)
     rows = [["host", "deploy_to", "created", "live release", "swap helper"]]
     lines, registered, unsafe = [], {}, []
 
@@ -110,6 +111,26 @@ def setup(c, admin_user="root", helper_files=None):
         raise CutoverError("the swap helper is missing on some hosts; see above")
     if unsafe:
         raise CutoverError(f"no sudoers line may name the Python of {', '.join(sorted(unsafe))}; see above")
+
+
+def _helper_files(given):
+    """--helper-files: a local directory that is, or can be made (its parent exists), and that this
+    user may write; refused before any server is touched. None without the option."""
+    if given is None:
+        return None
+    if not given:
+        raise ConfigError("--helper-files: give the local directory to write the swap helper and its registration into")
+    path = Path(given).expanduser().resolve()
+    problem = None
+    if path.exists() and not path.is_dir():
+        problem = "is a file, not a directory"
+    elif not path.exists() and not path.parent.is_dir():
+        problem = f"{path.parent} does not exist"
+    elif not os.access(path if path.exists() else path.parent, os.W_OK | os.X_OK):
+        problem = f"{path if path.exists() else path.parent} is not writable by this user"
+    if problem:
+        raise ConfigError(f"--helper-files {given}: {problem}; nothing was changed")
+    return path
 
 
 def _sudo_lines(r, answer):
