@@ -33,6 +33,18 @@ def test_init_writes_a_starter_hosts_file_once(tmp_path):
     assert again.returncode == 2 and f"{written} exists already; nothing was written" in again.stderr
 
 
+def test_init_never_writes_through_a_symlink_at_hosts_yaml(tmp_path):
+    """A dangling hosts.yaml symlink counted as no file: init wrote the starter where it pointed."""
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    site.mkdir()
+    elsewhere.mkdir()
+    (site / "hosts.yaml").symlink_to(elsewhere / "planted")
+    result = fab_in(site, "init")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{site / 'hosts.yaml'} exists already (a symlink); nothing was written" in result.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_a_site_deploys_from_its_own_directory(lab1, tmp_path):
     site = tmp_path / "my-site"
     site.mkdir()
