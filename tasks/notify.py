@@ -7,6 +7,7 @@ The command runs with /bin/sh in the current directory; what it needs of the out
 data (stdin, CUTOVER_* variables), never inside its command line.
 """
 
+import base64
 import json
 import os
 import signal
@@ -110,6 +111,19 @@ def shown_url(url):
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
 
 
+def _credentials(url):
+    """(the URL without user:password@, the Authorization header they make): urllib would take
+    them for part of the host name."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, {}
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), {"Authorization": f"Basic {token}"}
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """A redirect is not followed: a POST redirected with 301-303 arrives as a GET without the
     JSON, and a redirect may lead anywhere. It is the webhook's answer, said as a warning."""
@@ -123,11 +137,12 @@ _OPENER = urllib.request.build_opener(_NoRedirect)
 
 def _post(settings, body, version):
     """POST the outcome to the webhook, all of it bounded by the timeout; (ok, what happened)."""
+    url, headers = _credentials(settings.url)
     request = urllib.request.Request(
-        settings.url,
+        url,
         data=body,
         method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": f"cutover/{version.split()[0]}"},
+        headers={"Content-Type": "application/json", "User-Agent": f"cutover/{version.split()[0]}", **headers},
     )
     outcome = {}
 

@@ -2,6 +2,7 @@
 (the JSON of --json on stdin, in the POST body); one that fails, hangs or never answers changes
 neither the outcome nor the exit status."""
 
+import base64
 import json
 import os
 import threading
@@ -301,3 +302,19 @@ def test_a_notify_command_that_leaves_a_process_in_the_background_is_not_waited_
     finally:
         if not process_gone(pid):
             os.kill(pid, 9)
+
+
+def test_a_webhook_url_with_a_user_and_password_sends_them_as_basic_auth(lab1, tmp_path):
+    """http://user:pass@host/...: urllib took 'user:pass@host' for the host name ("Name or service
+    not known"); the credentials go in an Authorization header, and never into the log."""
+    with Hook() as hook:
+        port = hook.server.server_port
+        url = f"http://deployer:s3cret%21@127.0.0.1:{port}/hooks/deploys"
+        configure(lab1, make_build(tmp_path, "auth"), notify={"url": url})
+        deployed = lab1.fab("deploy")
+        assert deployed.returncode == 0, deployed.stderr
+        assert f"notify: POST http://127.0.0.1:{port}/...: answered 200" in deployed.stdout, deployed.stderr
+        [(path, headers, body)] = hook.posts
+        assert path == "/hooks/deploys" and json.loads(body)["result"] == "ok"
+        assert headers["Authorization"] == "Basic " + base64.b64encode(b"deployer:s3cret!").decode()
+        assert "s3cret" not in deployed.stdout + deployed.stderr and "deployer" not in deployed.stdout
