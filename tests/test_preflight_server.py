@@ -109,3 +109,26 @@ def test_check_finds_rules_that_setup_has_not_written_since_hosts_yaml_changed(l
     assert said in checked.stdout, checked.stdout
     assert lab1.fab("setup").returncode == 0
     assert lab1.fab("check").returncode == 0
+
+
+def test_a_restore_for_a_web_user_that_does_not_exist_is_refused_before_maintenance(lab1, tmp_path):
+    """The restore put the data back with maintenance on, then failed giving the grants, and left
+    maintenance on: its checks, made before anything changes, did not look at web_user."""
+    import re
+
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "one"), writable=["media"], backups={"hold": 0})
+    assert lab1.fab("deploy").returncode == 0
+    taken = lab1.fab("backup")
+    assert taken.returncode == 0, taken.stderr
+    bid = re.search(r"^backup (\S+) of", taken.stdout, re.M).group(1)
+    configure(lab1, make_build(tmp_path, "two"), writable=["media"], web_user="no-such-web", backups={"hold": 0})
+    backups = sorted(os.listdir(Path(server.deploy_to, "backups")))
+    refused = lab1.fab("restore", "--backup", bid)
+    assert refused.returncode == 4, refused.stderr
+    assert (
+        "restore: the web server's user 'no-such-web' does not exist on this server (writable: is granted to it); "
+        "nothing was restored"
+    ) in refused.stderr, refused.stderr
+    assert not Path(server.deploy_to, "maintenance", "index.html").exists()
+    assert sorted(os.listdir(Path(server.deploy_to, "backups"))) == backups  # no backup taken before it
