@@ -25,6 +25,7 @@ from .output import line
 
 OUTPUT_SHOWN = 500  # characters of a failing command's output in its warning
 KILL_WAIT = 5  # seconds for a killed command to be reaped
+OUTPUT_WAIT = 0.5  # seconds for what a command printed before it ended to be read
 
 
 def settings_of(hosts):
@@ -60,8 +61,8 @@ def _say(outcome):
 
 def _run_command(settings, data, body):
     """The command with the outcome on stdin; (ok, what happened). Its outcome is its shell's exit
-    status: stdin and output are files, not pipes, so that what it leaves running in the background
-    (`cmd &`, the operator's to keep) neither holds the run up nor blocks on a pipe nobody reads."""
+    status: what it leaves running in the background (`cmd &`, the operator's to keep) does not
+    hold the run up, though it holds the output open. Only the end of the output is kept."""
     error = data["error"] or {}
     env = dict(
         os.environ,
@@ -73,26 +74,40 @@ def _run_command(settings, data, body):
         CUTOVER_TARGET=data["target"] or "",
         CUTOVER_TEXT=data["text"],
     )
-    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryFile() as stdin:  # a file: a command that never reads it blocks nothing
         stdin.write(body)
         stdin.seek(0)
         try:
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", settings.command], stdin=stdin, stdout=out, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,  # its own group: stopped whole
+                ["/bin/sh", "-c", settings.command], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True,  # its own group: stopped whole
             )  # fmt: skip
         except OSError as exc:
             return False, f"command could not start: {exc.strerror}"
-        try:
-            proc.wait(timeout=settings.timeout)
-        except subprocess.TimeoutExpired:
-            _stop(proc)
-            return False, f"command did not end within {settings.timeout:g} s: stopped"
-        if proc.returncode != 0:
-            out.seek(max(0, os.fstat(out.fileno()).st_size - 4 * OUTPUT_SHOWN))
-            text = out.read().decode("utf-8", "replace").strip()[-OUTPUT_SHOWN:]
-            return False, f"command exited {proc.returncode}" + (f": {text}" if text else "")
+    kept = bytearray()
+    reader = threading.Thread(target=_keep_end, args=(proc.stdout, kept), daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=settings.timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        return False, f"command did not end within {settings.timeout:g} s: stopped"
+    # what it printed before its shell ended; a process left in the background may hold the pipe
+    # open for long after: the reader (a daemon thread) goes on draining it, unwaited for
+    reader.join(OUTPUT_WAIT)
+    if proc.returncode != 0:
+        text = bytes(kept).decode("utf-8", "replace").strip()[-OUTPUT_SHOWN:]
+        return False, f"command exited {proc.returncode}" + (f": {text}" if text else "")
     return True, "command exited 0"
+
+
+def _keep_end(pipe, kept):
+    """Read pipe to its end, keeping only its last bytes in kept: a command that prints without end
+    costs no memory (nor disk)."""
+    for chunk in iter(lambda: pipe.read1(65536), b""):
+        kept += chunk
+        if len(kept) > 8 * OUTPUT_SHOWN:
+            del kept[: -4 * OUTPUT_SHOWN]
 
 
 def _stop(proc):
