@@ -5,7 +5,7 @@ from urllib.parse import urlsplit
 
 from invoke import task
 
-from . import ssh, swaphelper
+from . import apache, ssh, swaphelper
 from .cli import boundary, target
 from .errors import CutoverError
 from .fleet import STEP_TIMEOUT, Run, close, each_host
@@ -15,6 +15,7 @@ from .remote.health import DENIED
 from .remote.paths import PLACEHOLDER
 from .remote.views import PROBED_OUTSIDE
 from .steps import health_args, origin, protected_urls
+from .steps.preflight import server_problems, users_of
 from .steps.repair import describe, repair_group
 
 MIN_FREE = 100 * 1024 * 1024  # below this a deploy may fill the disk
@@ -95,7 +96,7 @@ def check_host(r):
     found = r.call(
         "check", "check", timeout=timeout, pidfile=r.host.httpd.pidfile, probe=probe,
         helper=swaphelper.probe_args(r.host) if r.uses_helper else None, ports=http_ports(r.host),
-        pause=r.host.httpd.pause, shared=list(r.host.shared),
+        pause=r.host.httpd.pause, shared=list(r.host.shared), users=users_of(r.host), rules=apache.snippet(r.host),
     )  # fmt: skip
     problems = []
     if tuple(int(x) for x in found["python"].split(".")[:2]) < MIN_PYTHON:
@@ -103,6 +104,12 @@ def check_host(r):
     if not found["rsync"]:
         problems.append("rsync is not installed on the server: apt-get install rsync")
     problems += filter(None, [deploy_to_problem(r.host, found)])
+    problems += server_problems(r.host, found["server"])
+    if found.get("rules_current") is False:
+        problems.append(
+            f"Cutover's Apache rules in {r.host.deploy_to}/.cutover/apache.conf are not what hosts.yaml makes now "
+            "(serve, never_serve, maintenance or assets changed since setup): rerun `fab setup`, then reload Apache"
+        )
     if r.host.httpd.pause != "none" and not found["httpd"]["ok"]:
         problems.append(found["httpd"]["problem"])
     elif found["httpd"].get("pause_problem"):

@@ -1,7 +1,7 @@
 """Cutover's configuration as frozen dataclasses, built once by hostsfile.load after validation;
 the rest of the code trusts them and never looks at raw YAML."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import ConfigError
@@ -204,7 +204,7 @@ class Inventory:
             if name in self.groups:
                 found = list(self.groups[name])
             else:
-                found = [h for hosts_ in self.groups.values() for h in hosts_ if h.name == name][:1]
+                found = self._one_host(name)
             if not found:
                 raise ConfigError(
                     f"-H {name!r} is neither a group nor a host in {self.path}",
@@ -212,6 +212,23 @@ class Inventory:
                 )
             hosts.extend(h for h in found if h.name not in {x.name for x in hosts})
         return tuple(hosts)
+
+    def _one_host(self, name):
+        """[the host of that name], [] for none; refused when groups hold different hosts of that
+        name (one server's two sites, its name the default): -H could mean either."""
+        found = []
+        for h in (h for hosts_ in self.groups.values() for h in hosts_ if h.name == name):
+            if h not in found:
+                found.append(h)
+        if len(found) > 1:
+            groups = [g for g, hosts_ in self.groups.items() if any(h.name == name for h in hosts_)]
+            raise ConfigError(
+                f"-H {name!r} names a host of groups {both(groups)}, which differ in "
+                f"{', '.join(differences(found[0], found[1]))}: it could be either; nothing was changed",
+                hint=f"name the group ({' or '.join('-H ' + g for g in groups)}), or give the hosts names of their own "
+                "(name:)",
+            )
+        return found
 
     def split_groups(self, hosts):
         """The groups of which `hosts` hold some hosts but not all: a deploy to them splits those groups."""
@@ -227,3 +244,13 @@ class Inventory:
         groups = ", ".join(sorted(self.groups))
         hosts = ", ".join(sorted({h.name for hs in self.groups.values() for h in hs}))
         return f"groups {groups}; hosts {hosts}"
+
+
+def differences(a, b):
+    """The settings in which two hosts differ (their names aside)."""
+    return [f.name for f in fields(a) if f.name != "name" and getattr(a, f.name) != getattr(b, f.name)]
+
+
+def both(names):
+    """'a and b', 'a, b and c'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"

@@ -103,7 +103,7 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
         fault_point("lock")
         start_uploads(run, build)  # rsync's server side waits for the lock step: nothing moves yet
         # what would fail at the switch, while rsync starts; refused, the waiting uploads are stopped
-        preflight(run, live_health)
+        preflight(run, live_health, migrating)
         if force:
             force_unlock(run)
         lock(run, info)

@@ -25,6 +25,7 @@ from .config import (
     Migrate,
     Notify,
     Smoke,
+    differences,
 )
 from .errors import ConfigError
 from .schema import BUILTIN, SECTIONS, SETTINGS
@@ -199,7 +200,30 @@ def _group(at, defaults, base):
                     hint="give each host once; use name: to tell apart hosts on one address",
                 )
         hosts.append(host)
-    return tuple(hosts)
+    return tuple(hosts), host_nodes
+
+
+def _check_offsite_folders(groups):
+    """Two different hosts of one name (one server's two sites, in two groups) must not copy their
+    backups into one backups.to folder (<path>/<name>/), where the two sites' copies would mix."""
+    seen = {}  # name -> [(group, host)]
+    for group, (hosts, nodes) in groups.items():
+        for host, at in zip(hosts, nodes):
+            to = host.backups.to
+            for other_group, other in seen.get(host.name, []):
+                there = other.backups.to
+                if other == host or not (to and there) or (to.host, to.port, to.path.rstrip("/")) != (
+                    there.host, there.port, there.path.rstrip("/")
+                ):  # fmt: skip
+                    continue
+                differ = differences(other, host)
+                raise at.error(
+                    f"host {host.name!r} of groups {other_group} and {group} is two sites ({', '.join(differ[:3])} "
+                    f"differ{'s' if len(differ) == 1 else ''}) whose backups.to copies would share one folder, "
+                    f"{to.host}:{to.path.rstrip('/')}/{host.name}/",
+                    hint=f"give one of them a name of its own (name: {host.name}-{group}), or a backups.to.path",
+                )
+            seen.setdefault(host.name, []).append((group, host))
 
 
 def default_path():
@@ -232,11 +256,19 @@ def load(path=None):
     """Load hosts.yaml (see default_path) into an Inventory."""
     path = Path(path) if path else default_path()
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(
             f"cannot read {path}: {exc.strerror}",
             hint=f"create it (see the README) or name another file with {HOSTS_FILE_ENV}",
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: is not UTF-8 text (byte {data[exc.start]:#04x})",
+            hint="save it as UTF-8 (iconv -f latin1 -t utf-8, or your editor's encoding setting)",
         ) from None
     try:
         root = yaml.compose(text)
@@ -262,6 +294,8 @@ def load(path=None):
         groups[name] = _group(at, defaults, base)
     if not groups:
         raise sections["groups"].error("is empty", hint="add at least one group of hosts")
+    _check_offsite_folders(groups)
+    groups = {name: hosts for name, (hosts, _) in groups.items()}
     default_group = None
     if "default_group" in sections:
         at = sections["default_group"]

@@ -37,8 +37,17 @@ def fab_command():
 def init(c):
     """Write a starter hosts.yaml into the current directory (never over an existing one)."""
     target = Path.cwd() / "hosts.yaml"
-    if target.exists():
-        raise ConfigError(f"{target} exists already; nothing was written", hint="edit it, or remove it first")
-    shutil.copyfile(STARTER, target)
+    # O_EXCL: never over a file, nor through a symlink (one that points nowhere included)
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        what = " (a symlink)" if target.is_symlink() else ""
+        raise ConfigError(
+            f"{target} exists already{what}; nothing was written", hint="edit it, or remove it first"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target}: {exc.strerror}; nothing was written") from None
+    with os.fdopen(fd, "wb") as out:
+        out.write(STARTER.read_bytes())
     print(f"wrote {target}: set deploy_to, build.path, user and the hosts of group prod, then, from this directory:")
     print(f"  {fab_command()} -H prod check")

@@ -7,11 +7,13 @@ The command runs with /bin/sh in the current directory; what it needs of the out
 data (stdin, CUTOVER_* variables), never inside its command line.
 """
 
+import base64
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.parse
@@ -22,7 +24,8 @@ from .errors import ConfigError
 from .output import line
 
 OUTPUT_SHOWN = 500  # characters of a failing command's output in its warning
-KILL_WAIT = 5  # seconds for a stopped command's pipes to close
+KILL_WAIT = 5  # seconds for a killed command to be reaped
+OUTPUT_WAIT = 0.5  # seconds for what a command printed before it ended to be read
 
 
 def settings_of(hosts):
@@ -57,7 +60,9 @@ def _say(outcome):
 
 
 def _run_command(settings, data, body):
-    """The command with the outcome on stdin; (ok, what happened)."""
+    """The command with the outcome on stdin; (ok, what happened). Its outcome is its shell's exit
+    status: what it leaves running in the background (`cmd &`, the operator's to keep) does not
+    hold the run up, though it holds the output open. Only the end of the output is kept."""
     error = data["error"] or {}
     env = dict(
         os.environ,
@@ -69,22 +74,40 @@ def _run_command(settings, data, body):
         CUTOVER_TARGET=data["target"] or "",
         CUTOVER_TEXT=data["text"],
     )
+    with tempfile.TemporaryFile() as stdin:  # a file: a command that never reads it blocks nothing
+        stdin.write(body)
+        stdin.seek(0)
+        try:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", settings.command], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True,  # its own group: stopped whole
+            )  # fmt: skip
+        except OSError as exc:
+            return False, f"command could not start: {exc.strerror}"
+    kept = bytearray()
+    reader = threading.Thread(target=_keep_end, args=(proc.stdout, kept), daemon=True)
+    reader.start()
     try:
-        proc = subprocess.Popen(
-            ["/bin/sh", "-c", settings.command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=env, start_new_session=True,  # its own group: stopped whole
-        )  # fmt: skip
-    except OSError as exc:
-        return False, f"command could not start: {exc.strerror}"
-    try:
-        output, _ = proc.communicate(body, timeout=settings.timeout)
+        proc.wait(timeout=settings.timeout)
     except subprocess.TimeoutExpired:
         _stop(proc)
         return False, f"command did not end within {settings.timeout:g} s: stopped"
+    # what it printed before its shell ended; a process left in the background may hold the pipe
+    # open for long after: the reader (a daemon thread) goes on draining it, unwaited for
+    reader.join(OUTPUT_WAIT)
     if proc.returncode != 0:
-        text = output.decode("utf-8", "replace").strip()[-OUTPUT_SHOWN:]
+        text = bytes(kept).decode("utf-8", "replace").strip()[-OUTPUT_SHOWN:]
         return False, f"command exited {proc.returncode}" + (f": {text}" if text else "")
     return True, "command exited 0"
+
+
+def _keep_end(pipe, kept):
+    """Read pipe to its end, keeping only its last bytes in kept: a command that prints without end
+    costs no memory (nor disk)."""
+    for chunk in iter(lambda: pipe.read1(65536), b""):
+        kept += chunk
+        if len(kept) > 8 * OUTPUT_SHOWN:
+            del kept[: -4 * OUTPUT_SHOWN]
 
 
 def _stop(proc):
@@ -93,14 +116,7 @@ def _stop(proc):
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass  # it ended by itself in the meantime
-    try:
-        proc.communicate(timeout=KILL_WAIT)
-    except subprocess.TimeoutExpired:
-        # a child that left the group still holds the pipes: stop reading them
-        for pipe in (proc.stdout, proc.stdin):
-            if pipe:
-                pipe.close()
-        proc.wait(timeout=KILL_WAIT)
+    proc.wait(timeout=KILL_WAIT)
 
 
 def shown_url(url):
@@ -110,22 +126,47 @@ def shown_url(url):
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
 
 
+def _credentials(url):
+    """(the URL without user:password@, the Authorization header they make): urllib would take
+    them for part of the host name."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, {}
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), {"Authorization": f"Basic {token}"}
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is not followed: a POST redirected with 301-303 arrives as a GET without the
+    JSON, and a redirect may lead anywhere. It is the webhook's answer, said as a warning."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def _post(settings, body, version):
     """POST the outcome to the webhook, all of it bounded by the timeout; (ok, what happened)."""
+    url, headers = _credentials(settings.url)
     request = urllib.request.Request(
-        settings.url,
+        url,
         data=body,
         method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": f"cutover/{version.split()[0]}"},
+        headers={"Content-Type": "application/json", "User-Agent": f"cutover/{version.split()[0]}", **headers},
     )
     outcome = {}
 
     def post():
         try:
-            with urllib.request.urlopen(request, timeout=settings.timeout) as answer:
+            with _OPENER.open(request, timeout=settings.timeout) as answer:
                 outcome["status"] = answer.status
         except urllib.error.HTTPError as exc:
-            outcome["status"] = exc.code
+            outcome["status"], outcome["location"] = exc.code, exc.headers.get("Location")
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             outcome["error"] = "timeout" if isinstance(reason, TimeoutError) else str(reason)
@@ -139,6 +180,13 @@ def _post(settings, body, version):
         return False, f"{where}: no answer within {settings.timeout:g} s"
     if "error" in outcome:
         return False, f"{where}: {outcome['error']}"
-    if not 200 <= outcome["status"] < 300:
-        return False, f"{where}: answered {outcome['status']}"
-    return True, f"{where}: answered {outcome['status']}"
+    status = outcome["status"]
+    if 300 <= status < 400 and outcome.get("location"):
+        target = shown_url(urllib.parse.urljoin(settings.url, outcome["location"]))
+        return False, (
+            f"{where}: answered {status}, a redirect to {target}, not followed (the JSON would not arrive): "
+            "set notify.url to the address it redirects to"
+        )
+    if not 200 <= status < 300:
+        return False, f"{where}: answered {status}"
+    return True, f"{where}: answered {status}"

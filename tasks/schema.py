@@ -148,6 +148,21 @@ def _database(at):
     return Database(name, kind, database=database, credentials=y.abspath(fields["credentials"]))
 
 
+def _databases(at):
+    """backups.databases, each name once: a database's dump is a file named after it."""
+    out = []
+    for item in y.listed(at):
+        db = _database(item)
+        first = next((n for n, other in enumerate(out) if other.name == db.name), None)
+        if first is not None:
+            raise dict(y.items(item))["name"].error(
+                f"{db.name!r} is given twice (databases[{first}]): each database's dump is a file named after it",
+                hint="give each database a name of its own",
+            )
+        out.append(db)
+    return out
+
+
 OFFSITE_KEYS = ("host", "port", "user", "path", "key", "known_hosts")
 
 
@@ -219,7 +234,7 @@ SECTIONS = {
     },
     "maintenance": {
         "allow": y.strings(lambda at: y.string(at, y.ADDRESS, "an IP address or network (127.0.0.1, 10.0.0.0/8)")),
-        "health_path": lambda at: y.string(at, y.URL_PATH, "a y.URL path such as /health", allow_none=True),
+        "health_path": lambda at: y.string(at, y.URL_PATH, "a URL path such as /health", allow_none=True),
         "retry_after": lambda at: y.number(at, *limits.RETRY_AFTER, integer=True),
         "message": lambda at: y.string(at),
     },
@@ -231,7 +246,7 @@ SECTIONS = {
         "user": lambda at: y.string(at, y.SAFE_USER, "a user name (letters, digits, _ . -)", allow_none=True),
     },
     "backups": {
-        "databases": lambda at: [_database(item) for item in y.listed(at)],
+        "databases": lambda at: _databases(at),
         "host": lambda at: y.string(at, y.SAFE_NAME, "a host name of the group", allow_none=True),
         "hold": lambda at: y.number(at, *HOLD),
         "to": lambda at: None if y.scalar_or_none(at) else _offsite(at),
@@ -274,7 +289,7 @@ SETTINGS = {
     "readable": y.strings(y.relpath),
     "keep_backups": lambda at: y.number(at, *KEEP_BACKUPS, integer=True),
     "web_user": lambda at: y.string(at, y.SAFE_USER, "a user name (letters, digits, _ . -)"),
-    "protected": y.strings(lambda at: y.string(at, y.URL_PATH, "a y.URL path such as /private/")),
+    "protected": y.strings(lambda at: y.string(at, y.URL_PATH, "a URL path such as /private/")),
     "serve": lambda at: None if y.scalar(at) is None else y.relpath(at),
     "never_serve": y.strings(y.never_serve),
 }

@@ -4,6 +4,7 @@ files that root installs by hand)."""
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 from invoke import task
@@ -67,9 +68,9 @@ def setup(c, admin_user="root", helper_files=None):
     """Create the layout on each host; for a non-root deploy user install the swap helper."""
     if not admin_user or not all(ch.isalnum() or ch in "._-" for ch in admin_user):
         raise ConfigError(f"--admin-user {admin_user!r} is not a user name")
-    files = Path(helper_files).resolve() if helper_files else None
+    files = _helper_files(helper_files)
     rows = [["host", "deploy_to", "created", "live release", "swap helper"]]
-    lines, registered = [], {}
+    lines, registered, unsafe = [], {}, []
 
     def one(r):
         answer = r.call(
@@ -91,7 +92,10 @@ def setup(c, admin_user="root", helper_files=None):
                 helper = "NOT installed"
                 lines.append(f"{r.name}: the swap helper could not be installed as {admin_user}: {exc.message}")
         if r.uses_helper:
-            lines.extend(_sudo_lines(r, answer))
+            said, refused = _sudo_lines(r, answer)
+            lines.extend(said)
+            if refused:
+                unsafe.append(r.name)
         rows.append([r.name, r.host.deploy_to, str(len(answer["created"])), answer["current"] or "-", helper])
         say(r.host, "setup", 0, f"Cutover's Apache rules: Include {answer['rules']}")
         say(r.host, "setup", 0, apache.site_blocks_line(r.host, answer))
@@ -105,13 +109,40 @@ def setup(c, admin_user="root", helper_files=None):
         print(line)
     if any(row[-1] == "NOT installed" for row in rows[1:]):
         raise CutoverError("the swap helper is missing on some hosts; see above")
+    if unsafe:
+        raise CutoverError(f"no sudoers line may name the Python of {', '.join(sorted(unsafe))}; see above")
+
+
+def _helper_files(given):
+    """--helper-files: a local directory that is, or can be made (its parent exists), and that this
+    user may write; refused before any server is touched. None without the option."""
+    if given is None:
+        return None
+    if not given:
+        raise ConfigError("--helper-files: give the local directory to write the swap helper and its registration into")
+    path = Path(given).expanduser().resolve()
+    problem = None
+    if path.exists() and not path.is_dir():
+        problem = "is a file, not a directory"
+    elif not path.exists() and not path.parent.is_dir():
+        problem = f"{path.parent} does not exist"
+    elif not os.access(path if path.exists() else path.parent, os.W_OK | os.X_OK):
+        problem = f"{path if path.exists() else path.parent} is not writable by this user"
+    if problem:
+        raise ConfigError(f"--helper-files {given}: {problem}; nothing was changed")
+    return path
 
 
 def _sudo_lines(r, answer):
-    """The sudoers line to add, unless sudo already lets the deploy user run the helper."""
-    if r.call("sudo", "preflight", helper=swaphelper.probe_args(r.host))["sudo"]["allowed"]:
-        return [f"{r.name}: sudo lets {answer['user']} run the swap helper already"]
+    """The sudoers line to add, unless sudo already lets the deploy user run the helper; never one
+    naming a Python the deploy user could replace (the second value: whether that refused it)."""
+    found = r.call("sudo", "preflight", helper=swaphelper.probe_args(r.host))
+    refused = swaphelper.python_refusal(found, setup=True)
+    if refused:
+        return [f"{r.name}: {refused}"], True
+    if found["sudo"]["allowed"]:
+        return [f"{r.name}: sudo lets {answer['user']} run the swap helper already"], False
     return [
         f"{r.name}: add this line to {swaphelper.SUDOERS_FILE} on the server (visudo -f {swaphelper.SUDOERS_FILE}):\n"
         f"    {sudoers_line(answer['user'], answer['executable'])}"
-    ]
+    ], False

@@ -83,6 +83,22 @@ def differences(registered, expected):
     return out
 
 
+ROOT_PYTHON = "set python: in hosts.yaml to a Python only root can change (e.g. /usr/bin/python3), then rerun setup"
+
+
+def python_refusal(found, setup=False):
+    """Why no sudoers line may name the Python the swap helper runs under (the server's
+    preflight.helper_state says which, and who else can change it), or None when only root can."""
+    why = found.get("executable_problem")
+    if why is None:
+        return None
+    unsafe = f"{found['executable']}, which {found['user']} can replace ({why}), and so run anything as root"
+    if found["sudo"]["allowed"]:
+        return f"sudo lets {found['user']} run the swap helper as root under {unsafe}: remove that line from sudoers, {ROOT_PYTHON}"
+    lead = "no sudoers line for the swap helper: it" if setup else "the swap helper"
+    return f"{lead} would run as root under {unsafe}: {ROOT_PYTHON}"
+
+
 def problems(host, found):
     """What would make the swap through the helper fail (or run with settings hosts.yaml no
     longer has), each with what to do; `found` is the server's preflight.helper_state."""
@@ -106,7 +122,10 @@ def problems(host, found):
                 "rerun `fab setup`"
             )
     sudo = found["sudo"]
-    if not sudo["allowed"]:
+    refused = python_refusal(found)
+    if refused:
+        out.append(refused)
+    elif not sudo["allowed"]:
         out.append(
             f"sudo does not let {found['user']} run the swap helper (sudo -n -l: {sudo['said']}): add this line to "
             f"{SUDOERS_FILE} on the server (visudo -f {SUDOERS_FILE}):\n"

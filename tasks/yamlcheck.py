@@ -50,7 +50,10 @@ _constructor = yaml.constructor.SafeConstructor()
 def scalar(at):
     if not isinstance(at.node, yaml.ScalarNode):
         raise at.error(f"must be a single value, got a {kind(at.node)}")
-    return _constructor.construct_object(at.node, deep=True)
+    try:
+        return _constructor.construct_object(at.node, deep=True)
+    except yaml.YAMLError as exc:  # a tag safe_load does not take (!!python/...), a bad !!timestamp ...
+        raise at.error(f"not valid YAML: {getattr(exc, 'problem', exc)}") from None
 
 
 def scalar_or_none(at):

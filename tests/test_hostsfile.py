@@ -6,11 +6,13 @@ import sys
 import textwrap
 
 import pytest
+import yaml
 
+import lab
 from tasks import hostsfile
 from tasks.errors import ConfigError
 
-from .conftest import PROJECT
+from .conftest import PROJECT, current, make_build
 
 GOOD = """\
 defaults:
@@ -150,6 +152,30 @@ BAD = [
     ("  deploy_to: /var/www/site\n", "", "hosts.yaml:5: groups.prod[0]: deploy_to is not set"),
     ("  user: deploy", "  user: deploy\n  user: root", "hosts.yaml:4: defaults.user: is given twice"),
     ("  user: deploy", "  user: [a", "not valid YAML"),
+    # two databases of one name: their dumps were one file, and a restore gave each the other's content
+    (
+        "  user: deploy",
+        "  backups:\n    databases:\n      - {name: app, kind: sqlite, path: shared/a.sqlite}\n"
+        "      - {name: app, kind: sqlite, path: shared/b.sqlite}",
+        "hosts.yaml:6: defaults.backups.databases[1].name: 'app' is given twice (databases[0]): each database's "
+        "dump is a file named after it",
+    ),
+    (
+        "  user: deploy",
+        "  user: !!python/name:os.system x",
+        "hosts.yaml:3: defaults.user: not valid YAML: could not determine a constructor for the tag "
+        "'tag:yaml.org,2002:python/name:os.system'",
+    ),
+    (
+        "  user: deploy",
+        "  protected: [private]",
+        "defaults.protected[0]: 'private' is not a URL path such as /private/",
+    ),
+    (
+        "  user: deploy",
+        "  maintenance: {health_path: health}",
+        "defaults.maintenance.health_path: 'health' is not a URL path such as /health",
+    ),
 ]
 
 
@@ -174,6 +200,15 @@ def test_overlap_hint_and_entries_that_only_share_a_prefix(tmp_path):
     ok = GOOD.replace("  user: deploy", "  shared: [media, media2, media-x/y, public/media]\n  readable: [.env]", 1)
     host = hostsfile.load(write(tmp_path, ok)).resolve("web1.example.com")[0]
     assert host.shared == ("media", "media2", "media-x/y", "public/media") and host.readable == (".env",)
+
+
+def test_a_file_that_is_not_utf8_is_refused_naming_where(tmp_path):
+    path = tmp_path / "hosts.yaml"
+    path.write_bytes(GOOD.replace("/var/www/site", "/var/www/caf\xe9", 1).encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        hostsfile.load(path)
+    assert str(err.value).startswith(f"{path}:2: is not UTF-8 text (byte 0xe9)"), str(err.value)
+    assert err.value.exit_code == 2
 
 
 def test_missing_and_empty_file(tmp_path):
@@ -253,3 +288,78 @@ def test_a_removed_current_directory_is_a_clear_error(tmp_path, monkeypatch):
     gone.rmdir()  # another shell removed the folder this one is in
     with pytest.raises(ConfigError, match=r"^the current directory cannot be read \(No such file or directory\)"):
         hostsfile.load()
+
+
+def test_a_backup_of_two_databases_of_one_name_is_refused_and_the_server_untouched(lab1, tmp_path):
+    """Both dumps were databases/app.sqlite: the backup kept one, and a restore wrote it into both."""
+    server = lab1.servers[0]
+    databases = [
+        {"name": "app", "kind": "sqlite", "path": "shared/media/a.sqlite"},
+        {"name": "app", "kind": "sqlite", "path": "shared/media/b.sqlite"},
+    ]
+    lab.write_hosts_file(lab1.lab, build=str(make_build(tmp_path, "dbs")), backups={"databases": databases})
+    result = lab1.fab("backup")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "backups.databases[1].name: 'app' is given twice (databases[0])" in result.stderr
+    assert not os.path.exists(os.path.join(server.deploy_to, "backups"))
+
+
+TWO_SITES = """\
+defaults:
+  deploy_to: /var/www/shop
+  backups: {to: {host: vault.example.com, user: b, path: /srv/backups, key: /k, known_hosts: /kh}}
+groups:
+  prod:
+    - {host: web1.example.com}
+  staging:
+    deploy_to: /var/www/staging
+    hosts:
+      - {host: web1.example.com}
+"""
+
+
+def test_one_host_name_for_two_sites_is_refused_where_it_would_mix_them(tmp_path):
+    """One server, two sites (groups prod and staging), its name the default (host:): backups.to
+    copied both sites' backups into <path>/web1.example.com/, and -H web1.example.com picked prod."""
+    with pytest.raises(ConfigError) as err:
+        hostsfile.load(write(tmp_path, TWO_SITES))
+    assert err.value.message == (
+        f"{tmp_path / 'hosts.yaml'}:10: groups.staging.hosts[0]: host 'web1.example.com' of groups prod and staging "
+        "is two sites (deploy_to differs) whose backups.to copies would share one folder, "
+        "vault.example.com:/srv/backups/web1.example.com/"
+    )
+    assert err.value.hint == "give one of them a name of its own (name: web1.example.com-staging), or a backups.to.path"
+    inventory = hostsfile.load(write(tmp_path, TWO_SITES.replace("  backups:", "  # backups:")))
+    assert [h.deploy_to for h in inventory.resolve("staging")] == ["/var/www/staging"]
+    with pytest.raises(ConfigError) as err:
+        inventory.resolve("web1.example.com")
+    assert err.value.message == (
+        "-H 'web1.example.com' names a host of groups prod and staging, which differ in deploy_to: it could be "
+        "either; nothing was changed"
+    )
+    assert err.value.hint == "name the group (-H prod or -H staging), or give the hosts names of their own (name:)"
+    named = TWO_SITES.replace(
+        "      - {host: web1.example.com}", "      - {host: web1.example.com, name: web1-staging}"
+    )
+    inventory = hostsfile.load(write(tmp_path, named))
+    assert [h.deploy_to for h in inventory.resolve("web1.example.com,web1-staging")] == [
+        "/var/www/shop",
+        "/var/www/staging",
+    ]
+    # one host in two groups, the same settings: one host
+    same = "defaults: {deploy_to: /var/www/shop}\ngroups:\n  all: [{host: a.example.com}]\n  web: [{host: a.example.com}]\n"
+    assert [h.name for h in hostsfile.load(write(tmp_path, same)).resolve("a.example.com")] == ["a.example.com"]
+
+
+def test_a_host_name_of_two_sites_deploys_to_neither(lab1, tmp_path):
+    server = lab1.servers[0]
+    lab.write_hosts_file(lab1.lab, build=str(make_build(tmp_path, "which")))
+    data = yaml.safe_load(lab1.hosts_file.read_text())
+    staging = dict(data["groups"]["sandbox"][0], deploy_to=server.deploy_to + "-staging")
+    data["groups"]["staging"] = [staging]
+    lab1.hosts_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    before = current(server)
+    result = lab1.fab("-H", "lab1", "deploy")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "-H 'lab1' names a host of groups sandbox and staging, which differ in deploy_to" in result.stderr
+    assert current(server) == before and not os.path.exists(server.deploy_to + "-staging")

@@ -2,8 +2,11 @@
 (the JSON of --json on stdin, in the POST body); one that fails, hangs or never answers changes
 neither the outcome nor the exit status."""
 
+import base64
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -15,7 +18,7 @@ import pytest
 from tasks import hostsfile
 from tasks.errors import ConfigError
 
-from .conftest import configure, current, make_build, process_gone
+from .conftest import PROJECT, configure, current, make_build, process_gone
 
 
 class Hook:
@@ -214,3 +217,132 @@ def test_hosts_with_different_notifiers_are_refused_before_anything(tmp_path):
     assert inventory.resolve("staging")[0].notify.url is None
     assert urllib.parse.urlsplit(web1.notify.url).hostname == "hooks.example.com"
     assert not os.path.exists(Path(tmp_path, "deploy.json"))
+
+
+class Redirecting:
+    """An HTTP server on 127.0.0.1 that answers every POST with `status` and a Location on the same
+    server; records each request (method, path, body)."""
+
+    def __init__(self, status):
+        self.requests = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                hook.requests.append((self.command, self.path, self.rfile.read(length)))
+
+            def do_POST(self):
+                self._record()
+                self.send_response(status)
+                self.send_header("Location", "/landed?token=elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self):
+                self._record()
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/deploys?token=s3cret"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+def test_a_webhook_that_redirects_is_a_warning_and_is_not_followed(lab1, tmp_path):
+    """A POST redirected with 301, 302 or 303 would arrive as a GET without the JSON (and a redirect
+    may lead anywhere): said as a warning, never followed, never reported as delivered."""
+    for n, status in enumerate((302, 301, 303, 307)):
+        with Redirecting(status) as hook:
+            configure(lab1, make_build(tmp_path, f"moved{n}"), notify={"url": hook.url})
+            deployed = lab1.fab("deploy")
+            assert deployed.returncode == 0, deployed.stderr
+            assert [(m, p) for m, p, _ in hook.requests] == [("POST", "/hooks/deploys?token=s3cret")], status
+            port = hook.server.server_port
+            said = (
+                f"cutover: warning: notify: POST http://127.0.0.1:{port}/...: answered {status}, a redirect to "
+                f"http://127.0.0.1:{port}/..., not followed (the JSON would not arrive): set notify.url to the "
+                "address it redirects to"
+            )
+            assert said in deployed.stderr, deployed.stderr
+            assert "notify: POST" not in deployed.stdout
+            assert "elsewhere" not in deployed.stdout + deployed.stderr and "s3cret" not in deployed.stderr
+
+
+def test_a_notify_command_that_leaves_a_process_in_the_background_is_not_waited_for(lab1, tmp_path):
+    """`cmd &` in the command: the shell exits at once, and what it left running holds the output
+    open. The outcome is the shell's exit status, the run does not wait, and the process left in
+    the background (the operator's to keep) is not killed."""
+    pidfile, said = tmp_path / "background.pid", tmp_path / "said"
+    command = f"(exec sleep 60) & echo $! > {pidfile}; echo started; cat > {said}"
+    configure(lab1, make_build(tmp_path, "bg"), notify={"command": command, "timeout": 30})
+    started = time.monotonic()
+    deployed = lab1.fab("deploy")
+    took = time.monotonic() - started
+    pid = int(pidfile.read_text())
+    try:
+        assert deployed.returncode == 0, deployed.stderr
+        assert "notify: command exited 0" in deployed.stdout
+        assert "warning" not in deployed.stderr, deployed.stderr
+        assert took < 15, took  # not the 30 s of notify.timeout
+        assert not process_gone(pid)  # left running, as `&` asked
+        assert json.loads(said.read_text())["result"] == "ok"
+    finally:
+        if not process_gone(pid):
+            os.kill(pid, 9)
+
+
+def test_a_webhook_url_with_a_user_and_password_sends_them_as_basic_auth(lab1, tmp_path):
+    """http://user:pass@host/...: urllib took 'user:pass@host' for the host name ("Name or service
+    not known"); the credentials go in an Authorization header, and never into the log."""
+    with Hook() as hook:
+        port = hook.server.server_port
+        url = f"http://deployer:s3cret%21@127.0.0.1:{port}/hooks/deploys"
+        configure(lab1, make_build(tmp_path, "auth"), notify={"url": url})
+        deployed = lab1.fab("deploy")
+        assert deployed.returncode == 0, deployed.stderr
+        assert f"notify: POST http://127.0.0.1:{port}/...: answered 200" in deployed.stdout, deployed.stderr
+        [(path, headers, body)] = hook.posts
+        assert path == "/hooks/deploys" and json.loads(body)["result"] == "ok"
+        assert headers["Authorization"] == "Basic " + base64.b64encode(b"deployer:s3cret!").decode()
+        assert "s3cret" not in deployed.stdout + deployed.stderr and "deployer" not in deployed.stdout
+
+
+def test_a_notify_command_that_prints_without_end_costs_neither_memory_nor_disk(tmp_path):
+    """Its output is read as it comes, its end kept: 300 MB of it peaked at 1.1 GB of memory before
+    the warning kept 500 characters (and a file instead of the pipe would fill the disk)."""
+    probe = (
+        "import sys, tempfile\n"
+        "tempfile.tempdir = sys.argv[1]\n"
+        "from tasks import notify\n"
+        "from tasks.config import Notify\n"
+        "data = {'error': None, 'command': 'deploy', 'result': 'ok', 'exit_code': 0, 'release': 'r', "
+        "'target': 't', 'text': 'x'}\n"
+        "ok, said = notify._run_command(Notify(command='head -c 300000000 /dev/zero; echo the end; exit 3', "
+        "timeout=60), data, b'{}')\n"
+        "peak = [line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')][0]\n"
+        "print(ok, repr(said[-20:]), peak, sep='|')\n"
+    )
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(temp)], cwd=PROJECT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    ok, said, peak_kb = done.stdout.strip().split("|")
+    assert int(peak_kb) < 100_000, f"peak {int(peak_kb) // 1024} MB"
+    assert (ok, said) == ("False", repr("\x00" * 13 + "the end"))

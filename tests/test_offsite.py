@@ -207,3 +207,55 @@ def test_the_comparison_after_a_copy_finds_what_differs_there(tmp_path):
         ("cLc", "shared/media/latest"),  # a symlink pointing elsewhere
         (">fc", "shared/media/photo.txt"),  # a file whose content (checksum) differs
     ]
+
+
+def test_a_copy_that_fails_says_why_for_each_cause(lab_pair, tmp_path):
+    """Each failure of the copy off the server says what to fix, not only "check that this server's
+    key is authorized there": a backup host whose key is another, one that nothing answers for, a
+    full disk there. The backup stays complete on the server each time."""
+    server, vault = lab_pair.servers
+    offsite = Path(vault.root, "offsite")
+    offsite.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k,mode=0755", "tmpfs", str(offsite)], check=True)
+    try:
+        wrong = tmp_path / "wrong_known_hosts"  # the vault's port, another server's key
+        keys = lab_pair.lab.known_hosts.read_text().splitlines()
+        theirs = [line for line in keys if line.startswith(f"[127.0.0.1]:{server.ssh_port} ")]
+        wrong.write_text(theirs[0].replace(f"]:{server.ssh_port} ", f"]:{vault.ssh_port} ") + "\n")
+        to = {"host": "127.0.0.1", "port": vault.ssh_port, "user": "root", "path": str(offsite),
+              "key": str(lab_pair.lab.key), "known_hosts": str(wrong)}  # fmt: skip
+        cases = [
+            (
+                dict(to),
+                f"the backup host 127.0.0.1 port {vault.ssh_port}: its host key is not one {wrong} holds for it",
+                f"if the backup host is new or was really reinstalled, put its key into {wrong} on this server "
+                f"(ssh-keyscan -p {vault.ssh_port} 127.0.0.1, checked); otherwise someone may be in between",
+            ),
+            (
+                dict(to, port=1, known_hosts=str(lab_pair.lab.known_hosts)),
+                "nothing answers at 127.0.0.1 port 1",
+                "check backups.to.host and backups.to.port, and that sshd runs there",
+            ),
+            (
+                dict(to, known_hosts=str(lab_pair.lab.known_hosts)),
+                "No space left on device",
+                f"the backup host's disk is full at {offsite}: free space there, or give backups.to.path on a disk "
+                "with room",
+            ),
+        ]
+        Path(offsite, "filler").write_bytes(os.urandom(12000))
+        for n, (to_, said, hint) in enumerate(cases):
+            configure(lab_pair, make_build(tmp_path, f"cause{n}"), backups={"to": to_, "hold": 0})
+            data = yaml.safe_load(lab_pair.hosts_file.read_text())
+            data["groups"]["sandbox"] = data["groups"]["sandbox"][:1]  # lab2 is the backup host only
+            lab_pair.hosts_file.write_text(yaml.safe_dump(data, sort_keys=False))
+            result = lab_pair.fab("backup")
+            assert result.returncode == 4, result.stdout + result.stderr
+            assert said in result.stderr, result.stderr
+            assert f"what to do: {hint}; the backup is complete on this server" in result.stderr, result.stderr
+            bid = [e for e in history(server) if e["event"] == "backup"][-1]["backup"]
+            assert (
+                json.loads(Path(server.deploy_to, "backups", bid, "backup.json").read_text()).get("copied_to") is None
+            )
+    finally:
+        subprocess.run(["umount", "-l", str(offsite)], check=True)  # -l: the backup host's rsync may still be ending

@@ -20,6 +20,7 @@ from tasks.remote.paths import Layout
 from .conftest import PROJECT, configure, current, history, make_build, process_gone
 from .test_murphy import deploy_until_smoking, poll
 from .test_remote import IDS, make_release, site, who  # noqa: F401 (site: a fixture)
+from .test_setup import deploy_user  # noqa: F401 (a fixture)
 
 SHOW = 'echo "release $RELEASE_ID"; id -un; pwd; echo "home $HOME"'
 
@@ -182,6 +183,45 @@ def test_a_command_past_its_timeout_is_stopped_and_fails_the_task(deployed, tmp_
     assert entry["result"] == "failed" and "timed out" in entry["error"]
 
 
+def test_a_process_that_escapes_the_commands_group_holding_its_output_is_stopped_at_the_timeout(deployed, tmp_path):
+    """`setsid cmd &`: the shell exits at once, and a process outside its process group holds its
+    output open. The run waited for that process's end (forever, for a daemon), holding the lock,
+    and then said it had stopped everything. Now it ends at the timeout, and stops that one too."""
+    pids = tmp_path / "pids"
+    started = time.monotonic()
+    result = deployed.fab(
+        "-H", "lab1", "run", "--as", "deploy", "--timeout", "2", "--", f"setsid sleep 60 & echo $! > {pids}; echo bg"
+    )
+    took = time.monotonic() - started
+    assert result.returncode == 11, result.stderr
+    assert took < 15, took
+    assert run_lines(result, "lab1") == ["bg"]
+    said = (
+        f"the command failed on lab1 (command 'setsid sleep 60 & echo $! > {pids}; echo bg' exited 0, but what it "
+        "left running still held its output after 2s; it was stopped, with what it started)"
+    )
+    assert said in result.stderr, result.stderr
+    assert poll(lambda: process_gone(int(pids.read_text())), seconds=5), "the process that left the group still runs"
+    assert not Path(deployed.servers[0].deploy_to, ".cutover", "lock").exists()
+
+
+def test_a_command_that_prints_hundreds_of_megabytes_keeps_only_its_tail_in_the_servers_memory(tmp_path):
+    """The server side reads a command's output as it comes, keeping its end: 200 MB of output
+    cost the agent 200 MB twice over (the bytes, then the text) before it kept 100,000 characters."""
+    probe = (
+        "from tasks.remote.commands import run_command\n"
+        "out = run_command('command', 'head -c 200000000 /dev/zero; echo; echo end', '/', {}, 120, kept=100000)\n"
+        "peak = [line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')][0]\n"
+        "print(len(out), out[-4:] == 'end\\n', peak)\n"
+    )
+    # VmHWM, this process's own peak (ru_maxrss would carry over the parent's across fork and exec)
+    done = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    length, ends, peak_kb = done.stdout.split()
+    assert int(peak_kb) < 100_000, f"peak {int(peak_kb) // 1024} MB"
+    assert (int(length), ends) == (100_003, "True")
+
+
 def test_run_refuses_while_a_deploy_holds_the_lock_and_a_deploy_waits_for_the_run(lab1, tmp_path):
     server = lab1.servers[0]
     configure(lab1, make_build(tmp_path, "a"))
@@ -341,3 +381,39 @@ def test_the_server_records_the_run_and_its_output_tail(site):  # noqa: F811
     assert (entry["event"], entry["result"], entry["exit"]) == ("run", "failed", 4)
     assert entry["output"].endswith("20000\n") and len(entry["output"]) <= 503
     assert Layout(site.deploy_to).lock and os.path.isdir(site.lock)  # the client releases the lock
+
+
+def test_a_command_run_as_another_user_through_sudo_is_stopped_at_its_timeout(lab1, deploy_user, tmp_path):  # noqa: F811
+    """A deploy user who is not root runs `--as web` through `sudo -n -u www-data`: sudo runs as
+    root, the command as www-data, and the deploy user may signal neither. The timeout killed
+    nothing, and the run waited for the command's own end (a `sleep 60`: 60 s; a hung script: ever),
+    holding the lock."""
+    name, sudoers = deploy_user
+    server = lab1.servers[0]
+    sudoers.write_text(f"{name} ALL=(www-data) NOPASSWD: ALL\n")
+    sudoers.chmod(0o440)
+    configure(lab1, make_build(tmp_path, "sudo-run"), user=name, httpd={"pidfile": server.pidfile, "pause": "none"})
+    assert lab1.fab("deploy").returncode == 0
+    pids = Path(server.root, "pids")  # where www-data may write
+    pids.touch()
+    pids.chmod(0o666)
+    started = time.monotonic()
+    result = lab1.fab("run", "--timeout", "2", "--", f"echo $$ >> {pids}; sleep 60 & echo $! >> {pids}; id -un; wait")
+    took = time.monotonic() - started
+    assert result.returncode == 11, result.stderr
+    assert took < 20, took
+    assert run_lines(result, "lab1") == ["www-data"]
+    assert "timed out after 2s; it was stopped, with what it started" in result.stderr, result.stderr
+    for pid in pids.read_text().split():
+        assert poll(lambda pid=pid: process_gone(int(pid)), seconds=5), f"{pid} still runs"
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()
+    # a sudoers rule that lets it run only the shell as www-data: what is left is named, never said stopped
+    sudoers.write_text(f"{name} ALL=(www-data) NOPASSWD: /bin/sh\n")
+    result = lab1.fab("run", "--timeout", "2", "--", f"sleep 60 & echo $! > {pids}; wait")
+    assert result.returncode == 11, result.stderr
+    left = int(pids.read_text())
+    try:
+        assert "timed out after 2s; it could not be stopped: pid " in result.stderr, result.stderr
+        assert f"{left}" in result.stderr and "as www-data, which this user may not signal" in result.stderr
+    finally:
+        os.kill(left, signal.SIGKILL)

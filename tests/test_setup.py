@@ -174,3 +174,30 @@ def test_the_helper_freezes_httpd_cgroup_for_a_non_root_deploy_user(lab1, deploy
     assert frozen.returncode == 0, frozen.stderr
     assert "httpd frozen" in frozen.stdout and history(server)[-1]["pause_method"] == "freeze"
     assert lab1.fab("check").returncode == 0
+
+
+@pytest.mark.parametrize("given", ["a-file", "missing-parent/dir", ""])
+def test_helper_files_that_cannot_be_written_are_refused_before_any_server_is_touched(
+    lab1, deploy_user, tmp_path, given
+):
+    """A file, or a directory whose parent is missing: refused with a traceback after setup had
+    changed every server; an empty value installed the helper as root instead."""
+    name, _ = deploy_user
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "hf"), user=name, python="python3")
+    rules = Path(server.deploy_to, ".cutover", "apache.conf")
+    before = rules.stat().st_mtime_ns
+    (tmp_path / "a-file").write_text("not a directory\n")
+    directory = str(tmp_path / given) if given else ""
+    result = lab1.fab("setup", "--helper-files", directory)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    said = {
+        "a-file": f"--helper-files {directory}: is a file, not a directory; nothing was changed",
+        "missing-parent/dir": f"--helper-files {directory}: {tmp_path / 'missing-parent'} does not exist; nothing was "
+        "changed",
+        "": "--helper-files: give the local directory to write the swap helper and its registration into",
+    }[given]
+    assert f"cutover: error: {said}" in result.stderr, result.stderr
+    assert rules.stat().st_mtime_ns == before and not Path(agent.HELPER).exists()
+    assert not (tmp_path / "missing-parent").exists()

@@ -33,6 +33,35 @@ def test_init_writes_a_starter_hosts_file_once(tmp_path):
     assert again.returncode == 2 and f"{written} exists already; nothing was written" in again.stderr
 
 
+def test_every_setting_the_starter_and_the_shipped_hosts_file_leave_commented_is_valid_uncommented(tmp_path):
+    """A new user uncomments an example line: it must load (backups.to lacked user, key, known_hosts)."""
+    for source in (PROJECT / "templates" / "hosts.yaml", PROJECT / "hosts.yaml"):
+        lines = []
+        for text in source.read_text().splitlines():
+            example = re.match(r"^(  +)# ( *(?:[a-z_]+:|- \{).*)$", text)
+            if example and example.group(2).startswith("ssh_config:"):  # names a file this machine may not have
+                example = None
+            lines.append(example.group(1) + example.group(2) if example else text)
+        uncommented = tmp_path / "hosts.yaml"
+        uncommented.write_text("\n".join(lines) + "\n")
+        assert sum(a != b for a, b in zip(lines, source.read_text().splitlines())) >= 8, source
+        inventory = hostsfile.load(uncommented)  # raises, naming the key, if an example is wrong
+        host = next(iter(inventory.groups.values()))[0]
+        assert host.backups.to is not None and host.backups.databases, source
+
+
+def test_init_never_writes_through_a_symlink_at_hosts_yaml(tmp_path):
+    """A dangling hosts.yaml symlink counted as no file: init wrote the starter where it pointed."""
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    site.mkdir()
+    elsewhere.mkdir()
+    (site / "hosts.yaml").symlink_to(elsewhere / "planted")
+    result = fab_in(site, "init")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{site / 'hosts.yaml'} exists already (a symlink); nothing was written" in result.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_a_site_deploys_from_its_own_directory(lab1, tmp_path):
     site = tmp_path / "my-site"
     site.mkdir()

@@ -1,10 +1,12 @@
 """One-time setup of a server: the layout with a placeholder release, Cutover's Apache rules,
 and (as root) the sudo swap helper with its registration."""
 
+import errno
 import hashlib
 import json
 import os
 import pwd
+import stat
 import sys
 
 from . import paths, siteconf, swap
@@ -62,6 +64,58 @@ def installed_hash(path):
             return hashlib.sha256(f.read()).hexdigest()
     except OSError:
         return None
+
+
+SYMLINKS_MAX = 40  # as the kernel's limit on symlinks followed in one path
+
+
+def replaceable(path):
+    """None when only root can change what `path` runs: every directory on the way and the file
+    itself, symlinks followed, owned by root and writable by no one else (a sticky directory such
+    as /tmp aside: there only an entry's owner may replace it). Else the first that someone else
+    can change, and why. The sudoers line for the swap helper names the Python it runs under."""
+    if not path.startswith("/"):
+        return "%s is not an absolute path" % path
+    todo, here, hops = [p for p in path.split("/") if p], "/", 0
+    problem = _changeable("/", os.lstat("/"))
+    while todo and problem is None:
+        name = todo.pop(0)
+        if name in (".", ".."):
+            here = here if name == "." else os.path.dirname(here)
+            continue
+        entry = os.path.join(here, name)
+        try:
+            st = os.lstat(entry)
+        except OSError as exc:
+            return "%s: %s" % (entry, exc.strerror)
+        if stat.S_ISLNK(st.st_mode):  # its parent, checked already, says who may replace it
+            hops += 1
+            if hops > SYMLINKS_MAX:
+                return "%s: %s" % (path, os.strerror(errno.ELOOP).lower())
+            target = os.readlink(entry)
+            here = "/" if target.startswith("/") else here
+            todo[:0] = [p for p in target.split("/") if p]
+            continue
+        problem = _changeable(entry, st)
+        here = entry
+    return problem
+
+
+def _changeable(path, st):
+    """Why someone other than root can change path (lstat st), or None."""
+    if st.st_uid != 0:
+        try:
+            owner = pwd.getpwuid(st.st_uid).pw_name
+        except KeyError:
+            owner = "uid %d" % st.st_uid
+        return "%s is owned by %s" % (path, owner)
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
+        return None
+    if st.st_mode & stat.S_IWOTH:
+        return "%s is writable by everyone" % path
+    if st.st_mode & stat.S_IWGRP and st.st_gid != 0:
+        return "%s is writable by its group" % path
+    return None
 
 
 def op_install_helper(a):

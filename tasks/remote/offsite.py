@@ -51,27 +51,51 @@ def folder(to, name):
     return "%s@%s:%s/%s/" % (to["user"], host, to["path"].rstrip("/"), name)
 
 
-def _run(argv, what):
+STAYS = "the backup is complete on this server"
+
+
+def _run(argv, what, to):
     try:
         run = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              timeout=PUSH_TIMEOUT)  # fmt: skip
     except subprocess.TimeoutExpired:
-        raise Refused("%s took longer than %d s" % (what, PUSH_TIMEOUT)) from None
+        raise Refused("%s took longer than %d s" % (what, PUSH_TIMEOUT), hint=STAYS) from None
     if run.returncode != 0:
         out = (run.stdout + run.stderr).decode("utf-8", "replace").strip()[-500:]
-        raise Refused("%s failed: %s" % (what, out),
-                      hint="the backup is complete on this server; check backups.to and that this server's key is "
-                           "authorized there")  # fmt: skip
+        cause, fix = _cause(out, to)
+        raise Refused("%s failed: %s%s" % (what, cause + ": " if cause else "", out), hint="%s; %s" % (fix, STAYS))
     return run.stdout.decode("utf-8", "replace")
 
 
-def differences(src, dest, rsh=None):
+def _cause(out, to):
+    """(what ssh or rsync's words mean, if known, or "", what to do) for a failed copy."""
+    if not to:  # a comparison on this machine
+        return "", "check backups.to"
+    where = "%s port %s" % (to["host"], to.get("port", 22))
+    if "Host key verification failed" in out:
+        return ("the backup host %s: its host key is not one %s holds for it" % (where, to["known_hosts"]),
+                "if the backup host is new or was really reinstalled, put its key into %s on this server "
+                "(ssh-keyscan -p %s %s, checked); otherwise someone may be in between"
+                % (to["known_hosts"], to.get("port", 22), to["host"]))  # fmt: skip
+    if any(s in out for s in ("Connection refused", "No route to host", "Could not resolve", "not known",
+                              "Connection timed out", "timed out during banner exchange")):  # fmt: skip
+        return "nothing answers at %s" % where, "check backups.to.host and backups.to.port, and that sshd runs there"
+    if "Permission denied (publickey" in out:
+        return ("the backup host refuses %s's key %s" % (to["user"], to["key"]),
+                "add the key's public half to ~%s/.ssh/authorized_keys on the backup host" % to["user"])  # fmt: skip
+    if "No space left on device" in out:
+        return "", ("the backup host's disk is full at %s: free space there, or give backups.to.path on a disk "
+                    "with room" % to["path"])  # fmt: skip
+    return "", "check backups.to and that this server's key is authorized there"
+
+
+def differences(src, dest, rsh=None, to=None):
     """What rsync would change to make dest (a directory, here or user@host:path) hold what src
     holds: files by content, symlinks by target, anything extra. [] when they are the same."""
     argv = ["rsync", "-r", "-l", "--checksum", "--dry-run", "--itemize-changes", "--delete", "--timeout=%d" % IO_TIMEOUT]
     if rsh:
         argv += ["-e", shlex.join(rsh)]
-    out = _run(argv + [src.rstrip("/") + "/", dest], "comparing the copy at %s" % dest)
+    out = _run(argv + [src.rstrip("/") + "/", dest], "comparing the copy at %s" % dest, to)
     return [line for line in out.splitlines() if line.strip()]
 
 
@@ -87,12 +111,13 @@ def push(layout, bid, to, name):
     earlier = [b for b in backup.complete(layout) if b < bid and (backup.info(layout, b) or {}).get("copied_to") ==
                into + b + "/"]  # fmt: skip
     with tempfile.TemporaryDirectory() as empty:  # <path>/<name>/ made if missing (rsync makes one level)
-        _run(["rsync", "-d", "--timeout=%d" % IO_TIMEOUT, "-e", shlex.join(rsh), empty + "/", into], "making %s" % into)
+        _run(["rsync", "-d", "--timeout=%d" % IO_TIMEOUT, "-e", shlex.join(rsh), empty + "/", into], "making %s" % into,
+             to)  # fmt: skip
     argv = ["rsync", "-a", "--checksum", "--delete", "--timeout=%d" % IO_TIMEOUT, "-e", shlex.join(rsh)]
     if earlier:
         argv.append("--link-dest=../" + earlier[-1])
-    _run(argv + [layout.backup(bid) + "/", dest], "copying backup %s to %s" % (bid, dest))
-    found = differences(layout.backup(bid), dest, rsh)
+    _run(argv + [layout.backup(bid) + "/", dest], "copying backup %s to %s" % (bid, dest), to)
+    found = differences(layout.backup(bid), dest, rsh, to)
     if found:
         shown = "; ".join(found[:DIFFERENCES_SHOWN]) + (" ..." if len(found) > DIFFERENCES_SHOWN else "")
         raise Refused("the copy of backup %s at %s differs from the backup after copying: %s" % (bid, dest, shown),

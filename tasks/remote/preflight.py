@@ -58,11 +58,49 @@ def helper_state(deploy_to, probe):
     return {
         "user": pwd.getpwuid(os.geteuid()).pw_name,
         "executable": sys.executable,
+        # the sudoers line names this Python: one the deploy user could replace would run as root
+        "executable_problem": install.replaceable(sys.executable),
         "sudo": {"allowed": allowed, "said": said},
         "helper_sha256": install.installed_hash(probe["path"]),
         "registration": site,
         "registration_error": unreadable,
     }
+
+
+def unwritable(layout):
+    """The directories of the layout (those that exist) this user may not write, each with its
+    owner: deploy_to, releases/, shared/, .cutover/, maintenance/ and backups/ are the deploy
+    user's (the web server's user owns only what it writes in shared/)."""
+    out = []
+    for path in (layout.deploy_to, layout.releases, layout.shared, layout.meta, layout.maintenance, layout.backups):
+        try:
+            owner = os.stat(path).st_uid
+        except OSError:
+            continue  # not made yet: setup or the first deploy makes it, as this user
+        if not os.access(path, os.W_OK | os.X_OK):
+            try:
+                name = pwd.getpwuid(owner).pw_name
+            except KeyError:
+                name = "uid %d" % owner
+            out.append({"path": path, "owner": name})
+    return out
+
+
+def missing_users(users):
+    """The settings (web_user, migrate.user) naming a user this server does not have."""
+    out = []
+    for key, name in sorted(users.items()):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            out.append(key)
+    return out
+
+
+def server_state(layout, users):
+    """What the deploy user and the users hosts.yaml names need of this server."""
+    return {"unwritable": unwritable(layout), "missing_users": missing_users(users or {}),
+            "me": pwd.getpwuid(os.geteuid()).pw_name}
 
 
 def live_health(layout, verify):
@@ -76,9 +114,9 @@ def live_health(layout, verify):
 
 def op_preflight(a):
     """helper: {"sudo": argv, "path": the helper} for a deploy user who is not root; verify: the
-    health settings, to check the live release with."""
+    health settings, to check the live release with; users: {setting: user name} that must exist."""
     layout = paths.Layout(a["deploy_to"])
-    out = {}
+    out = server_state(layout, a.get("users"))
     if a.get("helper"):
         out.update(helper_state(layout.deploy_to, a["helper"]))
     if a.get("verify"):

@@ -9,6 +9,7 @@ own error class. Standard library only; Python 3.7 or newer.
 import errno
 import importlib
 import json
+import os
 import sys
 
 # op -> (module of this package, function). Modules are imported on first use, so a step pays
@@ -79,6 +80,13 @@ def answer(op, args, helper=False):
         if exc.errno == errno.ENOSPC:
             return {"error": "the server's disk is full: %s" % exc, "kind": "disk_full",
                     "hint": "free space under deploy_to"}
+        if exc.errno in (errno.EACCES, errno.EPERM) and exc.filename:
+            import pwd
+
+            return {"error": "%s may not change %s (%s)" % (pwd.getpwuid(os.geteuid()).pw_name, exc.filename,
+                                                            exc.strerror),
+                    "kind": None, "hint": "the deploy user must own deploy_to and what Cutover keeps in it: "
+                                          "`fab check` names what it may not write"}  # fmt: skip
         return {"error": "%s: %s" % (type(exc).__name__, exc), "kind": None}
 
 

@@ -71,12 +71,29 @@ def _is_dir(path):
         return False
 
 
+def _writable_under(a, restored):
+    return [w for w in a.get("writable", []) if any(w == e or w.startswith(e + "/") or e.startswith(w + "/")
+                                                    for e in restored)]  # fmt: skip
+
+
+def _web_user_exists(a, restored, record):
+    """Before anything changes: the user the grants go to is there, when there are grants to give."""
+    if not _writable_under(a, restored) and not record.get("web_writable"):
+        return
+    try:
+        pwd.getpwnam(a.get("web_user") or "")
+    except KeyError:
+        raise Refused("the web server's user %r does not exist on this server (%s is granted to it); nothing was "
+                      "restored" % (a.get("web_user"), "writable:" if _writable_under(a, restored) else
+                                    "a SQLite database it could write"),
+                      hint="set web_user in hosts.yaml to the user Apache or php-fpm runs as") from None
+
+
 def _grants(a, layout, release_dir, restored, record):
     """The writable entries under what was restored made writable again (make_writable, as a
     deploy does), then checked: the web server's user can write each of them, and each SQLite
     database it could write when the backup was taken. Returns {entry: "acl" | "group"}."""
-    writable = [w for w in a.get("writable", []) if any(w == e or w.startswith(e + "/") or e.startswith(w + "/")
-                                                         for e in restored)]  # fmt: skip
+    writable = _writable_under(a, restored)
     done = shared.make_writable(release_dir, writable, a.get("web_user"), []) if writable else {}
     if not writable and not record.get("web_writable"):
         return done
@@ -130,6 +147,7 @@ def op_restore(a):
     problem = manifests.verify(source, whole=True, rehash=bool(a.get("check")))
     if problem:
         raise Refused("backup %s does not match its manifest: %s; nothing was restored" % (bid, problem))
+    _web_user_exists(a, restore, record)
     if a.get("check"):
         return answer
     keep = paths.current_release(layout) if a.get("data_only") else release

@@ -47,13 +47,17 @@ def op_check(a):
         from . import shared
 
         out["unshared"] = shared.unnamed(layout, a["shared"])
-    if a.get("helper"):
-        from . import preflight
+    from . import preflight
 
+    out["server"] = preflight.server_state(layout, a.get("users"))
+    if a.get("helper"):
         out["helper"] = preflight.helper_state(layout.deploy_to, a["helper"])
     # Cutover's rules, written by setup: without them (a deploy_to that is wrong, or not set up
     # yet) the layout the HTTP probes read is not there either
     out["set_up"] = os.path.isfile(layout.apache_conf)
+    if out["set_up"] and "rules" in a:  # what setup would write now (hosts.yaml changed since?)
+        with open(layout.apache_conf) as f:
+            out["rules_current"] = f.read() == a["rules"]
     if a.get("probe") and out["set_up"]:
         out["http"] = _probe(layout, out["current"], a["probe"])
     if os.path.exists(layout.apache_conf):  # set up: the site's blocks for pinned requests are current

@@ -11,36 +11,72 @@ from ..errors import CutoverError, GroupError
 from ..fleet import STEP_TIMEOUT, in_parallel
 from ..output import Timer, say
 from . import health_seconds
+from .migrate import migration_host
 from .swap import verify_of
 
 LIVE_HINT = "fix the live site first; or, when this release is what fixes it, deploy anyway with --ignore-live-health"
 
 
-def preflight(run, live_health=True):
+def users_of(host, migrating=True):
+    """The users hosts.yaml names that the run needs on this host: {setting: user name}."""
+    users = {}
+    if host.writable or host.readable:
+        users["web_user"] = host.web_user
+    if migrating and host.migrate.command and host.migrate.user:
+        users["migrate.user"] = host.migrate.user
+    return users
+
+
+def server_problems(host, found):
+    """What this server lacks for the run (the server's preflight.server_state), each with the fix:
+    a user hosts.yaml names, a directory of the layout the deploy user may not write."""
+    out = []
+    if "web_user" in found["missing_users"]:
+        out.append(
+            f"web_user {host.web_user!r} does not exist on this server (writable: and readable: are granted to it): "
+            "set web_user in hosts.yaml to the user Apache or php-fpm runs PHP as"
+        )
+    if "migrate.user" in found["missing_users"]:
+        out.append(
+            f"migrate.user {host.migrate.user!r} does not exist on this server: set migrate.user in hosts.yaml to the "
+            "user the migration must run as (or leave it out: the deploy user)"
+        )
+    if found["unwritable"]:
+        where = sorted(d["path"] for d in found["unwritable"])
+        owners = ", ".join(sorted({d["owner"] for d in found["unwritable"]}))
+        out.append(
+            f"the deploy user {found['me']} may not write {', '.join(where)} (owned by {owners}): as root on the "
+            f"server, chown {found['me']} {' '.join(where)}"
+        )
+    return out
+
+
+def preflight(run, live_health=True, migrating=False):
     """Ask every host at once (one round trip each); refuse the run, having changed nothing, with
     every problem found on every host. live_health=False: not the live release's health check
-    (a rollback, or deploy --ignore-live-health)."""
+    (a rollback, or deploy --ignore-live-health). migrating: the migration's user must exist."""
+    migrates = migration_host(run).name if migrating else None
 
     def one(r):
-        args = {}
+        args = {"users": users_of(r.host, r.name == migrates)}
         if r.uses_helper:
             args["helper"] = swaphelper.probe_args(r.host)
         verify = verify_of(r) if live_health else None
         if verify is not None:
             # not expect_text: it may name what only the new release shows (its version, its title)
             args["verify"] = verify = dict(verify, expect_text=None)
-        if not args:
-            return
         t = Timer()
         timeout = STEP_TIMEOUT + (health_seconds(r.host.health) if verify is not None else 0)
         found = r.call("preflight", "preflight", timeout=timeout, **args)
-        problems = swaphelper.problems(r.host, found) if r.uses_helper else []
+        problems = server_problems(r.host, found)
+        problems += swaphelper.problems(r.host, found) if r.uses_helper else []
         live = found.get("live") or {}
         if live.get("problem"):
             problems.append(f"the live release {live['release']} fails its health check: {live['problem']}")
         if problems:
             raise CutoverError("; ".join(problems), hint=LIVE_HINT if live.get("problem") else None)
         notes = ["sudo allows the swap helper"] if r.uses_helper else []
+        notes += [f"{key} {name} exists" for key, name in args["users"].items()]
         if verify is not None:
             notes.append(live.get("skipped") or f"live release {live['release']} healthy")
         say(r.host, "preflight", t.seconds, "; ".join(notes))
