@@ -30,7 +30,7 @@ def program():
     from fabric.main import Fab
 
     import fabfile
-    from tasks import cli
+    from tasks import cli, output
     from tasks.executor import GroupExecutor
 
     class Cutover(Fab):
@@ -40,7 +40,7 @@ def program():
                 print(f"{name} {module.__version__}")
             print(f"Python {sys.version.split()[0]}")
 
-    cli.PROGRAM = "cutover"
+    cli.PROGRAM = output.COMMAND = "cutover"
     return Cutover(
         name="Cutover",
         binary="cutover",

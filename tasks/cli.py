@@ -7,7 +7,7 @@ import sys
 
 from invoke.exceptions import Exit
 
-from . import hostsfile
+from . import hostsfile, output
 from .errors import ConfigError, CutoverError
 
 PROGRAM = None  # "cutover" when run as the installed command (cutover/__main__.py); None: fab
@@ -69,7 +69,7 @@ def boundary(fn):
         try:
             return fn(*args, **kwargs)
         except CutoverError as exc:
-            print(f"cutover: error: {exc}", file=sys.stderr, flush=True)
+            print(f"cutover: error: {output.named(str(exc))}", file=sys.stderr, flush=True)
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             print("cutover: interrupted", file=sys.stderr, flush=True)

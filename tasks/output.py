@@ -2,12 +2,27 @@
 per host), sizes, tables, values shown in messages."""
 
 import os
+import re
 import shutil
 import sys
 import threading
 import time
 
 SHOWN_MAX = 80  # characters of a command-line value repeated in an error message
+COMMAND = "fab"  # what the user types: "cutover" when run as the installed command (cutover/__main__.py)
+# `fab` followed by a task or an option, in advice ("run `fab setup`", "fab -H prod check"): not "fab started"
+_ADVICE = re.compile(
+    r"(?<![\w/.-])fab (?=(-H|-r|--help|--list|setup|check|deploy|rollback|restore|backups?|releases|history"
+    r"|maintenance-on|maintenance-off|init|run|sandbox-up|sandbox-down)\b)"
+)
+
+
+def named(text):
+    """text with the commands it advises written as this program is run (`fab setup` becomes
+    `cutover setup` for the installed command)."""
+    return text if COMMAND == "fab" else _ADVICE.sub(COMMAND + " ", text)
+
+
 _PRINTING = threading.Lock()  # hosts report from threads: one whole line at a time
 
 
@@ -26,7 +41,7 @@ def line(text):
     with _PRINTING:
         if _live is not None:
             _live.erase()
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(named(text) + "\n")
         if _live is not None:
             _live.draw()
         sys.stdout.flush()

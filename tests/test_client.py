@@ -168,3 +168,15 @@ def test_any_exception_during_the_swap_switches_back(monkeypatch, capsys):
         swap_step.swap(run)
     assert [r.switched for r in run.hosts] == ["no", "no"]
     assert "[web1] switch back" in capsys.readouterr().out
+
+
+def test_advice_names_the_command_the_user_runs(monkeypatch):
+    from tasks import output
+
+    text = "run `fab setup`, then fab -H prod check (fab restore --backup X); 2.00 s since fab started; prefab setup"
+    assert output.named(text) == text
+    monkeypatch.setattr(output, "COMMAND", "cutover")
+    assert output.named(text) == (
+        "run `cutover setup`, then cutover -H prod check (cutover restore --backup X); 2.00 s since fab started; "
+        "prefab setup"
+    )
