@@ -190,6 +190,11 @@ def receive(conn, host_name, step, timeout):
     except (OSError, paramiko.SSHException, EOFError) as exc:
         _drop(conn, type(exc).__name__)
         raise RemoteError(f"{step}: the connection failed: {type(exc).__name__}: {exc}", host=host_name) from None
+    except BaseException:
+        # Ctrl-C while waiting: this agent still owes that answer, and would give it to the next
+        # request (the abort's) as its own; the next call starts a new agent instead
+        _drop(conn)
+        raise
     if answer is None:
         _drop(conn)
         raise RemoteError(f"{step}: no answer from the server: {detail or 'the connection closed'}", host=host_name)

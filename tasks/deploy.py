@@ -13,7 +13,7 @@ from invoke import task
 
 from . import cli, gitbuild, manifest, release, result, rsync
 from .cli import BATCH_HELP, FORCE_UNLOCK_HELP, boundary, check_batch, target
-from .errors import ConfigError, CutoverError, GroupError, HealthError, Interrupted
+from .errors import ConfigError, CutoverError, GroupError, Interrupted, MigrationError
 from .fleet import Background, Run, close, connect, in_parallel
 from .output import Timer, count, line, live_table, say, shown, since_start, size, stop_live, table
 from .remote.paths import Layout
@@ -128,11 +128,16 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
             raise hook_error
     except BaseException as exc:
         notes = abort(run, "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else exc)
+        failed = exc.failures if isinstance(exc, GroupError) else [(None, exc)]
+        if run.migration and not any(isinstance(e, MigrationError) for _, e in failed):
+            # a failed migration says so itself; anything else after the migration began leaves the site
+            # in maintenance mode just the same (the server keeps it on once the migration has started)
+            notes.append(
+                "maintenance mode stays ON: the migration ran or runs on, and the old release is live; "
+                "`fab maintenance-off` once the database suits it"
+            )
         if isinstance(exc, KeyboardInterrupt):
             raise Interrupted(f"interrupted\n  the site now: {'; '.join(notes) or 'unchanged'}") from None
-        failed = exc.failures if isinstance(exc, GroupError) else [(None, exc)]
-        if migrating and any(isinstance(e, HealthError) for _, e in failed):
-            notes.append("maintenance mode stays ON: the database is migrated but the old release is live")
         if isinstance(exc, CutoverError) and notes:
             exc.message += f"\n  the site now: {'; '.join(notes)}"
         raise
@@ -166,6 +171,7 @@ def migrate_with_backup(run):
         exc.message += f"\n  the backup taken before the migration: {bid} (fab restore --backup {bid})"
         raise
     held.end(run)
+    run.migration = None  # maintenance is off: the new release is live on the migrated database
     backup_step.push(run, bid, warn=True)
 
 

@@ -81,6 +81,7 @@ class Run:
     parallel: int | None = None  # hosts that prepare at the same time (hosts.yaml `parallel`); None: all
     build: object = None  # a deploy's BuildInfo
     digests: dict | None = None  # a deploy's build files' sha256 (build.compare: checksum)
+    migration: str | None = None  # deploy --migrate: "started" once the migration may have changed the database
 
     def summary(self):
         """One row per host once the group switched: what it serves, what it sent, its pause, time."""

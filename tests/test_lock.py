@@ -117,3 +117,38 @@ def test_a_switch_whose_run_went_away_is_recorded_by_the_server(lab1, tmp_path):
     rolled = lab1.fab("rollback", "--force-unlock")
     assert rolled.returncode == 0, rolled.stderr
     assert current(server) == before
+
+
+def test_ctrl_c_during_a_migration_keeps_the_lock_and_says_maintenance_stays_on(lab1, tmp_path):
+    """Ctrl-C stops fab at once, but not the migration on the server: the run's lock stays until
+    the migration has ended (no second run migrates beside it), and the message says that
+    maintenance mode stays on."""
+    import subprocess
+    import sys
+
+    from .conftest import PROJECT
+
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "c1"))
+    assert lab1.fab("deploy").returncode == 0
+    before = current(server)
+    log = Path(server.root, "ctrl-c-migration.log")
+    configure(lab1, make_build(tmp_path, "c2"), migrate={"command": f"echo start >> {log}; sleep 5; echo end >> {log}"})
+    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    proc = subprocess.Popen([sys.executable, "-m", "fabric", "deploy", "--migrate"], cwd=PROJECT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert poll(lambda: _marks(log) == ["start"], seconds=30), "the migration never started"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "maintenance mode stays ON: the migration ran or runs on, and the old release is live" in err, err
+    assert "so the lock stays until it has ended (then --force-unlock)" in err, err
+    assert current(server) == before and _marks(log) == ["start"]
+    again = lab1.fab("deploy", "--migrate", "--force-unlock")
+    assert again.returncode == 5 and "its migration" in again.stderr, again.stderr
+    assert poll(lambda: _marks(log) == ["start", "end"], seconds=20)
+    deadline = time.monotonic() + 20
+    while (again := lab1.fab("deploy", "--migrate", "--force-unlock")).returncode == 5:
+        assert time.monotonic() < deadline, again.stderr
+    assert again.returncode == 0, again.stderr
+    assert _marks(log) == ["start", "end", "start", "end"]

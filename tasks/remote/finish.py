@@ -184,7 +184,11 @@ def op_abort(a):
     live = paths.current_release(layout)
     if held:
         paths.unpoint(layout.next)  # the smoke preview of the release this run tested
-    if held and a.get("remove") and paths.RELEASE_ID.fullmatch(release_id or "") and live != release_id:
+    # the run was interrupted, its migration was not: the release it runs in stays, and the lock,
+    # so that no other run migrates beside it
+    migrating = lock.running_command(layout) if held else None
+    migrating = migrating if migrating and migrating.get("what") == "migration" else None
+    if held and a.get("remove") and paths.RELEASE_ID.fullmatch(release_id or "") and live != release_id and not migrating:
         for name in (".prelink-" + release_id, ".incoming-" + release_id, release_id):
             if os.path.lexists(os.path.join(layout.releases, name)):
                 remove_release_dir(layout, name)
@@ -199,5 +203,7 @@ def op_abort(a):
             pass  # a full disk must not keep the lock: unlocking matters more than the record
     if held:
         intent.clear(layout, a["token"])  # the run switched this host back (or never switched it)
+    if migrating:
+        return {"removed": removed, "released": False, "current": live, "still": lock.describe_working(migrating)}
     released = lock.release(layout, a["token"]) if held else False
     return {"removed": removed, "released": released, "current": live}

@@ -65,15 +65,22 @@ def working_on(layout, what, command=None, pid=None):
                                            "start": procs.start_time(pid), "since": time.time()}))
 
 
-def working(layout, held):
-    """What of the holder's run still runs on this server, or None: the command it ran (the
-    newest record), the detached swap, or else the agent that served the run."""
+def running_command(layout):
+    """The command the lock's holder started that still runs ({"what", "command", "pid", "since"}),
+    or None."""
     try:
         with open(os.path.join(layout.lock, WORKING)) as f:
             command = json.load(f)
     except (OSError, ValueError):
-        command = None
-    if command and procs.alive(command.get("pid"), command.get("start")):
+        return None
+    return command if isinstance(command, dict) and procs.alive(command.get("pid"), command.get("start")) else None
+
+
+def working(layout, held):
+    """What of the holder's run still runs on this server, or None: the command it ran (the
+    newest record), the detached swap, or else the agent that served the run."""
+    command = running_command(layout)
+    if command:
         return command
     try:
         with open(layout.swap_pid) as f:

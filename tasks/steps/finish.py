@@ -67,6 +67,11 @@ def abort(run, error, remove=True):
             **_timings(run, r),
         )  # fmt: skip
         r.locked = False
+        if answer.get("still"):  # an interrupted migration runs on: its lock stays, so that none runs beside it
+            return (
+                f"{r.name} serves {answer['current']}; {answer['still']}, so the lock stays until it has "
+                "ended (then --force-unlock)"
+            )
         return f"{r.name} serves {answer['current']}"
 
     notes = []

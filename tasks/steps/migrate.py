@@ -33,6 +33,7 @@ def migrate(run):
     r = migration_host(run)
     m = r.host.migrate
     fault_point("migrate")
+    run.migration = "started"  # from here the database may change: maintenance stays on if anything fails
     try:
         answer = r.call("migrate", "migrate", timeout=m.timeout + margin(), release_id=run.release_id,
                         migration={"command": m.command, "timeout": m.timeout, "user": m.user})  # fmt: skip
