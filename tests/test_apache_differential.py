@@ -40,6 +40,7 @@ FRONT_BASE = (
     "RewriteEngine On\nRewriteBase /blog/\nRewriteCond %{{REQUEST_FILENAME}} !-f\nRewriteRule ^ index.php [L]\n"
 )
 ROUTER = '<?php echo "front controller of {label}: ", $_SERVER["REQUEST_URI"], "\\n";\n'
+JS = "// {label}\nconsole.log(1);\n"
 
 
 def directory(path, *lines, match=False):
@@ -82,6 +83,7 @@ RULES = [
     Rule(directory("vendor", "AllowOverride All"), {"vendor/.htaccess": "Require all denied\n", "vendor/lib.php": PHP}),
     Rule(directory("(gen|build)", "Header set X-Generated yes", match=True), {"gen/g.txt": TXT, "gen/g.php": PHP}),
     Rule(directory("uploads", "php_admin_flag engine off"), {}, shared={"uploads/evil.php": PHP, "uploads/photo.png": PNG}),
+    Rule("", {"_next/static/chunks/app.js": JS, "_next/data/page.json": TXT}),
     Rule("", {"index.html": HTML, "index.php": PHP, "a b.txt": TXT, "x.php": PHP, ".env": TXT, ".git/config": TXT, "sub/.env.local": TXT, "sub/.htaccess": TXT}),
 ]
 # What lies beside `public/` when the document root is the release's public/ (serve: public).
@@ -117,6 +119,7 @@ EXTRA = [
     "/blog/posts/3",
     "/%2egit/config",
     "/.GIT/config",
+    "/_cutover_next/index.html",
 ]
 # Hours old (Apache gives a file changed within the last second a weak ETag), and each release's
 # own, as its upload keeps them (build.compare mtime)

@@ -124,7 +124,7 @@ def test_serve_maps_the_site_to_a_folder_of_the_release(tmp_path):
         public.mkdir()
         (public / "index.html").write_text('<meta name="release" content="app"><p>public index</p>\n')
         (public / "app.css").write_text("body{}\n")
-        configure(handle, build, serve="public", smoke={"url": f"{server.url}_next/"})
+        configure(handle, build, serve="public", smoke={"url": f"{server.url}_cutover_next/"})
         result = handle.fab("deploy")
         assert result.returncode == 0, result.stderr
         release_id = current(server)
@@ -142,25 +142,25 @@ def test_the_smoke_preview_answers_only_the_server_itself_and_only_while_a_relea
     server = site_lab.servers[0]
     next_link = Path(server.deploy_to, "next")
     build = make_build(tmp_path, "preview", {"unreleased.txt": b"not released yet\n"})
-    configure(site_lab, build, smoke={"url": f"{server.url}_next/"})
+    configure(site_lab, build, smoke={"url": f"{server.url}_cutover_next/"})
     result = site_lab.fab("deploy")
     assert result.returncode == 0, result.stderr  # the smoke URL answered the server itself
     assert not os.path.lexists(next_link)  # gone after the promote
-    assert get(server, "/_next/unreleased.txt")[0] == 404
+    assert get(server, "/_cutover_next/unreleased.txt")[0] == 404
     # while a release is tested (`next` as the stage points it): the server itself, not a visitor
     os.symlink(f"releases/{current(server)}", next_link)
     try:
-        assert get(server, "/_next/unreleased.txt", source="127.0.0.2")[0] == 403
-        assert get(server, "/_next/unreleased.txt") == (200, None, b"not released yet\n")
+        assert get(server, "/_cutover_next/unreleased.txt", source="127.0.0.2")[0] == 403
+        assert get(server, "/_cutover_next/unreleased.txt") == (200, None, b"not released yet\n")
     finally:
         os.unlink(next_link)
     # a smoke URL that fails: the deploy stops, and the preview is gone too
     broken = make_build(tmp_path, "broken", {"index.html": b"<p>no release name here</p>\n"})
-    configure(site_lab, broken, smoke={"url": f"{server.url}_next/"})
+    configure(site_lab, broken, smoke={"url": f"{server.url}_cutover_next/"})
     failed = site_lab.fab("deploy")
     assert failed.returncode != 0 and "smoke URL failed" in failed.stderr, failed.stderr
     assert not os.path.lexists(next_link)
-    assert get(server, "/_next/")[0] == 404
+    assert get(server, "/_cutover_next/")[0] == 404
 
 
 def test_check_names_a_site_rule_added_since_setup_and_access_holds_meanwhile(site_lab, tmp_path):
