@@ -41,6 +41,7 @@ FRONT_BASE = (
 )
 ROUTER = '<?php echo "front controller of {label}: ", $_SERVER["REQUEST_URI"], "\\n";\n'
 JS = "// {label}\nconsole.log(1);\n"
+CGI = '#!/bin/sh\nprintf "Content-Type: text/plain\\n\\nCGI ran in {label}: %s path-info=%s\\n" "$SCRIPT_NAME" "$PATH_INFO"\n'
 
 
 def directory(path, *lines, match=False):
@@ -83,6 +84,10 @@ RULES = [
     Rule(directory("vendor", "AllowOverride All"), {"vendor/.htaccess": "Require all denied\n", "vendor/lib.php": PHP}),
     Rule(directory("(gen|build)", "Header set X-Generated yes", match=True), {"gen/g.txt": TXT, "gen/g.php": PHP}),
     Rule(directory("uploads", "php_admin_flag engine off"), {}, shared={"uploads/evil.php": PHP, "uploads/photo.png": PNG}),
+    Rule('ScriptAlias /cgi-bin/ "@@docroot@@/cgi-bin/"', {"cgi-bin/hello.cgi": CGI}),
+    Rule('ScriptAliasMatch "^/jobs/(.+\\.sh)$" "@@docroot@@/jobs/$1"', {"jobs/run.sh": CGI}),
+    Rule('<Location "/tools/">\n    ScriptAlias "@@docroot@@/tools/"\n</Location>', {"tools/t.cgi": CGI}),
+    Rule('<Location "/one.cgi">\n    ScriptAlias "@@docroot@@/one.cgi"\n</Location>', {"one.cgi": CGI}),
     Rule("", {"_next/static/chunks/app.js": JS, "_next/data/page.json": TXT}),
     Rule("", {"index.html": HTML, "index.php": PHP, "a b.txt": TXT, "x.php": PHP, ".env": TXT, ".git/config": TXT, "sub/.env.local": TXT, "sub/.htaccess": TXT}),
 ]
@@ -126,10 +131,14 @@ EXTRA = [
 MTIME = {"A": time.time() - 7200, "B": time.time() - 3600}
 # Among the answers with Cutover's rules: pinned ones, and never pinned (elsewhere, denied, shared)
 PINNED = {"/", "/index.html", "/static/t.php", "/dl/report.html", "/css/app.css", "/txtphp/run.txt", "/latin/p.php",
-          "/gen/g.txt", "/x.php/extra/info", "/app/some/route", "/blog/posts/3", "/links/a.txt", "/idx/"}  # fmt: skip
-NOT_PINNED = {"/docs/x.txt", "/old.html", "/uploads/evil.php", "/x/..//uploads/evil.php", "//uploads/evil.php",
+          "/gen/g.txt", "/x.php/extra/info", "/app/some/route", "/blog/posts/3", "/links/a.txt", "/idx/",
+          "/cgi-bin/hello.cgi", "/jobs/run.sh", "/one.cgi", "/cgi-bin/hello.cgi/extra/info", "/index.php/extra/info"}  # fmt: skip
+NOT_PINNED = {"/one.cgi/extra/info", "/docs/x.txt", "/old.html", "/uploads/evil.php", "/x/..//uploads/evil.php", "//uploads/evil.php",
               "/deny/a.txt", "/img/internal.png", "/conf/app.ini", "/vendor/lib.php", "/loc/a.txt", "/.env"}  # fmt: skip
-HIDDEN_HEADERS = {"date", "connection", "keep-alive", "x-cutover-release", "x-cutover-fallback"}
+# Not compared: the time, the connection's, Cutover's own, and the framing (a CGI script's output is
+# sent with a length or chunked as its pipe happens to deliver it; the bodies are compared)
+HIDDEN_HEADERS = {"date", "connection", "keep-alive", "x-cutover-release", "x-cutover-fallback", "content-length",
+                  "transfer-encoding"}  # fmt: skip
 NEVER_SERVE = re.compile(never_serve_pattern(BUILTIN["never_serve"]), re.I)
 
 
@@ -162,6 +171,8 @@ def write_release(parent, label, serve, previous):
             path.symlink_to(text[2:])
         else:
             path.write_text(text.format(label=label))
+            if text.startswith("#!"):
+                path.chmod(0o755)  # a CGI script
             os.utime(path, (MTIME[label],) * 2)
     for rel, text in OUTSIDE.items() if serve else ():
         (build / rel).parent.mkdir(parents=True, exist_ok=True)

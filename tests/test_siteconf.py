@@ -173,3 +173,24 @@ def test_a_configuration_that_includes_itself_is_refused(tmp_path):
     )
     with pytest.raises(Refused, match="Include nested deeper than 32 files"):
         rendered(root)
+
+
+def test_a_script_alias_into_current_makes_its_pinned_scripts_run(tmp_path):
+    root = tree(tmp_path, {"httpd.conf": """<IfModule alias_module>
+    ScriptAlias /cgi-bin/ "/var/www/shop/current/cgi bin/"
+</IfModule>
+ScriptAlias /system/ /usr/lib/cgi-bin/
+<VirtualHost *:80>
+    DocumentRoot /var/www/shop/current
+    ScriptAliasMatch "^/jobs/(.+\\.sh)$" "/var/www/shop/current/jobs/$1"
+    <Location "/one.cgi">
+        ScriptAlias "/var/www/shop/current/one.cgi"
+    </Location>
+</VirtualHost>
+"""})  # fmt: skip
+    pinned = "<If \"-n reqenv('CUTOVER_RELEASE')\">\n        SetHandler cgi-script\n        Options +ExecCGI\n    </If>"
+    assert blocks(rendered(root)) == [
+        f'<IfModule alias_module>\n<Location "/cgi-bin/">\n    {pinned}\n</Location>\n</IfModule>',
+        f'<LocationMatch "^/jobs/(.+\\.sh)$">\n    {pinned}\n</LocationMatch>',
+        f'<Location "/one.cgi">\n    {pinned}\n</Location>',
+    ]

@@ -190,11 +190,18 @@ def site_blocks(config, server_root, deploy_to, rules_path):
                 capture = None
             if stack:
                 stack.pop()
-        elif _in_vhost(stack) and capture is None:
+        elif capture is None:
             words = text.split(None, 1)
             name, args = words[0].lower(), _unquote(reader.expand(words[1])) if len(words) > 1 else ""
-            if (name == "documentroot" and (args == current or args.startswith(current + "/"))) or (
-                    name in ("include", "includeoptional") and args == rules_path):
+            if name in ("scriptalias", "scriptaliasmatch"):
+                block = _script_alias(name, words[1] if len(words) > 1 else "", stack, reader, current)
+                if block:
+                    block = ("%s:%d" % (path, number), text, block)
+                    (vhosts[-1]["blocks"] if _in_vhost(stack) else main).append(block)
+            elif _in_vhost(stack) and (
+                (name == "documentroot" and (args == current or args.startswith(current + "/")))
+                or (name in ("include", "includeoptional") and args == rules_path)
+            ):
                 vhosts[-1]["ours"] = True
     if reader.seen == 0:
         raise Refused("Apache configuration %s holds no directive" % config)
@@ -204,6 +211,38 @@ def site_blocks(config, server_root, deploy_to, rules_path):
                       "mirror one set for all of them" % (", ".join(v["where"] for v in ours), current),
                       hint="give them the same blocks (one file that each of them includes)")
     return main + (ours[0]["blocks"] if ours else [])
+
+
+WORD = re.compile(r'"((?:[^"\\]|\\.)*)"|\'([^\']*)\'|(\S+)')
+SCRIPT_ALIAS = """%(wrappers)s<%(section)s %(url)s>
+    <If "-n reqenv('CUTOVER_RELEASE')">
+        SetHandler cgi-script
+        Options +ExecCGI
+    </If>
+</%(section)s>%(closing)s"""
+
+
+def _script_alias(name, args, stack, reader, current):
+    """For a ScriptAlias(Match) whose scripts lie in <deploy_to>/current: the same URLs' scripts run
+    when pinned. mod_alias makes a file a CGI script while it maps the URL, which a pinned request
+    skips; the mirror gives the pinned requests under those URLs (CUTOVER_RELEASE set) the handler,
+    and nothing else. The one-argument form inside a <Location> is that Location's."""
+    words = [a or b or c for a, b, c in WORD.findall(args)]
+    if len(words) == 1 and stack and stack[-1][0] in ("location", "locationmatch"):
+        section, opening = stack[-1]
+        url, target = opening.split(None, 1)[1].rstrip(">").strip(), words[0]
+    elif len(words) == 2:
+        section, url, target = ("locationmatch" if name == "scriptaliasmatch" else "location"), '"%s"' % words[0], words[1]
+    else:
+        return None
+    target = reader.expand(target).split("$", 1)[0]
+    if not (posixpath.normpath(target) + "/").startswith(current + "/"):
+        return None
+    wrappers = [t for s, t in stack if s in CONDITIONAL]
+    body = SCRIPT_ALIAS % {"wrappers": "".join(w + "\n" for w in wrappers), "url": url,
+                           "section": "LocationMatch" if section == "locationmatch" else "Location",
+                           "closing": "".join("\n</%s>" % w[1:].split()[0].rstrip(">") for w in reversed(wrappers))}
+    return body
 
 
 def _in_vhost(stack):
