@@ -88,6 +88,15 @@ RULES = [
     Rule('ScriptAliasMatch "^/jobs/(.+\\.sh)$" "@@docroot@@/jobs/$1"', {"jobs/run.sh": CGI}),
     Rule('<Location "/tools/">\n    ScriptAlias "@@docroot@@/tools/"\n</Location>', {"tools/t.cgi": CGI}),
     Rule('<Location "/one.cgi">\n    ScriptAlias "@@docroot@@/one.cgi"\n</Location>', {"one.cgi": CGI}),
+    # the same kind of block spelled in other ways Apache reads: a wildcard for one component (one
+    # block for every site of a server), a Define made of another, a regex not naming deploy_to, a
+    # doubled slash, an Include of a directory whose files lie in a subdirectory
+    Rule(directory("wild", "Header set X-Wild yes").replace("@@docroot@@", "@@docroot_glob@@"), {"wild/a.txt": TXT}),
+    Rule('Define CUTOVER_TEST_ROOT "@@docroot@@"\nDefine CUTOVER_TEST_DEFD "${CUTOVER_TEST_ROOT}/defd"\n'
+         '<Directory "${CUTOVER_TEST_DEFD}">\n    Header set X-Defined yes\n</Directory>', {"defd/a.txt": TXT}),
+    Rule('<DirectoryMatch "/current/(public/)?dm/">\n    Header set X-Unanchored yes\n</DirectoryMatch>', {"dm/a.txt": TXT}),
+    Rule(directory("dbl", "Header set X-Doubled yes").replace('"@@docroot@@', '"/@@docroot@@'), {"dbl/a.txt": TXT}),
+    Rule('Include "@@included@@/"', {"inc/a.txt": TXT, "inc/sub/b.txt": TXT}),
     Rule("", {"_next/static/chunks/app.js": JS, "_next/data/page.json": TXT}),
     Rule("", {"index.html": HTML, "index.php": PHP, "a b.txt": TXT, "x.php": PHP, ".env": TXT, ".git/config": TXT, "sub/.env.local": TXT, "sub/.htaccess": TXT}),
 ]
@@ -142,16 +151,30 @@ HIDDEN_HEADERS = {"date", "connection", "keep-alive", "x-cutover-release", "x-cu
 NEVER_SERVE = re.compile(never_serve_pattern(BUILTIN["never_serve"]), re.I)
 
 
-def site_conf(deploy_to, serve, other):
+# Files of the directory that a rule Includes (@@included@@)
+INCLUDED = {
+    "inc.conf": directory("inc", "Header set X-Included yes"),
+    "more/sub.conf": directory("inc/sub", "Header set X-Included-Below yes"),
+}
+
+
+def site_conf(deploy_to, serve, other, included):
     """The site's own Apache config: every rule of RULES, for the document root of `serve`; an
-    Alias's target is the directory other."""
+    Alias's target is the directory other; the directory included holds INCLUDED."""
     docroot = f"{deploy_to}/current" + (f"/{serve}" if serve else "")
-    text = "\n".join(rule.conf for rule in RULES if rule.conf)
-    return (
-        text.replace("@@docroot_re@@", re.escape(docroot))
-        .replace("@@docroot@@", docroot)
-        .replace("@@other@@", str(other))
-    )
+    site = Path(deploy_to)
+    values = {"@@docroot_re@@": re.escape(docroot), "@@docroot_glob@@": docroot.replace(f"/{site.parent.name}/", "/lab*/", 1),
+              "@@docroot@@": docroot, "@@other@@": str(other), "@@included@@": str(included)}  # fmt: skip
+
+    def fill(text):
+        for key, value in values.items():
+            text = text.replace(key, value)
+        return text
+
+    for rel, text in INCLUDED.items():
+        (included / rel).parent.mkdir(parents=True, exist_ok=True)
+        (included / rel).write_text(fill(text) + "\n")
+    return fill("\n".join(rule.conf for rule in RULES if rule.conf))
 
 
 def write_release(parent, label, serve, previous):
@@ -321,7 +344,7 @@ def test_cutovers_rules_answer_as_plain_apache(oracle_lab, tmp_path):
     other.mkdir(exist_ok=True)
     for name in ("x.txt", "only-other.txt"):
         (other / name).write_text(f"the alias target's {name}\n")
-    server.site_conf = site_conf(server.deploy_to, serve, other)
+    server.site_conf = site_conf(server.deploy_to, serve, other, Path(server.deploy_to).parent / "included")
     before_build = write_release(tmp_path, "A", serve, previous=True)
     live_build = write_release(tmp_path, "B", serve, previous=False)
     urls = urls_of(paths_of(before_build, serve))

@@ -8,127 +8,24 @@ Options, AllowOverride, Require ...). So `fab setup` writes each such block agai
 sections, into .cutover/apache-site.conf, which Cutover's rules include; `fab check` renders it
 again and names any block that changed since.
 
-The blocks come from the files the running httpd was started with (its -f and -d, else the
-binary's compiled defaults), following Include and IncludeOptional; only the server config
-and the VirtualHosts of this site (DocumentRoot under <deploy_to>/current, or an Include of
-Cutover's rules) count. Standard library only; this file runs on the server.
+The blocks come from the files the running httpd was started with (apacheconf.py reads them as
+httpd does); only the server config and the VirtualHosts of this site (DocumentRoot under
+<deploy_to>/current, or an Include of Cutover's rules) count, and Cutover's own files not. A
+block is about current whatever its spelling: Apache's wildcards, ${NAME}, a regex that names
+`current` without deploy_to. A block for <deploy_to>/releases/... is refused: it would hold for
+pinned requests only. A ScriptAlias into current gets a <Location> of its own (_script_alias).
+Standard library only; this file runs on the server.
 """
 
-import glob
-import os
+import fnmatch
 import posixpath
 import re
-import subprocess
 
-from . import httpd
+from .apacheconf import WELL_KNOWN, Reader, httpd_environ, root_config, unquote  # noqa: F401 (WELL_KNOWN: its users')
 from .protocol import Refused
 
 CONDITIONAL = ("ifmodule", "ifdefine", "ifversion", "iffile", "ifdirective", "ifsection")
-WELL_KNOWN = ("/etc/apache2/apache2.conf", "/etc/httpd/conf/httpd.conf", "/usr/local/etc/apache24/httpd.conf")
 MARK = "# mirrors "  # the line before each mirrored block: where the site's own block is
-VARIABLE = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
-
-
-def root_config(pidfile=None, config=None):
-    """(the main config file, ServerRoot): `config` if given, else the running httpd's -f and -d,
-    else its binary's compiled defaults, else a well-known path. (None, None) if none exists."""
-    argv, server_root = [], None
-    if not config and pidfile:
-        try:
-            with open("/proc/%d/cmdline" % httpd.parent(pidfile), "rb") as f:
-                argv = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
-        except (Refused, OSError):
-            argv = []
-        for flag, value in zip(argv, argv[1:]):
-            if flag == "-f":
-                config = value
-            elif flag == "-d":
-                server_root = value
-    if argv and not server_root and not (config and os.path.isabs(config)):
-        root, name = _compiled_defaults(argv[0])  # where a relative or missing -f is looked for
-        server_root, config = root, config or name
-    if config and not os.path.isabs(config) and server_root:
-        config = os.path.join(server_root, config)
-    if not config or not os.path.isfile(config):
-        config = next((p for p in WELL_KNOWN if os.path.isfile(p)), None)
-    return config, server_root or (os.path.dirname(config) if config else None)
-
-
-def _compiled_defaults(binary):
-    """HTTPD_ROOT and SERVER_CONFIG_FILE of an httpd binary (`httpd -V`), or (None, None)."""
-    try:
-        out = subprocess.run([binary, "-V"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, timeout=10).stdout.decode("utf-8", "replace")
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-    found = dict(re.findall(r'-D (HTTPD_ROOT|SERVER_CONFIG_FILE)="([^"]*)"', out))
-    return found.get("HTTPD_ROOT"), found.get("SERVER_CONFIG_FILE")
-
-
-def _lines(path):
-    """(line number, text) of each directive of a config file: continued lines joined, comments
-    and blank lines left out."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        raw = f.read().split("\n")
-    out, held, start = [], "", 0
-    for number, line in enumerate(raw, 1):
-        if not held:
-            start = number
-        if line.rstrip().endswith("\\"):
-            held += line.rstrip()[:-1]
-            continue
-        text = (held + line).strip()
-        held = ""
-        if text and not text.startswith("#"):
-            out.append((start, text))
-    return out
-
-
-def _unquote(arg):
-    arg = arg.strip()
-    return arg[1:-1] if len(arg) >= 2 and arg[0] == arg[-1] and arg[0] in "\"'" else arg
-
-
-class Reader:
-    """Every directive of the configuration in the order Apache reads it, (file, line, text); an
-    Include is followed by the directives of the files it names."""
-
-    def __init__(self, server_root):
-        self.server_root, self.defines, self.seen = server_root, {}, 0
-
-    def expand(self, text):
-        """text with ${NAME} replaced as Apache does (Define, then the environment)."""
-        return VARIABLE.sub(lambda m: self.defines.get(m.group(1), os.environ.get(m.group(1), m.group(0))), text)
-
-    def read(self, path, depth=0):
-        if depth > 32:
-            raise Refused("Apache configuration: Include nested deeper than 32 files at %s" % path)
-        for number, text in _lines(path):
-            self.seen += 1
-            words = text.split(None, 1)
-            name, args = words[0].lower(), (words[1] if len(words) > 1 else "")
-            if name == "serverroot":
-                self.server_root = _unquote(self.expand(args))
-            elif name == "define":
-                parts = args.split(None, 1)
-                self.defines[parts[0]] = _unquote(parts[1]) if len(parts) > 1 else ""
-            yield path, number, text
-            if name in ("include", "includeoptional"):
-                for included in self.included(_unquote(self.expand(args))):
-                    for item in self.read(included, depth + 1):
-                        yield item
-
-    def included(self, pattern):
-        """The files an Include names: a file, a directory's files, or a wildcard, sorted."""
-        if not os.path.isabs(pattern) and self.server_root:
-            pattern = os.path.join(self.server_root, pattern)
-        found = []
-        for path in sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]:
-            if os.path.isdir(path):
-                found += sorted(os.path.join(path, n) for n in os.listdir(path) if os.path.isfile(os.path.join(path, n)))
-            elif os.path.isfile(path):
-                found.append(path)
-        return found
 
 
 def _current_regex(deploy_to):
@@ -141,27 +38,60 @@ def _mirrored_path(section, args, reader, deploy_to):
     when the block is not about <deploy_to>/current."""
     current = deploy_to + "/current"
     regex = section == "directorymatch" or args.startswith("~")
-    arg = _unquote(args[1:] if section == "directory" and regex else args)
+    arg = unquote(args[1:] if section == "directory" and regex else args)
     expanded = reader.expand(arg)
     if not regex:
-        expanded = posixpath.normpath(expanded)  # as Apache makes it canonical
-        if expanded == current or expanded.startswith(current + "/"):
-            return '"%s"' % (deploy_to + "/releases/*" + expanded[len(current):])
-        return None
+        rest = _below(expanded, current)
+        return None if rest is None else '"%s"' % (deploy_to + "/releases/*" + rest)
     found = re.search(_current_regex(deploy_to), expanded)
-    if not found:
-        return None
-    mirrored = expanded[: found.start()] + re.escape(deploy_to) + "/releases/[^/]+" + expanded[found.end():]
+    if found:
+        mirrored = expanded[: found.start()] + re.escape(deploy_to) + "/releases/[^/]+" + expanded[found.end():]
+    else:  # a regex naming no deploy_to (/current/uploads/, ^/var/www/[^/]+/current/): its `current` component
+        found = CURRENT_COMPONENT.search(expanded)
+        if not found:
+            return None
+        mirrored = expanded[: found.start(1)] + "releases/[^/]+" + expanded[found.end(1):]
     return ('~ "%s"' if section == "directory" else '"%s"') % mirrored
 
 
-def site_blocks(config, server_root, deploy_to, rules_path):
+CURRENT_COMPONENT = re.compile(r"(?:/|\\/)(current)(?=/|\\/|\$|\)|\||$)")
+
+
+def _about_releases(section, args, reader, deploy_to):
+    """Whether a <Directory> path names <deploy_to>/releases or below (and not current the same way)."""
+    if section == "directorymatch" or args.startswith("~"):
+        arg = reader.expand(unquote(args[1:] if section == "directory" else args))
+        return bool(re.search(_current_regex(deploy_to)[: -len("current")] + "releases", arg))
+    parts, top = _components(reader.expand(unquote(args))), _components(deploy_to)
+    return (len(parts) > len(top) and all(fnmatch.fnmatchcase(w, p) for w, p in zip(top, parts))
+            and fnmatch.fnmatchcase("releases", parts[len(top)]) and not fnmatch.fnmatchcase("current", parts[len(top)]))
+
+
+def _components(path):
+    """A <Directory> path's components as Apache makes it canonical (doubled slashes and dot segments gone)."""
+    return [c for c in posixpath.normpath("/" + path.lstrip("/")).split("/") if c]
+
+
+def _below(pattern, path):
+    """What a <Directory> path (Apache's wildcards * ? [..] within a component) has below `path`
+    ("" or "/..."), when it names path or a directory in it; None otherwise, and for a wildcard
+    that names path's parent's every entry (releases/ too: it applies to pinned requests already)."""
+    parts, wanted = _components(pattern), _components(path)
+    if len(parts) < len(wanted) or not all(fnmatch.fnmatchcase(w, p) for w, p in zip(wanted, parts)):
+        return None
+    if len(parts) == len(wanted) and fnmatch.fnmatchcase("releases", parts[-1]):
+        return None
+    return "".join("/" + p for p in parts[len(wanted):])
+
+
+def site_blocks(config, server_root, deploy_to, rules_path, environ=None):
     """The site's blocks for <deploy_to>/current/...: [(where, the block's first line, its
     mirror)], those of the server config first, then those of the site's VirtualHosts (which
     must all have the same)."""
-    reader = Reader(server_root)
+    reader = Reader(server_root, environ, skip=deploy_to + "/.cutover")
     stack, main, vhosts, capture = [], [], [], None
     current = deploy_to + "/current"
+    releases = {None: []}  # blocks for releases/... (those of the server config, of each VirtualHost)
     for path, number, text in reader.read(config):
         opening = re.match(r"^<([A-Za-z]+)(\s+[^>]*)?>$", text)
         closing = re.match(r"^</([A-Za-z]+)\s*>$", text)
@@ -172,8 +102,10 @@ def site_blocks(config, server_root, deploy_to, rules_path):
             section, args = opening.group(1).lower(), (opening.group(2) or "").strip()
             stack.append((section, text))
             if section == "virtualhost":
-                vhosts.append({"where": "%s:%d" % (path, number), "blocks": [], "ours": False})
+                vhosts.append({"where": "%s:%d" % (path, number), "blocks": [], "ours": False, "releases": []})
             elif capture is None and section in ("directory", "directorymatch"):
+                if _about_releases(section, args, reader, deploy_to):
+                    (vhosts[-1]["releases"] if _in_vhost(stack) else releases[None]).append("%s:%d %s" % (path, number, text))
                 mirrored = _mirrored_path(section, args, reader, deploy_to)
                 if mirrored:
                     wrappers = [t for s, t in stack[:-1] if s in CONDITIONAL]
@@ -192,7 +124,7 @@ def site_blocks(config, server_root, deploy_to, rules_path):
                 stack.pop()
         elif capture is None:
             words = text.split(None, 1)
-            name, args = words[0].lower(), _unquote(reader.expand(words[1])) if len(words) > 1 else ""
+            name, args = words[0].lower(), unquote(reader.expand(words[1])) if len(words) > 1 else ""
             if name in ("scriptalias", "scriptaliasmatch"):
                 block = _script_alias(name, words[1] if len(words) > 1 else "", stack, reader, current)
                 if block:
@@ -206,6 +138,11 @@ def site_blocks(config, server_root, deploy_to, rules_path):
     if reader.seen == 0:
         raise Refused("Apache configuration %s holds no directive" % config)
     ours = [v for v in vhosts if v["ours"]]
+    found = releases[None] + [b for v in ours for b in v["releases"]]
+    if found:
+        raise Refused("the site's configuration has blocks for %s/releases/..., which apply to every pinned request "
+                      "and to none through current: %s" % (deploy_to, "; ".join(found)),
+                      hint="write them for %s (or for %s, both)" % (current, deploy_to))
     if len({tuple(b[2] for b in v["blocks"]) for v in ours}) > 1:
         raise Refused("the VirtualHosts of this site (%s) have different <Directory %s/...> blocks; Cutover's rules "
                       "mirror one set for all of them" % (", ".join(v["where"] for v in ours), current),
@@ -261,7 +198,7 @@ def render(deploy_to, pidfile=None, config=None, rules_path=None):
     head = {"current": deploy_to + "/current", "releases": deploy_to + "/releases", "config": config}
     if config is None:
         return HEADER % dict(head, config="(no Apache configuration found)"), None
-    blocks = site_blocks(config, server_root, deploy_to, rules_path)
+    blocks = site_blocks(config, server_root, deploy_to, rules_path, httpd_environ(pidfile, config))
     body = "".join("%s%s %s\n%s\n" % (MARK, where, first, text) for where, first, text in blocks)
     return HEADER % head + body, config
 
