@@ -97,6 +97,9 @@ RULES = [
     Rule('<DirectoryMatch "/current/(public/)?dm/">\n    Header set X-Unanchored yes\n</DirectoryMatch>', {"dm/a.txt": TXT}),
     Rule(directory("dbl", "Header set X-Doubled yes").replace('"@@docroot@@', '"/@@docroot@@'), {"dbl/a.txt": TXT}),
     Rule('Include "@@included@@/"', {"inc/a.txt": TXT, "inc/sub/b.txt": TXT}),
+    # the site's own answer for 503 (Cutover's maintenance page only while maintenance is on)
+    Rule("ErrorDocument 503 /errors/503.html\nRedirect 503 /down\n"
+         "Header always set Cache-Control max-age=5 \"expr=%{REQUEST_URI} == '/down'\"", {"errors/503.html": HTML}),
     Rule("", {"_next/static/chunks/app.js": JS, "_next/data/page.json": TXT}),
     Rule("", {"index.html": HTML, "index.php": PHP, "a b.txt": TXT, "x.php": PHP, ".env": TXT, ".git/config": TXT, "sub/.env.local": TXT, "sub/.htaccess": TXT}),
 ]
@@ -134,6 +137,7 @@ EXTRA = [
     "/%2egit/config",
     "/.GIT/config",
     "/_cutover_next/index.html",
+    "/down",
 ]
 # Hours old (Apache gives a file changed within the last second a weak ETag), and each release's
 # own, as its upload keeps them (build.compare mtime)
@@ -370,3 +374,25 @@ def test_cutovers_rules_answer_as_plain_apache(oracle_lab, tmp_path):
         assert {url.split("?")[0].rsplit("/", 1)[-1] for url in fallback} == {"old.css", "old.png"}, (mode, fallback)
     assert current(server) == release_id
     assert found == [], f"{len(found)} of {len(urls) * len(modes)} answers differ:\n" + "\n".join(found)
+    # in maintenance mode a visitor gets Cutover's page, also where the site answers 503 itself
+    on = oracle_lab.fab("maintenance-on", "--message", "back soon", "--retry-after", "30")
+    assert on.returncode == 0, on.stderr
+    try:
+        for path in ("/", "/down"):
+            status, headers, body = visit(server.http_port, path, "127.0.0.2")
+            assert (status, headers.get("Retry-After"), headers.get("Cache-Control")) == (503, "30", "no-store")
+            assert b"back soon" in body
+        assert visit(server.http_port, "/", "127.0.0.1")[0] == 200  # maintenance.allow
+    finally:
+        assert oracle_lab.fab("maintenance-off").returncode == 0
+
+
+def visit(port, path, source):
+    """(status, headers, body) of GET path from the source address."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()
