@@ -97,6 +97,30 @@ RULES = [
     Rule('<DirectoryMatch "/current/(public/)?dm/">\n    Header set X-Unanchored yes\n</DirectoryMatch>', {"dm/a.txt": TXT}),
     Rule(directory("dbl", "Header set X-Doubled yes").replace('"@@docroot@@', '"/@@docroot@@'), {"dbl/a.txt": TXT}),
     Rule('Include "@@included@@/"', {"inc/a.txt": TXT, "inc/sub/b.txt": TXT}),
+    # rules by URL, and the site's own rewriting before Cutover's rules
+    Rule('<Location "/loctype">\n    ForceType text/plain\n    Header set X-Location yes\n</Location>', {"loctype/page.html": HTML}),
+    Rule('<LocationMatch "^/lm/.+\\.css$">\n    Header set X-Location-Match yes\n</LocationMatch>', {"lm/a.css": CSS, "lm/a.txt": TXT}),
+    Rule('<If "%{REQUEST_URI} =~ m#^/ifuri/#">\n    Header set X-If yes\n</If>', {"ifuri/a.txt": TXT}),
+    Rule('SetEnvIf Request_URI "\\.json$" IS_JSON\nHeader set X-Json yes env=IS_JSON', {"data/x.json": TXT}),
+    Rule("RewriteEngine On\nRewriteRule ^/rwl/(.*)$ /rwt/$1 [L]\nRewriteRule ^/rwp/(.*)$ /rwt/$1 [PT]\n"
+         "RewriteRule ^/rwe/(.*)$ /rwt/$1 [END]\nRewriteRule ^/rwn/(.*)$ /rwt/$1\n"
+         "RewriteRule ^/rwf/(.*)$ @@docroot@@/rwt/$1 [L]\nRewriteRule ^/rwv/ - [E=SITE_VAR:yes]\n"
+         'Header set X-Site-Var "%{SITE_VAR}e" env=SITE_VAR',
+         {"rwt/a.txt": TXT, "rwl/a.txt": TXT, "rwp/a.txt": TXT, "rwe/a.txt": TXT, "rwn/a.txt": TXT, "rwf/a.txt": TXT,
+          "rwv/a.txt": TXT}),
+    # handlers, types, indexes, negotiation, authentication per directory
+    Rule(directory("types", "AddType text/plain .html", "AddHandler application/x-httpd-php .inc", "AddCharset UTF-8 .txt"),
+         {"types/p.html": HTML, "types/i.inc": PHP, "types/t.txt": TXT}),
+    Rule(directory("listing", "Options +Indexes"), {"listing/a.txt": TXT}),
+    Rule(directory("mv", "Options +MultiViews"), {"mv/page.html": HTML, "mv/page.txt": TXT}),
+    Rule(directory("auth", "AuthType Basic", 'AuthName "staff"', 'AuthUserFile "@@other@@/htpasswd"', "Require valid-user"),
+         {"auth/a.txt": TXT}),
+    Rule(directory("ips", "Require ip 10.9.9.9"), {"ips/a.txt": TXT}),
+    Rule(directory("notfound", "ErrorDocument 404 /errors/404.html"), {"notfound/a.txt": TXT, "errors/404.html": HTML}),
+    Rule(directory("htphp", "AllowOverride All"), {"htphp/.htaccess": "php_value default_charset ISO-8859-15\nRewriteEngine On\n"
+         "RewriteCond %{{REQUEST_FILENAME}} !-f\nRewriteRule ^ index.php [END]\nHeader set X-Htaccess yes\n", "htphp/index.php": PHP}),
+    Rule('Alias /into "@@docroot@@/target"\nAliasMatch "^/am/(.+)\\.jpg$" "@@docroot@@/am/$1.png"',
+         {"target/a.txt": TXT, "into/a.txt": TXT, "am/x.png": PNG, "am/x.jpg": PNG}),
     # the site's own answer for 503 (Cutover's maintenance page only while maintenance is on)
     Rule("ErrorDocument 503 /errors/503.html\nRedirect 503 /down\n"
          "Header always set Cache-Control max-age=5 \"expr=%{REQUEST_URI} == '/down'\"", {"errors/503.html": HTML}),
@@ -105,10 +129,16 @@ RULES = [
 ]
 # What lies beside `public/` when the document root is the release's public/ (serve: public).
 OUTSIDE = {".env": TXT, "composer.json": TXT, "src/App.php": PHP}
-# Ways to write a URL for a path of the release (p starts with "/"): (name, method, URL).
+# Ways to write a URL for a path of the release (p starts with "/"): (name, method, URL), and
+# requests with headers of their own (name: headers).
 VARIANTS = [
     ("as is", "GET", lambda p: p),
     ("POST", "POST", lambda p: p),
+    ("HEAD", "HEAD", lambda p: p),
+    ("OPTIONS", "OPTIONS", lambda p: p),
+    ("range", "GET", lambda p: p),
+    ("authorized", "GET", lambda p: p),
+    ("HTTP/1.0 without Host", "GET", lambda p: p),
     ("query", "GET", lambda p: p + "?x=1"),
     ("dot segment", "GET", lambda p: "/x/.." + p),
     ("encoded dot segment", "GET", lambda p: "/x/%2e%2e" + p),
@@ -127,6 +157,11 @@ VARIANTS = [
     ("trailing slash", "GET", lambda p: p + "/"),
     ("trailing dot segment", "GET", lambda p: p + "/."),
 ]
+HEADERS = {
+    "range": {"Range": "bytes=2-5"},
+    "authorized": {"Authorization": "Basic c3RhZmY6cGFzc3dvcmQ="},  # staff:password, the auth/ rule's user
+    "HTTP/1.0 without Host": {"HTTP/1.0": ""},  # crawl() sends it so
+}
 # fmt: on
 EXTRA = [
     "/",
@@ -224,6 +259,26 @@ def urls_of(paths):
     return out + [("extra", "GET", url) for url in EXTRA]
 
 
+def key_of(variant, method, url):
+    """Where an answer is kept: the request's method, URL and headers."""
+    return method, url, tuple(sorted(HEADERS.get(variant, {}).items()))
+
+
+def request(conn, variant, method, url):
+    """Send one request of the corpus on conn; its answer."""
+    headers = dict(HEADERS.get(variant, {}))
+    if headers.pop("HTTP/1.0", None) is not None:  # no Host header: the port's first VirtualHost answers
+        conn._http_vsn_str = "HTTP/1.0"  # http.client speaks HTTP/1.1 only: its request line, just this once
+        try:
+            conn.putrequest(method, url, skip_host=True, skip_accept_encoding=True)
+            conn.endheaders()
+        finally:
+            conn._http_vsn_str = "HTTP/1.1"
+    else:
+        conn.request(method, url, body=b"x=1" if method == "POST" else None, headers=headers)
+    return conn.getresponse()
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -252,11 +307,10 @@ def crawl(port, urls):
     answers = {}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        for _, method, url in urls:
+        for variant, method, url in urls:
             for attempt in (1, 2):  # a kept-alive connection the server closed: once more on a new one
                 try:
-                    conn.request(method, url, body=b"x=1" if method == "POST" else None)
-                    r = conn.getresponse()
+                    r = request(conn, variant, method, url)
                     body = r.read()
                     break
                 except (http.client.HTTPException, ConnectionError):
@@ -267,14 +321,14 @@ def crawl(port, urls):
             body = body.replace(b":" + own, b":PORT")
             headers = tuple(
                 sorted(
-                    (k.lower(), v.replace(f":{port}", ":PORT"))
+                    (k.lower(), ",".join(sorted(v.split(","))) if k.lower() == "allow" else v.replace(f":{port}", ":PORT"))
                     for k, v in r.getheaders()
                     if k.lower() not in HIDDEN_HEADERS
                 )
-            )
-            answers[(method, url)] = Answer(r.status, r.getheader("Content-Type"), body, headers,
+            )  # (Apache lists the methods of Allow in no fixed order)
+            answers[key_of(variant, method, url)] = Answer(r.status, r.getheader("Content-Type"), body, headers,
                                             bool(r.getheader("X-Cutover-Fallback")), bool(r.getheader("X-Cutover-Release")))  # fmt: skip
-            if r.getheader("Connection", "").lower() == "close":
+            if r.getheader("Connection", "").lower() == "close" or r.version == 10:
                 conn.close()
     finally:
         conn.close()
@@ -291,10 +345,10 @@ def differences(urls, ours, plain, before):
     """One line per URL whose answer with Cutover's rules is not plain Apache's."""
     out = []
     for variant, method, url in urls:
-        key = (method, url)
+        key = key_of(variant, method, url)
         o, p = ours[key], plain[key]
         if o.fallback:  # an asset the live release lacks, from the release before
-            if p.status == 404 and o.same(before[key]):
+            if o.same(p) or ((p.status == 404 or method == "OPTIONS") and o.same(before[key])):  # OPTIONS needs no file
                 continue
             out.append(f"{method} {url} ({variant}): with Cutover's rules (fallback) {o}; plain Apache {p}; "
                        f"plain Apache with the release before live {before[key]}")  # fmt: skip
@@ -348,6 +402,7 @@ def test_cutovers_rules_answer_as_plain_apache(oracle_lab, tmp_path):
     other.mkdir(exist_ok=True)
     for name in ("x.txt", "only-other.txt"):
         (other / name).write_text(f"the alias target's {name}\n")
+    (other / "htpasswd").write_text("staff:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n")  # staff:password
     server.site_conf = site_conf(server.deploy_to, serve, other, Path(server.deploy_to).parent / "included")
     before_build = write_release(tmp_path, "A", serve, previous=True)
     live_build = write_release(tmp_path, "B", serve, previous=False)
@@ -363,11 +418,16 @@ def test_cutovers_rules_answer_as_plain_apache(oracle_lab, tmp_path):
     for mode in modes:
         restart(oracle_lab, mode)
         ours, plain = crawl(server.http_port, urls), crawl(server.oracle_port, urls)
-        assert plain[("GET", "/")].body.count(b"B") and ours[("GET", "/")].status == 200
+        assert plain[("GET", "/", ())].body.count(b"B") and ours[("GET", "/", ())].status == 200
+        # the variants with headers of their own ask what they mean to
+        sent = {name: key_of(name, "GET", "/auth/a.txt")[2] for name in HEADERS}
+        assert [ours[("GET", "/auth/a.txt", sent[n])].status for n in ("authorized", "range", "HTTP/1.0 without Host")] == [
+            200, 401, 401]  # fmt: skip
+        assert [ours[("GET", "/index.html", sent[n])].status for n in ("range", "HTTP/1.0 without Host")] == [206, 200]
         found += [f"MergeSlashes {mode}: {line}" for line in differences(urls, ours, plain, before[mode])]
         # the rules pin what they can (or this test would prove nothing), never what they must not
-        pinned = {url for (method, url), answer in ours.items() if answer.pinned and method == "GET"}
-        fallback = {url for (method, url), answer in ours.items() if answer.fallback and method == "GET"}
+        pinned = {url for (method, url, sent), answer in ours.items() if answer.pinned and (method, sent) == ("GET", ())}
+        fallback = {url for (method, url, sent), answer in ours.items() if answer.fallback and (method, sent) == ("GET", ())}
         assert PINNED <= pinned, (mode, PINNED - pinned)
         assert NOT_PINNED & pinned == set(), mode
         assert {"/css/old.css", "/img/old.png", "/css/v1/old.css"} <= fallback, mode
