@@ -321,7 +321,10 @@ def crawl(port, urls):
             body = body.replace(b":" + own, b":PORT")
             headers = tuple(
                 sorted(
-                    (k.lower(), ",".join(sorted(v.split(","))) if k.lower() == "allow" else v.replace(f":{port}", ":PORT"))
+                    (
+                        k.lower(),
+                        ",".join(sorted(v.split(","))) if k.lower() == "allow" else v.replace(f":{port}", ":PORT"),
+                    )
                     for k, v in r.getheaders()
                     if k.lower() not in HIDDEN_HEADERS
                 )
@@ -426,8 +429,12 @@ def test_cutovers_rules_answer_as_plain_apache(oracle_lab, tmp_path):
         assert [ours[("GET", "/index.html", sent[n])].status for n in ("range", "HTTP/1.0 without Host")] == [206, 200]
         found += [f"MergeSlashes {mode}: {line}" for line in differences(urls, ours, plain, before[mode])]
         # the rules pin what they can (or this test would prove nothing), never what they must not
-        pinned = {url for (method, url, sent), answer in ours.items() if answer.pinned and (method, sent) == ("GET", ())}
-        fallback = {url for (method, url, sent), answer in ours.items() if answer.fallback and (method, sent) == ("GET", ())}
+        pinned = {
+            url for (method, url, sent), answer in ours.items() if answer.pinned and (method, sent) == ("GET", ())
+        }
+        fallback = {
+            url for (method, url, sent), answer in ours.items() if answer.fallback and (method, sent) == ("GET", ())
+        }
         assert PINNED <= pinned, (mode, PINNED - pinned)
         assert NOT_PINNED & pinned == set(), mode
         assert {"/css/old.css", "/img/old.png", "/css/v1/old.css"} <= fallback, mode
