@@ -102,3 +102,14 @@ def test_a_template_whose_php_comes_after_its_head_is_found_served_as_source(lab
     assert result.returncode == 7, result.stderr
     assert f"{server.url}shop/ answered PHP source (<?php with no content type): PHP is not running" in result.stderr
     assert current(server) == before
+
+
+def test_check_asks_index_php_where_the_health_url_is_static(lab1, tmp_path):
+    server = lab1.servers[0]  # the default lab: Apache without PHP
+    build = make_build(tmp_path, "static-health", {"index.php": MARKER.encode()})
+    hosts(lab1, build, "health.txt", None)  # the example site's static health file: passes
+    assert lab1.fab("deploy").returncode == 0
+    checked = lab1.fab("check")
+    assert checked.returncode == 1
+    said = f"{server.url}index.php answered PHP source (the answer starts with <?php): PHP is not running for it"
+    assert said in checked.stdout, checked.stdout
