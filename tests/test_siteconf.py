@@ -288,3 +288,22 @@ def test_cutovers_own_files_are_not_read_as_the_sites(tmp_path):
     again, _ = siteconf.render(deploy_to, config=str(conf / "httpd.conf"))
     assert blocks(again) == [f'<Directory "{deploy_to}/releases/*/static">\n    Header set X-S 1\n</Directory>']
     assert again == Path(layout.apache_site).read_text()
+
+
+@pytest.mark.parametrize("root", ["/srv/www/shop/current", "/var/www/shop", None])
+def test_a_virtualhost_with_cutovers_rules_and_another_document_root_is_refused(tmp_path, root):
+    """/srv/www a symlink to /var/www: Apache maps every URL to /srv/www/shop/current/..., which the
+    rules never pin (torn answers again), and setup would take the VirtualHost for another site's."""
+    document_root = f"    DocumentRoot {root}\n" if root else ""
+    conf = tree(tmp_path, {"httpd.conf": f"<VirtualHost *:80>\n{document_root}"
+                                         "    Include /var/www/shop/.cutover/apache.conf\n</VirtualHost>\n"})  # fmt: skip
+    with pytest.raises(Refused) as refused:
+        rendered(conf)
+    assert str(refused.value) == (
+        f"the VirtualHost at {conf}/httpd.conf:1 includes Cutover's rules, but its DocumentRoot {root or '(none)'} is "
+        "not /var/www/shop/current or a folder in it: none of its requests would be pinned"
+    )
+    # the server config's own, as a VirtualHost without one has it, with a trailing slash
+    tree(tmp_path, {"httpd.conf": "DocumentRoot /var/www/shop/current/\n<VirtualHost *:80>\n"
+                                  "    Include /var/www/shop/.cutover/apache.conf\n</VirtualHost>\n"})  # fmt: skip
+    assert blocks(rendered(conf)) == []

@@ -92,6 +92,7 @@ def site_blocks(config, server_root, deploy_to, rules_path, environ=None):
     stack, main, vhosts, capture = [], [], [], None
     current = deploy_to + "/current"
     releases = {None: []}  # blocks for releases/... (those of the server config, of each VirtualHost)
+    server = {"root": None}  # the server config's DocumentRoot, which a VirtualHost without one has
     for path, number, text in reader.read(config):
         opening = re.match(r"^<([A-Za-z]+)(\s+[^>]*)?>$", text)
         closing = re.match(r"^</([A-Za-z]+)\s*>$", text)
@@ -102,7 +103,8 @@ def site_blocks(config, server_root, deploy_to, rules_path, environ=None):
             section, args = opening.group(1).lower(), (opening.group(2) or "").strip()
             stack.append((section, text))
             if section == "virtualhost":
-                vhosts.append({"where": "%s:%d" % (path, number), "blocks": [], "ours": False, "releases": []})
+                vhosts.append({"where": "%s:%d" % (path, number), "blocks": [], "ours": False, "releases": [],
+                               "rules": False, "root": None})
             elif capture is None and section in ("directory", "directorymatch"):
                 if _about_releases(section, args, reader, deploy_to):
                     (vhosts[-1]["releases"] if _in_vhost(stack) else releases[None]).append("%s:%d %s" % (path, number, text))
@@ -130,13 +132,19 @@ def site_blocks(config, server_root, deploy_to, rules_path, environ=None):
                 if block:
                     block = ("%s:%d" % (path, number), text, block)
                     (vhosts[-1]["blocks"] if _in_vhost(stack) else main).append(block)
-            elif _in_vhost(stack) and (
-                (name == "documentroot" and (args == current or args.startswith(current + "/")))
-                or (name in ("include", "includeoptional") and args == rules_path)
-            ):
-                vhosts[-1]["ours"] = True
+            elif name == "documentroot":
+                (vhosts[-1] if _in_vhost(stack) else server)["root"] = args.rstrip("/") or "/"
+            elif _in_vhost(stack) and name in ("include", "includeoptional") and args == rules_path:
+                vhosts[-1]["rules"] = True
     if reader.seen == 0:
         raise Refused("Apache configuration %s holds no directive" % config)
+    for v in vhosts:
+        root = v["root"] or server["root"] or ""
+        v["ours"] = v["rules"] or root == current or root.startswith(current + "/")
+        if v["rules"] and not (root == current or root.startswith(current + "/")):
+            raise Refused("the VirtualHost at %s includes Cutover's rules, but its DocumentRoot %s is not %s or a "
+                          "folder in it: none of its requests would be pinned" % (v["where"], root or "(none)", current),
+                          hint="write DocumentRoot %s[/<serve>] as deploy_to spells it (not through a symlink)" % current)
     ours = [v for v in vhosts if v["ours"]]
     found = releases[None] + [b for v in ours for b in v["releases"]]
     if found:
