@@ -57,6 +57,8 @@ def protected_build(parent, label):
             ".env": b"DB_PASSWORD=hunter2\n",  # never_serve
             ".git/config": b"[core]\n",
             "sub/.env.local": b"X=1\n",
+            ".envrc": b"export DB_PASSWORD=hunter2\n",  # direnv's
+            "config/.env-production": b"DB_PASSWORD=hunter2\n",
             "public.txt": b"fine\n",
         },
     )
@@ -85,8 +87,9 @@ def test_pinning_never_serves_what_the_site_denies(site_lab, tmp_path):
     # what the site allows is pinned to the live release
     assert get(server, "/public.txt") == (200, release_id, b"fine\n")
     assert get(server, "/")[:2] == (200, release_id)
-    # .git, .env and .env.* answer 404 (never_serve), whatever the site's rules
-    assert [get(server, p)[0] for p in ("/.env", "/.git/config", "/sub/.env.local", "/.ENV")] == [404] * 4
+    # .git and .env* answer 404 (never_serve), whatever the site's rules
+    never = ("/.env", "/.git/config", "/sub/.env.local", "/.ENV", "/.envrc", "/config/.env-production")
+    assert [get(server, p)[0] for p in never] == [404] * 6
 
 
 def test_the_same_paths_are_denied_without_cutovers_rules(site_lab, tmp_path):
