@@ -35,7 +35,7 @@ BUILTIN = {
     "keep_releases": 5,
     "shared": [],
     "serve": None,
-    "never_serve": [".git", ".hg", ".svn", ".env*", ".ht*"],  # .env* : .env.local, .envrc (direnv), .env-prod
+    "never_serve": [".git", ".hg", ".svn", ".env", ".env.*", ".env-*", ".env_*", ".envrc", ".ht*"],
     "build": {
         "path": "build/",
         "required": ["index.html"],
