@@ -79,7 +79,7 @@ def snippet(host):
     serve = f"/{host.serve}" if host.serve else ""
     values = {
         "exceptions": "\n".join(exceptions),
-        "next_allow": f"    Require ip {' '.join(m.allow)}" if m.allow else "",
+        "next_allow": f"        Require ip {' '.join(m.allow)}" if m.allow else "",
         "maintenance": f"{host.deploy_to}/maintenance",
         "never_serve": f'RewriteRule "{never_serve_pattern(host.never_serve)}" - [NC,R=404]'
         if host.never_serve

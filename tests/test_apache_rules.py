@@ -23,6 +23,9 @@ SITE_CONF = """
 <Files "secret.conf">
     Require all denied
 </Files>
+<Directory "@@deploy_to@@/current/status">
+    DirectoryIndex check.html
+</Directory>
 """
 
 
@@ -164,6 +167,25 @@ def test_the_smoke_preview_answers_only_the_server_itself_and_only_while_a_relea
     assert failed.returncode != 0 and "smoke URL failed" in failed.stderr, failed.stderr
     assert not os.path.lexists(next_link)
     assert get(server, "/_cutover_next/")[0] == 404
+
+
+def test_the_smoke_preview_has_the_sites_rules_for_current(site_lab, tmp_path):
+    """What the site's <Directory current/...> blocks say holds for the release its preview serves:
+    here a DirectoryIndex of its own (without it the preview answers 403 and the deploy stops)."""
+    server = site_lab.servers[0]
+    page = b'<meta name="release" content="status"><p>ok</p>\n'
+    build = make_build(tmp_path, "status", {"status/check.html": page, "private/x.txt": b"secret\n"})
+    configure(site_lab, build, smoke={"url": f"{server.url}_cutover_next/status/"})
+    result = site_lab.fab("deploy")
+    assert result.returncode == 0, result.stderr
+    assert get(server, "/status/")[::2] == (200, page)
+    next_link = Path(server.deploy_to, "next")
+    os.symlink(f"releases/{current(server)}", next_link)  # as the stage points it while a release is tested
+    try:
+        assert get(server, "/_cutover_next/status/") == (200, None, page)
+        assert get(server, "/_cutover_next/private/x.txt")[0] == 403  # <Directory current/private>
+    finally:
+        os.unlink(next_link)
 
 
 def test_check_names_a_site_rule_added_since_setup_and_access_holds_meanwhile(site_lab, tmp_path):

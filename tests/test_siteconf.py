@@ -36,9 +36,20 @@ def rendered(root, config="httpd.conf"):
     return text
 
 
-def blocks(text):
-    """The mirrored blocks of a rendered apache-site.conf, without the comment lines."""
-    return [chunk.partition("\n")[2].strip("\n") for chunk in text.split("\n" + siteconf.MARK)[1:]]
+def blocks(text, preview=False):
+    """The mirrored blocks of a rendered apache-site.conf, without the comment lines: each block's
+    mirror for releases/*/... (or, preview, the one for next/..., which is checked to be the same
+    block for another path)."""
+    out = []
+    for chunk in text.split("\n" + siteconf.MARK)[1:]:
+        lines = chunk.partition("\n")[2].strip("\n").split("\n")
+        half = len(lines) // 2
+        twice = len(lines) % 2 == 0 and sum(a != b for a, b in zip(lines[:half], lines[half:])) == 1
+        if twice:
+            changed = next(i for i in range(half) if lines[i] != lines[half + i])
+            assert "/next" in lines[half + changed] and "/releases/" in lines[changed], lines
+        out.append("\n".join(lines[half:] if twice and preview else lines[:half] if twice else lines))
+    return out
 
 
 MAIN = """ServerRoot "{root}"
@@ -104,6 +115,21 @@ def test_the_blocks_for_current_are_written_for_every_release_inside_their_condi
         # this site's VirtualHost (its DocumentRoot is under current), with what it includes; not the other's
         '<Directory "/var/www/shop/releases/*/public/uploads">\n    php_admin_flag engine off\n</Directory>',
         '<Directory "/var/www/shop/releases/*/public/css">\n    Header set X-Css yes\n</Directory>',
+    ]
+
+
+def test_the_blocks_are_written_for_the_release_the_smoke_preview_serves_too(tmp_path):
+    root = tree(tmp_path, {
+        "httpd.conf": MAIN.format(root=tmp_path),
+        "sites-enabled/shop.conf": SHOP,
+        "conf.d/x.conf": '<DirectoryMatch "/current/public/(js|css)/">\n    Header set X-Asset yes\n</DirectoryMatch>\n',
+    })  # fmt: skip
+    assert [b.split("\n")[0:2] for b in blocks(rendered(root), preview=True)] == [
+        ["<IfModule php_module>", '    <Directory "/var/www/shop/next/static">'],
+        ['<DirectoryMatch "^/var/www/shop/next/(gen|build)/">', "    Header set X-Generated         yes"],
+        ['<Directory "/var/www/shop/next/dl">', "    ForceType application/octet-stream"],
+        ['<Directory "/var/www/shop/next/public/uploads">', "    php_admin_flag engine off"],
+        ['<DirectoryMatch "/next/public/(js|css)/">', "    Header set X-Asset yes"],
     ]
 
 

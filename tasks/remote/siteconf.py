@@ -4,8 +4,9 @@ Apache matches <Directory> against the path a request is mapped to. The site's b
 <deploy_to>/current/... hold for the requests mapped through `current`; a request pinned to
 releases/<id>/... would lose every directive in them (handlers, php_admin_*, ForceType, Header,
 Options, AllowOverride, Require ...). So `fab setup` writes each such block again for
-<deploy_to>/releases/*/... (a wildcard matches one path component), inside the same conditional
-sections, into .cutover/apache-site.conf, which Cutover's rules include; `fab check` renders it
+<deploy_to>/releases/*/... (a wildcard matches one path component), and for <deploy_to>/next/...
+(the release the smoke URL's preview serves), inside the same conditional sections, into
+.cutover/apache-site.conf, which Cutover's rules include; `fab check` renders it
 again and names any block that changed since.
 
 The blocks come from the files the running httpd was started with (apacheconf.py reads them as
@@ -33,8 +34,12 @@ def _current_regex(deploy_to):
     return "".join("\\\\?" + re.escape(c) if c in "/.-" else re.escape(c) for c in deploy_to + "/current")
 
 
-def _mirrored_path(section, args, reader, deploy_to):
-    """The argument of a mirror of this <Directory>/<DirectoryMatch> for releases/*/..., or None
+RELEASES = ("releases/*", "releases/[^/]+")  # what takes `current`'s place: in a path, in a regex
+NEXT = ("next", "next")  # the release a deploy tests, which the smoke URL's preview serves
+
+
+def _mirrored_path(section, args, reader, deploy_to, into=RELEASES):
+    """The argument of a mirror of this <Directory>/<DirectoryMatch> for releases/*/... (or next/...), or None
     when the block is not about <deploy_to>/current."""
     current = deploy_to + "/current"
     regex = section == "directorymatch" or args.startswith("~")
@@ -42,15 +47,15 @@ def _mirrored_path(section, args, reader, deploy_to):
     expanded = reader.expand(arg)
     if not regex:
         rest = _below(expanded, current)
-        return None if rest is None else '"%s"' % (deploy_to + "/releases/*" + rest)
+        return None if rest is None else '"%s"' % (deploy_to + "/" + into[0] + rest)
     found = re.search(_current_regex(deploy_to), expanded)
     if found:
-        mirrored = expanded[: found.start()] + re.escape(deploy_to) + "/releases/[^/]+" + expanded[found.end():]
+        mirrored = expanded[: found.start()] + re.escape(deploy_to) + "/" + into[1] + expanded[found.end():]
     else:  # a regex naming no deploy_to (/current/uploads/, ^/var/www/[^/]+/current/): its `current` component
         found = CURRENT_COMPONENT.search(expanded)
         if not found:
             return None
-        mirrored = expanded[: found.start(1)] + "releases/[^/]+" + expanded[found.end(1):]
+        mirrored = expanded[: found.start(1)] + into[1] + expanded[found.end(1):]
     return ('~ "%s"' if section == "directory" else '"%s"') % mirrored
 
 
@@ -112,14 +117,18 @@ def site_blocks(config, server_root, deploy_to, rules_path, environ=None):
                 if mirrored:
                     wrappers = [t for s, t in stack[:-1] if s in CONDITIONAL]
                     indent = "    " * len(wrappers)
+                    preview = _mirrored_path(section, args, reader, deploy_to, NEXT)
                     capture = {"depth": len(stack), "where": "%s:%d" % (path, number), "first": text,
-                               "wrappers": wrappers, "lines": [indent + "<%s %s>" % (opening.group(1), mirrored)]}
+                               "wrappers": wrappers, "lines": [indent + "<%s %s>" % (opening.group(1), mirrored)],
+                               "preview": indent + "<%s %s>" % (opening.group(1), preview)}
         elif closing:
             if capture is not None and len(stack) == capture["depth"]:
                 wrappers = capture["wrappers"]
                 lines = ["    " * i + w for i, w in enumerate(wrappers)] + capture["lines"]
                 lines += ["    " * i + "</%s>" % w[1:].split()[0].rstrip(">") for i, w in reversed(list(enumerate(wrappers)))]
-                block = (capture["where"], capture["first"], "\n".join(lines))
+                preview = list(lines)  # the same for next/...: the smoke URL's preview
+                preview[len(wrappers)] = capture["preview"]
+                block = (capture["where"], capture["first"], "\n".join(lines + preview))
                 (vhosts[-1]["blocks"] if _in_vhost(stack) else main).append(block)
                 capture = None
             if stack:
