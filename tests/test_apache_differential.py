@@ -79,7 +79,8 @@ RULES = [
     Rule(directory("latin", "php_admin_value default_charset ISO-8859-1"), {"latin/p.php": PHP}),
     Rule(directory("idx", "DirectoryIndex start.html"), {"idx/start.html": HTML, "idx/index.html": HTML}),
     Rule(directory("links", "Options None"), {"links/a.txt": TXT, "links/to-deny": "->../deny"}),
-    Rule(directory("app", "AllowOverride All"), {"app/.htaccess": FRONT, "app/index.php": ROUTER, "app/real.txt": TXT}),
+    Rule(directory("app", "AllowOverride All"), {"app/.htaccess": FRONT, "app/index.php": ROUTER, "app/real.txt": TXT},
+         previous={"app/old.css": CSS}),  # the front controller routes what the live release lacks
     Rule(directory("blog", "AllowOverride All"), {"blog/.htaccess": FRONT_BASE, "blog/index.php": ROUTER}),
     Rule(directory("vendor", "AllowOverride All"), {"vendor/.htaccess": "Require all denied\n", "vendor/lib.php": PHP}),
     Rule(directory("(gen|build)", "Header set X-Generated yes", match=True), {"gen/g.txt": TXT, "gen/g.php": PHP}),
@@ -125,6 +126,9 @@ RULES = [
     Rule("ErrorDocument 503 /errors/503.html\nRedirect 503 /down\n"
          "Header always set Cache-Control max-age=5 \"expr=%{REQUEST_URI} == '/down'\"", {"errors/503.html": HTML}),
     Rule("", {"_next/static/chunks/app.js": JS, "_next/data/page.json": TXT}),
+    # names a URL must encode (one with a % in it is never pinned: see the rules)
+    Rule("", {"q?mark.txt": TXT, "semi;colon.txt": TXT, "\u00fcml.txt": TXT, "plus+sign.css": CSS, "hash#.txt": TXT,
+              "pct%41.txt": TXT, "sp ace/\u00e9.php": PHP}),
     Rule("", {"index.html": HTML, "index.php": PHP, "a b.txt": TXT, "x.php": PHP, ".env": TXT, ".git/config": TXT, "sub/.env.local": TXT, "sub/.htaccess": TXT}),
 ]
 # What lies beside `public/` when the document root is the release's public/ (serve: public).
