@@ -4,7 +4,9 @@ subrequest for access and the LA-U subrequest for the file name, and the site's 
 current/... written for releases/*/...), and today's without the -U (access from the written
 blocks alone), on one lab server with mod_php (prefork).
 
-    python3 bench/rules_bench.py [--seconds 5] [--rounds 3]
+    python3 bench/rules_bench.py [--seconds 5] [--rounds 3] [--also COMMIT]
+
+--also COMMIT adds the rules as they were at COMMIT (to measure what a change of the rules costs).
 
 The test app of tests/phpapp is deployed; wrk -t2 -c8 requests a static file, a PHP script and a
 front-controller route, each variant in turn, alternating rounds (the machine is shared: compare
@@ -32,16 +34,16 @@ BEFORE = "2c315d1"  # the rules whose cost today's are compared with
 PATHS = {"static file": "/assets/app.css", "PHP script": "/legacy.php", "front controller": "/products/7"}
 
 
-def rules_before(host):
-    """Cutover's rules for host as tasks/apache.py rendered them at BEFORE (read from git)."""
+def rules_before(host, commit=BEFORE):
+    """Cutover's rules for host as tasks/apache.py rendered them at commit (read from git)."""
 
     def show(path):
-        return subprocess.run(["git", "-C", str(PROJECT), "show", f"{BEFORE}:{path}"], capture_output=True,
+        return subprocess.run(["git", "-C", str(PROJECT), "show", f"{commit}:{path}"], capture_output=True,
                               text=True, check=True).stdout  # fmt: skip
 
     module = types.ModuleType("tasks.apache_before")
     module.__package__, module.__file__ = "tasks", str(PROJECT / "tasks" / "apache.py")
-    exec(compile(show("tasks/apache.py"), f"{BEFORE}:tasks/apache.py", "exec"), module.__dict__)
+    exec(compile(show("tasks/apache.py"), f"{commit}:tasks/apache.py", "exec"), module.__dict__)
     with tempfile.TemporaryDirectory(prefix="cutover-rules-") as work:
         module.TEMPLATE = Path(work, "apache.conf")
         module.TEMPLATE.write_text(show("templates/apache.conf"))
@@ -60,15 +62,18 @@ class _HostBefore:
         return getattr(self.host, name)
 
 
-def variants(host, today):
+def variants(host, today, also=None):
     """{name: rules text}."""
     no_access_check = "\n".join(line for line in today.splitlines() if not re.search(r"\} -U$", line))
-    return {
+    out = {
         "none (plain Apache)": "",
         f"before ({BEFORE}): -U": rules_before(host),
         "today: -U and LA-U, site blocks written": today,
         "today without -U": no_access_check,
     }
+    if also:
+        out[f"at {also}"] = rules_before(host, also)
+    return out
 
 
 def httpd_cpu(server):
@@ -96,7 +101,7 @@ def load(server, path, seconds):
     return result["requests"] / seconds, (httpd_cpu(server) - before) / result["requests"] * 1e6
 
 
-def measure(work, seconds, rounds):
+def measure(work, seconds, rounds, also=None):
     the_lab, parent = start_lab(1, php="mod_php", site_conf=SITE_CONF, serve="public")
     handle = LabHandle(the_lab)
     server = the_lab.servers[0]
@@ -107,7 +112,7 @@ def measure(work, seconds, rounds):
         conf = Path(server.deploy_to, ".cutover", "apache.conf")
         today = conf.read_text()
         host = hostsfile.load(the_lab.hosts_file).resolve(server.name)[0]
-        texts = variants(host, today)
+        texts = variants(host, today, also)
         figures = {(v, p): [] for v in texts for p in PATHS}
         for i in range(rounds):
             order = list(texts.items())
@@ -127,12 +132,14 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--also", help="a commit whose rules are measured too")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cutover-rules-") as work:
-        names, rates = measure(Path(work), args.seconds, args.rounds)
+        names, rates = measure(Path(work), args.seconds, args.rounds, args.also)
     kinds = list(PATHS)
     lines = [
-        f"Command: `python3 bench/rules_bench.py --seconds {args.seconds} --rounds {args.rounds}` (one lab server, "
+        f"Command: `python3 bench/rules_bench.py --seconds {args.seconds} --rounds {args.rounds}"
+        f"{f' --also {args.also}' if args.also else ''}` (one lab server, "
         "mod_php in the prefork MPM, the test app of tests/phpapp with `serve: public`; wrk -t2 -c8 on "
         f"{', '.join(f'{k} `{p}`' for k, p in PATHS.items())}; medians of {args.rounds} alternating rounds of "
         f"{args.seconds} s. CPU per request is what Apache's processes used (/proc: the parent, its reaped and its "

@@ -23,7 +23,7 @@ from .errors import CommandError, HookError, LockError, MigrationError, RemoteEr
 REMOTE = Path(__file__).resolve().parent / "remote"
 BUNDLE = ("protocol", "paths", "limits", "history", "httpd", "listen", "pause", "swap", "health", "lock", "stage", "shared",
           "finish", "views", "install", "helper", "dumps", "manifests", "backup", "restore", "offsite", "intent", "seals",
-          "balancer", "procs", "commands", "switching", "nofollow", "grants", "siteconf", "private", "preflight",
+          "balancer", "procs", "commands", "switching", "nofollow", "grants", "apacheconf", "siteconf", "private", "preflight",
           "run")  # fmt: skip
 HELPER_BUNDLE = (
     "protocol",

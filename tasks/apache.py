@@ -12,6 +12,9 @@ from pathlib import Path
 from .remote.paths import RELEASE_ID
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "apache.conf"
+# Where the incoming release answers smoke.url while a deploy tests it; never /_next, which
+# Next.js sites use for their own scripts and data.
+PREVIEW = "/_cutover_next"
 
 
 def _glob(name):
@@ -34,7 +37,7 @@ FALLBACK = """#    (d) a static asset the live release lacks, from the release l
 #        Only these extensions (assets.fallback), never a page or a script; and only when the
 #        normal mapping allows the asset's own URL and maps it to current/ as in (b) (to its
 #        name, or to a directory of that name the live release lacks: the rest is path info).
-RewriteCond %{{REQUEST_URI}} !^/(_cutover_maintenance|_next)(/|$)
+RewriteCond %{{REQUEST_URI}} !^/_cutover_(maintenance|next)(/|$)
 RewriteCond $1 !%
 {shared}
 RewriteCond ${{cutover_release:current|-}} ^({release_id})$
@@ -76,7 +79,7 @@ def snippet(host):
     serve = f"/{host.serve}" if host.serve else ""
     values = {
         "exceptions": "\n".join(exceptions),
-        "next_allow": f"    Require ip {' '.join(m.allow)}" if m.allow else "",
+        "next_allow": f"        Require ip {' '.join(m.allow)}" if m.allow else "",
         "maintenance": f"{host.deploy_to}/maintenance",
         "never_serve": f'RewriteRule "{never_serve_pattern(host.never_serve)}" - [NC,R=404]'
         if host.never_serve
@@ -91,6 +94,7 @@ def snippet(host):
         "current_pattern": current_pattern(host),
         "document_root": document_root(host),
         "deploy_to": host.deploy_to,
+        "preview": PREVIEW,
     }
     text = TEMPLATE.read_text()
     for key, value in values.items():

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Never part of a site: version control, editors' swap and backup files (an `index.php~` is
-# served as text, source and secrets included), OS and IDE leftovers, Python's bytecode cache.
+# served as text, source and secrets included), OS and IDE leftovers, Python's bytecode cache,
+# a home directory's secrets.
 ALWAYS = (
     ".git",
     ".hg",
@@ -31,6 +32,14 @@ ALWAYS = (
     ".idea",
     ".vscode",
     "__pycache__",
+    # a home directory's: keys, cloud credentials, shell and editor histories (a build made in $HOME,
+    # or a site whose repository took them in by mistake)
+    ".ssh",
+    ".gnupg",
+    ".aws",
+    ".*_history",
+    ".viminfo",
+    ".lesshst",
 )
 PART = re.compile(r"^[A-Za-z0-9._+@*? -]+$")  # one part of a build.exclude rule
 

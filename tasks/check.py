@@ -11,7 +11,7 @@ from .errors import CutoverError
 from .fleet import STEP_TIMEOUT, Run, close, each_host
 from .output import table
 from .remote import limits, private
-from .remote.health import DENIED
+from .remote.health import DENIED, PHP_NOT_RUNNING
 from .remote.paths import PLACEHOLDER
 from .remote.views import PROBED_OUTSIDE
 from .steps import health_args, origin, protected_urls
@@ -191,6 +191,9 @@ def http_problems(host, found):
             problems.append(f"{probed} answered {status}: it must never be served (401, 403 or 404)")
     if http.get("fallback", "").startswith(("FAIL", "off: ")):
         problems.append(f"the asset fallback: {http['fallback']}")
+    if http.get("php_source"):
+        probed, why = http["php_source"]
+        problems.append(f"{probed} answered PHP source ({why}): {PHP_NOT_RUNNING}")
     for probed, status in http.get("private", {}).get("served", {}).items():
         problems.append(
             f"{probed} answered {status}, and its name looks private (a hosts file, key, credentials, database "

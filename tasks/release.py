@@ -55,6 +55,18 @@ class BuildInfo:
     stats: dict  # {relative path: (size, mtime_ns, ctime_ns, inode)} of every regular file (tasks/manifest.py)
 
 
+def _leads_outside(root, prefix, name):
+    """'name -> target' for a symlink whose target is absolute or climbs out of the build, else None."""
+    try:
+        target = os.readlink(os.path.join(root, name))
+    except OSError:  # not a symlink
+        return None
+    inside = os.path.normpath(os.path.join(prefix, target))
+    if os.path.isabs(target) or inside == ".." or inside.startswith("../"):
+        return f"{prefix}{name} -> {target}"
+    return None
+
+
 def check_build(build):
     """The local build exists, is not empty and holds build.required; refused otherwise."""
     path = build.path
@@ -73,13 +85,18 @@ def check_build(build):
     def fail(exc):
         raise ConfigError(f"cannot read the build {path}: {exc.filename}: {exc.strerror}") from None
 
+    outside = []  # links that lead out of the build: uploaded as links, followed on the server
     try:
         for root, dirs, names in os.walk(path, onerror=fail):
             prefix = os.path.relpath(root, path) + "/" if root != str(path) else ""
             dirs[:] = [d for d in dirs if not buildfiles.excluded(rules, prefix + d)]  # never uploaded: not read
+            outside += [link for link in (_leads_outside(root, prefix, d) for d in dirs) if link]
             for name in names:
                 if buildfiles.excluded(rules, prefix + name):
                     continue
+                link = _leads_outside(root, prefix, name)
+                if link:
+                    outside.append(link)
                 st = os.lstat(os.path.join(root, name))
                 if stat.S_ISREG(st.st_mode):
                     total += st.st_size
@@ -87,6 +104,12 @@ def check_build(build):
                     stats[prefix + name] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     except OSError as exc:
         fail(exc)
+    if outside:
+        raise ConfigError(
+            f"the build {path} holds links that lead outside it: {', '.join(sorted(outside))}; a release would hold "
+            "the links, which Apache follows on the server to whatever that path holds there",
+            hint="copy what they lead to into the build, make it a shared: entry, or leave the link out (build.exclude)",
+        )
     if not modes:
         raise ConfigError(f"the build {path} is empty: refusing to deploy an empty site", hint="build the site first")
     for required in build.required:

@@ -7,6 +7,7 @@ import re
 
 from . import buildfiles
 from . import yamlcheck as y
+from .apache import PREVIEW
 from .config import Database, OffSite
 from .remote import limits
 from .remote.shared import overlap, overlap_hint
@@ -34,7 +35,7 @@ BUILTIN = {
     "keep_releases": 5,
     "shared": [],
     "serve": None,
-    "never_serve": [".git", ".hg", ".svn", ".env", ".env.*", ".ht*"],
+    "never_serve": [".git", ".hg", ".svn", ".env", ".env.*", ".env-*", ".env_*", ".envrc", ".ht*"],
     "build": {
         "path": "build/",
         "required": ["index.html"],
@@ -124,6 +125,19 @@ def _exclude(at):
     problem = buildfiles.problem(value)
     if problem:
         raise at.error(problem, hint="e.g. *.psd (any file of that name) or /drafts (from the build's top)")
+    return value
+
+
+def _smoke_url(at):
+    """smoke.url: where the incoming release answers before the switch, never the live site's /_next."""
+    value = y.string(at, y.URL, "an http:// or https:// URL", allow_none=True)
+    path = "/" + value.split("://", 1)[1].partition("/")[2] if value else ""
+    if re.match(r"^/_next(/|$)", path.split("?")[0]):
+        raise at.error(
+            f"{value!r}: /_next is the live site's own (Next.js keeps its scripts there); the incoming "
+            f"release answers at {PREVIEW}/",
+            hint=f"write the same URL with {PREVIEW}/ for /_next/",
+        )
     return value
 
 
@@ -222,7 +236,7 @@ SECTIONS = {
     },
     "smoke": {
         "commands": y.strings(lambda at: y.string(at)),
-        "url": lambda at: y.string(at, y.URL, "an http:// or https:// URL", allow_none=True),
+        "url": _smoke_url,
         "timeout": lambda at: y.number(at, *SMOKE_TIMEOUT),
     },
     "health": {

@@ -23,6 +23,9 @@ SITE_CONF = """
 <Files "secret.conf">
     Require all denied
 </Files>
+<Directory "@@deploy_to@@/current/status">
+    DirectoryIndex check.html
+</Directory>
 """
 
 
@@ -57,6 +60,8 @@ def protected_build(parent, label):
             ".env": b"DB_PASSWORD=hunter2\n",  # never_serve
             ".git/config": b"[core]\n",
             "sub/.env.local": b"X=1\n",
+            ".envrc": b"export DB_PASSWORD=hunter2\n",  # direnv's
+            "config/.env-production": b"DB_PASSWORD=hunter2\n",
             "public.txt": b"fine\n",
         },
     )
@@ -85,8 +90,9 @@ def test_pinning_never_serves_what_the_site_denies(site_lab, tmp_path):
     # what the site allows is pinned to the live release
     assert get(server, "/public.txt") == (200, release_id, b"fine\n")
     assert get(server, "/")[:2] == (200, release_id)
-    # .git, .env and .env.* answer 404 (never_serve), whatever the site's rules
-    assert [get(server, p)[0] for p in ("/.env", "/.git/config", "/sub/.env.local", "/.ENV")] == [404] * 4
+    # .git and .env* answer 404 (never_serve), whatever the site's rules
+    never = ("/.env", "/.git/config", "/sub/.env.local", "/.ENV", "/.envrc", "/config/.env-production")
+    assert [get(server, p)[0] for p in never] == [404] * 6
 
 
 def test_the_same_paths_are_denied_without_cutovers_rules(site_lab, tmp_path):
@@ -124,7 +130,7 @@ def test_serve_maps_the_site_to_a_folder_of_the_release(tmp_path):
         public.mkdir()
         (public / "index.html").write_text('<meta name="release" content="app"><p>public index</p>\n')
         (public / "app.css").write_text("body{}\n")
-        configure(handle, build, serve="public", smoke={"url": f"{server.url}_next/"})
+        configure(handle, build, serve="public", smoke={"url": f"{server.url}_cutover_next/"})
         result = handle.fab("deploy")
         assert result.returncode == 0, result.stderr
         release_id = current(server)
@@ -142,25 +148,44 @@ def test_the_smoke_preview_answers_only_the_server_itself_and_only_while_a_relea
     server = site_lab.servers[0]
     next_link = Path(server.deploy_to, "next")
     build = make_build(tmp_path, "preview", {"unreleased.txt": b"not released yet\n"})
-    configure(site_lab, build, smoke={"url": f"{server.url}_next/"})
+    configure(site_lab, build, smoke={"url": f"{server.url}_cutover_next/"})
     result = site_lab.fab("deploy")
     assert result.returncode == 0, result.stderr  # the smoke URL answered the server itself
     assert not os.path.lexists(next_link)  # gone after the promote
-    assert get(server, "/_next/unreleased.txt")[0] == 404
+    assert get(server, "/_cutover_next/unreleased.txt")[0] == 404
     # while a release is tested (`next` as the stage points it): the server itself, not a visitor
     os.symlink(f"releases/{current(server)}", next_link)
     try:
-        assert get(server, "/_next/unreleased.txt", source="127.0.0.2")[0] == 403
-        assert get(server, "/_next/unreleased.txt") == (200, None, b"not released yet\n")
+        assert get(server, "/_cutover_next/unreleased.txt", source="127.0.0.2")[0] == 403
+        assert get(server, "/_cutover_next/unreleased.txt") == (200, None, b"not released yet\n")
     finally:
         os.unlink(next_link)
     # a smoke URL that fails: the deploy stops, and the preview is gone too
     broken = make_build(tmp_path, "broken", {"index.html": b"<p>no release name here</p>\n"})
-    configure(site_lab, broken, smoke={"url": f"{server.url}_next/"})
+    configure(site_lab, broken, smoke={"url": f"{server.url}_cutover_next/"})
     failed = site_lab.fab("deploy")
     assert failed.returncode != 0 and "smoke URL failed" in failed.stderr, failed.stderr
     assert not os.path.lexists(next_link)
-    assert get(server, "/_next/")[0] == 404
+    assert get(server, "/_cutover_next/")[0] == 404
+
+
+def test_the_smoke_preview_has_the_sites_rules_for_current(site_lab, tmp_path):
+    """What the site's <Directory current/...> blocks say holds for the release its preview serves:
+    here a DirectoryIndex of its own (without it the preview answers 403 and the deploy stops)."""
+    server = site_lab.servers[0]
+    page = b'<meta name="release" content="status"><p>ok</p>\n'
+    build = make_build(tmp_path, "status", {"status/check.html": page, "private/x.txt": b"secret\n"})
+    configure(site_lab, build, smoke={"url": f"{server.url}_cutover_next/status/"})
+    result = site_lab.fab("deploy")
+    assert result.returncode == 0, result.stderr
+    assert get(server, "/status/")[::2] == (200, page)
+    next_link = Path(server.deploy_to, "next")
+    os.symlink(f"releases/{current(server)}", next_link)  # as the stage points it while a release is tested
+    try:
+        assert get(server, "/_cutover_next/status/") == (200, None, page)
+        assert get(server, "/_cutover_next/private/x.txt")[0] == 403  # <Directory current/private>
+    finally:
+        os.unlink(next_link)
 
 
 def test_check_names_a_site_rule_added_since_setup_and_access_holds_meanwhile(site_lab, tmp_path):

@@ -87,10 +87,19 @@ def test_the_rules_pin_files_keep_shared_entries_on_the_normal_mapping_and_deny_
     assert '"/var/www/site/releases/%1/public/$1" -f' in rules
     assert "RewriteCond ${cutover_escape:/$1} -U" in rules
     assert "RewriteCond $1 !^(uploads)(/|$)" in rules  # storage is outside public/: never reachable
-    assert 'Alias /_next "/var/www/site/next/public"' in rules
+    assert 'Alias /_cutover_next "/var/www/site/next/public"' in rules
     assert apache.document_root(host) == "/var/www/site/current/public"
     pattern = re.compile(apache.never_serve_pattern(host.never_serve), re.I)
-    for path in ("/.env", "/a/.git/config", "/.env.local", "/x/.htaccess", "/.ENV"):
+    for path in (
+        "/.env",
+        "/a/.git/config",
+        "/.env.local",
+        "/x/.htaccess",
+        "/.ENV",
+        "/.envrc",
+        "/a/.env-prod",
+        "/.env_test",
+    ):
         assert pattern.search(path), path
     for path in ("/environment", "/a/git/x", "/.envoy/"):
         assert not pattern.search(path), path

@@ -475,7 +475,7 @@ def test_hostile_values_are_refused_or_quoted(lab1, tmp_path):
 
 def test_smoke_url_checks_the_incoming_release_before_the_switch(lab1, tmp_path):
     server = lab1.servers[0]
-    url = f"{server.url}_next/"
+    url = f"{server.url}_cutover_next/"
     configure(lab1, make_build(tmp_path, "good"), smoke={"url": url})
     result = deploy(lab1)
     assert result.returncode == 0, result.stderr

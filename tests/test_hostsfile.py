@@ -131,6 +131,12 @@ BAD = [
         "defaults.health.url: 'ftp://x' is not an http:// or https:// URL",
     ),
     (
+        "  user: deploy",
+        "  smoke: {url: 'http://127.0.0.1/_next/'}",
+        "defaults.smoke.url: 'http://127.0.0.1/_next/': /_next is the live site's own (Next.js keeps its scripts "
+        "there); the incoming release answers at /_cutover_next/",
+    ),
+    (
         "{host: web1.example.com}",
         "{host: web1.example.com, port: 70000}",
         "hosts.yaml:6: groups.prod[0].port: must be from 1 to 65535",

@@ -60,8 +60,56 @@ class Headers(dict):
         ("http://h/", "text/html", "<p>" + "x" * 2000 + "&lt;?php in a tutorial <?php", None),
         ("http://h/feed.xml", "application/xml", '<?xml version="1.0"?><rss/>', None),
         ("http://h/i.php", "text/html", "<p>PHP ran</p>", None),
+        # a short open tag; Apache without PHP, whose mime.types names no type for .php (Debian's);
+        # the other extensions a handler takes; a type a mime.types gives PHP's source
+        ("http://h/", "text/html", "<? include 'config.php'; ?>\n<html>", "the answer starts with <?"),
+        ("http://h/", "text/html", "\ufeff<?\nrequire 'x.php';", "the answer starts with <?"),
+        (
+            "http://h/",
+            "",
+            "<!doctype html>\n<style>" + "p{}" * 600 + "</style>\n<?php echo $x; ?>",
+            "<?php with no content type",
+        ),
+        ("http://h/shop/", "", "<html>" + "x" * 2000 + "<?= $title ?>", "<?= with no content type"),
+        ("http://h/index.php5", "text/plain", "<html><? echo 1; ?>", "a .php5 URL answered as text/plain"),
+        ("http://h/page.phtml", "", "<ul>\n<? foreach ($a as $b): ?>", "<? with no content type"),
+        ("http://h/", "text/x-php", "echo 1;", "served as text/x-php"),
+        ("http://h/", "application/x-php", "echo 1;", "served as application/x-php"),
+        ("http://h/", "", '<?xml version="1.0"?><rss/>', None),
+        ("http://h/", "text/html", '<?xml version="1.0"?>\n<html>', None),
+        ("http://h/phpinfo", "text/html", "<title>PHP 8.2 - phpinfo()</title>", None),
     ],
+    ids=lambda value: value[:40] if isinstance(value, str) else None,
 )
 def test_php_source_is_told_from_php_output(url, content_type, body, found):
     headers = Headers({"content-type": content_type} if content_type else {})
     assert health.php_source(url, headers, body) == found
+
+
+TEMPLATE = (
+    "<!doctype html>\n<title>Shop</title>\n<style>" + "p { margin: 0 }\n" * 80 + "</style>\n<?php echo 'Shop'; ?>\n"
+)
+
+
+def test_a_template_whose_php_comes_after_its_head_is_found_served_as_source(lab1, tmp_path):
+    """Debian's mime.types names no type for .php: without PHP, Apache serves a page's template as
+    it is, with no Content-Type, and its <?php more than a kilobyte in."""
+    server = lab1.servers[0]  # the default lab: Apache without PHP
+    build = make_build(tmp_path, "template", {"shop/index.php": TEMPLATE.encode()})
+    hosts(lab1, build, "shop/", "Shop")
+    before = current(server)
+    result = lab1.fab("deploy")
+    assert result.returncode == 7, result.stderr
+    assert f"{server.url}shop/ answered PHP source (<?php with no content type): PHP is not running" in result.stderr
+    assert current(server) == before
+
+
+def test_check_asks_index_php_where_the_health_url_is_static(lab1, tmp_path):
+    server = lab1.servers[0]  # the default lab: Apache without PHP
+    build = make_build(tmp_path, "static-health", {"index.php": MARKER.encode()})
+    hosts(lab1, build, "health.txt", None)  # the example site's static health file: passes
+    assert lab1.fab("deploy").returncode == 0
+    checked = lab1.fab("check")
+    assert checked.returncode == 1
+    said = f"{server.url}index.php answered PHP source (the answer starts with <?php): PHP is not running for it"
+    assert said in checked.stdout, checked.stdout

@@ -200,3 +200,56 @@ def test_private_looking_files_are_found_by_name_symlinks_included_and_no_direct
     (root / "schema.sql").write_text("CREATE TABLE page (id int);\n")  # an app's schema, as MediaWiki ships hundreds
     assert private.find(str(root))[0] == files
     assert vcs == [".git"] and stopped is False
+
+
+def test_a_build_that_links_outside_itself_is_refused_naming_each_link(tmp_path):
+    """rsync uploads a link as a link: on the server it leads to whatever that path holds there
+    (an absolute /etc/passwd, or ../../shared/.env from releases/<id>/), and Apache follows it."""
+    build = load_build(tmp_path, exclude=["/local-only"])
+    site = build.path
+    (site / "assets" / "logo.svg").unlink()
+    (site / "assets" / "logo.svg").symlink_to("../index.html")  # inside the build: fine
+    (site / "passwd.txt").symlink_to("/etc/passwd")
+    (site / "assets" / "env.txt").symlink_to("../../../shared/.env")
+    (site / "vendor").symlink_to(tmp_path / "elsewhere")  # a directory, dangling here
+    (site / "local-only").symlink_to("/home")  # left out of the build: never uploaded
+    with pytest.raises(ConfigError) as refused:
+        release.check_build(build)
+    assert str(refused.value).split("\n") == [
+        f"the build {site} holds links that lead outside it: assets/env.txt -> ../../../shared/.env, "
+        f"passwd.txt -> /etc/passwd, vendor -> {tmp_path}/elsewhere; a release would hold the links, which "
+        "Apache follows on the server to whatever that path holds there",
+        "  what to do: copy what they lead to into the build, make it a shared: entry, or leave the link out "
+        "(build.exclude)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, private_",
+    [(".bash_history", True), (".mysql_history", True), (".viminfo", True), ("auth.json", True), (".pypirc", True),
+     ("terraform.tfstate", True), ("terraform.tfstate.backup", True), ("debug.log", True), ("error_log", True),
+     (".s3cfg", True), ("composer.lock", False), ("composer.json", False), ("history.html", False),
+     ("catalog.json", False), ("changelog.txt", False)],
+)  # fmt: skip
+def test_names_that_look_private(name, private_):
+    assert private.looks_private(name) is private_
+
+
+def test_files_in_a_home_directorys_secret_folders_look_private(tmp_path):
+    root = tmp_path / "release"
+    for rel in (".ssh/config", ".aws/credentials", ".gnupg/pubring.kbx", ".docker/config.json", "css/site.css"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x")
+    files, _, _ = private.find(str(root))
+    assert files == [".aws/credentials", ".docker/config.json", ".gnupg/pubring.kbx", ".ssh/config"]
+
+
+def test_a_home_directorys_leftovers_are_never_uploaded(tmp_path):
+    build = load_build(tmp_path)
+    site = build.path
+    for rel in (".bash_history", ".ssh/id_ecdsa", ".aws/credentials", ".gnupg/trustdb.gpg", ".viminfo", "css/.lesshst"):
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text("x")
+    info = release.check_build(build)
+    assert sorted(info.stats) == ["assets/app.js", "assets/logo.svg", "assets/style.css", "assets/theme.3483b4f0.css",
+                                  "health.txt", "index.html", "migrations/migrate.py"]  # fmt: skip

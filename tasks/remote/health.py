@@ -5,6 +5,7 @@ Only http and https URLs are fetched, and every field is checked here, since the
 runs this as root for a caller it does not trust.
 """
 
+import re
 import time
 
 from . import limits
@@ -101,21 +102,31 @@ PHP_NOT_RUNNING = ("PHP is not running for it (mod_php not enabled, or no handle
                    "a2enmod php8.2, or a SetHandler to php-fpm through proxy_fcgi)")
 
 
+PHP_URL = re.compile(r"\.(php\d*|pht|phtml|phar|phps|inc)$", re.I)  # what a PHP handler takes, by name
+PHP_TAG = re.compile(r"<\?(php\b|=|\s)", re.I)  # <?php, <?= and a short open tag (not <?xml)
+
+
 def php_source(url, headers, body):
     """Why this answer is a PHP file's source rather than what PHP prints, or None: Apache without
-    PHP serves index.php as it is (a 200, the site's secrets included)."""
+    PHP serves index.php as it is (a 200, the site's secrets included), with no Content-Type where
+    its mime.types names none for .php (Debian's), or one that says PHP."""
     import urllib.parse
 
     ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
-    if ctype.startswith("application/x-httpd-php"):
+    if "php" in ctype:  # application/x-httpd-php*, text/x-php ...: PHP's own output is never typed so
         return "served as %s" % ctype
     start = body.lstrip("\ufeff \t\r\n")
-    if start[:5].lower() == "<?php" or start[:3] == "<?=":
-        return "the answer starts with %s" % start[:5 if start[:5].lower() == "<?php" else 3]
+    tag = PHP_TAG.match(start)
+    if tag:
+        return "the answer starts with %s" % tag.group(0).strip()
     if "<?php" in body[:PHP_NEAR].lower():
         return "<?php near its start"
-    if urllib.parse.urlsplit(url).path.lower().endswith(".php") and ctype in ("", "text/plain") and "<?" in body:
-        return "a .php URL answered as %s" % (ctype or "no content type")
+    anywhere = PHP_TAG.search(body)
+    if not ctype and anywhere:  # PHP gives what it prints a type (text/html unless told otherwise)
+        return "%s with no content type" % anywhere.group(0).strip()
+    extension = PHP_URL.search(urllib.parse.urlsplit(url).path)
+    if extension and ctype in ("", "text/plain") and "<?" in body:
+        return "a .%s URL answered as %s" % (extension.group(1).lower(), ctype or "no content type")
     return None
 
 

@@ -14,8 +14,11 @@ import urllib.parse
 # Names (matched without regard to case) of files that hold secrets or data, never a page: the
 # hosts file (hosts, ports, SSH user and key path), keys and credentials, database files and
 # dumps, copies of files (wp-config.php.bak, LocalSettings.php~: PHP source served as text) and
-# backup archives. Public keys (.pub) are not among them, nor a plain `*.sql` (applications ship
-# their schema as such: MediaWiki has hundreds), only one named or compressed as a dump.
+# backup archives; tokens of package managers and clouds (Composer's auth.json, .pypirc, .s3cfg),
+# Terraform's state, shell and editor histories, logs (a query or a path in an error). Public keys
+# (.pub) are not among them, nor a plain `*.sql` (applications ship their schema as such: MediaWiki
+# has hundreds), only one named or compressed as a dump; nor composer.lock (the versions
+# composer.json names, public in any case).
 PRIVATE_NAMES = (
     "hosts.yaml", "hosts.yml",
     "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.pem", "*.key", "*.ppk", "*.p12", "*.pfx", "*.jks",
@@ -24,7 +27,11 @@ PRIVATE_NAMES = (
     "*dump*.sql", "*backup*.sql", "*.sql.*", "*.dump", "*.sqlite", "*.sqlite3", "*.db",
     "*.bak", "*.old", "*.orig", "*.save", "*~", "*.swp",
     "*backup*.zip", "*backup*.tar", "*backup*.tar.*", "*backup*.tgz", "*backup*.gz", "*backup*.7z", "*backup*.rar",
+    "auth.json", ".pypirc", ".s3cfg", ".boto", ".dockercfg", ".vault_pass*", "*.tfstate", "*.tfstate.*",
+    ".*_history", ".viminfo", ".lesshst", "*.log", "error_log",
 )  # fmt: skip
+# Folders of a home directory that hold nothing but secrets: every file in them looks private.
+PRIVATE_DIRS = (".ssh", ".aws", ".gnupg", ".docker", ".kube")
 VCS = (".git", ".hg", ".svn", ".bzr", "_darcs")  # left out of releases since; an older deploy may have uploaded them
 PROBED = 30  # private-looking files requested at most
 WALKED = 100000  # entries of the live release looked at, at most
@@ -48,8 +55,9 @@ def find(root):
             if d in VCS:
                 vcs.append(prefix + d)
                 dirs.remove(d)  # its files are no page either: never served (never_serve)
+        secret_dir = any(part in PRIVATE_DIRS for part in prefix.split("/"))
         for name in sorted(names):  # files, and symlinks other than to directories: Apache may follow them
-            if looks_private(name):
+            if secret_dir or looks_private(name):
                 files.append(prefix + name)
         seen += len(dirs) + len(names)
         if seen >= WALKED:

@@ -206,7 +206,7 @@ def op_stage(a):
         try:
             problem = health.problem(dict(smoke["health"], urls=[smoke["url"]]), release_id)
         finally:
-            paths.unpoint(layout.next)  # /_next answers 404 again: the preview exists only while tested
+            paths.unpoint(layout.next)  # /_cutover_next answers 404 again: the preview exists only while tested
         if problem:
             raise Refused("smoke URL failed: %s" % problem, kind="smoke")
     timings["smoke"] = time.monotonic() - t

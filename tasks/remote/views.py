@@ -118,9 +118,26 @@ def _probe(layout, current, probe):
         from . import private
 
         out["private"] = private.probe(os.path.join(layout.release(current), serve or ""), probe["origin"], timeout)
+        out["php_source"] = _php_source(os.path.join(layout.release(current), serve or ""), probe["origin"], verify)
     if probe.get("fallback"):
         out["fallback"] = _probe_fallback(layout, current, probe, timeout)
     return out
+
+
+def _php_source(root, origin, verify):
+    """The site's index.php (where the health URLs ask no PHP: a static /health.txt) answered as its
+    source: [url, why], or None. Asked as any visitor asks the front page."""
+    from . import health
+
+    if not os.path.isfile(os.path.join(root, "index.php")) or any(health.PHP_URL.search(u) for u in verify["urls"]):
+        return None
+    url = origin + "/index.php"
+    try:
+        _status, headers, body = health.get(url, verify["timeout"])
+    except (OSError, ValueError):  # not answered: the front page's probe says so
+        return None
+    why = health.php_source(url, headers, body)
+    return [url, why] if why else None
 
 
 def _probe_fallback(layout, current, probe, timeout):
