@@ -184,6 +184,12 @@ class Upload:
         self.errors.seek(0)
         err = self.errors.read().decode("utf-8", "replace")
         text = b"".join(out).decode("utf-8", "replace")
+        if self.bridge.lost and code != 0:
+            raise RemoteError(
+                f"upload: {self.bridge.lost}",
+                host=host.name,
+                hint="the network to the server or the server itself stopped answering; deploy again once it answers",
+            )
         if self.stalled is not None:
             raise RemoteError(
                 f"upload: no progress for {self.stalled:g} s (no byte moved either way), so it was stopped",
