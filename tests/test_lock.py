@@ -4,12 +4,14 @@ server, whatever became of the run's connection; forced only when nothing of it 
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import configure, current, history, make_build
+from .conftest import PROJECT, configure, current, history, make_build
 from .test_murphy import poll
 
 
@@ -117,3 +119,42 @@ def test_a_switch_whose_run_went_away_is_recorded_by_the_server(lab1, tmp_path):
     rolled = lab1.fab("rollback", "--force-unlock")
     assert rolled.returncode == 0, rolled.stderr
     assert current(server) == before
+
+
+def test_ctrl_c_while_the_lock_step_links_the_live_release_leaves_the_lock_free(lab1, tmp_path):
+    """Ctrl-C while the server takes the lock and links the live release into the incoming one: the
+    server took the lock, but its answer never came. The run's way out must release it all the same
+    (and remove what it made), not leave it to --force-unlock while saying the site is unchanged."""
+    server = lab1.servers[0]
+    many = {f"pages/p{i:05}.html": b"page\n" for i in range(20000)}
+    configure(lab1, make_build(tmp_path, "big", extra=many))
+    assert lab1.fab("deploy").returncode == 0
+    live = current(server)
+    configure(lab1, make_build(tmp_path, "next", extra=many))
+    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    fab = subprocess.Popen(
+        [sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    releases_dir = Path(server.deploy_to, "releases")
+    agent = None
+    try:
+        assert poll(lambda: any(n.startswith(".prelink-") for n in os.listdir(releases_dir)), seconds=30)
+        agent = json.loads(Path(server.deploy_to, ".cutover", "lock", "owner.json").read_text())["agent_pid"]
+        os.kill(agent, signal.SIGSTOP)  # the lock step is under way on the server, its answer not sent
+        fab.send_signal(signal.SIGINT)
+        out, err = fab.communicate(timeout=60)
+    finally:
+        if agent is not None:
+            os.kill(agent, signal.SIGCONT)
+        if fab.poll() is None:
+            fab.kill()
+    assert fab.returncode == 130, err
+    assert "interrupted" in err
+    # the interrupted step's server side ends with the connection; then nothing of the run is left
+    assert poll(lambda: _gone(agent), seconds=20)
+    assert not Path(server.deploy_to, ".cutover", "lock").exists(), err
+    assert [n for n in os.listdir(releases_dir) if n.startswith(".")] == []
+    assert current(server) == live
+    assert history(server)[-1]["result"] == "failed"
+    assert lab1.fab("deploy").returncode == 0, "the next deploy needs no --force-unlock"
