@@ -158,3 +158,26 @@ def test_ctrl_c_while_the_lock_step_links_the_live_release_leaves_the_lock_free(
     assert current(server) == live
     assert history(server)[-1]["result"] == "failed"
     assert lab1.fab("deploy").returncode == 0, "the next deploy needs no --force-unlock"
+
+
+def test_a_command_past_its_timeout_is_stopped_with_what_it_started_in_a_session_of_its_own(tmp_path):
+    """A migration that starts a child in a new session (setsid: out of its process group), which
+    keeps the command's output open: at the timeout that child is stopped too, and the step ends
+    then, instead of waiting for the child to close the output (for ever, for a daemon)."""
+    from tasks.remote import commands
+    from tasks.remote.protocol import Refused
+
+    pids = tmp_path / "pids"
+    command = f"setsid sleep 30 & echo $! > {pids}; sleep 30"
+    t = time.monotonic()
+    with pytest.raises(Refused) as timed_out:
+        commands.run_command("migration", command, str(tmp_path), {}, 1, kind="migration")
+    took = time.monotonic() - t
+    escaped = int(pids.read_text())
+    try:
+        assert took < 10, f"the step waited {took:.0f} s for a child that left the command's process group"
+        assert str(timed_out.value) == f"migration {command!r} timed out after 1s; it was stopped, with what it started"
+        assert poll(lambda: _gone(escaped), seconds=5), "the child in a session of its own still runs"
+    finally:
+        if not _gone(escaped):
+            os.kill(escaped, signal.SIGKILL)

@@ -3,9 +3,11 @@
 Each runs in a process group of its own, recorded in the lock while it runs (lock.working), so
 that a run whose connection is gone still holds its lock until its command has ended: a second
 run can never start a migration beside one still running. A command that outlives its timeout
-is killed with everything it started.
+is killed with everything it started: its process group, and what left the group (setsid, a
+daemon's double fork) found by the mark in its environment (CUTOVER_COMMAND_ID).
 """
 
+import binascii
 import os
 import signal
 import time
@@ -14,6 +16,8 @@ from . import lock
 from .protocol import Refused
 
 OUTPUT_KEPT = 3000  # characters of a failed command's output sent back
+MARK = "CUTOVER_COMMAND_ID"  # in every command's environment: what it started carries it
+KILL_WAIT_S = 5  # seconds a killed command's output may take to end
 
 
 def tail(text, limit=OUTPUT_KEPT):
@@ -54,9 +58,11 @@ def run_command(what, command, cwd, env, timeout, kind=None, user=None, layout=N
     import subprocess  # only the steps that run commands start processes
 
     prefix, preexec, user_env = _as_user(user) if user else ([], None, {})
+    mark = "%d-%s" % (os.getpid(), binascii.hexlify(os.urandom(6)).decode())
     proc = subprocess.Popen(
-        prefix + ["/bin/sh", "-c", command], cwd=cwd, env=dict(os.environ, **user_env, **env), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec, start_new_session=True,
+        prefix + ["/bin/sh", "-c", command], cwd=cwd, env=dict(os.environ, **user_env, **env, **{MARK: mark}),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec,
+        start_new_session=True,
     )
     if layout is not None:
         lock.working_on(layout, what, command, proc.pid)
@@ -65,7 +71,16 @@ def run_command(what, command, cwd, env, timeout, kind=None, user=None, layout=N
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             _kill_group(proc.pid)
-            out, _ = proc.communicate()
+            _kill_marked(mark)
+            try:
+                out, _ = proc.communicate(timeout=KILL_WAIT_S)
+            except subprocess.TimeoutExpired:
+                # what still holds the output is out of reach (another user's, its environment
+                # cleared): the step ends all the same, without the rest of the output
+                proc.kill()
+                proc.stdout.close()
+                proc.wait()
+                out = b"(the output was not read to its end: a process the command started still holds it)"
             raise Refused("%s %r timed out after %ss; it was stopped, with what it started" % (what, command, timeout),
                           kind=kind, output=tail(out.decode("utf-8", "replace"), kept))
     finally:
@@ -86,6 +101,27 @@ def _kill_group(pgid):
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass  # ended already, or another user's process that sudo started: sudo ends it with its child
+
+
+def _kill_marked(mark, rounds=3):
+    """SIGKILL every process whose environment carries this command's mark (what left its process
+    group); a few rounds, for a daemon that forks while it is looked for."""
+    wanted = ("%s=%s" % (MARK, mark)).encode()
+    for _ in range(rounds):
+        found = 0
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open("/proc/%s/environ" % name, "rb") as f:
+                    marked = wanted in f.read().split(b"\0")
+                if marked:
+                    os.kill(int(name), signal.SIGKILL)
+                    found += 1
+            except (OSError, ValueError):
+                pass  # gone since the listing, or another user's: not ours to see or kill
+        if not found:
+            return
 
 
 def run_hooks(point, commands, cwd, env, timeout, layout=None):
