@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PROJECT, configure, current, history, make_build
+from .conftest import PROJECT, configure, current, history, make_build, stopped_httpd
 from .test_murphy import poll
 
 
@@ -181,3 +181,59 @@ def test_a_command_past_its_timeout_is_stopped_with_what_it_started_in_a_session
     finally:
         if not _gone(escaped):
             os.kill(escaped, signal.SIGKILL)
+
+
+def test_ctrl_c_during_the_switch_records_the_run_once_as_it_ended(lab1, tmp_path):
+    """Ctrl-C while the server switches: the client switches back, and its abort records the run
+    as failed and frees the lock. The server that made the switch, whose answer was never read,
+    must not add a line of its own saying the release went live and the lock stays."""
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "c1"))
+    assert lab1.fab("deploy").returncode == 0
+    before = current(server)
+    configure(lab1, make_build(tmp_path, "c2"))
+    env = dict(
+        os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), XDG_CACHE_HOME=str(tmp_path / "cache"),
+        CUTOVER_TEST="1", CUTOVER_TEST_HOLD_PAUSE_MS="2000",
+    )  # fmt: skip
+    fab = subprocess.Popen(
+        [sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert poll(lambda: stopped_httpd(server) != [], seconds=30), "the switch's pause never came"
+        fab.send_signal(signal.SIGINT)  # inside the pause: the server has renamed, its answer is not sent
+        out, err = fab.communicate(timeout=60)
+    finally:
+        if fab.poll() is None:
+            fab.kill()
+    assert fab.returncode == 130, err
+    assert current(server) == before
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()
+    # whatever the server side that made the switch does once its client is gone, it has done
+    assert poll(lambda: _sessions_processes(server) == [], seconds=20), _sessions_processes(server)
+    mine = [e for e in history(server) if e.get("release") not in (None, before) or e.get("result") == "failed"]
+    said = [(e["event"], e["result"], e.get("error")) for e in mine]
+    assert said == [("deploy", "failed", "interrupted (Ctrl-C)")], mine
+    assert "note" not in mine[0]
+
+
+def _parent(pid):
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        return 0
+
+
+def _sessions_processes(server):
+    """Processes the lab server's sshd started for its logins (sessions, agents, commands)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == server.sshd_pid:
+            continue
+        pid = int(name)
+        while pid > 1 and pid != server.sshd_pid:
+            pid = _parent(pid)
+        if pid == server.sshd_pid:
+            found.append(int(name))
+    return found

@@ -3,7 +3,7 @@ it should the client go away before the run's finish or abort step (a killed fab
 cable): history then names the release this server made live although the run never finished.
 The sudo helper runs swap.py's op itself; it serves one call and records nothing."""
 
-from . import finish, paths, protocol, swap
+from . import finish, lock, paths, protocol, swap
 
 
 def op_swap(a):
@@ -25,5 +25,6 @@ def _until_finished(a, result):
     if a.get("restore"):
         protocol.settled(key(layout))  # a switch back: the run's abort records the run
     else:
-        protocol.at_disconnect(key(layout), lambda: finish.record_left(layout, result))
+        token = (lock.owner(layout) or {}).get("token")  # the run this switch belongs to
+        protocol.at_disconnect(key(layout), lambda: finish.record_left(layout, result, token))
     return result
