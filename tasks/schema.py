@@ -219,7 +219,7 @@ SECTIONS = {
     },
     "maintenance": {
         "allow": y.strings(lambda at: y.string(at, y.ADDRESS, "an IP address or network (127.0.0.1, 10.0.0.0/8)")),
-        "health_path": lambda at: y.string(at, y.URL_PATH, "a y.URL path such as /health", allow_none=True),
+        "health_path": lambda at: y.string(at, y.URL_PATH, "a URL path such as /health", allow_none=True),
         "retry_after": lambda at: y.number(at, *limits.RETRY_AFTER, integer=True),
         "message": lambda at: y.string(at),
     },
@@ -274,7 +274,7 @@ SETTINGS = {
     "readable": y.strings(y.relpath),
     "keep_backups": lambda at: y.number(at, *KEEP_BACKUPS, integer=True),
     "web_user": lambda at: y.string(at, y.SAFE_USER, "a user name (letters, digits, _ . -)"),
-    "protected": y.strings(lambda at: y.string(at, y.URL_PATH, "a y.URL path such as /private/")),
+    "protected": y.strings(lambda at: y.string(at, y.URL_PATH, "a URL path such as /private/")),
     "serve": lambda at: None if y.scalar(at) is None else y.relpath(at),
     "never_serve": y.strings(y.never_serve),
 }
