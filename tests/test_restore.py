@@ -7,6 +7,7 @@ import os
 import pwd
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,36 @@ def test_a_restore_writes_only_the_entries_hosts_yaml_still_shares(lab1, tmp_pat
     assert restored.returncode == 0, restored.stderr
     assert cache.read_text() == "written since\n"
     assert "cache not restored: hosts.yaml no longer shares it" in restored.stdout
+
+
+def test_the_backup_before_a_migration_whose_run_was_killed_stays_until_a_migration_succeeds(lab1, tmp_path):
+    """fab killed during its migration writes no deploy line: the backup it took first must stay
+    protected all the same (keep_backups: 1), through a `fab backup` and a retry that fails, and
+    `fab backups` must say why."""
+    server = lab1.servers[0]
+    data = {"databases": [{"name": "data", "kind": "sqlite", "path": "shared/db/data.sqlite"}], "hold": 0}
+    base = {"shared": ["media", "db"], "keep_backups": 1, "backups": data}
+    configure(lab1, make_build(tmp_path, "k1", {"db/.keep": b""}), **base)
+    assert lab1.fab("deploy").returncode == 0
+    db = Path(server.deploy_to, "shared", "db", "data.sqlite")
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE t (v TEXT)")
+        con.execute("INSERT INTO t VALUES ('original')")
+    slow = {"command": f"sqlite3 {db} \"UPDATE t SET v = 'half-migrated'\" && sleep 3 && exit 1"}
+    configure(lab1, make_build(tmp_path, "k2"), migrate=slow, **base)
+    killed = lab1.fab("deploy", "--migrate", env={"CUTOVER_TEST_KILL_AT": "migrate:0.5"})
+    assert killed.returncode == -9
+    first = last_backup(server)
+    deadline = time.monotonic() + 30  # the killed run's migration runs on to its end, holding the lock
+    while (retry := lab1.fab("deploy", "--migrate", "--force-unlock")).returncode == 5:
+        assert time.monotonic() < deadline, retry.stderr
+        time.sleep(0.5)
+    assert retry.returncode == 8, retry.stderr
+    assert lab1.fab("backup").returncode == 0
+    assert first in backups_of(server), "the backup taken before the killed run's migration was pruned"
+    row = next(line for line in lab1.fab("backups").stdout.splitlines() if line.startswith(first))
+    assert "before a migration whose run did not finish, until one succeeds" in row
+    restored = lab1.fab("restore", "--backup", first)
+    assert restored.returncode == 0, restored.stderr
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT v FROM t").fetchall() == [("original",)]

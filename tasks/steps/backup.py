@@ -93,14 +93,15 @@ def seal(run, backup_id):
     in_parallel(run.hosts, one)
 
 
-def complete(run, backup_id, label, protect=()):
-    """The manifest written and checked: the backup complete; old ones beyond keep_backups removed."""
+def complete(run, backup_id, label, protect=(), migration=None):
+    """The manifest written and checked: the backup complete; old ones beyond keep_backups removed.
+    migration: the release whose migration follows (the backup stays until a migration succeeds)."""
 
     def one(r):
         answer = r.call(
             "backup", "backup", timeout=BACKUP_TIMEOUT, token=run.who["token"], backup_id=backup_id,
             phase="complete", shared=list(r.host.shared), keep=r.host.keep_backups, label=label,
-            protect=list(protect),
+            protect=list(protect), migration=migration,
         )  # fmt: skip
         removed = f"; removed {count(len(answer['removed']), 'old backup')}" if answer["removed"] else ""
         say(
@@ -146,7 +147,7 @@ def take(run, backup_id, message="We are taking a backup and will be back in a m
     return held
 
 
-def take_complete(run, backup_id, label, message, protect=()):
+def take_complete(run, backup_id, label, message, protect=(), migration=None):
     """A complete backup with writers still held off after it (for a migration or a restore that
     follows); on a failure, nothing is left of it and maintenance is off again."""
     try:
@@ -155,7 +156,7 @@ def take_complete(run, backup_id, label, message, protect=()):
         discard(run, backup_id)
         raise
     try:
-        complete(run, backup_id, label, protect)
+        complete(run, backup_id, label, protect, migration)
     except BaseException as exc:
         discard(run, backup_id)
         end_after_failure(run, held, exc)
