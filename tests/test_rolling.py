@@ -10,6 +10,8 @@ from lab.balancer import haproxy
 
 from .conftest import configure, current, make_build, start_lab, stop_lab
 
+DRAINED = 0x08  # srv_admin_state's bit for a drain set through the runtime API
+
 
 @pytest.fixture(scope="module")
 def lab3():
@@ -33,6 +35,27 @@ def test_a_server_the_operator_had_in_maintenance_stays_there(lab3, tmp_path):
     assert "[lab2] drain" in result.stdout and "in maintenance (MAINT) in web: left as it is" in result.stdout
     assert "[lab2] enable" in result.stdout and "left in MAINT, as it was" in result.stdout
     assert len({current(s) for s in lab3.servers}) == 1  # a server in maintenance is deployed to all the same
+
+
+def test_a_server_the_operator_drained_stays_drained_while_its_health_check_fails(lab3, tmp_path):
+    # HAProxy's `show stat` says DOWN for a server whose check fails, whatever its admin state: the
+    # operator's drain is behind it (show servers state), and must be there after the deploy too
+    with haproxy(lab3.lab, down=["lab2"]) as hp:
+        configure(lab3, make_build(tmp_path, "rd-old"))
+        assert lab3.fab("deploy").returncode == 0
+        assert hp.admin("set server web/lab2 state drain") == "\n"
+        deadline = time.monotonic() + 10
+        while hp.states()["lab2"] != "DOWN":
+            assert time.monotonic() < deadline, hp.states()
+            time.sleep(0.1)
+        assert hp.admin_states()["lab2"] & DRAINED
+        configure(lab3, make_build(tmp_path, "rd-new"), balancer={"via": "lab1", "socket": hp.socket, "backend": "web"})
+        result = lab3.fab("deploy", "--batch", "1")
+        after = hp.admin_states()
+    assert result.returncode == 0, result.stderr
+    assert after["lab2"] & DRAINED, f"the operator's drain of lab2 is gone: {after}"
+    assert after["lab1"] == 0 and after["lab3"] == 0, after
+    assert "[lab2] enable" in result.stdout and "left in DRAIN, as it was" in result.stdout
 
 
 def test_a_server_whose_switch_is_unknown_stays_drained_and_is_named(lab3, tmp_path):
