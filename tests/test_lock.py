@@ -237,3 +237,44 @@ def _sessions_processes(server):
         if pid == server.sshd_pid:
             found.append(int(name))
     return found
+
+
+def test_two_force_unlocks_at_once_clear_the_dead_lock_once_and_neither_fails(tmp_path, monkeypatch):
+    """Two runs force the same dead lock at the same instant: one clears it (and records that), the
+    other finds it gone, which is no failure: there is nothing left to clear."""
+    from tasks.agent import LocalAgent
+    from tasks.remote import lock
+    from tasks.remote.paths import Layout
+
+    site = Layout(str(tmp_path / "site"))
+    LocalAgent().call("setup", {"deploy_to": site.deploy_to, "rules": "# rules\n", "serve": ""})
+    dead = {"user": "alice", "local_host": "laptop", "pid": 1, "command": "deploy", "token": "dead"}
+    lock.take(site, dead)
+    with open(site.owner) as f:
+        record = json.load(f)
+    record.update(session_pid=2**22 + 1, session_start=1, agent_pid=2**22 + 1, agent_start=1)  # long gone
+    with open(site.owner, "w") as f:
+        json.dump(record, f)
+    real_owner = lock.owner
+    raced = []
+
+    def owner_then_the_other_clears_it(layout):
+        found = real_owner(layout)
+        if not raced:  # the other --force-unlock gets in between this one's look and its rename
+            raced.append(None)
+            raced[0] = LocalAgent().call("unlock", {"deploy_to": site.deploy_to, "force": True,
+                                                    "who": {"user": "bob", "local_host": "b", "token": "second"}})  # fmt: skip
+        return found
+
+    monkeypatch.setattr(lock, "owner", owner_then_the_other_clears_it)
+    answer = LocalAgent().call("unlock", {"deploy_to": site.deploy_to, "force": True,
+                                          "who": {"user": "carol", "local_host": "c", "token": "first"}})  # fmt: skip
+    assert raced[0]["released"] is True
+    assert answer == {"released": False, "owner": None}
+    assert not os.path.lexists(site.lock)
+    assert [e["event"] for e in history_lines(site)] == ["force-unlock"]
+
+
+def history_lines(site):
+    with open(site.history) as f:
+        return [json.loads(line) for line in f]
