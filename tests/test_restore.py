@@ -261,3 +261,29 @@ def test_the_backup_before_a_migration_whose_run_was_killed_stays_until_a_migrat
     assert restored.returncode == 0, restored.stderr
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT v FROM t").fetchall() == [("original",)]
+
+
+def test_the_backup_of_the_data_before_a_restore_whose_run_was_killed_stays_until_a_restore_succeeds(lab1, tmp_path):
+    """fab killed once the restore has saved the data as it was (keep_backups: 1): that backup is
+    the only way back, and must survive the next `fab backup`, with `fab backups` saying why."""
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "x1"), keep_backups=1, backups={"hold": 0})
+    assert lab1.fab("deploy").returncode == 0
+    photo = Path(server.deploy_to, "shared", "media", "photo.txt")
+    photo.write_text("as backed up\n")
+    assert lab1.fab("backup").returncode == 0
+    old = last_backup(server)
+    photo.write_text("written since\n")
+    killed = lab1.fab("restore", "--backup", old, env={"CUTOVER_TEST_KILL_AT": "restore"})
+    assert killed.returncode == -9, killed.stderr
+    before = last_backup(server)  # the data as it was before the restore: "written since"
+    assert before != old
+    assert lab1.fab("backup", "--force-unlock").returncode == 0
+    assert before in backups_of(server), "the data as it was before the killed restore was pruned"
+    assert old in backups_of(server), "the backup the killed restore was putting back was pruned"
+    rows = lab1.fab("backups").stdout.splitlines()
+    assert "the data before a restore that did not finish, until one succeeds" in next(r for r in rows if r.startswith(before))
+    assert "what a restore that did not finish restores, until one succeeds" in next(r for r in rows if r.startswith(old))
+    rerun = lab1.fab("restore", "--backup", old)  # the restore, run again, finishes
+    assert rerun.returncode == 0, rerun.stderr
+    assert photo.read_text() == "as backed up\n"
