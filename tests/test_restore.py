@@ -282,8 +282,12 @@ def test_the_backup_of_the_data_before_a_restore_whose_run_was_killed_stays_unti
     assert before in backups_of(server), "the data as it was before the killed restore was pruned"
     assert old in backups_of(server), "the backup the killed restore was putting back was pruned"
     rows = lab1.fab("backups").stdout.splitlines()
-    assert "the data before a restore that did not finish, until one succeeds" in next(r for r in rows if r.startswith(before))
-    assert "what a restore that did not finish restores, until one succeeds" in next(r for r in rows if r.startswith(old))
+    assert "the data before a restore that did not finish, until one succeeds" in next(
+        r for r in rows if r.startswith(before)
+    )
+    assert "what a restore that did not finish restores, until one succeeds" in next(
+        r for r in rows if r.startswith(old)
+    )
     rerun = lab1.fab("restore", "--backup", old)  # the restore, run again, finishes
     assert rerun.returncode == 0, rerun.stderr
     assert photo.read_text() == "as backed up\n"
