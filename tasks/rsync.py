@@ -1,8 +1,10 @@
 """rsync into the incoming release dir, over a channel of the host's own SSH connection
 (tasks/bridge.py)."""
 
+import os
 import re
 import shlex
+import signal
 import subprocess
 import tempfile
 import threading
@@ -131,6 +133,10 @@ class Upload:
         """Stop a running rsync (the deploy failed); its server side then exits too."""
         if self.proc.poll() is None:
             self.proc.terminate()
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)  # a stopped rsync (Ctrl-Z) acts on SIGTERM only once continued
+            except ProcessLookupError:
+                pass  # it has ended already (and not been waited for: the pid is still ours)
             try:
                 self.proc.wait(timeout=STOP_WAIT)
             except subprocess.TimeoutExpired:

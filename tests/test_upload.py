@@ -207,3 +207,24 @@ def test_an_upload_whose_connection_goes_silent_mid_transfer_ends_once_the_keepa
     # resumed, the server finds the connection closed: its rsync ends too
     wait_until(lambda: _rsync_processes(server) == [], "the server's rsync to end", 30)
     shutil.rmtree(dest)
+
+
+def test_stopping_an_upload_whose_rsync_is_stopped_ends_it_at_once(lab1, tmp_path):
+    # Ctrl-C or a failed host while the local rsync is stopped (Ctrl-Z, a machine too loaded):
+    # a stopped process acts on SIGTERM only once continued; the way out must not wait its 5 s
+    server, host = lab1.servers[0], lab1.host()
+    dest = Path(server.deploy_to, "releases", ".incoming-stopped")
+    conn = ssh.connect(host)
+    try:
+        upload = rsync.Upload.start(host, conn, make_build(tmp_path, "s"), str(dest), when_ready=True)
+        wait_until(lambda: _rsync_processes(server) != [] and len(_rsync_processes(server)) >= 3, "rsync on both ends")
+        time.sleep(0.5)  # rsync's own signal handlers in place: it waits for the server's incoming dir
+        os.kill(upload.proc.pid, signal.SIGSTOP)
+        t = time.monotonic()
+        upload.stop()
+        took = time.monotonic() - t
+    finally:
+        conn.close()
+    assert upload.proc.returncode == 20, upload.proc.returncode  # rsync's own exit on SIGTERM, not a SIGKILL
+    assert took < 2, took
+    wait_until(lambda: _rsync_processes(server) == [], "the upload's processes on both ends to end", 10)
