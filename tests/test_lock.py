@@ -278,3 +278,62 @@ def test_two_force_unlocks_at_once_clear_the_dead_lock_once_and_neither_fails(tm
 def history_lines(site):
     with open(site.history) as f:
         return [json.loads(line) for line in f]
+
+
+@pytest.fixture
+def helper_user(lab1):
+    """A deploy user who is not root, who owns lab1's deploy_to and swaps through the sudo helper
+    (installed by `fab setup`); its sudoers line, the helper files setup made and the user removed
+    afterwards."""
+    import pwd
+    import shutil
+
+    from tasks import agent
+
+    if shutil.which("sudo") is None or shutil.which("useradd") is None:
+        pytest.skip("sudo or useradd is not installed (make install adds sudo)")
+    name = f"cutover-h{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-M", "-s", "/bin/sh", "-p", "*", name], check=True)
+    server = lab1.servers[0]
+    uid = pwd.getpwnam(name).pw_uid
+    for path in [server.deploy_to, *(str(p) for p in Path(server.deploy_to).rglob("*"))]:
+        os.lchown(path, uid, uid)
+    sudoers = Path(f"/etc/sudoers.d/{name}")
+    helper, config = Path(agent.HELPER), Path("/etc/cutover/helper.json")
+    created = [p for p in (helper, config, helper.parent, config.parent) if not p.exists()]
+    run_dir = Path("/run/cutover")
+    run_dir_created = not run_dir.exists()
+    yield name, sudoers
+    sudoers.unlink(missing_ok=True)
+    for path in created:
+        if path.is_dir():
+            path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
+    if run_dir_created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    subprocess.run(["userdel", "-f", name], check=True)
+
+
+def test_a_switch_through_the_sudo_helper_whose_run_went_away_is_recorded_by_the_server(lab1, helper_user, tmp_path):
+    """As for root: fab killed after the helper switched, before its finish step, the server's
+    history still names the release that went live (the helper itself records nothing)."""
+    from tasks import agent
+
+    name, sudoers = helper_user
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "u1"), user=name)
+    setup = lab1.fab("setup")
+    assert setup.returncode == 0, setup.stderr
+    sudoers.write_text(f"{name} ALL=(root) NOPASSWD: /usr/bin/python3 -I -S {agent.HELPER} swap *\n")
+    sudoers.chmod(0o440)
+    assert lab1.fab("deploy").returncode == 0
+    before = current(server)
+    configure(lab1, make_build(tmp_path, "u2"), user=name)
+    killed = lab1.fab("deploy", env={"CUTOVER_TEST_KILL_AT": "finish"})
+    assert killed.returncode == -signal.SIGKILL
+    assert current(server) != before
+    assert poll(lambda: history(server)[-1].get("release") == current(server), seconds=20), history(server)[-1]
+    line = history(server)[-1]
+    assert (line["event"], line["release"], line["old"], line["result"]) == ("deploy", current(server), before, "ok")
+    assert line["note"] == "its run went away after the switch; the lock stays until --force-unlock"

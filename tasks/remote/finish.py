@@ -136,12 +136,13 @@ def _run_fields(a, held, release_id):
     }
 
 
-def record_left(layout, result, token):
+def record_left(layout, result, token, only_if_live=False):
     """The history line of a run whose client went away after this server's switch (result: the
     swap's answer); the run never finished, so its lock stays. A client that is still connected
     gave up only this agent (Ctrl-C while the switch ran): it goes on through another one, and
     its own finish or abort records the run; so this waits for the run's connection to end, and
-    records nothing once the run has released its lock (token)."""
+    records nothing once the run has released its lock (token). only_if_live: nothing either unless
+    the switch's release is live then (a switch through the helper, whose answer this agent never saw)."""
     import time
 
     held = lock.held_by(layout, token) if token else lock.owner(layout)
@@ -151,6 +152,8 @@ def record_left(layout, result, token):
         held = lock.held_by(layout, token) if token else held
     if held is None:
         return  # the run's finish or abort released its lock, and recorded the run
+    if only_if_live and paths.current_release(layout) != result.get("new"):
+        return  # the helper did not switch, or switched back: nothing went live
     back = bool(result.get("swapped_back"))
     error = "health check failed after the switch: %s; switched back" % result.get("health") if back else None
     history.record(layout, held.get("command") or "deploy", held, "failed" if back else "ok",

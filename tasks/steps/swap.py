@@ -34,6 +34,8 @@ def switch(r, step, release_id, verify, restore=False, arm=False):
     arm: the swap process prepares and waits for go() (not through the sudo helper)."""
     h = r.host
     if r.uses_helper:
+        if not restore:  # the helper records nothing: should this run go away, the agent records the switch
+            r.call(step, "helper_switch", release_id=release_id)
         # the helper takes the rest (pidfile, pause_timeout, health settings) from its registration
         args = {
             "deploy_to": h.deploy_to,
