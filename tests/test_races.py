@@ -104,3 +104,38 @@ def test_a_restore_of_a_database_never_writes_through_a_symlink_the_web_user_pla
     assert not victim.exists(), f"written through the web user's symlink, restore {len(outcomes)}: {outcomes[-3:]}"
     assert "restored" in outcomes, outcomes[:10]
     assert all(o == "restored" or "symlink" in o for o in outcomes), sorted(set(outcomes))
+
+
+def test_a_swap_that_waits_for_an_earlier_one_switches_from_what_that_one_made_live(tmp_path):
+    """A swap waits while an earlier swap of the site still runs (a dead run's, detached); the
+    release it switches away from, reports as old and would switch back to, is the one live when
+    it starts switching, not the one live when it began to wait."""
+    import threading
+
+    from tasks.remote import procs
+
+    layout = Layout(str(tmp_path / "site"))
+    LocalAgent().call("setup", {"deploy_to": layout.deploy_to, "rules": "# rules\n", "serve": ""})
+    ids = ["20261101T000000.000Z-aaaaaaa", "20261102T000000.000Z-bbbbbbb", "20261103T000000.000Z-ccccccc"]
+    for rid in ids:
+        Path(layout.release(rid)).mkdir()
+    paths.point(layout.current, f"releases/{ids[0]}")
+    earlier = subprocess.Popen(["sleep", "30"])  # stands for the earlier swap, still running
+    try:
+        Path(layout.swap_pid).write_text(f"{earlier.pid} {procs.start_time(earlier.pid)}\n")
+        answer = {}
+        later = threading.Thread(target=lambda: answer.update(
+            LocalAgent().call("swap", {"deploy_to": layout.deploy_to, "release_id": ids[2], "pause": "none"})))  # fmt: skip
+        later.start()
+        time.sleep(0.5)  # it waits for the earlier swap
+        assert later.is_alive()
+        paths.point(layout.current, f"releases/{ids[1]}")  # what the earlier swap made live
+        earlier.kill()
+        earlier.wait()
+        later.join(timeout=20)
+    finally:
+        if earlier.poll() is None:
+            earlier.kill()
+            earlier.wait()
+    assert (answer["old"], answer["new"]) == (ids[1], ids[2]), answer
+    assert os.readlink(layout.current) == f"releases/{ids[2]}"
