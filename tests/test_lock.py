@@ -337,3 +337,27 @@ def test_a_switch_through_the_sudo_helper_whose_run_went_away_is_recorded_by_the
     line = history(server)[-1]
     assert (line["event"], line["release"], line["old"], line["result"]) == ("deploy", current(server), before, "ok")
     assert line["note"] == "its run went away after the switch; the lock stays until --force-unlock"
+
+
+def test_a_lock_that_is_a_symlink_is_never_forced_through(tmp_path):
+    """.cutover/lock replaced by a symlink to a directory with a dead owner's record: no lock
+    Cutover made. --force-unlock refuses it, naming it, and changes nothing (it used to rename the
+    link aside and then fail on it)."""
+    from tasks.agent import LocalAgent
+    from tasks.errors import RemoteError
+    from tasks.remote.paths import Layout
+
+    site = Layout(str(tmp_path / "site"))
+    LocalAgent().call("setup", {"deploy_to": site.deploy_to, "rules": "# rules\n", "serve": ""})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "owner.json").write_text(json.dumps({"user": "x", "local_host": "y", "command": "deploy",
+                                                      "token": "dead", "session_pid": 2**22 + 1, "session_start": 1}))  # fmt: skip
+    os.symlink(elsewhere, site.lock)
+    before = sorted(os.listdir(site.meta))
+    with pytest.raises(RemoteError) as refused:
+        LocalAgent().call("unlock", {"deploy_to": site.deploy_to, "force": True,
+                                     "who": {"user": "me", "local_host": "h", "token": "mine"}})  # fmt: skip
+    assert f"the lock {site.lock} is a symlink (to {elsewhere})" in refused.value.message
+    assert sorted(os.listdir(site.meta)) == before
+    assert os.path.islink(site.lock) and sorted(os.listdir(elsewhere)) == ["owner.json"]

@@ -189,6 +189,10 @@ def op_unlock(a):
         raise Refused("the lock token %r is not one Cutover makes (letters, digits, _ and -)" % (token,))
     if not a.get("force"):
         return {"released": release(layout, token)}
+    if os.path.islink(layout.lock):  # never made by Cutover, and no record of it tells anything
+        raise Refused("the lock %s is a symlink (to %s), which Cutover never makes; nothing was removed"
+                      % (layout.lock, os.readlink(layout.lock)),
+                      hint="if no deploy is running on this server, remove the symlink by hand: rm %s" % layout.lock)
     held = owner(layout)
     if held is None:
         return {"released": False, "owner": None}
