@@ -13,6 +13,7 @@ from .steps.finish import abort, finish
 from .steps.lock import force_unlock as clear_lock
 from .steps.lock import lock, unlock
 from .steps.swap import swap
+from .testhooks import fault_point
 
 LABEL_MAX = 200  # characters of --label
 
@@ -129,9 +130,12 @@ def restore(c, backup=None, data_only=False, force_unlock=False):
         run.release_id = _release(run, backup, checked, data_only)
         # what the restore replaces is saved first: a restore loses nothing and can itself be undone
         message = "We are restoring the site and will be back shortly."
-        held = backup_step.take_complete(run, before, f"before restoring {backup}", message, protect=[backup])
+        held = backup_step.take_complete(
+            run, before, f"before restoring {backup}", message, protect=[backup], restoring=backup
+        )
         run.backup = before
         started = True
+        fault_point("restore")
         for r, answer in in_parallel(run.hosts, lambda r: _restore(run, r, backup, data_only)):
             say(r.host, "restore", answer["seconds"], _restored(r, answer))
         if any(r.current != run.release_id for r in run.hosts):
