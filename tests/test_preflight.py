@@ -149,6 +149,29 @@ def test_a_sudo_that_asks_a_password_at_the_switch_says_nothing_was_switched(lab
     assert not Path(server.deploy_to, ".cutover", "lock").exists()
 
 
+def test_a_live_release_failing_while_another_run_holds_the_lock_is_left_to_the_lock_step(lab1, tmp_path):
+    """Another run holds the lock (its swap may pause httpd or switch the live release under the
+    check): a failing live health check is not blamed on the site; the lock step refuses, exit 5,
+    naming who holds the lock."""
+    from tasks.remote import lock
+    from tasks.remote.paths import Layout
+
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "a"))
+    assert lab1.fab("deploy").returncode == 0
+    Path(server.deploy_to, "releases", current(server), "index.html").unlink()
+    configure(lab1, make_build(tmp_path, "b"))
+    site = Layout(server.deploy_to)
+    lock.take(site, {"user": "alice", "local_host": "laptop", "pid": 1, "command": "rollback", "token": "other"})
+    try:  # the lock's session is this test's process: alive
+        refused = lab1.fab("deploy")
+    finally:
+        lock.release(site, "other")
+    assert refused.returncode == 5, refused.stderr
+    assert "alice@laptop" in refused.stderr and "health check" not in refused.stderr, refused.stderr
+    assert "not checked: another run holds the lock" in refused.stdout
+
+
 def test_a_live_release_failing_its_health_check_is_not_deployed_to(lab_pair, tmp_path):
     one, two = lab_pair.servers
     configure(lab_pair, make_build(tmp_path, "a"))
