@@ -319,3 +319,36 @@ def test_the_example_shop_first_migration_and_its_restore(lab1, tmp_path):
     before = restored.stdout.split("the data as it was before the restore: backup ")[1].split()[0]
     with sqlite3.connect(Path(server.deploy_to, "backups", before, "databases", "shop.sqlite")) as saved:
         assert saved.execute("SELECT name FROM schema_migrations").fetchall() == [("001_orders",)]
+
+
+def test_each_host_s_own_sqlite_database_is_dumped_on_that_host(lab_pair, tmp_path):
+    """A SQLite database is a file of each server: every host's backup holds its own database
+    dumped through SQLite's backup API (consistent while it is written), never the live file
+    copied as a file, and a restore puts each host's own back; backups.host names where the
+    databases of a database server are dumped, not SQLite's."""
+    from .conftest import configure, make_build
+
+    one, two = lab_pair.servers
+    notes = {"databases": [{"name": "notes", "kind": "sqlite", "path": "shared/db/notes.sqlite"}], "hold": 0,
+             "host": "lab1"}  # fmt: skip
+    configure(lab_pair, make_build(tmp_path, "v1"), backups=notes, shared=["db"])
+    assert lab_pair.fab("deploy").returncode == 0
+    for server, text in ((one, "one's"), (two, "two's")):
+        with sqlite3.connect(Path(server.deploy_to, "shared", "db", "notes.sqlite")) as db:
+            db.execute("CREATE TABLE notes (text TEXT)")
+            db.execute("INSERT INTO notes VALUES (?)", (text,))
+    taken = lab_pair.fab("backup")
+    assert taken.returncode == 0, taken.stderr
+    bid = last_backup(one)
+    for server, text in ((one, "one's"), (two, "two's")):
+        backup = Path(server.deploy_to, "backups", bid)
+        assert not (backup / "shared" / "db" / "notes.sqlite").exists(), f"{server.name} copied the live file"
+        with sqlite3.connect(backup / "databases" / "notes.sqlite") as db:
+            assert db.execute("SELECT text FROM notes").fetchall() == [(text,)]
+        with sqlite3.connect(Path(server.deploy_to, "shared", "db", "notes.sqlite")) as db:
+            db.execute("UPDATE notes SET text = 'changed'")
+    restored = lab_pair.fab("restore", "--backup", bid)
+    assert restored.returncode == 0, restored.stderr
+    for server, text in ((one, "one's"), (two, "two's")):
+        with sqlite3.connect(Path(server.deploy_to, "shared", "db", "notes.sqlite")) as db:
+            assert db.execute("SELECT text FROM notes").fetchall() == [(text,)]

@@ -21,7 +21,8 @@ def new_backup_id(now=None):
 
 
 def database_host(run):
-    """Where the databases are dumped and restored: backups.host, else migrate.host, else the first host."""
+    """Where a database server's databases are dumped and restored: backups.host, else migrate.host,
+    else the first host."""
     wanted = run.hosts[0].host.backups.host or run.hosts[0].host.migrate.host
     for r in run.hosts:
         if wanted is None or r.name == wanted:
@@ -30,7 +31,10 @@ def database_host(run):
 
 
 def databases_of(run, r):
-    return [d.as_args() for d in r.host.backups.databases] if r is database_host(run) else []
+    """The databases host r dumps and restores: its own SQLite files (each server has its own),
+    and a database server's on the database host only."""
+    on_db_host = r is database_host(run)
+    return [d.as_args() for d in r.host.backups.databases if d.kind == "sqlite" or on_db_host]
 
 
 def first_pass(run, backup_id, unlock_if_gone=False):
