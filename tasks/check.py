@@ -9,7 +9,7 @@ from . import apache, ssh, swaphelper
 from .cli import boundary, target
 from .errors import CutoverError
 from .fleet import STEP_TIMEOUT, Run, close, each_host
-from .output import table
+from .output import line, table
 from .remote import limits, private
 from .remote.health import DENIED, PHP_NOT_RUNNING
 from .remote.paths import PLACEHOLDER
@@ -308,12 +308,12 @@ def check(c, repair=False):
         if not isinstance(outcome, BaseException):
             lines = [*listen_queue(r.host, outcome[0]), nothing_deployed(r.host, outcome[0]), *unshared(outcome[0])]
             lines += private_notes(r.host, outcome[0])
-            notes += [f"{r.name}: {line}" for line in lines if line]
-    print(table(rows))
+            notes += [f"{r.name}: {text}" for text in lines if text]
+    line(table(rows))  # line(): its advice names the command as it was run (fab or cutover)
     if notes:
-        print("\n" + "\n".join(notes))
+        line("\n" + "\n".join(notes))
     problems += half_done(outcomes) or split_group(outcomes)
     if problems:
-        print("\n" + "\n".join(problems))
+        line("\n" + "\n".join(problems))
         raise CutoverError(f"{len(problems)} problem(s) found on {len(run.hosts)} host(s); see above")
-    print(f"\nall {len(run.hosts)} host(s) ready")
+    line(f"\nall {len(run.hosts)} host(s) ready")
