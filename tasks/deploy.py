@@ -23,12 +23,12 @@ from .steps.balancer import balancer_of
 from .steps.finish import abort, finish
 from .steps.hooks import run_hooks
 from .steps.lock import force_unlock, lock
-from .steps.preflight import preflight
+from .steps.preflight import live_health_under_lock, preflight
 from .steps.repair import repair
 from .steps.stage import stage
 from .steps.swap import spread_note, swap
 from .steps.upload import start_uploads, upload_all
-from .testhooks import fault_point
+from .testhooks import fault_point, hold_point
 
 DRY_RUN_SHOWN = 20  # changed files listed per host by --dry-run
 
@@ -106,8 +106,10 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
         preflight(run, live_health, migrating)
         if force:
             force_unlock(run)
+        hold_point("lock")
         lock(run, info)
         repair(run)  # a group switch a dead run left half done: whole again before this one
+        live_health_under_lock(run)  # where another run held the lock at the preflight
         fault_point("upload")
         upload_all(run, build)
         fault_point("stage")

@@ -41,6 +41,7 @@ class HostRun:
     intent: dict | None = None  # a group switch recorded here and not concluded (tasks/steps/repair.py)
     sized: dict | None = None  # the live release's files known here: the upload compares sizes (tasks/manifest.py)
     sized_ok: bool = False  # the lock step found that release live, with its seal
+    live_deferred: dict | None = None  # the live health check to run under this run's lock (preflight)
 
     @property
     def name(self):

@@ -5,7 +5,8 @@ CUTOVER_TEST_HOLD_PAUSE_MS widens httpd's pause so a test can act inside it;
 CUTOVER_TEST_MARGIN shortens the margin added to every step's timeout, so a test of a silent
 network ends in seconds; CUTOVER_TEST_GO_ONLY=HOST[,HOST] sends an armed group's go to those hosts
 only and kills this process once they answered (a run that dies between two hosts' switches). All need CUTOVER_TEST=1, so a variable left in an operator's shell can
-never freeze a production httpd or cut a deploy short.
+never freeze a production httpd or cut a deploy short. CUTOVER_TEST_HOLD_AT=STEP:FILE holds a deploy
+before that step while FILE exists (FILE.waiting says it waits), for a test to act in between.
 """
 
 import os
@@ -17,6 +18,8 @@ KILL_AT = "CUTOVER_TEST_KILL_AT"
 HOLD_PAUSE = "CUTOVER_TEST_HOLD_PAUSE_MS"
 MARGIN = "CUTOVER_TEST_MARGIN"
 GO_ONLY = "CUTOVER_TEST_GO_ONLY"
+HOLD_AT = "CUTOVER_TEST_HOLD_AT"
+HOLD_LIMIT_S = 60
 _went = set()
 
 
@@ -68,3 +71,19 @@ def hold_ms():
 def margin(default):
     """Seconds added to a step's timeout (default, unless a test shortens it)."""
     return float(os.environ.get(MARGIN, default)) if _enabled() and os.environ.get(MARGIN) else default
+
+
+def hold_point(step):
+    """Wait before `step` while CUTOVER_TEST_HOLD_AT's file exists (at most HOLD_LIMIT_S)."""
+    if not _enabled():
+        return
+    name, _, path = os.environ.get(HOLD_AT, "").partition(":")
+    if name != step or not path:
+        return
+    import time
+
+    with open(path + ".waiting", "w"):
+        pass
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)

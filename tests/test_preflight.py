@@ -9,6 +9,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tasks.remote import preflight as remote_preflight
 from tasks.remote.paths import PLACEHOLDER
 from tasks.remote.protocol import Refused
 
-from .conftest import configure, current, history, make_build, releases, start_lab, stop_lab
+from .conftest import PROJECT, configure, current, history, make_build, releases, start_lab, stop_lab
 from .test_apache_rules import get
 from .test_deploy import _rsync_processes
 from .test_php import SITE_CONF, configure_app
@@ -169,7 +170,47 @@ def test_a_live_release_failing_while_another_run_holds_the_lock_is_left_to_the_
         lock.release(site, "other")
     assert refused.returncode == 5, refused.stderr
     assert "alice@laptop" in refused.stderr and "health check" not in refused.stderr, refused.stderr
-    assert "not checked: another run holds the lock" in refused.stdout
+    assert "not checked yet: another run holds the lock" in refused.stdout
+
+
+def test_a_live_check_left_for_the_lock_runs_under_it_once_the_other_run_has_gone(lab1, tmp_path):
+    """The other run holds the lock at the preflight and is gone by this run's lock step: the live
+    release's health check, left for later, runs under this run's lock and refuses, nothing
+    switched, the lock free."""
+    from tasks.remote import lock
+    from tasks.remote.paths import Layout
+
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "a"))
+    assert lab1.fab("deploy").returncode == 0
+    live = current(server)
+    Path(server.deploy_to, "releases", live, "index.html").unlink()
+    broken = get(server, "/")[0]
+    configure(lab1, make_build(tmp_path, "b"))
+    site = Layout(server.deploy_to)
+    lock.take(site, {"user": "alice", "local_host": "laptop", "pid": 1, "command": "rollback", "token": "other"})
+    hold = tmp_path / "hold"
+    hold.touch()
+    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), CUTOVER_TEST="1",
+               CUTOVER_TEST_HOLD_AT=f"lock:{hold}", XDG_CACHE_HOME=str(tmp_path / "cache"))  # fmt: skip
+    fab = subprocess.Popen([sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not Path(f"{hold}.waiting").exists():
+            assert fab.poll() is None and time.monotonic() < deadline, fab.communicate()
+            time.sleep(0.05)
+    finally:
+        lock.release(site, "other")  # the other run ends
+        hold.unlink()
+    out, err = fab.communicate(timeout=120)
+    assert fab.returncode == 1, err
+    said = f"cutover: error: nothing was switched: lab1: the live release {live} fails its health check: "
+    assert err.splitlines()[0] == said + f"{server.url} answered {broken}, expected 200", err
+    assert "deploy anyway with --ignore-live-health" in err
+    assert "not checked yet: another run holds the lock" in out
+    assert current(server) == live
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()
 
 
 def test_a_live_release_failing_its_health_check_is_not_deployed_to(lab_pair, tmp_path):

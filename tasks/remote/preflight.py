@@ -103,9 +103,10 @@ def server_state(layout, users):
             "me": pwd.getpwuid(os.geteuid()).pw_name}
 
 
-def live_health(layout, verify):
+def live_health(layout, verify, token=None):
     """{"release", "problem"}: the live release's health check as a switch to it would run it; no
-    problem where nothing is deployed yet (setup's placeholder cannot hold the site's pages)."""
+    problem where nothing is deployed yet (setup's placeholder cannot hold the site's pages).
+    token: the asking run's own lock, which is no other run's."""
     current = paths.current_release(layout)
     if current is None or current == paths.PLACEHOLDER:
         return {"release": current, "problem": None, "skipped": "nothing deployed yet"}
@@ -116,8 +117,10 @@ def live_health(layout, verify):
     # changing under the check): what failed may be its doing, and this run cannot go on while it
     # runs anyway. The lock step says who holds it; the live site is checked again next time.
     held = lock.owner(layout)
-    if paths.current_release(layout) != current or (held and held.get("alive")):
-        return {"release": current, "problem": None, "skipped": "not checked: another run holds the lock"}
+    others = held and held.get("alive") and (token is None or held.get("token") != token)
+    if paths.current_release(layout) != current or others:
+        return {"release": current, "problem": None, "deferred": True,
+                "skipped": "not checked yet: another run holds the lock"}  # fmt: skip
     return {"release": current, "problem": problem}
 
 
@@ -129,5 +132,5 @@ def op_preflight(a):
     if a.get("helper"):
         out.update(helper_state(layout.deploy_to, a["helper"]))
     if a.get("verify"):
-        out["live"] = live_health(layout, a["verify"])
+        out["live"] = live_health(layout, a["verify"], a.get("token"))
     return out

@@ -71,6 +71,7 @@ def preflight(run, live_health=True, migrating=False):
         problems = server_problems(r.host, found)
         problems += swaphelper.problems(r.host, found) if r.uses_helper else []
         live = found.get("live") or {}
+        r.live_deferred = verify if live.get("deferred") else None  # checked again under this run's lock
         if live.get("problem"):
             problems.append(f"the live release {live['release']} fails its health check: {live['problem']}")
         if problems:
@@ -86,5 +87,31 @@ def preflight(run, live_health=True, migrating=False):
     except GroupError as failed:
         changed = "nothing was uploaded or switched" if run.command == "deploy" else "nothing was switched"
         error = CutoverError(f"{changed}: {failed.message}", hint=failed.hint)
+        error.exit_code = failed.exit_code
+        raise error from None
+
+
+def live_health_under_lock(run):
+    """The live health check preflight left for later, where another run held the lock then (its
+    swap may have paused httpd or switched under the check): now, under this run's own lock, no
+    other run switches, and a failure is the site's. Refused: nothing was switched."""
+
+    def one(r):
+        t = Timer()
+        found = r.call("preflight", "preflight", timeout=STEP_TIMEOUT + health_seconds(r.host.health),
+                       users={}, verify=r.live_deferred, token=run.who["token"])  # fmt: skip
+        live = found.get("live") or {}
+        if live.get("problem"):
+            raise CutoverError(f"the live release {live['release']} fails its health check: {live['problem']}",
+                               hint=LIVE_HINT)  # fmt: skip
+        say(r.host, "preflight", t.seconds, f"live release {live.get('release')} healthy (checked under the lock)")
+
+    waiting = [r for r in run.hosts if r.live_deferred is not None]
+    if not waiting:
+        return
+    try:
+        in_parallel(waiting, one, run.parallel)
+    except GroupError as failed:
+        error = CutoverError(f"nothing was switched: {failed.message}", hint=failed.hint)
         error.exit_code = failed.exit_code
         raise error from None
