@@ -40,9 +40,11 @@ demo: install
 	@echo "(127.0.0.1 itself is on maintenance.allow, so the health check passes during a migration, and gets the site)"
 
 # The whole test suite against real sshd and Apache lab servers; -ra: every skip and failure
-# listed with its reason (CI: .ci/run sets CUTOVER_CI=1, and a skip fails).
+# listed with its reason (CI: .ci/run sets CUTOVER_CI=1, and a skip fails). Two workers
+# (pytest-xdist): the tests wait on servers more than they compute; each file stays in one
+# worker, and the files that change the machine itself share one (tests/conftest.py).
 test: install
-	$(PYTHON) -m pytest -q -ra tests
+	$(PYTHON) -m pytest -q -ra -n 2 --dist loadgroup --durations=15 tests
 
 lint:
 	ruff check . && ruff format --check .

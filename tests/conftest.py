@@ -54,6 +54,23 @@ def pytest_make_collect_report(collector):
     return _skip_fails_in_ci((yield))  # a whole module skipped (pytest.importorskip ...)
 
 
+# Test files that change what this machine has once (users, /etc/sudoers.d, the swap helper in
+# /usr/local/lib/cutover and its registration in /etc/cutover, the sandbox's fixed ports): under
+# pytest-xdist (`make test` runs two workers) they run one after the other, in one worker.
+MACHINE_WIDE = {
+    "test_bundle", "test_client", "test_lab", "test_lock", "test_offsite", "test_package", "test_preflight",
+    "test_preflight_server", "test_run", "test_sandbox", "test_setup", "test_sudoers_python",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each test file stays whole in one worker (its module's lab is started once); the files of
+    MACHINE_WIDE share one (xdist's --dist loadgroup)."""
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group("machine-wide" if module in MACHINE_WIDE else module))
+
+
 class Background:
     """Threads, each running one of `targets` (with its args), while a `with` block lasts and
     at most `seconds`; a target loops while self.running()."""
