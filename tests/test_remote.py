@@ -293,3 +293,20 @@ def test_prelink_links_every_file_of_the_build_mode_in_parallel_and_leaves_the_r
     (again / "assets").mkdir(parents=True)
     linked, error = stage.prelink(str(live), str(again), plan)
     assert linked == 0 and error.startswith("FileExistsError")
+
+
+def test_a_release_id_from_a_clock_running_ahead_is_refused_before_the_lock(site):
+    """Cleanup keeps the releases with the highest ids (the deploying machine's UTC time): one
+    from a clock a day ahead would outlive the next deploys. The lock step refuses it, changing
+    nothing; ten minutes of skew pass."""
+    agent = LocalAgent()
+    ahead = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() + 86400)) + ".000Z-aaaaaaa"
+    with pytest.raises(RemoteError) as refused:
+        agent.call("lock", {"deploy_to": site.deploy_to, "who": who("t1"), "release_id": ahead})
+    assert f"release {ahead} is 1439 min ahead of this server's clock" in str(refused.value)
+    assert "timedatectl set-ntp true" in refused.value.hint
+    assert not os.path.lexists(site.lock)
+    assert [n for n in os.listdir(site.releases) if n.startswith(".")] == []
+    soon = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() + 300)) + ".000Z-bbbbbbb"
+    agent.call("lock", {"deploy_to": site.deploy_to, "who": who("t2"), "release_id": soon})
+    assert lock.owner(site)["token"] == "t2"

@@ -1,6 +1,7 @@
 """The steps before the switch: lock (with the incoming release and its prelink), stage (link
 shared entries, smoke tests, promote) and the migration."""
 
+import calendar
 import errno
 import os
 import stat
@@ -10,11 +11,30 @@ from . import finish, history, intent, lock, paths, protocol, seals, shared
 from .commands import release_env, run_command, run_hooks, tail
 from .protocol import Refused
 
+CLOCK_SKEW_S = 600  # how far a release id's time may lie ahead of this server's clock
+
+
+def _clock_checked(release_id):
+    """Refused when the release id's time (the deploying machine's UTC clock) lies more than
+    CLOCK_SKEW_S ahead of this server's: cleanup keeps the releases with the highest ids, so a
+    release from a clock a day ahead would outlive the next honest deploys while newer ones go."""
+    made = calendar.timegm(time.strptime(release_id[:15], "%Y%m%dT%H%M%S"))
+    ahead = made - time.time()
+    if ahead > CLOCK_SKEW_S:
+        raise Refused(
+            "release %s is %d min ahead of this server's clock (now %s UTC): the deploying machine's clock or this "
+            "server's is wrong, and cleanup, which keeps the releases with the highest ids, would keep it over newer "
+            "ones; nothing was changed" % (release_id, ahead // 60, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())),
+            hint="set the clocks right (NTP: timedatectl set-ntp true on both), then deploy again",
+        )
+
 
 def op_lock(a):
     """Take the lock; for a deploy also make the incoming release, hard-linked from the live one."""
     layout = paths.Layout(a["deploy_to"])
     release_id = paths.release_id(a["release_id"]) if a.get("release_id") else None
+    if release_id:
+        _clock_checked(release_id)
     if not os.path.isdir(layout.deploy_to):
         raise Refused(
             "deploy_to %s does not exist on this server" % layout.deploy_to,
