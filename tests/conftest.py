@@ -63,6 +63,11 @@ MACHINE_WIDE = {
 }  # fmt: skip
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist runs in one worker (--dist loadgroup)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Each test file stays whole in one worker (its module's lab is started once); the files of
     MACHINE_WIDE share one (xdist's --dist loadgroup)."""
