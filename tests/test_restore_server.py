@@ -300,3 +300,32 @@ def test_a_restore_that_would_leave_the_web_user_unable_to_write_its_database_sa
     assert f"after the restore www-data cannot write {db} (owner 0, mode 0644): the site would be read-only" in str(
         refused.value
     )
+
+
+def test_a_database_behind_the_operators_own_symlink_is_restored_where_the_link_points(site, tmp_path):
+    """shared/media/app.sqlite is the operator's symlink to a database on another disk (the app may
+    open either name): a restore loads the database the link points to and leaves the link a link,
+    so that the app and the next backup read the restored data."""
+    layout, _ = site
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    real = disk / "app.sqlite"
+    with sqlite3.connect(real) as con:
+        con.execute("CREATE TABLE t (v TEXT)")
+        con.execute("INSERT INTO t VALUES ('backed up')")
+    link = Path(layout.shared, "media", "app.sqlite")
+    link.symlink_to(real)
+    app = {"name": "app", "kind": "sqlite", "path": "shared/media/app.sqlite"}
+    bid = "20261104T000000.000Z"
+    for phase in ("copy", "seal", "complete"):
+        LocalAgent().call("backup", {"deploy_to": layout.deploy_to, "token": "t", "backup_id": bid, "phase": phase,
+                                     "shared": ["media"], "databases": [app], "keep": 5})  # fmt: skip
+    with sqlite3.connect(real) as con:
+        con.execute("UPDATE t SET v = 'changed since'")
+    done = LocalAgent().call("restore", {"deploy_to": layout.deploy_to, "token": "t", "backup_id": bid,
+                                         "shared": ["media"], "databases": [app], "check": False})  # fmt: skip
+    assert done["databases"] == ["app"]
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    with sqlite3.connect(real) as con:
+        assert con.execute("SELECT v FROM t").fetchall() == [("backed up",)]
+    assert sorted(p.name for p in disk.iterdir()) == ["app.sqlite"]  # no temp file left beside it

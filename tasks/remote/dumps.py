@@ -21,6 +21,7 @@ from .protocol import Refused
 
 DB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 DUMP_TIMEOUT = 3600  # seconds for one database's dump or restore
+MAX_LINKS = 40  # symlinks followed from a database's name to its file, as the kernel does
 
 
 def checked(layout, db):
@@ -132,14 +133,30 @@ def remove_sqlite(layout, db):
     return gone
 
 
+def _linked_file(db):
+    """The database's file with the operator's own symlinks of the file itself followed (guarded()
+    let them through): a restore loads the database the link points to, the link stays a link."""
+    path = db["file"]
+    for _ in range(MAX_LINKS):
+        if not os.path.islink(path):
+            return path
+        target = paths.foreign_symlink(path)
+        if target is not None:
+            raise Refused("database %s: %s is a symlink (to %s) that another user owns; nothing was read or written "
+                          "through it" % (db["name"], path, target))  # fmt: skip
+        path = os.path.join(os.path.dirname(path), os.readlink(path))
+    raise Refused("database %s: %s is a chain of more than %d symlinks" % (db["name"], db["file"], MAX_LINKS))
+
+
 def _open_dir_of(db):
     """(descriptor, name): the directory holding a SQLite database, opened from / one component at
-    a time without following a symlink (the operator's own symlinks on the way, which guarded()
-    let through, resolved first; missing directories made), and the file's name in it."""
-    real = os.path.realpath(os.path.dirname(db["file"]))
+    a time without following a symlink (the operator's own symlinks on the way and of the file,
+    which guarded() let through, resolved first; missing directories made), and the file's name in it."""
+    file = _linked_file(db)
+    real = os.path.realpath(os.path.dirname(file))
     root = os.open("/", nofollow.DIR_FLAGS)
     try:
-        return nofollow.open_path(root, [p for p in real.split("/") if p], create=True), os.path.basename(db["file"])
+        return nofollow.open_path(root, [p for p in real.split("/") if p], create=True), os.path.basename(file)
     except nofollow.SymlinkInPath as exc:
         raise Refused("database %s: /%s became a symlink while it was looked at; nothing was written through it"
                       % (db["name"], "/".join(exc.done + [exc.part])))  # fmt: skip
