@@ -385,3 +385,63 @@ def test_a_live_release_whose_health_url_is_silent_fails_within_its_timeout(tmp_
     answer = agent.call("preflight", {"deploy_to": deploy_to, "verify": verify})
     assert answer["live"] == {"release": release, "problem": f"{silent}: timed out"}
     assert time.monotonic() - started < 2 * (0.5 + 0.5) + 2  # two tries of 0.5 s, half a second apart
+
+
+def test_a_live_release_switched_under_this_runs_own_lock_during_its_check_refuses_the_deploy(lab1, tmp_path):
+    """Something other than Cutover switches `current` while the live health check runs, at the
+    preflight and again under this run's lock, and the check fails both times: the check under the
+    lock never passed, so the deploy is refused, nothing switched, the lock free."""
+    import http.server
+    import threading
+
+    import yaml
+
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "a"))
+    assert lab1.fab("deploy").returncode == 0
+    first = current(server)
+    configure(lab1, make_build(tmp_path, "b"))
+    assert lab1.fab("deploy").returncode == 0
+    second = current(server)
+    seen = []
+
+    class Flipping(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the http.server API)
+            seen.append(current(server))
+            status = 200
+            if len(seen) <= 2:  # the preflight's check and the one under the lock: switched under it, failing
+                other = first if seen[-1] == second else second
+                link = Path(server.deploy_to, "current.flip")
+                link.symlink_to(f"releases/{other}")
+                os.replace(link, Path(server.deploy_to, "current"))
+                status = 500
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flipping)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        configure(lab1, make_build(tmp_path, "c"), health={"expect_status": 200, "expect_text": None, "retries": 0})
+        hosts = yaml.safe_load(lab1.hosts_file.read_text())
+        hosts["groups"]["sandbox"][0]["health"]["url"] = f"http://127.0.0.1:{httpd.server_port}/"
+        lab1.hosts_file.write_text(yaml.safe_dump(hosts, sort_keys=False))
+        before = state(server)
+        refused = lab1.fab("deploy")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert seen == [second, first]  # the preflight's check, the one under the lock; no verify: nothing switched
+    said = (
+        f"cutover: error: nothing was switched: lab1: the live release {first} was not checked under this run's "
+        f"lock: the live release changed to {second} during the check; something other than Cutover switches it"
+    )
+    assert refused.stderr.splitlines()[0] == said, refused.stderr
+    assert current(server) == second
+    assert releases(server) == before["releases"]
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()

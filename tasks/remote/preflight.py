@@ -118,7 +118,11 @@ def live_health(layout, verify, token=None):
     # runs anyway. The lock step says who holds it; the live site is checked again next time.
     held = lock.owner(layout)
     others = held and held.get("alive") and (token is None or held.get("token") != token)
-    if paths.current_release(layout) != current or others:
+    now = paths.current_release(layout)
+    if now != current:
+        return {"release": current, "problem": None, "deferred": True, "switched_to": now,
+                "skipped": "not checked yet: the live release changed to %s during the check" % now}  # fmt: skip
+    if others:
         return {"release": current, "problem": None, "deferred": True,
                 "skipped": "not checked yet: another run holds the lock"}  # fmt: skip
     return {"release": current, "problem": problem}

@@ -104,6 +104,14 @@ def live_health_under_lock(run):
         if live.get("problem"):
             raise CutoverError(f"the live release {live['release']} fails its health check: {live['problem']}",
                                hint=LIVE_HINT)  # fmt: skip
+        if live.get("deferred"):  # under this run's own lock only an outside hand switches the site
+            why = live["skipped"].removeprefix("not checked yet: ")
+            if live.get("switched_to"):
+                why += "; something other than Cutover switches it"
+            raise CutoverError(
+                f"the live release {live['release']} was not checked under this run's lock: {why}",
+                hint="find what changes the `current` symlink on this server and stop it, then deploy again",
+            )
         say(r.host, "preflight", t.seconds, f"live release {live.get('release')} healthy (checked under the lock)")
 
     waiting = [r for r in run.hosts if r.live_deferred is not None]
