@@ -70,6 +70,8 @@ def deploy_to_hosts(
     migrating = migrating or settings.always
     if migrating and not settings.command:
         raise ConfigError("--migrate needs migrate.command in hosts.yaml", hint="set migrate: {command: ...}")
+    if migrating:
+        migration.check_databases(hosts)
     if migrating and batch:
         raise ConfigError("--batch and --migrate: a migration switches every host at once, in maintenance mode")
     built = gitbuild.build(hosts[0], ref, say=line) if ref else None

@@ -147,3 +147,64 @@ def test_setup_rewrites_the_rules_the_server_serves(lab1, tmp_path):
         assert get(server, "/health.txt")[0] == 503  # the lab's default one no longer is
     finally:
         assert lab1.fab("maintenance-off").returncode == 0
+
+
+def test_a_migration_runs_on_every_host_of_a_group_whose_sqlite_database_is_each_hosts_own(lab_pair, tmp_path):
+    """backups.databases names a SQLite database: each host has its own, so `deploy --migrate`
+    migrates each host's (in its own new release), not migrate.host's alone while the other
+    serves the new release on a database never migrated."""
+    one, two = lab_pair.servers
+    migrate = {"command": "python3 migrations/migrate.py"}
+    shop = {"databases": [{"name": "shop", "kind": "sqlite", "path": "shared/db/shop.sqlite"}], "hold": 0}
+    configure(lab_pair, make_build(tmp_path, "v1"), migrate=migrate, backups=shop, shared=["db"])
+    result = lab_pair.fab("deploy", "--migrate")
+    assert result.returncode == 0, result.stderr
+    for server in (one, two):
+        assert f"[{server.name}] migrate" in result.stdout, result.stdout
+        assert schema(Path(server.deploy_to, "shared", "db", "shop.sqlite")) == (
+            ["orders", "schema_migrations"],
+            ["001_orders"],
+        )
+        assert not Path(server.deploy_to, "maintenance", "index.html").exists()
+
+
+def test_a_migration_of_a_group_with_sqlite_and_a_database_server_is_refused_before_anything_remote(lab_pair, tmp_path):
+    """A SQLite database (each host's own, migrated on each) and a database server's (migrated once)
+    in one group: one command cannot do both; refused, naming the settings, nothing changed."""
+    one, two = lab_pair.servers
+    configure(lab_pair, make_build(tmp_path, "v1"))
+    assert lab_pair.fab("deploy").returncode == 0
+    live = (current(one), current(two))
+    databases = [
+        {"name": "shop", "kind": "sqlite", "path": "shared/db/shop.sqlite"},
+        {"name": "orders", "kind": "mariadb", "database": "orders", "credentials": "/etc/cutover-test/none.cnf"},
+    ]
+    configure(lab_pair, make_build(tmp_path, "v2"), migrate={"command": "true"}, backups={"databases": databases})
+    refused = lab_pair.fab("deploy", "--migrate")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.splitlines()[0] == (
+        "cutover: error: --migrate on a group of 2 hosts whose backups.databases names a SQLite database (shop, "
+        "each host's own: migrated on every host) and a database server's (orders: migrated once, on migrate.host)"
+    ), refused.stderr
+    assert "upload" not in refused.stdout
+    assert (current(one), current(two)) == live
+
+
+def test_a_migration_failing_on_one_host_of_a_sqlite_group_switches_none_and_keeps_maintenance_on(lab_pair, tmp_path):
+    one, two = lab_pair.servers
+    shop = {"databases": [{"name": "shop", "kind": "sqlite", "path": "shared/db/shop.sqlite"}], "hold": 0}
+    configure(lab_pair, make_build(tmp_path, "v1"), backups=shop, shared=["db"])
+    assert lab_pair.fab("deploy").returncode == 0
+    before = (current(one), current(two))
+    failing = {"command": f'test "$DEPLOY_TO" != {two.deploy_to} || exit 9; python3 migrations/migrate.py'}
+    configure(lab_pair, make_build(tmp_path, "v2"), migrate=failing, backups=shop, shared=["db"])
+    result = lab_pair.fab("deploy", "--migrate")
+    assert result.returncode == 8, result.stdout + result.stderr
+    assert f"lab2: migration {failing['command']!r} exited 9" in result.stderr, result.stderr
+    assert "maintenance mode stays ON" in result.stderr and "the migration ran or runs on" not in result.stderr
+    assert "fab restore --backup" in result.stderr
+    assert (current(one), current(two)) == before
+    assert schema(Path(one.deploy_to, "shared", "db", "shop.sqlite"))[1] == ["001_orders"]
+    for server in (one, two):
+        assert Path(server.deploy_to, "maintenance", "index.html").exists()
+        assert get(server)[0] == 503

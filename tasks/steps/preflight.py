@@ -11,7 +11,7 @@ from ..errors import CutoverError, GroupError
 from ..fleet import STEP_TIMEOUT, in_parallel
 from ..output import Timer, say
 from . import health_seconds
-from .migrate import migration_host
+from .migrate import migration_hosts
 from .swap import verify_of
 
 LIVE_HINT = "fix the live site first; or, when this release is what fixes it, deploy anyway with --ignore-live-health"
@@ -55,10 +55,10 @@ def preflight(run, live_health=True, migrating=False):
     """Ask every host at once (one round trip each); refuse the run, having changed nothing, with
     every problem found on every host. live_health=False: not the live release's health check
     (a rollback, or deploy --ignore-live-health). migrating: the migration's user must exist."""
-    migrates = migration_host(run).name if migrating else None
+    migrates = {r.name for r in migration_hosts(run)} if migrating else set()
 
     def one(r):
-        args = {"users": users_of(r.host, r.name == migrates)}
+        args = {"users": users_of(r.host, r.name in migrates)}
         if r.uses_helper:
             args["helper"] = swaphelper.probe_args(r.host)
         verify = verify_of(r) if live_health else None
