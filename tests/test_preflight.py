@@ -445,3 +445,47 @@ def test_a_live_release_switched_under_this_runs_own_lock_during_its_check_refus
     assert current(server) == second
     assert releases(server) == before["releases"]
     assert not Path(server.deploy_to, ".cutover", "lock").exists()
+
+
+def test_a_group_whose_one_host_left_its_live_check_for_the_lock_is_refused_whole(lab_pair, tmp_path):
+    """Of two hosts only lab2's lock was held at the preflight (lab1's live release checked and
+    healthy then); lab2's live release fails the check under this run's lock: refused on both,
+    nothing switched, no incoming release left, both locks free."""
+    from tasks.remote import lock
+    from tasks.remote.paths import Layout
+
+    one, two = lab_pair.servers
+    configure(lab_pair, make_build(tmp_path, "a"))
+    assert lab_pair.fab("deploy").returncode == 0
+    live = current(two)
+    Path(two.deploy_to, "releases", live, "index.html").unlink()
+    broken = get(two, "/")[0]
+    configure(lab_pair, make_build(tmp_path, "b"))
+    before = {s.name: state(s) for s in (one, two)}
+    site = Layout(two.deploy_to)
+    lock.take(site, {"user": "alice", "local_host": "laptop", "pid": 1, "command": "rollback", "token": "other"})
+    hold = tmp_path / "hold"
+    hold.touch()
+    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab_pair.hosts_file), CUTOVER_TEST="1",
+               CUTOVER_TEST_HOLD_AT=f"lock:{hold}", XDG_CACHE_HOME=str(tmp_path / "cache"))  # fmt: skip
+    fab = subprocess.Popen([sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not Path(f"{hold}.waiting").exists():
+            assert fab.poll() is None and time.monotonic() < deadline, fab.communicate()
+            time.sleep(0.05)
+    finally:
+        lock.release(site, "other")
+        hold.unlink()
+    out, err = fab.communicate(timeout=120)
+    assert fab.returncode == 1, out + err
+    said = f"cutover: error: nothing was switched: lab2: the live release {live} fails its health check: "
+    assert err.splitlines()[0] == said + f"{two.url} answered {broken}, expected 200", err
+    assert "[lab1] preflight" in out and f"live release {current(one)} healthy" in out
+    assert "not checked yet: another run holds the lock" in out
+    for server in (one, two):
+        assert releases(server) == before[server.name]["releases"]
+        assert current(server) == before[server.name]["current"]
+        assert not Path(server.deploy_to, ".cutover", "lock").exists()
+        assert history(server)[-1]["result"] != "ok"  # the refused run's own line, nothing switched
