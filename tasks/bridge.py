@@ -125,8 +125,11 @@ class Bridge:
                 channel.sendall(data)
             channel.shutdown_write()
         except OSError as exc:
-            if not self.done.is_set():  # not the bridge closing after rsync ended
-                self._cut(f"the connection failed: {exc}")
+            if self.done.is_set():
+                return  # the bridge closing after rsync ended
+            if channel.eof_received or channel.exit_status_ready():
+                return  # the server's rsync ended first (a full disk): the drain brings rsync its words
+            self._cut(f"the connection failed: {exc}")
 
     def _drain(self, recv, fd):
         """The server's output to rsync, until the channel ends. Nothing is dropped: a write waits
