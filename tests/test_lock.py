@@ -13,6 +13,7 @@ import pytest
 
 from .conftest import PROJECT, configure, current, history, make_build, stopped_httpd
 from .test_murphy import poll
+from .test_setup import deploy_user  # noqa: F401 (a fixture)
 
 
 def _gone(pid):
@@ -315,47 +316,12 @@ def history_lines(site):
         return [json.loads(line) for line in f]
 
 
-@pytest.fixture
-def helper_user(lab1):
-    """A deploy user who is not root, who owns lab1's deploy_to and swaps through the sudo helper
-    (installed by `fab setup`); its sudoers line, the helper files setup made and the user removed
-    afterwards."""
-    import pwd
-    import shutil
-
-    from tasks import agent
-
-    if shutil.which("sudo") is None or shutil.which("useradd") is None:
-        pytest.skip("sudo or useradd is not installed (make install adds sudo)")
-    name = f"cutover-h{os.getpid() % 100000}"
-    subprocess.run(["useradd", "-M", "-s", "/bin/sh", "-p", "*", name], check=True)
-    server = lab1.servers[0]
-    uid = pwd.getpwnam(name).pw_uid
-    for path in [server.deploy_to, *(str(p) for p in Path(server.deploy_to).rglob("*"))]:
-        os.lchown(path, uid, uid)
-    sudoers = Path(f"/etc/sudoers.d/{name}")
-    helper, config = Path(agent.HELPER), Path("/etc/cutover/helper.json")
-    created = [p for p in (helper, config, helper.parent, config.parent) if not p.exists()]
-    run_dir = Path("/run/cutover")
-    run_dir_created = not run_dir.exists()
-    yield name, sudoers
-    sudoers.unlink(missing_ok=True)
-    for path in created:
-        if path.is_dir():
-            path.rmdir()
-        else:
-            path.unlink(missing_ok=True)
-    if run_dir_created:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    subprocess.run(["userdel", "-f", name], check=True)
-
-
-def test_a_switch_through_the_sudo_helper_whose_run_went_away_is_recorded_by_the_server(lab1, helper_user, tmp_path):
+def test_a_switch_through_the_sudo_helper_whose_run_went_away_is_recorded_by_the_server(lab1, deploy_user, tmp_path):  # noqa: F811
     """As for root: fab killed after the helper switched, before its finish step, the server's
     history still names the release that went live (the helper itself records nothing)."""
     from tasks import agent
 
-    name, sudoers = helper_user
+    name, sudoers = deploy_user
     server = lab1.servers[0]
     configure(lab1, make_build(tmp_path, "u1"), user=name)
     setup = lab1.fab("setup")

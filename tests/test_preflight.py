@@ -173,25 +173,17 @@ def test_a_live_release_failing_while_another_run_holds_the_lock_is_left_to_the_
     assert "not checked yet: another run holds the lock" in refused.stdout
 
 
-def test_a_live_check_left_for_the_lock_runs_under_it_once_the_other_run_has_gone(lab1, tmp_path):
-    """The other run holds the lock at the preflight and is gone by this run's lock step: the live
-    release's health check, left for later, runs under this run's lock and refuses, nothing
-    switched, the lock free."""
+def deploy_while_another_run_holds_the_lock_at_the_preflight(handle, server, tmp_path):
+    """`fab deploy` while another run holds server's lock, held (CUTOVER_TEST_HOLD_AT) before its
+    own lock step until that run has gone: (the ended process, its stdout, its stderr)."""
     from tasks.remote import lock
     from tasks.remote.paths import Layout
 
-    server = lab1.servers[0]
-    configure(lab1, make_build(tmp_path, "a"))
-    assert lab1.fab("deploy").returncode == 0
-    live = current(server)
-    Path(server.deploy_to, "releases", live, "index.html").unlink()
-    broken = get(server, "/")[0]
-    configure(lab1, make_build(tmp_path, "b"))
     site = Layout(server.deploy_to)
     lock.take(site, {"user": "alice", "local_host": "laptop", "pid": 1, "command": "rollback", "token": "other"})
     hold = tmp_path / "hold"
     hold.touch()
-    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), CUTOVER_TEST="1",
+    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(handle.hosts_file), CUTOVER_TEST="1",
                CUTOVER_TEST_HOLD_AT=f"lock:{hold}", XDG_CACHE_HOME=str(tmp_path / "cache"))  # fmt: skip
     fab = subprocess.Popen([sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -204,6 +196,22 @@ def test_a_live_check_left_for_the_lock_runs_under_it_once_the_other_run_has_gon
         lock.release(site, "other")  # the other run ends
         hold.unlink()
     out, err = fab.communicate(timeout=120)
+    return fab, out, err
+
+
+def test_a_live_check_left_for_the_lock_runs_under_it_once_the_other_run_has_gone(lab1, tmp_path):
+    """The other run holds the lock at the preflight and is gone by this run's lock step: the live
+    release's health check, left for later, runs under this run's lock and refuses, nothing
+    switched, the lock free."""
+
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "a"))
+    assert lab1.fab("deploy").returncode == 0
+    live = current(server)
+    Path(server.deploy_to, "releases", live, "index.html").unlink()
+    broken = get(server, "/")[0]
+    configure(lab1, make_build(tmp_path, "b"))
+    fab, out, err = deploy_while_another_run_holds_the_lock_at_the_preflight(lab1, server, tmp_path)
     assert fab.returncode == 1, err
     said = f"cutover: error: nothing was switched: lab1: the live release {live} fails its health check: "
     assert err.splitlines()[0] == said + f"{server.url} answered {broken}, expected 200", err
@@ -451,8 +459,6 @@ def test_a_group_whose_one_host_left_its_live_check_for_the_lock_is_refused_whol
     """Of two hosts only lab2's lock was held at the preflight (lab1's live release checked and
     healthy then); lab2's live release fails the check under this run's lock: refused on both,
     nothing switched, no incoming release left, both locks free."""
-    from tasks.remote import lock
-    from tasks.remote.paths import Layout
 
     one, two = lab_pair.servers
     configure(lab_pair, make_build(tmp_path, "a"))
@@ -462,23 +468,7 @@ def test_a_group_whose_one_host_left_its_live_check_for_the_lock_is_refused_whol
     broken = get(two, "/")[0]
     configure(lab_pair, make_build(tmp_path, "b"))
     before = {s.name: state(s) for s in (one, two)}
-    site = Layout(two.deploy_to)
-    lock.take(site, {"user": "alice", "local_host": "laptop", "pid": 1, "command": "rollback", "token": "other"})
-    hold = tmp_path / "hold"
-    hold.touch()
-    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab_pair.hosts_file), CUTOVER_TEST="1",
-               CUTOVER_TEST_HOLD_AT=f"lock:{hold}", XDG_CACHE_HOME=str(tmp_path / "cache"))  # fmt: skip
-    fab = subprocess.Popen([sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not Path(f"{hold}.waiting").exists():
-            assert fab.poll() is None and time.monotonic() < deadline, fab.communicate()
-            time.sleep(0.05)
-    finally:
-        lock.release(site, "other")
-        hold.unlink()
-    out, err = fab.communicate(timeout=120)
+    fab, out, err = deploy_while_another_run_holds_the_lock_at_the_preflight(lab_pair, two, tmp_path)
     assert fab.returncode == 1, out + err
     said = f"cutover: error: nothing was switched: lab2: the live release {live} fails its health check: "
     assert err.splitlines()[0] == said + f"{two.url} answered {broken}, expected 200", err
