@@ -93,13 +93,13 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
     run.build = info
     hashing = None
     if not dry and build.compare == "checksum":  # the build's digests, read while the SSH connections open
-        hashing = Background(manifest.digests, build.path, info.stats)
+        hashing = Background(manifest.build_files, build.path, info.stats)
     try:
         connect(run)
         if dry:
             return dry_run(run, build, info)
         if hashing is not None and any(manifest.knows(r.host) for r in run.hosts):
-            run.digests = hashing.result()  # the prelink's plan needs them: the upload waits for them
+            run.files = hashing.result()  # the prelink's plan needs them: the upload waits for them
         fault_point("lock")
         start_uploads(run, build)  # rsync's server side waits for the lock step: nothing moves yet
         # what would fail at the switch, while rsync starts; refused, the waiting uploads are stopped
@@ -121,9 +121,8 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
         fault_point("finish")
         finish(run)
         if hashing is not None:  # read while the upload ran, where nothing waited for them
-            digests = run.digests if run.digests is not None else hashing.result()
-            for r in run.hosts:
-                manifest.remember(r.host, run.release_id, info.stats, digests)
+            files = run.files if run.files is not None else hashing.result()
+            manifest.remember([r.host for r in run.hosts], run.release_id, files)
         if hook_error:
             raise hook_error
     except BaseException as exc:

@@ -80,7 +80,7 @@ class Run:
     go_ms: float | None = None  # an armed group's switch: from the first host's go sent to the last's
     parallel: int | None = None  # hosts that prepare at the same time (hosts.yaml `parallel`); None: all
     build: object = None  # a deploy's BuildInfo
-    digests: dict | None = None  # a deploy's build files' sha256 (build.compare: checksum)
+    files: dict | None = None  # a deploy's build files, {path: (size, sha256)} (build.compare: checksum)
     migration: str | None = None  # deploy --migrate: "started" once the migration may have changed the database
 
     def summary(self):
