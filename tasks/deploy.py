@@ -11,24 +11,13 @@ from pathlib import Path
 
 from invoke import task
 
-from . import cli, gitbuild, manifest, release, result, rsync
+from . import cli, result
 from .cli import BATCH_HELP, FORCE_UNLOCK_HELP, boundary, check_batch, target
 from .errors import ConfigError, CutoverError, GroupError, Interrupted, MigrationError
-from .fleet import Background, Run, close, connect, in_parallel
 from .output import Timer, count, line, live_table, say, shown, since_start, size, stop_live, table
-from .remote.paths import Layout
-from .steps import backup as backup_step
-from .steps import migrate as migration
-from .steps.balancer import balancer_of
-from .steps.finish import abort, finish
-from .steps.hooks import run_hooks
-from .steps.lock import force_unlock, lock
-from .steps.preflight import preflight
-from .steps.repair import repair
-from .steps.stage import stage
-from .steps.swap import spread_note, swap
-from .steps.upload import start_uploads, upload_all
-from .testhooks import fault_point
+
+# The steps are imported by the functions that run them: `fab --list` and `fab --help` load none of
+# them, and a deploy only those it runs (no backup without --migrate, no git build without --ref).
 
 DRY_RUN_SHOWN = 20  # changed files listed per host by --dry-run
 
@@ -36,6 +25,9 @@ DRY_RUN_SHOWN = 20  # changed files listed per host by --dry-run
 def check(hosts, build_override, built=None):
     """Step 1: validate the build and decide the release id; nothing remote yet. built: a build
     of a git ref (tasks/gitbuild.py), made already."""
+    from . import release
+    from .fleet import Run
+
     build = hosts[0].build
     if any(h.build != build for h in hosts[1:]):
         raise ConfigError("the hosts of this group name different builds; deploy them as separate groups")
@@ -60,11 +52,15 @@ def deploy_to_hosts(
 ):
     """The whole deploy, step by step; returns the Run. live_health=False: deploy even where the
     live release fails its health check."""
+    from .steps import migrate as migration
+
     total = Timer()
     if ref and build_override:
         raise ConfigError("--ref and --build name two builds; give one")
     batch = check_batch(hosts, batch)
     if batch:
+        from .steps.balancer import balancer_of
+
         balancer_of(hosts)  # a wrong balancer setting is refused before anything remote
     settings = migration.check_settings(hosts)
     migrating = migrating or settings.always
@@ -72,7 +68,11 @@ def deploy_to_hosts(
         raise ConfigError("--migrate needs migrate.command in hosts.yaml", hint="set migrate: {command: ...}")
     if migrating and batch:
         raise ConfigError("--batch and --migrate: a migration switches every host at once, in maintenance mode")
-    built = gitbuild.build(hosts[0], ref, say=line) if ref else None
+    built = None
+    if ref:
+        from . import gitbuild
+
+        built = gitbuild.build(hosts[0], ref, say=line)
     try:
         return _deploy(total, hosts, build_override, dry, force, migrating, built, batch, live_health)
     finally:
@@ -82,6 +82,18 @@ def deploy_to_hosts(
 
 def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=None, live_health=True):
     """The steps from check to finish, and the failure path."""
+    from . import manifest
+    from .fleet import Background, close, connect
+    from .steps.finish import abort, finish
+    from .steps.hooks import run_hooks
+    from .steps.lock import force_unlock, lock
+    from .steps.preflight import preflight
+    from .steps.repair import repair
+    from .steps.stage import stage
+    from .steps.swap import spread_note, swap
+    from .steps.upload import start_uploads, upload_all
+    from .testhooks import fault_point
+
     run, build, info = check(hosts, build_override, built)
     result.started(run)
     doing = "dry run of release" if dry else "deploying release"
@@ -159,6 +171,10 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
 def migrate_with_backup(run):
     """A backup first (its second pass inside the maintenance window the migration needs anyway),
     then the migration, the switch, maintenance off."""
+    from .steps import backup as backup_step
+    from .steps import migrate as migration
+    from .steps.swap import swap
+
     bid = backup_step.new_backup_id()
     # on a failure here nothing was migrated: the site comes back as it was
     held = backup_step.take_complete(run, bid, f"before the migration of {run.release_id}", message=None)
@@ -176,6 +192,10 @@ def migrate_with_backup(run):
 
 def dry_run(run, build, info):
     """--dry-run: the plan and the files that would change on each host; nothing is changed."""
+    from . import rsync
+    from .fleet import in_parallel
+    from .remote.paths import Layout
+
     line(f"release {run.release_id}: {count(info.files, 'file')}, {size(info.bytes)} from {build.path}")
 
     def one(r):

@@ -2,8 +2,12 @@
 what `fab --list` and a deploy import. Costs are compared with a bare walk of the same tree in the
 same test (CPU time of this thread), so the bounds hold on a slower or busier machine."""
 
+import json
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +17,8 @@ from hypothesis import strategies as st
 
 from tasks import buildfiles, manifest, release
 from tasks.config import Build
+
+from .conftest import PROJECT, configure, make_build
 
 FILES = 5000
 
@@ -139,3 +145,71 @@ def test_the_build_check_still_refuses_links_that_lead_outside_and_reads_only_li
         release.check_build(Build(path=site, required=()))
     assert "assets/up -> ../../elsewhere" in str(refused.value)
     assert sorted(read) == ["in", "up"]
+
+
+# What `fab` loads for a task is its module and what the task runs: `fab --list` and `fab --help`
+# need the task definitions only. Run in a fresh interpreter, the new modules listed at exit.
+LOADED = """
+import atexit, json, sys
+import fabric.main
+before = set(sys.modules)
+atexit.register(lambda: print(json.dumps(sorted(set(sys.modules) - before)), file=sys.stderr))
+fabric.main.program.run(["fab", *sys.argv[1:]])
+"""
+TASK_MODULES = {"tasks.backups", "tasks.check", "tasks.deploy", "tasks.init", "tasks.maintenance", "tasks.releases",
+                "tasks.rollback", "tasks.run", "tasks.sandbox", "tasks.setup"}  # fmt: skip
+# what the definitions name: the task boundary, errors, help texts, what Cutover prints
+DEFINITIONS = {"fabfile", "tasks", "tasks.cli", "tasks.errors", "tasks.result", "tasks.executor", "tasks.output"}
+
+
+def loaded(*args, env=None):
+    """(the modules fab loaded beyond Fabric's own, its CompletedProcess)."""
+    result = subprocess.run([sys.executable, "-c", LOADED, *args], cwd=PROJECT, env={**os.environ, **(env or {})},
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    return set(json.loads(result.stderr.strip().splitlines()[-1])), result
+
+
+@pytest.mark.parametrize("args", [["--list"], ["--help", "deploy"], ["--help", "backup"]])
+def test_listing_the_tasks_loads_their_definitions_only(args):
+    modules, result = loaded(*args)
+    assert result.returncode == 0, result.stderr
+    own = {m for m in modules if m.split(".")[0] in ("fabfile", "tasks", "lab")}
+    assert own - TASK_MODULES - DEFINITIONS == set()
+    assert modules & {"urllib.request", "http.client", "html"} == set()
+
+
+def test_a_deploy_loads_what_it_runs_only(lab1, tmp_path):
+    """No notifier configured: no HTTP client; no migration, backup, maintenance page, git build,
+    check or setup code; with a root deploy user no swap helper."""
+    configure(lab1, make_build(tmp_path, "loaded"))
+    env = {"CUTOVER_HOSTS_FILE": str(lab1.hosts_file), "XDG_CACHE_HOME": str(lab1.lab.root / "cache")}
+    modules, result = loaded("deploy", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "deployed" in result.stdout
+    unused = {"urllib.request", "http.client", "html", "tasks.gitbuild",
+              "tasks.steps.backup", "tasks.steps.balancer", "tasks.swaphelper", "tasks.remote.views",
+              "tasks.remote.health"}  # fmt: skip
+    assert modules & unused == set()
+
+
+EXIT_CPU = """
+import atexit, resource, sys
+import fabric.main
+atexit.register(lambda: print(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), file=sys.stderr))
+fabric.main.program.run(["fab", "--list"])
+"""
+
+
+def test_fab_exits_without_walking_every_object_it_loaded():
+    """Python's last garbage collection at exit walks every object still alive: about 30 ms of CPU
+    for what Fabric and Cutover load. They live until the exit anyway: frozen, they are not walked."""
+    spent = []
+    for _ in range(5):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = subprocess.run([sys.executable, "-c", EXIT_CPU], cwd=PROJECT, capture_output=True, text=True,
+                                timeout=60)  # fmt: skip
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        assert result.returncode == 0, result.stderr
+        at_exit = float(result.stderr.strip().splitlines()[-1])
+        spent.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime - at_exit)
+    assert statistics.median(spent) < 0.015, f"CPU after the task: {[round(s * 1000, 1) for s in spent]} ms"
