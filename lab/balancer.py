@@ -71,16 +71,28 @@ class Haproxy:
         """{server: status} of backend web (DRAIN, UP, no check ...)."""
         return {name: s["status"] for name, s in servers(self.ask("show stat"), "web").items()}
 
+    def admin_states(self):
+        """{server: srv_admin_state} of backend web, the bits `show stat`'s status may hide (a
+        server drained by the operator whose health check fails shows DOWN): 0x08 drained."""
+        rows = [line.split() for line in self.admin("show servers state web").splitlines()[1:]]
+        return {row[3]: int(row[6]) for row in rows if len(row) > 6 and not row[0].startswith("#")}
+
 
 @contextmanager
-def haproxy(lab):
-    """An HAProxy in front of every server of the lab; stopped (by its PID) on leaving."""
+def haproxy(lab, down=()):
+    """An HAProxy in front of every server of the lab; stopped (by its PID) on leaving. down: servers
+    health-checked on a port nothing listens on, so that HAProxy finds them DOWN."""
     if not os.path.exists(HAPROXY):
         raise CutoverError(f"lab: {HAPROXY} is missing; apt-get install haproxy")
     root = Path(lab.root) / "haproxy"
     root.mkdir()
     port = free_port()
-    servers = "\n".join(f"    server {s.name} {s.address}:{s.http_port}" for s in lab.servers)
+    closed = free_port()
+    servers = "\n".join(
+        f"    server {s.name} {s.address}:{s.http_port}"
+        + (f" check port {closed} inter 200 fall 1" if s.name in down else "")
+        for s in lab.servers
+    )
     (root / "haproxy.cfg").write_text(
         CONFIG.format(socket=root / "haproxy.sock", root=root, port=port, servers=servers)
     )

@@ -122,6 +122,7 @@ def restore(c, backup=None, data_only=False, force_unlock=False):
     from .steps.lock import force_unlock as clear_lock
     from .steps.lock import lock
     from .steps.swap import swap
+    from .testhooks import fault_point
 
     if backup is None or not BACKUP_ID.fullmatch(backup):
         raise ConfigError(f"--backup {shown(backup)} is not a backup id (like 20261125T101500.123Z)",
@@ -141,9 +142,12 @@ def restore(c, backup=None, data_only=False, force_unlock=False):
         run.release_id = _release(run, backup, checked, data_only)
         # what the restore replaces is saved first: a restore loses nothing and can itself be undone
         message = "We are restoring the site and will be back shortly."
-        held = backup_step.take_complete(run, before, f"before restoring {backup}", message, protect=[backup])
+        held = backup_step.take_complete(
+            run, before, f"before restoring {backup}", message, protect=[backup], restoring=backup
+        )
         run.backup = before
         started = True
+        fault_point("restore")
         for r, answer in in_parallel(run.hosts, lambda r: _restore(run, r, backup, data_only)):
             say(r.host, "restore", answer["seconds"], _restored(r, answer))
         if any(r.current != run.release_id for r in run.hosts):

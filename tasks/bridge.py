@@ -9,7 +9,9 @@ and a ProxyJump route is the connection's own.
 
 A link that goes silent is found as OpenSSH's ServerAliveInterval finds it: after KEEPALIVE_S with
 nothing received, the server is asked for a reply; none within DEAD_AFTER_S and the connection is
-closed, which ends rsync with an error and every later call with "the connection was lost".
+closed, which ends every later call with "the connection was lost". rsync's own pipes are shut
+down then too (Bridge.lost says why): rsync blocked sending into the bridge while the bridge waits
+to hand it what the server sent before the silence would otherwise wait on each other for ever.
 """
 
 import errno
@@ -45,6 +47,9 @@ class Bridge:
         self.listener.bind(self.path)
         self.listener.listen(1)
         self.channel = None
+        self.lost = None  # why the connection failed under this upload, once it did
+        self.pipes = None  # rsync's stdin and stdout, while the bridge holds them
+        self.pipes_lock = threading.Lock()
         self.last_heard = time.monotonic()  # anything from the server, a keepalive reply too
         self.last_moved = time.monotonic()  # a byte of rsync's, either way: the upload's progress
         self.done = threading.Event()
@@ -79,8 +84,10 @@ class Bridge:
             except Exception as exc:  # reported where rsync reports its remote side's errors
                 _write_all(fds[2], f"cutover: the upload channel failed: {type(exc).__name__}: {exc}\n".encode())
             finally:
-                for fd in fds:
-                    os.close(fd)
+                with self.pipes_lock:
+                    self.pipes = None
+                    for fd in fds:
+                        os.close(fd)
             try:
                 client.sendall(bytes([status]))
             except OSError:
@@ -90,6 +97,8 @@ class Bridge:
         """The command on a new channel, as ssh runs it (its words joined by spaces, for the login
         shell); returns its exit status (255 when it had none, as ssh does)."""
         self.stderr_fd = stderr
+        with self.pipes_lock:
+            self.pipes = (stdin, stdout)
         channel = self.channel = self.transport.open_session(timeout=DEAD_AFTER_S)
         channel.exec_command(command)
         threading.Thread(target=self._feed, args=(stdin, channel), daemon=True).start()
@@ -115,8 +124,9 @@ class Bridge:
                 self.last_moved = time.monotonic()
                 channel.sendall(data)
             channel.shutdown_write()
-        except OSError:
-            channel.close()  # the connection failed: rsync sees its remote side end
+        except OSError as exc:
+            if not self.done.is_set():  # not the bridge closing after rsync ended
+                self._cut(f"the connection failed: {exc}")
 
     def _drain(self, recv, fd):
         """The server's output to rsync, until the channel ends. Nothing is dropped: a write waits
@@ -127,13 +137,9 @@ class Bridge:
                 self.last_heard = self.last_moved = time.monotonic()
                 _write_all(fd, data)
         except OSError as exc:
-            if exc.errno in GONE:
-                return
-            self.channel.close()
-            try:
-                _write_all(self.stderr_fd, f"cutover: the upload channel failed: {exc}\n".encode())
-            except OSError:
-                pass  # rsync's stderr is gone too: its exit status still tells
+            if exc.errno in GONE or self.lost:
+                return  # rsync exited first (it says why), or the connection was cut (lost says why)
+            self._cut(f"the upload channel failed: {exc}")
 
     def _watch(self, channel):
         """Close the connection once the server stops answering keepalives (a silent link)."""
@@ -145,8 +151,29 @@ class Bridge:
             if replied.wait(DEAD_AFTER_S):
                 self.last_heard = time.monotonic()
             elif not self.done.is_set():
-                self.transport.close()  # rsync ends with an error; later calls say the connection was lost
+                self._cut(
+                    f"the connection went silent: no answer to a keepalive within {DEAD_AFTER_S:g} s, so it was closed"
+                )
+                self.transport.close()  # later calls say the connection was lost
                 return
+
+    def _cut(self, why):
+        """The connection failed under the upload: close the channel and shut rsync's pipes down, so
+        that rsync sees its remote side end at once and nothing of the bridge waits on rsync."""
+        if self.lost is None:
+            self.lost = why
+            try:
+                _write_all(self.stderr_fd, f"cutover: {why}\n".encode())
+            except OSError:
+                pass  # rsync's stderr is gone too: its exit status still tells
+        self.channel.close()
+        with self.pipes_lock:
+            for fd in self.pipes or ():
+                try:
+                    with socket.socket(fileno=os.dup(fd)) as pipe:
+                        pipe.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # not a socket (an rsync built without socketpair): build.stall_timeout ends it
 
     def _ask(self, replied):
         """One keepalive; any reply counts, a refusal too (OpenSSH refuses this request by name)."""

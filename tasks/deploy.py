@@ -177,7 +177,8 @@ def migrate_with_backup(run):
 
     bid = backup_step.new_backup_id()
     # on a failure here nothing was migrated: the site comes back as it was
-    held = backup_step.take_complete(run, bid, f"before the migration of {run.release_id}", message=None)
+    label = f"before the migration of {run.release_id}"
+    held = backup_step.take_complete(run, bid, label, message=None, migration=run.release_id)
     run.backup = bid
     try:
         migration.migrate(run)

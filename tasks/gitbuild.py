@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, replace
@@ -96,13 +97,26 @@ def _run(host, ref, commit, tree, repo, say):
     cache.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, CUTOVER_CACHE=str(cache), CUTOVER_REF=ref, CUTOVER_COMMIT=commit)
     say(f"building {ref} ({commit}): {host.build.command}")
+    # a session of its own: past the timeout the whole build stops, what the shell started too
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", host.build.command], cwd=tree, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
     try:
-        run = subprocess.run(
-            ["/bin/sh", "-c", host.build.command], cwd=tree, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=host.build.timeout,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired as exc:
-        raise BuildError(f"the build of {ref} timed out after {host.build.timeout} s{_output(exc.output)}") from None
+        out, _ = proc.communicate(timeout=host.build.timeout)
+    except BaseException as exc:  # the timeout, or Ctrl-C: nothing of the build runs on
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # ended meanwhile
+        proc.stdout.close()
+        proc.wait()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise BuildError(
+                f"the build of {ref} timed out after {host.build.timeout} s{_output(exc.output)}"
+            ) from None
+        raise
+    run = subprocess.CompletedProcess(proc.args, proc.returncode, out)
     if run.returncode != 0:
         raise BuildError(
             f"the build of {ref} ({commit}) failed: {host.build.command!r} exited {run.returncode}"

@@ -1,8 +1,10 @@
 """rsync into the incoming release dir, over a channel of the host's own SSH connection
 (tasks/bridge.py)."""
 
+import os
 import re
 import shlex
+import signal
 import subprocess
 import tempfile
 import threading
@@ -132,6 +134,10 @@ class Upload:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
+                os.kill(self.proc.pid, signal.SIGCONT)  # a stopped rsync (Ctrl-Z) acts on SIGTERM only once continued
+            except ProcessLookupError:
+                pass  # it has ended already (and not been waited for: the pid is still ours)
+            try:
                 self.proc.wait(timeout=STOP_WAIT)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
@@ -184,6 +190,12 @@ class Upload:
         self.errors.seek(0)
         err = self.errors.read().decode("utf-8", "replace")
         text = b"".join(out).decode("utf-8", "replace")
+        if self.bridge.lost and code != 0:
+            raise RemoteError(
+                f"upload: {self.bridge.lost}",
+                host=host.name,
+                hint="the network to the server or the server itself stopped answering; deploy again once it answers",
+            )
         if self.stalled is not None:
             raise RemoteError(
                 f"upload: no progress for {self.stalled:g} s (no byte moved either way), so it was stopped",

@@ -19,7 +19,7 @@ SAFE_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
 SAFE_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 URL = re.compile(r"^https?://[^\s\x00-\x1f\x7f]+$")
 ADDRESS = re.compile(r"^[0-9a-fA-F.:]+(/[0-9]{1,3})?$")
-URL_PATH = re.compile(r"^/[A-Za-z0-9._~/-]*$")
+URL_PATH = re.compile(r"^(?!.*/\.\.?(?:/|$))/[A-Za-z0-9._~/-]*$")  # no . or .. segment: Apache never matches one
 # A name never served from any release: one path component, `*` for any characters.
 NEVER_SERVE = re.compile(r"^[A-Za-z0-9._+@*-]+$")
 

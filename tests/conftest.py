@@ -22,7 +22,10 @@ CI = os.environ.get("CUTOVER_CI") == "1"  # .ci/run: every test must run, a skip
 
 def pytest_sessionstart(session):
     """Before any test: every program the lab and the tests run is here (lab/packages.txt), or the
-    run ends now naming each missing one and its Debian package."""
+    run ends now naming each missing one and its Debian package. A pipeline's own CI=true (or
+    CUTOVER_PLAIN) would make every fab the tests start plain: the tests that want it set it."""
+    for name in ("CI", "CUTOVER_PLAIN"):
+        os.environ.pop(name, None)
     try:
         problem = packages.problem()
     except ValueError as exc:  # a line of the list without a program

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,39 @@ def test_a_ref_deploy_of_the_work_tree_commit_sends_nothing_and_back(lab1, tmp_p
             assert re.search(r"\[lab1\] upload +\d+ ms  0 files changed", result.stdout), result.stdout
     assert sent[0] > BIG  # the first deploy sent the whole site
     assert sent[1] < 20_000 and sent[2] < 20_000, sent  # rsync's file list and checksums, not the files
+
+
+def test_a_build_past_its_timeout_is_stopped_with_what_it_started(tmp_path):
+    """build.command runs locally; past build.timeout it is stopped with its children (a bundler's
+    workers), not only the shell that started them, so that nothing of the build runs on."""
+    from tasks import gitbuild, hostsfile
+    from tasks.errors import BuildError
+
+    repo = repository(tmp_path / "site", {"index.html": ("<p>x</p>\n", 0o644)}, "v1")
+    pids = tmp_path / "pids"
+    settings = {
+        "defaults": {
+            "deploy_to": "/var/www/site",
+            "build": {
+                "path": str(repo),
+                "git": str(repo),
+                "timeout": 1,
+                "command": f"sleep 30 & echo $! > {pids}; sleep 30",
+            },
+        },  # fmt: skip
+        "groups": {"g": [{"host": "web1.example.com"}]},
+    }
+    (tmp_path / "hosts.yaml").write_text(yaml.safe_dump(settings))
+    host = hostsfile.load(tmp_path / "hosts.yaml").resolve("g")[0]
+    with pytest.raises(BuildError) as failed:
+        gitbuild.build(host, "v1", say=lambda text: None)
+    assert "timed out after 1 s" in failed.value.message
+    child = int(pids.read_text())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert not Path(f"/proc/{child}").exists(), "the build's child still runs"
+    finally:
+        if Path(f"/proc/{child}").exists():
+            os.kill(child, 9)

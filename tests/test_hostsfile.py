@@ -123,6 +123,16 @@ BAD = [
         "hosts.yaml:4: defaults.shared[0]: 'storage/logs' lies inside shared entry 'storage' (shared[2])",
     ),
     ("  user: deploy", "  shared: [media, ./media/]", "hosts.yaml:3: defaults.shared[1]: 'media' is given twice"),
+    (
+        "  user: deploy",
+        "  maintenance: {health_path: health}",
+        "defaults.maintenance.health_path: 'health' is not a URL path such as /health",
+    ),
+    (
+        "  user: deploy",
+        "  maintenance: {health_path: /up/../health}",
+        "defaults.maintenance.health_path: '/up/../health' is not a URL path such as /health",
+    ),
     ("  user: deploy", "  apache: {allow_override: All}", "defaults.apache: is no longer a setting: pinned requests"),
     ("  user: deploy", "  hooks: {after_deploy: [x]}", "defaults.hooks.after_deploy: is not a known key"),
     (

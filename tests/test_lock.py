@@ -4,12 +4,14 @@ server, whatever became of the run's connection; forced only when nothing of it 
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import configure, current, history, make_build
+from .conftest import PROJECT, configure, current, history, make_build, stopped_httpd
 from .test_murphy import poll
 
 
@@ -152,3 +154,245 @@ def test_ctrl_c_during_a_migration_keeps_the_lock_and_says_maintenance_stays_on(
         assert time.monotonic() < deadline, again.stderr
     assert again.returncode == 0, again.stderr
     assert _marks(log) == ["start", "end", "start", "end"]
+
+
+def test_ctrl_c_while_the_lock_step_links_the_live_release_leaves_the_lock_free(lab1, tmp_path):
+    """Ctrl-C while the server takes the lock and links the live release into the incoming one: the
+    server took the lock, but its answer never came. The run's way out must release it all the same
+    (and remove what it made), not leave it to --force-unlock while saying the site is unchanged."""
+    server = lab1.servers[0]
+    many = {f"pages/p{i:05}.html": b"page\n" for i in range(20000)}
+    configure(lab1, make_build(tmp_path, "big", extra=many))
+    assert lab1.fab("deploy").returncode == 0
+    live = current(server)
+    configure(lab1, make_build(tmp_path, "next", extra=many))
+    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    fab = subprocess.Popen(
+        [sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    releases_dir = Path(server.deploy_to, "releases")
+    agent = None
+    try:
+        assert poll(lambda: any(n.startswith(".prelink-") for n in os.listdir(releases_dir)), seconds=30)
+        agent = json.loads(Path(server.deploy_to, ".cutover", "lock", "owner.json").read_text())["agent_pid"]
+        os.kill(agent, signal.SIGSTOP)  # the lock step is under way on the server, its answer not sent
+        fab.send_signal(signal.SIGINT)
+        out, err = fab.communicate(timeout=60)
+    finally:
+        if agent is not None:
+            os.kill(agent, signal.SIGCONT)
+        if fab.poll() is None:
+            fab.kill()
+    assert fab.returncode == 130, err
+    assert "interrupted" in err
+    # the interrupted step's server side ends with the connection; then nothing of the run is left
+    assert poll(lambda: _gone(agent), seconds=20)
+    assert not Path(server.deploy_to, ".cutover", "lock").exists(), err
+    assert [n for n in os.listdir(releases_dir) if n.startswith(".")] == []
+    assert current(server) == live
+    assert history(server)[-1]["result"] == "failed"
+    assert lab1.fab("deploy").returncode == 0, "the next deploy needs no --force-unlock"
+
+
+def test_a_command_past_its_timeout_is_stopped_with_what_it_started_in_a_session_of_its_own(tmp_path):
+    """A migration that starts a child in a new session (setsid: out of its process group), which
+    keeps the command's output open: at the timeout that child is stopped too, and the step ends
+    then, instead of waiting for the child to close the output (for ever, for a daemon)."""
+    from tasks.remote import commands
+    from tasks.remote.protocol import Refused
+
+    pids = tmp_path / "pids"
+    command = f"setsid sleep 30 & echo $! > {pids}; sleep 30"
+    t = time.monotonic()
+    with pytest.raises(Refused) as timed_out:
+        commands.run_command("migration", command, str(tmp_path), {}, 1, kind="migration")
+    took = time.monotonic() - t
+    escaped = int(pids.read_text())
+    try:
+        assert took < 10, f"the step waited {took:.0f} s for a child that left the command's process group"
+        assert str(timed_out.value) == f"migration {command!r} timed out after 1s; it was stopped, with what it started"
+        assert poll(lambda: _gone(escaped), seconds=5), "the child in a session of its own still runs"
+    finally:
+        if not _gone(escaped):
+            os.kill(escaped, signal.SIGKILL)
+
+
+def test_ctrl_c_during_the_switch_records_the_run_once_as_it_ended(lab1, tmp_path):
+    """Ctrl-C while the server switches: the client switches back, and its abort records the run
+    as failed and frees the lock. The server that made the switch, whose answer was never read,
+    must not add a line of its own saying the release went live and the lock stays."""
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "c1"))
+    assert lab1.fab("deploy").returncode == 0
+    before = current(server)
+    configure(lab1, make_build(tmp_path, "c2"))
+    env = dict(
+        os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), XDG_CACHE_HOME=str(tmp_path / "cache"),
+        CUTOVER_TEST="1", CUTOVER_TEST_HOLD_PAUSE_MS="2000",
+    )  # fmt: skip
+    fab = subprocess.Popen(
+        [sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert poll(lambda: stopped_httpd(server) != [], seconds=30), "the switch's pause never came"
+        fab.send_signal(signal.SIGINT)  # inside the pause: the server has renamed, its answer is not sent
+        out, err = fab.communicate(timeout=60)
+    finally:
+        if fab.poll() is None:
+            fab.kill()
+    assert fab.returncode == 130, err
+    assert current(server) == before
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()
+    # whatever the server side that made the switch does once its client is gone, it has done
+    assert poll(lambda: _sessions_processes(server) == [], seconds=20), _sessions_processes(server)
+    mine = [e for e in history(server) if e.get("release") not in (None, before) or e.get("result") == "failed"]
+    said = [(e["event"], e["result"], e.get("error")) for e in mine]
+    assert said == [("deploy", "failed", "interrupted (Ctrl-C)")], mine
+    assert "note" not in mine[0]
+
+
+def _parent(pid):
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        return 0
+
+
+def _sessions_processes(server):
+    """Processes the lab server's sshd started for its logins (sessions, agents, commands)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == server.sshd_pid:
+            continue
+        pid = int(name)
+        while pid > 1 and pid != server.sshd_pid:
+            pid = _parent(pid)
+        if pid == server.sshd_pid:
+            found.append(int(name))
+    return found
+
+
+def test_two_force_unlocks_at_once_clear_the_dead_lock_once_and_neither_fails(tmp_path, monkeypatch):
+    """Two runs force the same dead lock at the same instant: one clears it (and records that), the
+    other finds it gone, which is no failure: there is nothing left to clear."""
+    from tasks.agent import LocalAgent
+    from tasks.remote import lock
+    from tasks.remote.paths import Layout
+
+    site = Layout(str(tmp_path / "site"))
+    LocalAgent().call("setup", {"deploy_to": site.deploy_to, "rules": "# rules\n", "serve": ""})
+    dead = {"user": "alice", "local_host": "laptop", "pid": 1, "command": "deploy", "token": "dead"}
+    lock.take(site, dead)
+    with open(site.owner) as f:
+        record = json.load(f)
+    record.update(session_pid=2**22 + 1, session_start=1, agent_pid=2**22 + 1, agent_start=1)  # long gone
+    with open(site.owner, "w") as f:
+        json.dump(record, f)
+    real_owner = lock.owner
+    raced = []
+
+    def owner_then_the_other_clears_it(layout):
+        found = real_owner(layout)
+        if not raced:  # the other --force-unlock gets in between this one's look and its rename
+            raced.append(None)
+            raced[0] = LocalAgent().call("unlock", {"deploy_to": site.deploy_to, "force": True,
+                                                    "who": {"user": "bob", "local_host": "b", "token": "second"}})  # fmt: skip
+        return found
+
+    monkeypatch.setattr(lock, "owner", owner_then_the_other_clears_it)
+    answer = LocalAgent().call("unlock", {"deploy_to": site.deploy_to, "force": True,
+                                          "who": {"user": "carol", "local_host": "c", "token": "first"}})  # fmt: skip
+    assert raced[0]["released"] is True
+    assert answer == {"released": False, "owner": None}
+    assert not os.path.lexists(site.lock)
+    assert [e["event"] for e in history_lines(site)] == ["force-unlock"]
+
+
+def history_lines(site):
+    with open(site.history) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture
+def helper_user(lab1):
+    """A deploy user who is not root, who owns lab1's deploy_to and swaps through the sudo helper
+    (installed by `fab setup`); its sudoers line, the helper files setup made and the user removed
+    afterwards."""
+    import pwd
+    import shutil
+
+    from tasks import agent
+
+    if shutil.which("sudo") is None or shutil.which("useradd") is None:
+        pytest.skip("sudo or useradd is not installed (make install adds sudo)")
+    name = f"cutover-h{os.getpid() % 100000}"
+    subprocess.run(["useradd", "-M", "-s", "/bin/sh", "-p", "*", name], check=True)
+    server = lab1.servers[0]
+    uid = pwd.getpwnam(name).pw_uid
+    for path in [server.deploy_to, *(str(p) for p in Path(server.deploy_to).rglob("*"))]:
+        os.lchown(path, uid, uid)
+    sudoers = Path(f"/etc/sudoers.d/{name}")
+    helper, config = Path(agent.HELPER), Path("/etc/cutover/helper.json")
+    created = [p for p in (helper, config, helper.parent, config.parent) if not p.exists()]
+    run_dir = Path("/run/cutover")
+    run_dir_created = not run_dir.exists()
+    yield name, sudoers
+    sudoers.unlink(missing_ok=True)
+    for path in created:
+        if path.is_dir():
+            path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
+    if run_dir_created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    subprocess.run(["userdel", "-f", name], check=True)
+
+
+def test_a_switch_through_the_sudo_helper_whose_run_went_away_is_recorded_by_the_server(lab1, helper_user, tmp_path):
+    """As for root: fab killed after the helper switched, before its finish step, the server's
+    history still names the release that went live (the helper itself records nothing)."""
+    from tasks import agent
+
+    name, sudoers = helper_user
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "u1"), user=name)
+    setup = lab1.fab("setup")
+    assert setup.returncode == 0, setup.stderr
+    sudoers.write_text(f"{name} ALL=(root) NOPASSWD: /usr/bin/python3 -I -S {agent.HELPER} swap *\n")
+    sudoers.chmod(0o440)
+    assert lab1.fab("deploy").returncode == 0
+    before = current(server)
+    configure(lab1, make_build(tmp_path, "u2"), user=name)
+    killed = lab1.fab("deploy", env={"CUTOVER_TEST_KILL_AT": "finish"})
+    assert killed.returncode == -signal.SIGKILL
+    assert current(server) != before
+    assert poll(lambda: history(server)[-1].get("release") == current(server), seconds=20), history(server)[-1]
+    line = history(server)[-1]
+    assert (line["event"], line["release"], line["old"], line["result"]) == ("deploy", current(server), before, "ok")
+    assert line["note"] == "its run went away after the switch; the lock stays until --force-unlock"
+
+
+def test_a_lock_that_is_a_symlink_is_never_forced_through(tmp_path):
+    """.cutover/lock replaced by a symlink to a directory with a dead owner's record: no lock
+    Cutover made. --force-unlock refuses it, naming it, and changes nothing (it used to rename the
+    link aside and then fail on it)."""
+    from tasks.agent import LocalAgent
+    from tasks.errors import RemoteError
+    from tasks.remote.paths import Layout
+
+    site = Layout(str(tmp_path / "site"))
+    LocalAgent().call("setup", {"deploy_to": site.deploy_to, "rules": "# rules\n", "serve": ""})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "owner.json").write_text(json.dumps({"user": "x", "local_host": "y", "command": "deploy",
+                                                      "token": "dead", "session_pid": 2**22 + 1, "session_start": 1}))  # fmt: skip
+    os.symlink(elsewhere, site.lock)
+    before = sorted(os.listdir(site.meta))
+    with pytest.raises(RemoteError) as refused:
+        LocalAgent().call("unlock", {"deploy_to": site.deploy_to, "force": True,
+                                     "who": {"user": "me", "local_host": "h", "token": "mine"}})  # fmt: skip
+    assert f"the lock {site.lock} is a symlink (to {elsewhere})" in refused.value.message
+    assert sorted(os.listdir(site.meta)) == before
+    assert os.path.islink(site.lock) and sorted(os.listdir(elsewhere)) == ["owner.json"]

@@ -68,10 +68,11 @@ def notified(tmp_path, n):
 
 
 def recording_command(tmp_path):
-    """A notify command writing its stdin and its CUTOVER_ variables to files numbered per call."""
+    """A notify command writing its stdin and its CUTOVER_ variables to files numbered per call (the
+    test run's own, inherited from the environment, left out)."""
     return (
         f"n=$(ls {tmp_path}/stdin.* 2>/dev/null | wc -l); cat > {tmp_path}/stdin.$n; "
-        f"env | grep ^CUTOVER_ | grep -v -e ^CUTOVER_HOSTS_FILE= -e ^CUTOVER_TEST= | sort > {tmp_path}/env.$n"
+        f"env | grep ^CUTOVER_ | grep -v -e ^CUTOVER_HOSTS_FILE= -e ^CUTOVER_TEST= -e ^CUTOVER_CI= | sort > {tmp_path}/env.$n"
     )
 
 

@@ -21,6 +21,7 @@ from tasks.remote.paths import PLACEHOLDER
 from tasks.remote.protocol import Refused
 
 from .conftest import configure, current, history, make_build, releases, start_lab, stop_lab
+from .test_apache_rules import get
 from .test_deploy import _rsync_processes
 from .test_php import SITE_CONF, configure_app
 from .test_php import build as php_app
@@ -148,6 +149,29 @@ def test_a_sudo_that_asks_a_password_at_the_switch_says_nothing_was_switched(lab
     assert not Path(server.deploy_to, ".cutover", "lock").exists()
 
 
+def test_a_live_release_failing_while_another_run_holds_the_lock_is_left_to_the_lock_step(lab1, tmp_path):
+    """Another run holds the lock (its swap may pause httpd or switch the live release under the
+    check): a failing live health check is not blamed on the site; the lock step refuses, exit 5,
+    naming who holds the lock."""
+    from tasks.remote import lock
+    from tasks.remote.paths import Layout
+
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "a"))
+    assert lab1.fab("deploy").returncode == 0
+    Path(server.deploy_to, "releases", current(server), "index.html").unlink()
+    configure(lab1, make_build(tmp_path, "b"))
+    site = Layout(server.deploy_to)
+    lock.take(site, {"user": "alice", "local_host": "laptop", "pid": 1, "command": "rollback", "token": "other"})
+    try:  # the lock's session is this test's process: alive
+        refused = lab1.fab("deploy")
+    finally:
+        lock.release(site, "other")
+    assert refused.returncode == 5, refused.stderr
+    assert "alice@laptop" in refused.stderr and "health check" not in refused.stderr, refused.stderr
+    assert "not checked: another run holds the lock" in refused.stdout
+
+
 def test_a_live_release_failing_its_health_check_is_not_deployed_to(lab_pair, tmp_path):
     one, two = lab_pair.servers
     configure(lab_pair, make_build(tmp_path, "a"))
@@ -155,13 +179,15 @@ def test_a_live_release_failing_its_health_check_is_not_deployed_to(lab_pair, tm
     live = current(one)
     # lab1's live site breaks: its front page is gone
     Path(one.deploy_to, "releases", live, "index.html").unlink()
+    broken = get(one, "/")[0]  # what Apache answers for it (403 or 404, as the site's Options say)
+    assert broken in (403, 404)
     configure(lab_pair, make_build(tmp_path, "b"))
     before = [state(one), state(two)]
     refused = lab_pair.fab("deploy")
     assert refused.returncode == 1
     said = (
         f"cutover: error: nothing was uploaded or switched: lab1: the live release {live} fails its health check: "
-        f"{one.url} answered 404, expected 200"
+        f"{one.url} answered {broken}, expected 200"
     )
     assert refused.stderr.splitlines()[0] == said
     assert "deploy anyway with --ignore-live-health" in refused.stderr

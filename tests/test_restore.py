@@ -7,6 +7,7 @@ import os
 import pwd
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,66 @@ def test_a_restore_writes_only_the_entries_hosts_yaml_still_shares(lab1, tmp_pat
     assert restored.returncode == 0, restored.stderr
     assert cache.read_text() == "written since\n"
     assert "cache not restored: hosts.yaml no longer shares it" in restored.stdout
+
+
+def test_the_backup_before_a_migration_whose_run_was_killed_stays_until_a_migration_succeeds(lab1, tmp_path):
+    """fab killed during its migration writes no deploy line: the backup it took first must stay
+    protected all the same (keep_backups: 1), through a `fab backup` and a retry that fails, and
+    `fab backups` must say why."""
+    server = lab1.servers[0]
+    data = {"databases": [{"name": "data", "kind": "sqlite", "path": "shared/db/data.sqlite"}], "hold": 0}
+    base = {"shared": ["media", "db"], "keep_backups": 1, "backups": data}
+    configure(lab1, make_build(tmp_path, "k1", {"db/.keep": b""}), **base)
+    assert lab1.fab("deploy").returncode == 0
+    db = Path(server.deploy_to, "shared", "db", "data.sqlite")
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE t (v TEXT)")
+        con.execute("INSERT INTO t VALUES ('original')")
+    slow = {"command": f"sqlite3 {db} \"UPDATE t SET v = 'half-migrated'\" && sleep 3 && exit 1"}
+    configure(lab1, make_build(tmp_path, "k2"), migrate=slow, **base)
+    killed = lab1.fab("deploy", "--migrate", env={"CUTOVER_TEST_KILL_AT": "migrate:0.5"})
+    assert killed.returncode == -9
+    first = last_backup(server)
+    deadline = time.monotonic() + 30  # the killed run's migration runs on to its end, holding the lock
+    while (retry := lab1.fab("deploy", "--migrate", "--force-unlock")).returncode == 5:
+        assert time.monotonic() < deadline, retry.stderr
+        time.sleep(0.5)
+    assert retry.returncode == 8, retry.stderr
+    assert lab1.fab("backup").returncode == 0
+    assert first in backups_of(server), "the backup taken before the killed run's migration was pruned"
+    row = next(line for line in lab1.fab("backups").stdout.splitlines() if line.startswith(first))
+    assert "before a migration whose run did not finish, until one succeeds" in row
+    restored = lab1.fab("restore", "--backup", first)
+    assert restored.returncode == 0, restored.stderr
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT v FROM t").fetchall() == [("original",)]
+
+
+def test_the_backup_of_the_data_before_a_restore_whose_run_was_killed_stays_until_a_restore_succeeds(lab1, tmp_path):
+    """fab killed once the restore has saved the data as it was (keep_backups: 1): that backup is
+    the only way back, and must survive the next `fab backup`, with `fab backups` saying why."""
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "x1"), keep_backups=1, backups={"hold": 0})
+    assert lab1.fab("deploy").returncode == 0
+    photo = Path(server.deploy_to, "shared", "media", "photo.txt")
+    photo.write_text("as backed up\n")
+    assert lab1.fab("backup").returncode == 0
+    old = last_backup(server)
+    photo.write_text("written since\n")
+    killed = lab1.fab("restore", "--backup", old, env={"CUTOVER_TEST_KILL_AT": "restore"})
+    assert killed.returncode == -9, killed.stderr
+    before = last_backup(server)  # the data as it was before the restore: "written since"
+    assert before != old
+    assert lab1.fab("backup", "--force-unlock").returncode == 0
+    assert before in backups_of(server), "the data as it was before the killed restore was pruned"
+    assert old in backups_of(server), "the backup the killed restore was putting back was pruned"
+    rows = lab1.fab("backups").stdout.splitlines()
+    assert "the data before a restore that did not finish, until one succeeds" in next(
+        r for r in rows if r.startswith(before)
+    )
+    assert "what a restore that did not finish restores, until one succeeds" in next(
+        r for r in rows if r.startswith(old)
+    )
+    rerun = lab1.fab("restore", "--backup", old)  # the restore, run again, finishes
+    assert rerun.returncode == 0, rerun.stderr
+    assert photo.read_text() == "as backed up\n"

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import rsync, ssh
+from tasks import bridge, rsync, ssh
 from tasks.errors import RemoteError
 
 from .conftest import configure, current, history, make_build, releases
-from .test_deploy import _rsync_processes, deploy, wait_until
+from .test_deploy import _cmdline, _rsync_processes, deploy, wait_until
 
 FILES, FILE_KB = 1000, 48  # a site of tens of MB, whose every file the server already has an older copy of
 
@@ -142,3 +142,89 @@ def test_a_deploy_whose_upload_stalls_fails_on_that_host_and_releases_the_lock(l
     assert [r for r in releases(server) if r.startswith(".incoming")] == []
     assert history(server)[-1]["result"] == "failed"
     assert deploy(lab1).returncode == 0, "the next deploy goes through"
+
+
+def _session_of(pid):
+    """The sshd process serving the connection that started pid (its nearest sshd ancestor)."""
+    while pid > 1:
+        if Path(f"/proc/{pid}/comm").read_text().startswith("sshd"):
+            return pid
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    raise AssertionError("no sshd above the server's rsync")
+
+
+def test_an_upload_whose_connection_goes_silent_mid_transfer_ends_once_the_keepalives_go_unanswered(
+    lab1, tmp_path, monkeypatch
+):
+    # The first upload of a site of 20,000 small files: the server's rsync asks for every file while
+    # the local one sends them. The local rsync is held a second (the server's requests pile up in
+    # the connection's buffers), then the connection's sshd stops (a link that goes silent).
+    # Unanswered keepalives close the connection; the upload must end then, saying so, instead of
+    # the bridge waiting to hand rsync requests while rsync waits to send, until
+    # build.stall_timeout (a day here).
+    monkeypatch.setattr(bridge, "KEEPALIVE_S", 1)
+    monkeypatch.setattr(bridge, "DEAD_AFTER_S", 2)
+    server = lab1.servers[0]
+    host = lab1.host()
+    host = replace(host, build=replace(host.build, stall_timeout=86400))
+    dest = Path(server.deploy_to, "releases", ".incoming-silent-link")
+    build = tmp_path / "build"
+    build.mkdir()
+    for i in range(20000):
+        (build / f"page{i:05}.html").write_bytes(os.urandom(1024))
+    (build / "index.html").write_text("many pages\n")
+    conn = ssh.connect(host)
+    session = None
+    try:
+        upload = rsync.Upload.start(host, conn, build, str(dest))
+        waiting = futures.ThreadPoolExecutor(1).submit(upload.result)
+        wait_until(lambda: upload.last_output > 0, "the upload's first progress line", 60)
+        os.kill(upload.proc.pid, signal.SIGSTOP)
+        time.sleep(1)
+        server_rsync = [p for p in _rsync_processes(server) if _cmdline(p)[:2] == [b"rsync", b"--server"]]
+        session = _session_of(min(server_rsync))
+        os.kill(session, signal.SIGSTOP)
+        os.kill(upload.proc.pid, signal.SIGCONT)
+        t = time.monotonic()
+        try:
+            with pytest.raises(RemoteError) as failed:
+                waiting.result(timeout=30)
+        except futures.TimeoutError:
+            upload.stop()
+            raise AssertionError("the upload still waits 30 s after its connection went silent") from None
+        took = time.monotonic() - t
+    finally:
+        if session is not None:
+            os.kill(session, signal.SIGCONT)
+        conn.close()
+    assert failed.value.host == "lab1"
+    assert failed.value.message == (
+        "upload: the connection went silent: no answer to a keepalive within 2 s, so it was closed"
+    )
+    assert 2 <= took < 8, took
+    local = [p for p in _rsync_processes(server) if _cmdline(p)[0] == b"rsync" and b"--server" not in _cmdline(p)]
+    assert local == []
+    # resumed, the server finds the connection closed: its rsync ends too
+    wait_until(lambda: _rsync_processes(server) == [], "the server's rsync to end", 30)
+    shutil.rmtree(dest)
+
+
+def test_stopping_an_upload_whose_rsync_is_stopped_ends_it_at_once(lab1, tmp_path):
+    # Ctrl-C or a failed host while the local rsync is stopped (Ctrl-Z, a machine too loaded):
+    # a stopped process acts on SIGTERM only once continued; the way out must not wait its 5 s
+    server, host = lab1.servers[0], lab1.host()
+    dest = Path(server.deploy_to, "releases", ".incoming-stopped")
+    conn = ssh.connect(host)
+    try:
+        upload = rsync.Upload.start(host, conn, make_build(tmp_path, "s"), str(dest), when_ready=True)
+        wait_until(lambda: _rsync_processes(server) != [] and len(_rsync_processes(server)) >= 3, "rsync on both ends")
+        time.sleep(0.5)  # rsync's own signal handlers in place: it waits for the server's incoming dir
+        os.kill(upload.proc.pid, signal.SIGSTOP)
+        t = time.monotonic()
+        upload.stop()
+        took = time.monotonic() - t
+    finally:
+        conn.close()
+    assert upload.proc.returncode == 20, upload.proc.returncode  # rsync's own exit on SIGTERM, not a SIGKILL
+    assert took < 2, took
+    wait_until(lambda: _rsync_processes(server) == [], "the upload's processes on both ends to end", 10)

@@ -217,7 +217,8 @@ def op_backup(a):
     if problem:
         raise Refused("the backup does not match its manifest right after writing: %s" % problem)
     record = dict(sealed, id=bid, label=a.get("label"), created=paths.now(), entries=list(a["shared"]),
-                  files=len(files), bytes=sum(size for size, _ in files.values()), new_bytes=new_bytes)
+                  files=len(files), bytes=sum(size for size, _ in files.values()), new_bytes=new_bytes,
+                  migration=a.get("migration"), restoring=a.get("restoring"))
     paths.write_file(os.path.join(incoming, INFO), json.dumps(record, sort_keys=True))
     os.rename(incoming, layout.backup(bid))
     # never a backup that is the way back from a migration or a restore (history.protected)
@@ -225,7 +226,8 @@ def op_backup(a):
     record["removed"] = prune(layout, a["keep"], [*needed, *a.get("protect", [])])
     owner = lock.owner(layout) or {}
     history.record(layout, "backup", owner, "ok", backup=bid, label=a.get("label"), release=record["release"],
-                   databases=record["databases"], files=record["files"], new_bytes=new_bytes)
+                   databases=record["databases"], files=record["files"], new_bytes=new_bytes,
+                   migration=a.get("migration"), restoring=a.get("restoring"))
     record["seconds"] = time.monotonic() - t
     return record
 

@@ -9,7 +9,7 @@ import socket
 
 from .protocol import Refused
 
-COMMAND = re.compile(r"(set server [\w.:-]+/[\w.:-]+ state (drain|ready)|show stat)")
+COMMAND = re.compile(r"(set server [\w.:-]+/[\w.:-]+ state (drain|ready)|show stat|show servers state [\w.:-]+)")
 TIMEOUT = 10  # seconds for one command's reply
 
 
@@ -45,6 +45,18 @@ def servers(stat, backend):
         fields = row.split(",")
         if len(fields) > 17 and fields[0] == backend and fields[1] not in ("BACKEND", "FRONTEND"):
             out[fields[1]] = {"open": int(fields[4] or 0), "status": fields[17]}
+    return out
+
+
+def admin_states(state, backend):
+    """{server: srv_admin_state} of one backend from `show servers state BACKEND` (the admin state
+    `show stat`'s status hides behind DOWN or NOLB when a health check fails): 0x01, 0x02, 0x04,
+    0x20, 0x40 are kinds of maintenance, 0x08 and 0x10 a drain."""
+    out = {}
+    for line in state.splitlines():
+        fields = line.split()
+        if len(fields) > 6 and not fields[0].startswith("#") and fields[1] == backend and fields[6].isdigit():
+            out[fields[3]] = int(fields[6])
     return out
 
 

@@ -3,9 +3,11 @@
 Each runs in a process group of its own, recorded in the lock while it runs (lock.working), so
 that a run whose connection is gone still holds its lock until its command has ended: a second
 run can never start a migration beside one still running. A command that outlives its timeout
-is killed with everything it started.
+is killed with everything it started: its process group, and what left the group (setsid, a
+daemon's double fork) found by the mark in its environment (CUTOVER_COMMAND_ID).
 """
 
+import binascii
 import os
 import signal
 import time
@@ -14,6 +16,7 @@ from . import lock
 from .protocol import Refused
 
 OUTPUT_KEPT = 3000  # characters of a failed command's output sent back
+MARK = "CUTOVER_COMMAND_ID"  # in every command's environment: what it started carries it
 
 
 def tail(text, limit=OUTPUT_KEPT):
@@ -57,9 +60,11 @@ def run_command(what, command, cwd, env, timeout, kind=None, user=None, layout=N
     import subprocess  # only the steps that run commands start processes
 
     prefix, preexec, user_env = _as_user(user) if user else ([], None, {})
+    mark = "%d-%s" % (os.getpid(), binascii.hexlify(os.urandom(6)).decode())
     proc = subprocess.Popen(
-        prefix + ["/bin/sh", "-c", command], cwd=cwd, env=dict(os.environ, **user_env, **env), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec, start_new_session=True,
+        prefix + ["/bin/sh", "-c", command], cwd=cwd, env=dict(os.environ, **user_env, **env, **{MARK: mark}),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec,
+        start_new_session=True,
     )
     if layout is not None:
         lock.working_on(layout, what, command, proc.pid)
@@ -76,7 +81,8 @@ def run_command(what, command, cwd, env, timeout, kind=None, user=None, layout=N
             if prefix:  # through sudo, as another user: only that user may signal its processes
                 _kill_group_as(user, proc.pid)
             _kill_group(proc.pid)
-            _kill_holders(proc.stdout)  # what left its process group (setsid) holding the output
+            _kill_marked(mark)  # what left its process group (setsid, a daemon's double fork)
+            _kill_holders(proc.stdout)  # and anything else holding the output (the mark cleared)
             more, _ = _read_output(proc.stdout, time.monotonic() + STOP_WAIT, kept)
             proc.stdout.close()
             proc.wait()
@@ -182,6 +188,27 @@ def _kill_holders(pipe):
                 os.kill(int(pid), signal.SIGKILL)
         except OSError:
             pass  # gone meanwhile, or another user's (sudo -u): nothing this user can stop
+
+
+def _kill_marked(mark, rounds=3):
+    """SIGKILL every process whose environment carries this command's mark (what left its process
+    group); a few rounds, for a daemon that forks while it is looked for."""
+    wanted = ("%s=%s" % (MARK, mark)).encode()
+    for _ in range(rounds):
+        found = 0
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open("/proc/%s/environ" % name, "rb") as f:
+                    marked = wanted in f.read().split(b"\0")
+                if marked:
+                    os.kill(int(name), signal.SIGKILL)
+                    found += 1
+            except (OSError, ValueError):
+                pass  # gone since the listing, or another user's: not ours to see or kill
+        if not found:
+            return
 
 
 def run_hooks(point, commands, cwd, env, timeout, layout=None):

@@ -6,6 +6,7 @@ file's owner, mode and ACL, and a restore loads it into the live file in place a
 again, so that the web server writes it after a restore as before.
 """
 
+import binascii
 import errno
 import grp
 import os
@@ -15,7 +16,7 @@ import shutil
 import stat
 import subprocess
 
-from . import grants, paths
+from . import grants, nofollow, paths
 from .protocol import Refused
 
 DB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -78,6 +79,8 @@ def dump(layout, db, dest):
         dst = sqlite3.connect(out)
         try:
             src.backup(dst)  # the online backup API: one consistent copy, never a torn file copy
+        except sqlite3.Error as exc:
+            raise Refused("database %s: reading %s failed: %s" % (db["name"], db["path"], exc))
         finally:
             dst.close()
             src.close()
@@ -94,30 +97,14 @@ def dump(layout, db, dest):
 
 
 def load(layout, db, source):
-    """Restore one database from its dump in a backup."""
+    """Restore one database from its dump in a backup. A SQLite database: the dump (a complete
+    database file) copied into a new file beside the live one and renamed over it, its owner,
+    mode and ACL as at the backup; nothing is opened by a name in that directory, which the web
+    server's user may write (a symlink it plants there at any instant is replaced, never followed)."""
     db = checked(layout, db)
     if db["kind"] == "sqlite":
-        import sqlite3
-
         guarded(layout, db)
-        os.makedirs(os.path.dirname(db["file"]), exist_ok=True)
-        dump = os.path.join(source, db["name"] + ".sqlite")
-        src = sqlite3.connect("file:%s?mode=ro" % dump, uri=True)
-        # the live file, written in place: its inode stays, and so do processes that hold it open
-        dst = sqlite3.connect(db["file"])
-        try:
-            src.backup(dst)
-        finally:
-            dst.close()
-            src.close()
-        try:
-            fd = os.open(db["file"], os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as exc:
-            raise Refused("database %s: %s is no longer a file: %s" % (db["name"], db["path"], exc)) from None
-        try:
-            copy_owner_and_mode(dump, fd)
-        finally:
-            os.close(fd)
+        _put_in_place(db, os.path.join(source, db["name"] + ".sqlite"))
         return
     with open(os.path.join(source, db["name"] + ".sql"), "rb") as f:
         run = subprocess.run([_mariadb_program("mariadb", "mysql"), "--defaults-extra-file=" + db["credentials"]],
@@ -132,12 +119,68 @@ def remove_sqlite(layout, db):
     if db["kind"] != "sqlite":
         return []
     guarded(layout, db)
+    parent, name = _open_dir_of(db)
     gone = []
-    for path in [db["file"]] + [db["file"] + suffix for suffix in JOURNALS]:
-        if os.path.isfile(path):
-            os.unlink(path)
-            gone.append(os.path.relpath(path, layout.deploy_to))
+    try:
+        for suffix in ("",) + JOURNALS:
+            st = nofollow.lstat_at(parent, name + suffix)
+            if st is not None and stat.S_ISREG(st.st_mode):
+                os.unlink(name + suffix, dir_fd=parent)
+                gone.append(os.path.relpath(db["file"] + suffix, layout.deploy_to))
+    finally:
+        os.close(parent)
     return gone
+
+
+def _open_dir_of(db):
+    """(descriptor, name): the directory holding a SQLite database, opened from / one component at
+    a time without following a symlink (the operator's own symlinks on the way, which guarded()
+    let through, resolved first; missing directories made), and the file's name in it."""
+    real = os.path.realpath(os.path.dirname(db["file"]))
+    root = os.open("/", nofollow.DIR_FLAGS)
+    try:
+        return nofollow.open_path(root, [p for p in real.split("/") if p], create=True), os.path.basename(db["file"])
+    except nofollow.SymlinkInPath as exc:
+        raise Refused("database %s: /%s became a symlink while it was looked at; nothing was written through it"
+                      % (db["name"], "/".join(exc.done + [exc.part])))  # fmt: skip
+    finally:
+        os.close(root)
+
+
+def _put_in_place(db, dump):
+    """The dump's bytes in a new file of the database's directory (O_EXCL, O_NOFOLLOW, through its
+    descriptor), given the dump's owner, mode and ACL, then renamed over the database's name. The
+    old database's journals go first: a WAL left beside the restored file would be applied to it."""
+    parent, name = _open_dir_of(db)
+    temp = ".%s.cutover-restore-%s" % (name, binascii.hexlify(os.urandom(6)).decode())
+    try:
+        out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        try:
+            with open(dump, "rb") as f:
+                while True:
+                    chunk = f.read(1 << 20)
+                    if not chunk:
+                        break
+                    while chunk:
+                        chunk = chunk[os.write(out, chunk):]
+            os.fsync(out)
+            copy_owner_and_mode(dump, out)
+        finally:
+            os.close(out)
+        for suffix in JOURNALS:
+            try:
+                os.unlink(name + suffix, dir_fd=parent)  # a name: a symlink there is removed, never followed
+            except FileNotFoundError:
+                pass
+        os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except BaseException:
+        try:
+            os.unlink(temp, dir_fd=parent)
+        except OSError:
+            pass  # renamed away (by the web server's user, in its own directory), or never made
+        raise
+    finally:
+        os.close(parent)
 
 
 def copy_owner_and_mode(src, dst):

@@ -8,6 +8,7 @@ from . import history, intent, lock, nofollow, paths, protocol, seals
 from .protocol import Refused
 
 LEFT_NOTE = "its run went away after the switch; the lock stays until --force-unlock"
+LEFT_WAIT_S = 3600  # how long a switch's agent given up by a connected client waits for the run to end
 
 
 def to_remove(kept, current, protect, keep):
@@ -135,10 +136,24 @@ def _run_fields(a, held, release_id):
     }
 
 
-def record_left(layout, result):
+def record_left(layout, result, token, only_if_live=False):
     """The history line of a run whose client went away after this server's switch (result: the
-    swap's answer); the run never finished, so its lock stays."""
-    held = lock.owner(layout) or {}
+    swap's answer); the run never finished, so its lock stays. A client that is still connected
+    gave up only this agent (Ctrl-C while the switch ran): it goes on through another one, and
+    its own finish or abort records the run; so this waits for the run's connection to end, and
+    records nothing once the run has released its lock (token). only_if_live: nothing either unless
+    the switch's release is live then (a switch through the helper, whose answer this agent never saw)."""
+    import time
+
+    held = lock.held_by(layout, token) if token else lock.owner(layout)
+    deadline = time.monotonic() + LEFT_WAIT_S
+    while held is not None and lock.connected(held) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        held = lock.held_by(layout, token) if token else held
+    if held is None:
+        return  # the run's finish or abort released its lock, and recorded the run
+    if only_if_live and paths.current_release(layout) != result.get("new"):
+        return  # the helper did not switch, or switched back: nothing went live
     back = bool(result.get("swapped_back"))
     error = "health check failed after the switch: %s; switched back" % result.get("health") if back else None
     history.record(layout, held.get("command") or "deploy", held, "failed" if back else "ok",

@@ -90,13 +90,19 @@ def protected(entries, current):
     """{backup id: why} of the backups that are a way back, which no pruning removes whatever
     keep_backups says: the one taken before the live release's migration; the one before the last
     migration that succeeded (a rollback since does not end it) and those before every migration
-    that failed after it, until another succeeds; and the data as it was before a restore that did
-    not finish, until a restore succeeds."""
+    that failed after it, or whose run did not finish (its backup's line names the migration), until
+    another succeeds; and the data as it was before a restore that did not finish, and the backup it
+    restores, until a restore succeeds."""
     out = {}
     live = backup_of(entries, current)
     if live:
         out[live] = "before the migration of the live release %s" % current
     for e in reversed(entries):
+        if e.get("event") == "backup" and e.get("migration") and e.get("backup"):
+            # taken before a migration whose run never wrote its own line (fab killed meanwhile)
+            out.setdefault(e["backup"], "before a migration whose run did not finish, until one succeeds (of %s)"
+                           % e["migration"])
+            continue
         if e.get("event") != "deploy" or not e.get("backup"):
             continue
         if e.get("result") == "ok":
@@ -104,6 +110,11 @@ def protected(entries, current):
             break
         out.setdefault(e["backup"], "before a migration that failed, until one succeeds (of %s)" % e.get("release"))
     for e in reversed(entries):
+        if e.get("event") == "backup" and e.get("restoring") and e.get("backup"):
+            # saved by a restore before it changed anything: its run may have gone away since (fab killed)
+            out.setdefault(e["backup"], "the data before a restore that did not finish, until one succeeds")
+            out.setdefault(e["restoring"], "what a restore that did not finish restores, until one succeeds")
+            continue
         if e.get("event") != "restore":
             continue
         if e.get("result") == "ok":

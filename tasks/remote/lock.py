@@ -191,8 +191,15 @@ def stale_temps(layout):
 def op_unlock(a):
     """Release our lock (token), or with force a lock whose owner's SSH session is gone."""
     layout = paths.Layout(a["deploy_to"])
+    token = a.get("token") if not a.get("force") else (a.get("who") or {}).get("token")
+    if not TOKEN.fullmatch(str(token)):  # it names a path beside the lock
+        raise Refused("the lock token %r is not one Cutover makes (letters, digits, _ and -)" % (token,))
     if not a.get("force"):
-        return {"released": release(layout, a["token"])}
+        return {"released": release(layout, token)}
+    if os.path.islink(layout.lock):  # never made by Cutover, and no record of it tells anything
+        raise Refused("the lock %s is a symlink (to %s), which Cutover never makes; nothing was removed"
+                      % (layout.lock, os.readlink(layout.lock)),
+                      hint="if no deploy is running on this server, remove the symlink by hand: rm %s" % layout.lock)
     held = owner(layout)
     if held is None:
         return {"released": False, "owner": None}
@@ -217,8 +224,11 @@ def op_unlock(a):
         )
     # Renamed aside first and checked: between our look and the removal another --force-unlock
     # may have cleared it and a new run taken the lock; that lock must not be removed.
-    aside = "%s.removed-%s" % (layout.lock, a["who"]["token"])
-    os.rename(layout.lock, aside)
+    aside = "%s.removed-%s" % (layout.lock, token)
+    try:
+        os.rename(layout.lock, aside)
+    except FileNotFoundError:
+        return {"released": False, "owner": None}  # another --force-unlock cleared it since our look
     try:
         with open(os.path.join(aside, "owner.json")) as f:
             taken = json.load(f).get("token")

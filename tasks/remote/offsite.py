@@ -62,13 +62,18 @@ def _run(argv, what, to):
         raise Refused("%s took longer than %d s" % (what, PUSH_TIMEOUT), hint=STAYS) from None
     if run.returncode != 0:
         out = (run.stdout + run.stderr).decode("utf-8", "replace").strip()[-500:]
-        cause, fix = _cause(out, to)
+        cause, fix = _cause(out, to, run.returncode)
         raise Refused("%s failed: %s%s" % (what, cause + ": " if cause else "", out), hint="%s; %s" % (fix, STAYS))
     return run.stdout.decode("utf-8", "replace")
 
 
-def _cause(out, to):
-    """(what ssh or rsync's words mean, if known, or "", what to do) for a failed copy."""
+DISK_OR_RIGHTS = 11  # rsync's exit status for an error in file I/O (its message can be lost with ssh)
+
+
+def _cause(out, to, status=None):
+    """(what ssh or rsync's words mean, if known, or "", what to do) for a failed copy. An rsync
+    receiver that dies of a write error does not always get its message through ssh before the
+    connection closes: its exit status then still says what kind of error it was."""
     if not to:  # a comparison on this machine
         return "", "check backups.to"
     where = "%s port %s" % (to["host"], to.get("port", 22))
@@ -86,13 +91,26 @@ def _cause(out, to):
     if "No space left on device" in out:
         return "", ("the backup host's disk is full at %s: free space there, or give backups.to.path on a disk "
                     "with room" % to["path"])  # fmt: skip
+    if status == DISK_OR_RIGHTS:
+        return ("rsync could not write on the backup host (exit status 11: an error in file I/O)",
+                "the backup host's disk may be full at %s, or %s may not write there: free space there (df -h %s), "
+                "or give backups.to.path on a disk with room" % (to["path"], to["user"], to["path"]))  # fmt: skip
     return "", "check backups.to and that this server's key is authorized there"
 
 
 def differences(src, dest, rsh=None, to=None):
     """What rsync would change to make dest (a directory, here or user@host:path) hold what src
     holds: files by content, symlinks by target, anything extra. [] when they are the same."""
-    argv = ["rsync", "-r", "-l", "--checksum", "--dry-run", "--itemize-changes", "--delete", "--timeout=%d" % IO_TIMEOUT]
+    argv = [
+        "rsync",
+        "-r",
+        "-l",
+        "--checksum",
+        "--dry-run",
+        "--itemize-changes",
+        "--delete",
+        "--timeout=%d" % IO_TIMEOUT,
+    ]
     if rsh:
         argv += ["-e", shlex.join(rsh)]
     out = _run(argv + [src.rstrip("/") + "/", dest], "comparing the copy at %s" % dest, to)
@@ -120,8 +138,10 @@ def push(layout, bid, to, name):
     found = differences(layout.backup(bid), dest, rsh, to)
     if found:
         shown = "; ".join(found[:DIFFERENCES_SHOWN]) + (" ..." if len(found) > DIFFERENCES_SHOWN else "")
-        raise Refused("the copy of backup %s at %s differs from the backup after copying: %s" % (bid, dest, shown),
-                      hint="something else writes there: give each site and host a path of its own")
+        raise Refused(
+            "the copy of backup %s at %s differs from the backup after copying: %s" % (bid, dest, shown),
+            hint="something else writes there: give each site and host a path of its own",
+        )
     record = backup.info(layout, bid)
     record["copied_to"] = dest
     paths.write_file(os.path.join(layout.backup(bid), manifests.INFO), json.dumps(record, sort_keys=True))

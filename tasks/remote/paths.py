@@ -124,7 +124,10 @@ def foreign_symlink(path):
     except FileNotFoundError:
         return None
     if stat.S_ISLNK(st.st_mode) and st.st_uid not in (0, os.geteuid()):
-        return os.readlink(path)
+        try:
+            return os.readlink(path)
+        except FileNotFoundError:
+            return None  # removed since the lstat: no symlink there now
     return None
 
 

@@ -12,7 +12,7 @@ import pwd
 import subprocess
 import sys
 
-from . import health, install, paths
+from . import health, install, lock, paths
 from .helper import HELPER_CONFIG
 from .protocol import Refused
 
@@ -109,7 +109,16 @@ def live_health(layout, verify):
     current = paths.current_release(layout)
     if current is None or current == paths.PLACEHOLDER:
         return {"release": current, "problem": None, "skipped": "nothing deployed yet"}
-    return {"release": current, "problem": health.problem(verify, current)}
+    problem = health.problem(verify, current)
+    if problem is None:
+        return {"release": current, "problem": None}
+    # A run holding the lock may be switching the site right now (httpd paused, the live release
+    # changing under the check): what failed may be its doing, and this run cannot go on while it
+    # runs anyway. The lock step says who holds it; the live site is checked again next time.
+    held = lock.owner(layout)
+    if paths.current_release(layout) != current or (held and held.get("alive")):
+        return {"release": current, "problem": None, "skipped": "not checked: another run holds the lock"}
+    return {"release": current, "problem": problem}
 
 
 def op_preflight(a):

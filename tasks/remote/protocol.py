@@ -28,6 +28,7 @@ OPS = {
     "hook": ("stage", "op_hook"),
     "swap": ("switching", "op_swap"),
     "go": ("switching", "op_go"),
+    "helper_switch": ("switching", "op_helper_switch"),
     "disarm": ("swap", "op_disarm"),
     "intent": ("intent", "op_intent"),
     "balancer": ("balancer", "op_balancer"),

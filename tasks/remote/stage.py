@@ -6,7 +6,7 @@ import os
 import stat
 import time
 
-from . import history, intent, lock, paths, protocol, seals, shared
+from . import finish, history, intent, lock, paths, protocol, seals, shared
 from .commands import release_env, run_command, run_hooks, tail
 from .protocol import Refused
 
@@ -34,7 +34,7 @@ def op_lock(a):
             answer["previous"] = history.previous(layout, current)
             answer["migrated"] = history.backup_of(history.read(layout), current)
         if release_id:
-            answer.update(_make_incoming(layout, release_id, current, a.get("prelink")))
+            answer.update(_make_incoming(layout, release_id, current, a.get("prelink"), a["who"]["token"]))
             answer["missing_shared"] = shared.missing(layout, a.get("shared", []))
         return answer
     except BaseException:
@@ -42,9 +42,11 @@ def op_lock(a):
         raise
 
 
-def _make_incoming(layout, release_id, current, plan):
+def _make_incoming(layout, release_id, current, plan, token):
     """releases/.incoming-<id>, made as .prelink-<id> and renamed when complete: the upload's
-    rsync, started together with the lock step, waits for .incoming-<id> (when_ready.py)."""
+    rsync, started together with the lock step, waits for .incoming-<id> (when_ready.py). Not
+    renamed once the run has let its lock go meanwhile (Ctrl-C during a long prelink: its abort,
+    on a new agent, released the lock before this answer could be sent)."""
     for d in (layout.releases, layout.shared):
         os.makedirs(d, exist_ok=True)
     if os.path.lexists(layout.release(release_id)):
@@ -63,6 +65,10 @@ def _make_incoming(layout, release_id, current, plan):
             plan = dict(plan, seal=seal, unlink=set(sized.get("unlink") or ()))
         out["prelinked"], out["prelink_error"] = prelink(layout.release(current), making, plan)
         out["prelink_s"] = time.monotonic() - t
+    if lock.held_by(layout, token) is None:
+        if os.path.lexists(making):
+            finish.remove_release_dir(layout, os.path.basename(making))
+        raise Refused("the run let its lock go while its incoming release was being made; it was removed")
     os.rename(making, layout.incoming(release_id))
     return out
 

@@ -263,16 +263,16 @@ def op_swap(a):
     target = layout.release(release_id)
     if not os.path.isdir(target) or os.path.islink(target):
         raise Refused("release %s does not exist on this server" % release_id)
+    # The swap's own files: in .cutover, or for the sudo helper in its root-owned directory.
+    meta = a.get("meta") or layout.meta
+    pid_file = os.path.join(meta, os.path.basename(layout.swap_pid))
+    _wait_for_running_swap(pid_file)  # first: what is live is known once an earlier swap has ended
     old = paths.current_release(layout)
     if old is not None and settings["verify"] and settings["swap_back"] and not paths.RELEASE_ID.fullmatch(old):
         raise Refused("current points at %r, which is not a release: a failed health check could not switch back to "
                       "it; point current at a release in releases/ by hand first" % os.readlink(layout.current))
     parent = httpd.parent(settings["pidfile"]) if settings["pause"] != "none" else None
     settings["cgroup"] = pause.method(settings["pause"], parent)
-    # The swap's own files: in .cutover, or for the sudo helper in its root-owned directory.
-    meta = a.get("meta") or layout.meta
-    pid_file = os.path.join(meta, os.path.basename(layout.swap_pid))
-    _wait_for_running_swap(pid_file)
     settings["watchdog_log"] = os.path.join(meta, os.path.basename(layout.watchdog_log))
     result_path = os.path.join(meta, os.path.basename(layout.swap_result(os.getpid())))
     armed = a.get("arm") is True

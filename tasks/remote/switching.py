@@ -1,9 +1,10 @@
 """The switch as the agent serves a run: swap.py's switch, and the server's own history line for
 it should the client go away before the run's finish or abort step (a killed fab, a pulled
 cable): history then names the release this server made live although the run never finished.
-The sudo helper runs swap.py's op itself; it serves one call and records nothing."""
+The sudo helper runs swap.py's op itself; it serves one call and records nothing, so the client
+tells the agent first (op_helper_switch), which records such a switch the same way."""
 
-from . import finish, paths, protocol, swap
+from . import finish, lock, paths, protocol, swap
 
 
 def op_swap(a):
@@ -12,6 +13,17 @@ def op_swap(a):
 
 def op_go(a):
     return _until_finished(a, swap.op_go(a))
+
+
+def op_helper_switch(a):
+    """Said before a switch through the sudo helper, which records nothing: should the client go
+    away after it, the history line of the release it made live (if it is live then)."""
+    layout = paths.Layout(a["deploy_to"])
+    release_id = paths.release_id(a["release_id"])
+    result = {"new": release_id, "old": paths.current_release(layout)}
+    token = (lock.owner(layout) or {}).get("token")
+    protocol.at_disconnect(key(layout), lambda: finish.record_left(layout, result, token, only_if_live=True))
+    return {}
 
 
 def key(layout):
@@ -25,5 +37,6 @@ def _until_finished(a, result):
     if a.get("restore"):
         protocol.settled(key(layout))  # a switch back: the run's abort records the run
     else:
-        protocol.at_disconnect(key(layout), lambda: finish.record_left(layout, result))
+        token = (lock.owner(layout) or {}).get("token")  # the run this switch belongs to
+        protocol.at_disconnect(key(layout), lambda: finish.record_left(layout, result, token))
     return result

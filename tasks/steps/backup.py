@@ -93,14 +93,16 @@ def seal(run, backup_id):
     in_parallel(run.hosts, one)
 
 
-def complete(run, backup_id, label, protect=()):
-    """The manifest written and checked: the backup complete; old ones beyond keep_backups removed."""
+def complete(run, backup_id, label, protect=(), migration=None, restoring=None):
+    """The manifest written and checked: the backup complete; old ones beyond keep_backups removed.
+    migration: the release whose migration follows, restoring: the backup a restore puts back next
+    (this backup, and that one, stay until a migration, or a restore, succeeds)."""
 
     def one(r):
         answer = r.call(
             "backup", "backup", timeout=BACKUP_TIMEOUT, token=run.who["token"], backup_id=backup_id,
             phase="complete", shared=list(r.host.shared), keep=r.host.keep_backups, label=label,
-            protect=list(protect),
+            protect=list(protect), migration=migration, restoring=restoring,
         )  # fmt: skip
         removed = f"; removed {count(len(answer['removed']), 'old backup')}" if answer["removed"] else ""
         say(
@@ -146,7 +148,7 @@ def take(run, backup_id, message="We are taking a backup and will be back in a m
     return held
 
 
-def take_complete(run, backup_id, label, message, protect=()):
+def take_complete(run, backup_id, label, message, protect=(), migration=None, restoring=None):
     """A complete backup with writers still held off after it (for a migration or a restore that
     follows); on a failure, nothing is left of it and maintenance is off again."""
     try:
@@ -155,7 +157,7 @@ def take_complete(run, backup_id, label, message, protect=()):
         discard(run, backup_id)
         raise
     try:
-        complete(run, backup_id, label, protect)
+        complete(run, backup_id, label, protect, migration, restoring)
     except BaseException as exc:
         discard(run, backup_id)
         end_after_failure(run, held, exc)

@@ -12,16 +12,22 @@ from ..fleet import Run
 from ..fleet import close as close_run
 from ..fleet import connect as connect_run
 from ..output import Timer, say
-from ..remote.balancer import servers
+from ..remote.balancer import admin_states, servers
 
 POLL_S = 0.1  # between two looks at a drained server's open connections
+MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20 | 0x40  # srv_admin_state: forced, inherited, config, resolution, hostname
+DRAIN_BITS = 0x08 | 0x10  # srv_admin_state: forced, inherited
 
 
-def admin_state(status):
-    """The admin state behind a `show stat` status: "maint" (MAINT, MAINT(via) ...), "drain", or "ready"."""
-    if status.startswith("MAINT"):
+def admin_state(bits, status):
+    """ "maint", "drain" or "ready", from a server's srv_admin_state (`show servers state`): what the
+    operator set, whatever its health check says (`show stat` says DOWN for a drained server whose
+    check fails). An HAProxy without that command (before 1.6): from the `show stat` status."""
+    if bits is None:
+        return "maint" if status.startswith("MAINT") else "drain" if status.startswith("DRAIN") else "ready"
+    if bits & MAINT_BITS:
         return "maint"
-    return "drain" if status.startswith("DRAIN") else "ready"
+    return "drain" if bits & DRAIN_BITS else "ready"
 
 
 def balancer_of(hosts):
@@ -85,8 +91,9 @@ class Balancer:
         t = Timer()
         backend = self.settings.backend
         found = self._servers({self._server(r) for r in batch})
+        admin = admin_states(self._ask(f"show servers state {backend}")[0], backend)
         for r in batch:
-            self.before[r.name] = admin_state(found[self._server(r)]["status"])
+            self.before[r.name] = admin_state(admin.get(self._server(r)), found[self._server(r)]["status"])
         ready = [r for r in batch if self.before[r.name] == "ready"]
         if ready:
             self._ask(*(f"set server {backend}/{self._server(r)} state drain" for r in ready))

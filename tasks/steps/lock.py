@@ -1,6 +1,6 @@
 """Step 2: the lock on every host; for a deploy also the incoming release, prelinked."""
 
-from ..errors import LockError
+from ..errors import CutoverError, LockError
 from ..fleet import in_parallel
 from ..output import Timer, say
 
@@ -27,11 +27,18 @@ def lock(run, build_info=None, want_previous=False, unlock_if_gone=False):
                 prelink=dict(build_info.modes, shared=skip, sized=r.sized),
                 shared=list(r.host.shared),
             )
+        # held until the server says otherwise: a lock whose answer never came (Ctrl-C, a silent
+        # network) may have been taken, and the way out (abort, unlock) releases it by this run's token
+        r.locked = True
         try:
             answer = r.call("lock", "lock", timeout=LOCK_TIMEOUT, **args)
         except LockError as exc:
+            r.locked = False
             raise lock_error(exc.details.get("lock", {})) from None
-        r.locked = True
+        except CutoverError as exc:
+            if exc.details:  # the server answered with a refusal: it holds no lock of ours
+                r.locked = False
+            raise
         r.current, r.releases, r.previous = answer["current"], answer["releases"], answer.get("previous")
         r.missing_shared = answer.get("missing_shared", [])
         r.migrated = answer.get("migrated")

@@ -33,6 +33,8 @@ def switch(r, step, release_id, verify, restore=False, arm=False):
     arm: the swap process prepares and waits for go() (not through the sudo helper)."""
     h = r.host
     if r.uses_helper:
+        if not restore:  # the helper records nothing: should this run go away, the agent records the switch
+            r.call(step, "helper_switch", release_id=release_id)
         # the helper takes the rest (pidfile, pause_timeout, health settings) from its registration
         args = {
             "deploy_to": h.deploy_to,
@@ -127,39 +129,52 @@ def rolling(run, batch):
         batches = [run.hosts[i : i + batch] for i in range(0, len(run.hosts), batch)]
         for k, hosts in enumerate(batches, 1):
             line(f"batch {k} of {len(batches)}: {', '.join(r.name for r in hosts)}")
-            if lb:
-                lb.drain(hosts)
             try:
+                if lb:
+                    lb.drain(hosts)
                 in_parallel(hosts, lambda r: _switch_host(run, r, False, {}), len(hosts))
             except BaseException as exc:
                 if lb:
-                    _restore_after_failure(lb, hosts, exc)
+                    _give_back(lb, hosts, exc)
                 raise
             if lb:
-                lb.restore(hosts)  # switched and verified: each server as it was before its drain
+                error = _give_back(lb, hosts)  # switched and verified: each server as it was before its drain
+                if error is not None:
+                    raise error
     finally:
         if lb:
             lb.close()
 
 
-def _restore_after_failure(lb, hosts, exc):
-    """After a failed switch: each server of the batch as it was before its drain (switched back, or
-    never switched), but one whose switch is unknown stays drained; said in the switch's error,
-    which a failure of the balancer never replaces."""
+def _give_back(lb, hosts, exc=None):
+    """Each server of the batch as it was before its drain (switched, switched back, or never
+    switched), but one whose switch is unknown stays drained. What stays drained, or may (the
+    balancer could not be reached to give a server its state back), is said in exc's message,
+    which a failure of the balancer never replaces; without exc, such a failure is returned."""
+    backend = lb.settings.backend
     try:
-        drained = lb.restore(hosts)
-        problem = None
+        unknown, problem = lb.restore(hosts), None
     except CutoverError as failed:
-        drained, problem = [r.name for r in hosts if r.name in lb.before], failed.message
-    if isinstance(exc, CutoverError):
-        backend = lb.settings.backend
-        for name in drained:
-            exc.message += (
-                f"; {name} left drained in {backend}: whether its switch happened is unknown "
-                f"(check it with fab check, then: set server {backend}/{lb.server_of(name)} state ready)"
-            )
-        if problem:
-            exc.message += f"; putting the batch back in {backend} failed: {problem}"
+        unknown, problem = (
+            [r.name for r in hosts if lb.before.get(r.name) == "ready" and r.switched == "unknown"],
+            failed,
+        )
+    notes = [
+        f"{name} left drained in {backend}: whether its switch happened is unknown "
+        f"(check it with fab check, then: set server {backend}/{lb.server_of(name)} state ready)"
+        for name in unknown
+    ]
+    if problem is not None:
+        notes += [
+            f"{r.name} may be left drained in {backend}: giving it back its state failed ({problem.message}); once "
+            f"the balancer answers: set server {backend}/{lb.server_of(r.name)} state ready"
+            for r in hosts
+            if lb.before.get(r.name) == "ready" and r.name not in unknown
+        ]
+    target = exc if exc is not None else problem
+    if isinstance(target, CutoverError) and notes:
+        target.message += "; " + "; ".join(notes)
+    return problem if exc is None else None
 
 
 def _switch_host(run, r, armed, unsent):
