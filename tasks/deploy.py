@@ -23,10 +23,9 @@ DRY_RUN_SHOWN = 20  # changed files listed per host by --dry-run
 
 
 def check(hosts, build_override, built=None):
-    """Step 1: validate the build and decide the release id; nothing remote yet. built: a build
-    of a git ref (tasks/gitbuild.py), made already."""
+    """Step 1: validate the build and decide the release id; nothing remote changes. built: a
+    build of a git ref (tasks/gitbuild.py), made already. Returns (build, BuildInfo, release id)."""
     from . import release
-    from .fleet import Run
 
     build = hosts[0].build
     if any(h.build != build for h in hosts[1:]):
@@ -41,10 +40,7 @@ def check(hosts, build_override, built=None):
         except OSError as exc:
             raise ConfigError(f"--build {shown(build_override)}: {exc.strerror}") from None
     info = release.check_build(build)
-    release_id = release.new_release_id(build.path, commit=built.commit if built else None)
-    run = Run.of("deploy", hosts, release_id)
-    run.ref = built.ref if built else None
-    return run, build, info
+    return build, info, release.new_release_id(build.path, commit=built.commit if built else None)
 
 
 def deploy_to_hosts(
@@ -83,7 +79,7 @@ def deploy_to_hosts(
 def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=None, live_health=True):
     """The steps from check to finish, and the failure path."""
     from . import manifest
-    from .fleet import Background, close, connect
+    from .fleet import Background, Run, close, connect
     from .steps.finish import abort, finish
     from .steps.hooks import run_hooks
     from .steps.lock import force_unlock, lock
@@ -94,7 +90,14 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
     from .steps.upload import start_uploads, upload_all
     from .testhooks import fault_point
 
-    run, build, info = check(hosts, build_override, built)
+    run = Run.of("deploy", hosts)
+    run.ref = built.ref if built else None
+    connecting = Background(connect, run)  # the SSH connections open while the build is checked
+    try:
+        build, info, run.release_id = check(hosts, build_override, built)
+    except BaseException:
+        connecting.abandon(lambda: close(run))  # the refusal is said at once; each connection closes as it opens
+        raise
     result.started(run)
     doing = "dry run of release" if dry else "deploying release"
     line(f"{doing} {run.release_id} to {', '.join(r.name for r in run.hosts)}")
@@ -107,7 +110,7 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
     if not dry and build.compare == "checksum":  # the build's digests, read while the SSH connections open
         hashing = Background(manifest.build_files, build.path, info.stats)
     try:
-        connect(run)
+        connecting.result()
         if dry:
             return dry_run(run, build, info)
         if hashing is not None and any(manifest.knows(r.host) for r in run.hosts):

@@ -4,7 +4,9 @@ same test (CPU time of this thread), so the bounds hold on a slower or busier ma
 
 import json
 import os
+import re
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -18,7 +20,7 @@ from hypothesis import strategies as st
 from tasks import buildfiles, manifest, release
 from tasks.config import Build
 
-from .conftest import PROJECT, configure, make_build
+from .conftest import PROJECT, accepted, configure, current, make_build, releases
 
 FILES = 5000
 
@@ -213,3 +215,58 @@ def test_fab_exits_without_walking_every_object_it_loaded():
         at_exit = float(result.stderr.strip().splitlines()[-1])
         spent.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime - at_exit)
     assert statistics.median(spent) < 0.015, f"CPU after the task: {[round(s * 1000, 1) for s in spent]} ms"
+
+
+# The build check, held until the lab's sshd has accepted a login (at most 10 s): a deploy that
+# connects only after the check has nothing to wait for and says so.
+HELD_CHECK = """
+import sys, time
+from pathlib import Path
+import fabric.main
+from tasks import release
+log, seen, real = Path(sys.argv[1]), int(sys.argv[2]), release.check_build
+def check_build(build):
+    deadline = time.monotonic() + 10
+    while log.read_text().count("Accepted publickey") == seen and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print("LOGIN DURING THE CHECK", log.read_text().count("Accepted publickey") > seen, file=sys.stderr)
+    return real(build)
+release.check_build = check_build
+fabric.main.program.run(["fab", "deploy"])
+"""
+
+
+def test_a_deploy_opens_its_connections_while_the_build_is_checked(lab1, tmp_path):
+    configure(lab1, make_build(tmp_path, "overlap"))
+    server = lab1.servers[0]
+    log = Path(server.root, "ssh", "sshd.log")
+    env = {**os.environ, "CUTOVER_HOSTS_FILE": str(lab1.hosts_file), "XDG_CACHE_HOME": str(lab1.lab.root / "cache")}
+    result = subprocess.run([sys.executable, "-c", HELD_CHECK, str(log), str(accepted(server))], cwd=PROJECT,
+                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "LOGIN DURING THE CHECK True" in result.stderr
+    assert current(server) == re.search(r"^deployed (\S+) to 1 host", result.stdout, re.M)[1]
+
+
+def test_a_refused_build_is_said_at_once_while_a_host_stays_silent(lab1, tmp_path):
+    """The connections that open beside the build check do not hold its refusal: a host that
+    accepts TCP and never answers (ssh's timeout is 10 s) delays nothing, and changes nothing."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = lab1.servers[0].ssh_port
+    text = lab1.hosts_file.read_text()
+    assert text.count(f"port: {port}\n") == 1
+    hosts_file = tmp_path / "hosts.yaml"
+    hosts_file.write_text(text.replace(f"port: {port}\n", f"port: {silent.getsockname()[1]}\n"))
+    before = releases(lab1.servers[0]), current(lab1.servers[0])
+    try:
+        start = time.monotonic()
+        result = lab1.fab("deploy", "--build", str(tmp_path / "no-such-build"), hosts_file=hosts_file, timeout=60)
+        took = time.monotonic() - start
+    finally:
+        silent.close()
+    assert result.returncode == 2, result.stderr
+    assert f"the build {tmp_path / 'no-such-build'} does not exist or is not a directory" in result.stderr
+    assert took < 5, f"the refusal took {took:.1f} s"
+    assert (releases(lab1.servers[0]), current(lab1.servers[0])) == before
