@@ -108,7 +108,8 @@ def main():
         stop_lab(the_lab, parent)
     save_data("fixed_cost", {"figures": figures, "loads": loads})
     lines = [
-        f"Command: `python3 bench/fixed_cost.py --before {args.before} --rounds {args.rounds} --load {args.load}` "
+        f"Command: `python3 bench/fixed_cost.py --before {args.before} --rounds {args.rounds} --load {args.load} "
+        f"--wait {args.wait:g}` "
         "(this tree and the older commit alternating in each round; medians of the rounds with their range, "
         "milliseconds; wall time of the whole process, start-up and exit included; CPU of fab's own process, "
         "its local rsync apart; the no-change deploy of the example site to a lab server of each tree's own; "

@@ -252,7 +252,9 @@ def main():
             save_data("scale", {"results": {str(k): v for k, v in results.items()}})
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)
-    command = f"python3 bench/scale.py --sizes {args.sizes} --repeat {args.repeat} --load {args.load}"
+    command = (
+        f"python3 bench/scale.py --sizes {args.sizes} --repeat {args.repeat} --load {args.load} --wait {args.wait:g}"
+    )
     write_section("Scale", report(results, args.repeat, command))
 
 
