@@ -8,7 +8,8 @@ rsync processes sharing its cores: the figures are an upper bound of what the fl
 machine that runs fab, not of a real fleet's network. Writes the section "Fleets" of
 bench/RESULTS.md. --fab-core N: fab runs on core N alone (taskset) and the lab servers (sshd,
 Apache, the agents and their real-time swap processes) on the other cores, so that the swap
-processes of the first hosts to switch cannot preempt fab while it sends the last go's.
+processes of the first hosts to switch cannot preempt fab while it sends the last go's; the
+section is then "Fleets, fab on a core of its own".
 """
 
 import argparse
@@ -84,12 +85,13 @@ def main():
             f"| {median(sent):.1f} ms | {median(pauses):.3f} ms |"
         )
         print(rows[-1], flush=True)
+    pinned = args.fab_core is not None
     save_data(
-        "fleet",
+        "fleet_fab_core" if pinned else "fleet",
         {str(n): {"wall_s": w, "spread_ms": s, "pause_ms": p, "go_sent_ms": g} for n, (w, s, p, g) in figures.items()},
     )
     write_section(
-        "Fleets",
+        "Fleets, fab on a core of its own" if pinned else "Fleets",
         [
             f"Command: `python3 bench/fleet_bench.py --sizes {args.sizes} --rounds {args.rounds}"
             + (f" --fab-core {args.fab_core}" if args.fab_core is not None else "")
