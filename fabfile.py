@@ -1,5 +1,6 @@
 """Cutover's tasks: `fab --list` shows them, `fab --help TASK` their options."""
 
+import gc
 import os
 import signal
 import sys
@@ -34,3 +35,7 @@ ns = Collection(
     sandbox.sandbox_up,
     sandbox.sandbox_down,
 )
+
+# What is loaded now lives as long as fab does: Python's cyclic garbage collector need not walk it
+# again, during the task nor at exit (its last collection at exit took 30 ms of every run).
+gc.freeze()

@@ -5,15 +5,9 @@ from invoke import task
 
 from .cli import FORCE_UNLOCK_HELP, boundary, target
 from .errors import ConfigError, CutoverError, Interrupted, RemoteError
-from .fleet import Run, close, connect, in_parallel, on_group
 from .output import Timer, count, line, say, shown, size, table
-from .remote.paths import BACKUP_ID
-from .steps import backup as backup_step
-from .steps.finish import abort, finish
-from .steps.lock import force_unlock as clear_lock
-from .steps.lock import lock, unlock
-from .steps.swap import swap
-from .testhooks import fault_point
+
+# The steps are imported by the tasks that run them: `fab --list` loads none of them.
 
 LABEL_MAX = 200  # characters of --label
 
@@ -33,6 +27,11 @@ def check_label(label):
 @boundary
 def backup(c, label=None, force_unlock=False):
     """Save every shared entry and the databases, consistent to one instant (the site held briefly)."""
+    from .fleet import Run, connect
+    from .steps import backup as backup_step
+    from .steps.lock import force_unlock as clear_lock
+    from .steps.lock import lock
+
     check_label(label)
     run = Run.of("backup", target(c))
     backup_step.database_host(run)
@@ -58,6 +57,9 @@ def backup(c, label=None, force_unlock=False):
 
 def _end(run, held, exc=None):
     """Maintenance off again (where this run turned it on) and the locks released, whatever happened."""
+    from .fleet import close
+    from .steps.lock import unlock
+
     try:
         if held is not None:
             held.end(run)
@@ -75,6 +77,7 @@ def _end(run, held, exc=None):
 @boundary
 def backups(c):
     """List the backups of each host, newest first: which can be restored as they are, where their copy is."""
+    from .fleet import in_parallel, on_group
 
     def read(run):
         return in_parallel(run.hosts, lambda r: r.call("backups", "backups"))
@@ -112,6 +115,15 @@ def databases(b):
 @boundary
 def restore(c, backup=None, data_only=False, force_unlock=False):
     """Put the shared data and the databases back as a backup has them, and its release live."""
+    from .fleet import Run, close, connect, in_parallel
+    from .remote.paths import BACKUP_ID
+    from .steps import backup as backup_step
+    from .steps.finish import abort, finish
+    from .steps.lock import force_unlock as clear_lock
+    from .steps.lock import lock
+    from .steps.swap import swap
+    from .testhooks import fault_point
+
     if backup is None or not BACKUP_ID.fullmatch(backup):
         raise ConfigError(f"--backup {shown(backup)} is not a backup id (like 20261125T101500.123Z)",
                           hint="`fab backups` lists them")  # fmt: skip
@@ -205,6 +217,8 @@ def _restored(r, answer):
 
 
 def _restore(run, r, backup, data_only, check=False):
+    from .steps import backup as backup_step
+
     return r.call(
         "restore", "restore", timeout=backup_step.BACKUP_TIMEOUT, token=run.who["token"], backup_id=backup,
         databases=backup_step.databases_of(run, r), shared=list(r.host.shared), writable=list(r.host.writable),

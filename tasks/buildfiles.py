@@ -119,6 +119,34 @@ def _places(path):
     return sorted(places)
 
 
+class Exclusions:
+    """The rules as a walk of the build applies them, name by name. A path whose parent is in is
+    left out when its own name matches a name rule (`names`: all of them one regular expression),
+    or when an anchored rule of exactly its depth matches it (a shorter one would have left the
+    parent out)."""
+
+    def __init__(self, rules_):
+        patterns = [r.parts[0] for r in rules_ if not r.anchored]
+        self.names = re.compile("|".join(fnmatch.translate(p) for p in patterns)).match if patterns else _nothing
+        self._anchored = {}
+        for r in rules_:
+            if r.anchored:
+                self._anchored.setdefault(len(r.parts), []).append(r)
+
+    def anchored(self, depth):
+        """The anchored rules that may leave out a path of this many parts (None: no rule can)."""
+        return self._anchored.get(depth)
+
+    def leaves_out(self, parts):
+        """Whether the path (its parts from the build's top) is left out, its parent being in."""
+        anchored = self._anchored.get(len(parts))
+        return bool(self.names(parts[-1])) or (anchored is not None and any(r.matches(parts) for r in anchored))
+
+
+def _nothing(_name):
+    return None
+
+
 def excluded(rules_, relative):
     """The rule that leaves this build path (relative, with /) out, or None."""
     parts = tuple(relative.strip("/").split("/"))

@@ -5,18 +5,11 @@ from urllib.parse import urlsplit
 
 from invoke import task
 
-from . import apache, ssh, swaphelper
 from .cli import boundary, target
 from .errors import CutoverError
-from .fleet import STEP_TIMEOUT, Run, close, each_host
 from .output import line, table
-from .remote import limits, private
-from .remote.health import DENIED, PHP_NOT_RUNNING
-from .remote.paths import PLACEHOLDER
-from .remote.views import PROBED_OUTSIDE
-from .steps import health_args, origin, protected_urls
-from .steps.preflight import server_problems, users_of
-from .steps.repair import describe, repair_group
+
+# What check asks the servers is imported by the functions that ask it: `fab --list` loads none of it.
 
 MIN_FREE = 100 * 1024 * 1024  # below this a deploy may fill the disk
 MIN_PYTHON = (3, 7)  # what tasks/remote/ needs on the server
@@ -24,6 +17,8 @@ MIN_PYTHON = (3, 7)  # what tasks/remote/ needs on the server
 
 def probe_args(host):
     """What check asks the server to request over HTTP: the health URL, and what must be denied."""
+    from .steps import health_args, origin, protected_urls
+
     if not host.health.urls:
         return None
     base = origin(host.health.urls[0])
@@ -58,6 +53,8 @@ def listen_queue(host, found):
     """(the line on httpd's listen queue, a warning or None): the effective backlog, and whether
     the connections arriving at the rate measured now fit in it for a pause held until
     pause_timeout (a hung swap, before the watchdog resumes httpd)."""
+    from .remote import limits
+
     queue = found.get("listen") or {}
     sockets, rate, somaxconn = queue.get("sockets"), queue.get("rate"), queue.get("somaxconn")
     if host.httpd.pause == "none":
@@ -89,6 +86,12 @@ def check_host(r):
     """Check one server: SSH with a checked host key, rsync, deploy_to, httpd, disk, the swap helper
     (sudo allows it, its version, its registration as hosts.yaml has it), and over HTTP: the front
     page, Cutover's rules, the paths that must not be served, private-looking files served."""
+    from . import apache, ssh, swaphelper
+    from .fleet import STEP_TIMEOUT
+    from .remote import private
+    from .remote.views import PROBED_OUTSIDE
+    from .steps.preflight import server_problems, users_of
+
     r.conn = ssh.connect(r.host)
     probe = probe_args(r.host)
     probes = len(probe["denied"]) + PROBED_OUTSIDE + private.PROBED + 2 if probe else 0
@@ -170,6 +173,8 @@ def unshared(found):
 
 def http_problems(host, found):
     """What the HTTP probes found wrong."""
+    from .remote.health import DENIED, PHP_NOT_RUNNING
+
     http = found.get("http")
     if http is None:
         return []
@@ -204,6 +209,8 @@ def http_problems(host, found):
 
 def private_notes(host, found):
     """What check saw of the live release's private-looking files besides a problem."""
+    from .remote import private
+
     seen = found.get("http", {}).get("private")
     if not seen:
         return []
@@ -258,6 +265,8 @@ def _http_cell(found, problems):
 
 def split_group(outcomes):
     """A group whose hosts serve different releases (e.g. a deploy killed between two hosts' swaps)."""
+    from .remote.paths import PLACEHOLDER
+
     serving = {r.name: o[0]["current"] for r, o in outcomes if not isinstance(o, BaseException)}
     releases = set(serving.values())
     if len(releases) <= 1:
@@ -275,6 +284,8 @@ def split_group(outcomes):
 
 def half_done(outcomes):
     """Group switches a dead run left recorded (tasks/remote/intent.py), one line each."""
+    from .steps.repair import describe
+
     found = {}
     for r, o in outcomes:
         intent = None if isinstance(o, BaseException) else o[0].get("intent")
@@ -291,6 +302,9 @@ def half_done(outcomes):
 @boundary
 def check(c, repair=False):
     """Preflight every host: SSH and host key, rsync, deploy_to, httpd, free disk, maintenance."""
+    from .fleet import Run, close, each_host
+    from .steps.repair import repair_group
+
     hosts = target(c)
     if repair:
         repair_group(hosts)

@@ -7,7 +7,7 @@ import sys
 
 from invoke.exceptions import Exit
 
-from . import hostsfile, output
+from . import output
 from .errors import ConfigError, CutoverError
 
 PROGRAM = None  # "cutover" when run as the installed command (cutover/__main__.py); None: fab
@@ -23,6 +23,8 @@ def target(c, split=True):
     split=False: refuse a selection that takes some hosts of a group but not all (a deploy or
     rollback would leave that group serving two releases).
     """
+    from . import hostsfile  # what a task works on: not loaded to list the tasks
+
     name = c.config.get("cutover", {}).get("target")
     inventory = hostsfile.load()
     hosts = inventory.resolve(name)

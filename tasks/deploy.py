@@ -11,31 +11,22 @@ from pathlib import Path
 
 from invoke import task
 
-from . import cli, gitbuild, manifest, release, result, rsync
+from . import cli, result
 from .cli import BATCH_HELP, FORCE_UNLOCK_HELP, boundary, check_batch, target
 from .errors import ConfigError, CutoverError, GroupError, Interrupted, MigrationError
-from .fleet import Background, Run, close, connect, in_parallel
 from .output import Timer, count, line, live_table, say, shown, since_start, size, stop_live, table
-from .remote.paths import Layout
-from .steps import backup as backup_step
-from .steps import migrate as migration
-from .steps.balancer import balancer_of
-from .steps.finish import abort, finish
-from .steps.hooks import run_hooks
-from .steps.lock import force_unlock, lock
-from .steps.preflight import live_health_under_lock, preflight
-from .steps.repair import repair
-from .steps.stage import stage
-from .steps.swap import spread_note, swap
-from .steps.upload import start_uploads, upload_all
-from .testhooks import fault_point, hold_point
+
+# The steps are imported by the functions that run them: `fab --list` and `fab --help` load none of
+# them, and a deploy only those it runs (no backup without --migrate, no git build without --ref).
 
 DRY_RUN_SHOWN = 20  # changed files listed per host by --dry-run
 
 
 def check(hosts, build_override, built=None):
-    """Step 1: validate the build and decide the release id; nothing remote yet. built: a build
-    of a git ref (tasks/gitbuild.py), made already."""
+    """Step 1: validate the build and decide the release id; nothing remote changes. built: a
+    build of a git ref (tasks/gitbuild.py), made already. Returns (build, BuildInfo, release id)."""
+    from . import release
+
     build = hosts[0].build
     if any(h.build != build for h in hosts[1:]):
         raise ConfigError("the hosts of this group name different builds; deploy them as separate groups")
@@ -49,10 +40,7 @@ def check(hosts, build_override, built=None):
         except OSError as exc:
             raise ConfigError(f"--build {shown(build_override)}: {exc.strerror}") from None
     info = release.check_build(build)
-    release_id = release.new_release_id(build.path, commit=built.commit if built else None)
-    run = Run.of("deploy", hosts, release_id)
-    run.ref = built.ref if built else None
-    return run, build, info
+    return build, info, release.new_release_id(build.path, commit=built.commit if built else None)
 
 
 def deploy_to_hosts(
@@ -60,11 +48,15 @@ def deploy_to_hosts(
 ):
     """The whole deploy, step by step; returns the Run. live_health=False: deploy even where the
     live release fails its health check."""
+    from .steps import migrate as migration
+
     total = Timer()
     if ref and build_override:
         raise ConfigError("--ref and --build name two builds; give one")
     batch = check_batch(hosts, batch)
     if batch:
+        from .steps.balancer import balancer_of
+
         balancer_of(hosts)  # a wrong balancer setting is refused before anything remote
     settings = migration.check_settings(hosts)
     migrating = migrating or settings.always
@@ -74,7 +66,11 @@ def deploy_to_hosts(
         migration.check_databases(hosts)
     if migrating and batch:
         raise ConfigError("--batch and --migrate: a migration switches every host at once, in maintenance mode")
-    built = gitbuild.build(hosts[0], ref, say=line) if ref else None
+    built = None
+    if ref:
+        from . import gitbuild
+
+        built = gitbuild.build(hosts[0], ref, say=line)
     try:
         return _deploy(total, hosts, build_override, dry, force, migrating, built, batch, live_health)
     finally:
@@ -84,7 +80,26 @@ def deploy_to_hosts(
 
 def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=None, live_health=True):
     """The steps from check to finish, and the failure path."""
-    run, build, info = check(hosts, build_override, built)
+    from . import manifest
+    from .fleet import Background, Run, close, connect
+    from .steps.finish import abort, finish
+    from .steps.hooks import run_hooks
+    from .steps.lock import force_unlock, lock
+    from .steps.preflight import live_health_under_lock, preflight
+    from .steps.repair import repair
+    from .steps.stage import stage
+    from .steps.swap import spread_note, swap
+    from .steps.upload import start_uploads, upload_all
+    from .testhooks import fault_point, hold_point
+
+    run = Run.of("deploy", hosts)
+    run.ref = built.ref if built else None
+    connecting = Background(connect, run)  # the SSH connections open while the build is checked
+    try:
+        build, info, run.release_id = check(hosts, build_override, built)
+    except BaseException:
+        connecting.abandon(lambda: close(run))  # the refusal is said at once; each connection closes as it opens
+        raise
     result.started(run)
     doing = "dry run of release" if dry else "deploying release"
     line(f"{doing} {run.release_id} to {', '.join(r.name for r in run.hosts)}")
@@ -95,13 +110,13 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
     run.build = info
     hashing = None
     if not dry and build.compare == "checksum":  # the build's digests, read while the SSH connections open
-        hashing = Background(manifest.digests, build.path, info.stats)
+        hashing = Background(manifest.build_files, build.path, info.stats)
     try:
-        connect(run)
+        connecting.result()
         if dry:
             return dry_run(run, build, info)
         if hashing is not None and any(manifest.knows(r.host) for r in run.hosts):
-            run.digests = hashing.result()  # the prelink's plan needs them: the upload waits for them
+            run.files = hashing.result()  # the prelink's plan needs them: the upload waits for them
         fault_point("lock")
         start_uploads(run, build)  # rsync's server side waits for the lock step: nothing moves yet
         # what would fail at the switch, while rsync starts; refused, the waiting uploads are stopped
@@ -125,9 +140,8 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
         fault_point("finish")
         finish(run)
         if hashing is not None:  # read while the upload ran, where nothing waited for them
-            digests = run.digests if run.digests is not None else hashing.result()
-            for r in run.hosts:
-                manifest.remember(r.host, run.release_id, info.stats, digests)
+            files = run.files if run.files is not None else hashing.result()
+            manifest.remember([r.host for r in run.hosts], run.release_id, files)
         if hook_error:
             raise hook_error
     except BaseException as exc:
@@ -164,6 +178,10 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
 def migrate_with_backup(run):
     """A backup first (its second pass inside the maintenance window the migration needs anyway),
     then the migration, the switch, maintenance off."""
+    from .steps import backup as backup_step
+    from .steps import migrate as migration
+    from .steps.swap import swap
+
     bid = backup_step.new_backup_id()
     # on a failure here nothing was migrated: the site comes back as it was
     label = f"before the migration of {run.release_id}"
@@ -182,6 +200,10 @@ def migrate_with_backup(run):
 
 def dry_run(run, build, info):
     """--dry-run: the plan and the files that would change on each host; nothing is changed."""
+    from . import rsync
+    from .fleet import in_parallel
+    from .remote.paths import Layout
+
     line(f"release {run.release_id}: {count(info.files, 'file')}, {size(info.bytes)} from {build.path}")
 
     def one(r):

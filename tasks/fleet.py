@@ -81,7 +81,7 @@ class Run:
     go_ms: float | None = None  # an armed group's switch: from the first host's go sent to the last's
     parallel: int | None = None  # hosts that prepare at the same time (hosts.yaml `parallel`); None: all
     build: object = None  # a deploy's BuildInfo
-    digests: dict | None = None  # a deploy's build files' sha256 (build.compare: checksum)
+    files: dict | None = None  # a deploy's build files, {path: (size, sha256)} (build.compare: checksum)
     migration: str | None = None  # deploy --migrate: "started" once the migration may have changed the database
 
     def summary(self):
@@ -117,6 +117,7 @@ class Background:
 
     def __init__(self, fn, *args):
         self.value, self.error = None, None
+        self.ended, self.then, self.lock = False, None, threading.Lock()
         self.thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
         self.thread.start()
 
@@ -125,6 +126,20 @@ class Background:
             self.value = fn(*args)
         except BaseException as exc:  # raised again where the result is wanted
             self.error = exc
+        finally:
+            with self.lock:
+                self.ended, then = True, self.then
+            if then is not None:
+                then()
+
+    def abandon(self, cleanup):
+        """Nobody wants the result: cleanup() once fn has returned, at once if it has. Nothing
+        waits for fn (a connection to a silent host takes up to its timeout to fail)."""
+        with self.lock:
+            if not self.ended:
+                self.then = cleanup
+                return
+        cleanup()
 
     def result(self):
         self.thread.join()
@@ -137,16 +152,8 @@ def each_host(runs, fn, limit=None):
     """fn(run) for every run in parallel (at most `limit` at a time, default MAX_THREADS); returns
     [(run, result or the exception it raised)] in order."""
 
-    def call(r):
-        try:
-            return fn(r)
-        except Exception as exc:  # kept as that host's outcome; in_parallel raises them together
-            if isinstance(exc, CutoverError) and exc.host is None:
-                exc.host = r.name
-            return exc
-
     pool = ThreadPoolExecutor(max_workers=min(limit or MAX_THREADS, len(runs)) or 1)
-    futures = [pool.submit(call, r) for r in runs]
+    futures = [pool.submit(_outcome, fn, r) for r in runs]
     try:
         results = [f.result() for f in futures]
     except BaseException:
@@ -161,6 +168,15 @@ def each_host(runs, fn, limit=None):
     return list(zip(runs, results))
 
 
+def _outcome(fn, r):
+    try:
+        return fn(r)
+    except Exception as exc:  # kept as that host's outcome; in_parallel raises them together
+        if isinstance(exc, CutoverError) and exc.host is None:
+            exc.host = r.name
+        return exc
+
+
 def in_parallel(runs, fn, limit=None):
     """fn(run) on every host at once (at most `limit` at a time); returns the outcomes, or raises
     one GroupError naming every failure."""
@@ -171,14 +187,33 @@ def in_parallel(runs, fn, limit=None):
 
 
 def connect(run):
-    """Open one SSH connection per host, in parallel, host keys checked."""
+    """Open one SSH connection per host, in parallel, host keys checked. The threads are daemons:
+    a run that fails before it needs its connections exits without waiting for a silent host."""
 
     def one(r):
         t = Timer()
         r.conn = ssh.connect(r.host)
         r.steps["connect"] = t.seconds
 
-    in_parallel(run.hosts, one, run.parallel)
+    waiting, outcomes = list(reversed(run.hosts)), {}
+
+    def worker():
+        while waiting:
+            try:
+                r = waiting.pop()
+            except IndexError:  # another thread took the last one
+                return
+            outcomes[id(r)] = _outcome(one, r)
+
+    threads = [threading.Thread(target=worker, daemon=True)
+               for _ in range(min(run.parallel or MAX_THREADS, len(run.hosts)))]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    outcomes = [(r, outcomes.get(id(r))) for r in run.hosts]
+    if any(isinstance(outcome, BaseException) for _, outcome in outcomes):
+        raise GroupError(outcomes)
 
 
 def close(run):

@@ -1,6 +1,5 @@
 """Maintenance mode: a 503 page with Retry-After, switched on and off atomically on every host."""
 
-import html
 import time
 from pathlib import Path
 
@@ -8,9 +7,7 @@ from invoke import task
 
 from .cli import boundary, target
 from .errors import ConfigError
-from .fleet import in_parallel, on_group
 from .output import say, shown
-from .remote import limits
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MESSAGE_MAX = 2000  # characters of --message
@@ -18,6 +15,8 @@ MESSAGE_MAX = 2000  # characters of --message
 
 def render_page(message, retry_after, now=None):
     """The maintenance page: the message and the expected end time, HTML-escaped."""
+    import html
+
     until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime((now or time.time()) + retry_after))
     text = (TEMPLATES / "maintenance.html").read_text()
     return text.replace("@@message@@", html.escape(message)).replace("@@until@@", html.escape(until))
@@ -30,6 +29,8 @@ def check_message(message):
 
 
 def check_retry_after(value):
+    from .remote import limits
+
     try:
         seconds = int(value)
     except (TypeError, ValueError):
@@ -45,6 +46,8 @@ def switch(run, on, message=None, retry_after=None, keep=False, only=None, ends_
     named in `only`. keep: a maintenance page already up stays as it is (the operator's window).
     ends_with_run: a server turns it off by itself if this run's connection goes away before it
     turns it off or starts a migration or restore. Returns the names of the hosts whose state changed."""
+    from .fleet import in_parallel
+
     changed = set()
 
     def one(r):
@@ -83,6 +86,8 @@ def switch(run, on, message=None, retry_after=None, keep=False, only=None, ends_
 @boundary
 def maintenance_on(c, message=None, retry_after=None):
     """Answer every request with a 503 maintenance page (Retry-After), on every host."""
+    from .fleet import on_group
+
     check_message(message)
     seconds = check_retry_after(retry_after) if retry_after is not None else None
     on_group("maintenance", target(c), lambda run: switch(run, True, message, seconds))
@@ -92,4 +97,6 @@ def maintenance_on(c, message=None, retry_after=None):
 @boundary
 def maintenance_off(c):
     """Remove the maintenance page: the site answers normally again."""
+    from .fleet import on_group
+
     on_group("maintenance", target(c), lambda run: switch(run, False))

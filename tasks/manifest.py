@@ -8,11 +8,14 @@ out of the prelink, so rsync sends it; the server links only files as they were 
 release was uploaded (tasks/remote/seals.py). Where anything is unknown (another machine deployed
 the live release, a cache file is lost) the deploy compares by checksum, as without this.
 
-Kept in $XDG_CACHE_HOME/cutover (default ~/.cache/cutover).
+Kept in $XDG_CACHE_HOME/cutover (default ~/.cache/cutover), in Python's marshal format: a
+build of 10,000 files reads and writes its tables in a few ms, where JSON took 20 ms. A file that
+does not read back as this module wrote it (another Python's, damaged) counts as not known.
 """
 
 import hashlib
 import json
+import marshal
 import os
 import tempfile
 import time
@@ -22,6 +25,7 @@ from .remote.paths import RELEASE_ID
 
 KEPT = 3  # releases remembered per server
 RACY_NS = 2_000_000_000  # a build file changed this recently may change again within its mtime tick
+SUFFIX = ".marshal"
 
 
 def cache_dir():
@@ -32,21 +36,23 @@ def _key(*parts):
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
 
-def _load(path):
+def _load(path, kind=dict):
+    """What _store wrote at path, or None (missing, unreadable, or not of that kind)."""
     try:
-        found = json.loads(path.read_text())
-    except (OSError, ValueError):
+        found = marshal.loads(path.read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
         return None
-    return found if isinstance(found, dict) else None
+    return found if isinstance(found, kind) else None
 
 
 def _store(path, data):
-    """Write atomically; a cache that cannot be written is no error (the next deploy reads more)."""
+    """Write data (or bytes marshal made of it) atomically; a cache that cannot be written is no
+    error (the next deploy reads more)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data if isinstance(data, bytes) else marshal.dumps(data))
         os.replace(tmp, path)
     except OSError:
         pass
@@ -61,25 +67,29 @@ def _hash(path):
     return h.hexdigest()[:32]
 
 
-def digests(build_path, stats):
-    """{relative path: sha256} of the build's regular files. stats: {relative path: (size,
+def build_files(build_path, stats):
+    """{relative path: (size, sha256)} of the build's regular files. stats: {relative path: (size,
     mtime_ns, ctime_ns, inode)} as the build check read them; a file whose four are as the last
     call saw them is not read again (a write changes its ctime, which nobody can set)."""
-    path = cache_dir() / f"build-{_key(str(build_path))}.json"
-    seen = _load(path) or {}
+    path = cache_dir() / f"build-{_key(str(build_path))}{SUFFIX}"
+    seen_stats, seen, racy = _load(path, tuple) or ({}, {}, [])
+    try:
+        if not racy and seen_stats == stats:
+            return seen  # nothing changed: no file read, nothing written
+        racy = set(racy)
+    except TypeError:  # not what this module writes
+        seen_stats, seen, racy = {}, {}, set()
     now = time.time_ns()
-    out, keep, changed = {}, {}, len(seen) != len(stats)
+    out, fresh, read = {}, [], False
     for rel, st in stats.items():
-        entry = seen.get(rel)
-        if entry and entry[:4] == list(st) and entry[4]:
-            out[rel] = entry[4]
-            keep[rel] = entry
-            continue
-        out[rel] = _hash(os.path.join(build_path, rel))
-        keep[rel] = [*st, out[rel] if now - st[1] > RACY_NS and now - st[2] > RACY_NS else None]
-        changed = True
-    if changed:  # a build that did not change is not written again
-        _store(path, keep)
+        known = seen.get(rel) if rel not in racy and seen_stats.get(rel) == st else None
+        if known is None:
+            known, read = (st[0], _hash(os.path.join(build_path, rel))), True
+        out[rel] = known
+        if now - st[1] <= RACY_NS or now - st[2] <= RACY_NS:
+            fresh.append(rel)  # it may be written again within its mtime's tick, unseen by its stat: read it again
+    if read or fresh or stats != seen_stats:  # a build that did not change is not written again
+        _store(path, (stats, out, fresh))
     return out
 
 
@@ -98,43 +108,61 @@ def _live(host):
 
 
 def knows(host):
-    """Whether this machine knows the files of the release it last saw live on host (plan() then
+    """Whether this machine knows the files of the release it last saw live on host (plans() then
     needs the build's digests; otherwise the upload compares checksums and need not wait for them)."""
     live = _live(host)
-    return live is not None and (_server_dir(host) / f"{live}.json").is_file()
+    return live is not None and (_server_dir(host) / f"{live}{SUFFIX}").is_file()
 
 
-def plan(host, stats, digest_of):
-    """The prelink's `sized` plan for this host, or None when the live release is not known here:
-    {"expect": live release, "unlink": the build's files that differ from it with the same size}."""
-    live = _live(host)
-    files = _load(_server_dir(host) / f"{live}.json") if live else None
-    if files is None:
+def plans(hosts, files):
+    """The prelink's `sized` plan for each host (a list, in order), None where the live release is
+    not known here: {"expect": live release, "unlink": the build's files that differ from it with
+    the same size}. files: build_files(). Hosts that serve the same release share one plan."""
+    out, made = [], {}
+    for host in hosts:
+        live = _live(host)
+        path = _server_dir(host) / f"{live}{SUFFIX}" if live else None
+        if path not in made:
+            made[path] = _plan(live, path, files) if live else None
+        out.append(made[path])
+    return out
+
+
+def _plan(live, path, files):
+    known = _load(path)
+    if known is None:
         return None
-    unlink = [
-        rel for rel, st in stats.items() if rel in files and files[rel][0] == st[0] and files[rel][1] != digest_of[rel]
-    ]
+    if known == files:
+        return {"expect": live, "unlink": []}  # no change (the common redeploy)
+    try:
+        unlink = [
+            rel for rel, (size, digest) in files.items() if (k := known.get(rel)) and k[0] == size and k[1] != digest
+        ]
+    except (TypeError, IndexError, ValueError):  # not what remember() writes: not known
+        return None
     return {"expect": live, "unlink": unlink}
 
 
-def remember(host, release_id, stats, digest_of):
-    """After a deploy: this host serves release_id, whose files are the build's."""
-    folder = _server_dir(host)
-    _store(folder / f"{release_id}.json", {rel: [st[0], digest_of[rel]] for rel, st in stats.items()})
-    _set_live(folder, release_id)
-    try:
-        known = sorted(p for p in folder.glob("*.json"))  # release ids sort by time
-        for old in known[:-KEPT]:
-            old.unlink()
-    except OSError:
-        pass  # kept longer: no harm
+def remember(hosts, release_id, files):
+    """After a deploy: these hosts serve release_id, whose files are `files` (build_files())."""
+    data = marshal.dumps(files)
+    for host in hosts:
+        folder = _server_dir(host)
+        _store(folder / f"{release_id}{SUFFIX}", data)
+        _set_live(folder, release_id)
+        try:
+            known = sorted(folder.glob(f"*{SUFFIX}"))  # release ids sort by time
+            for old in known[:-KEPT] + list(folder.glob("*.json")):  # and the JSON of earlier versions
+                old.unlink()
+        except OSError:
+            pass  # kept longer: no harm
 
 
 def now_serves(host, release_id):
     """After a rollback or repair: this host serves release_id (known here, or not)."""
     folder = _server_dir(host)
     if folder.is_dir():  # a release id from the server names a file here only once checked
-        known = RELEASE_ID.fullmatch(release_id or "") and (folder / f"{release_id}.json").exists()
+        known = RELEASE_ID.fullmatch(release_id or "") and (folder / f"{release_id}{SUFFIX}").exists()
         _set_live(folder, release_id if known else "")
 
 

@@ -15,9 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 
 from .config import Notify
 from .errors import ConfigError
@@ -139,19 +137,25 @@ def _credentials(url):
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), {"Authorization": f"Basic {token}"}
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect is not followed: a POST redirected with 301-303 arrives as a GET without the
-    JSON, and a redirect may lead anywhere. It is the webhook's answer, said as a warning."""
+def _opener():
+    """urllib's opener, made only where a webhook is set (urllib.request and http.client take 20 ms
+    to load). A redirect is not followed: a POST redirected with 301-303 arrives as a GET without
+    the JSON, and a redirect may lead anywhere. It is the webhook's answer, said as a warning."""
+    import urllib.request
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            return None
 
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
+    return urllib.request.build_opener(NoRedirect)
 
 
 def _post(settings, body, version):
     """POST the outcome to the webhook, all of it bounded by the timeout; (ok, what happened)."""
+    import urllib.error
+    import urllib.request
+
+    opener = _opener()
     url, headers = _credentials(settings.url)
     request = urllib.request.Request(
         url,
@@ -163,7 +167,7 @@ def _post(settings, body, version):
 
     def post():
         try:
-            with _OPENER.open(request, timeout=settings.timeout) as answer:
+            with opener.open(request, timeout=settings.timeout) as answer:
                 outcome["status"] = answer.status
         except urllib.error.HTTPError as exc:
             outcome["status"], outcome["location"] = exc.code, exc.headers.get("Location")

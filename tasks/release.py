@@ -55,16 +55,49 @@ class BuildInfo:
     stats: dict  # {relative path: (size, mtime_ns, ctime_ns, inode)} of every regular file (tasks/manifest.py)
 
 
-def _leads_outside(root, prefix, name):
+def _leads_outside(directory, prefix, name):
     """'name -> target' for a symlink whose target is absolute or climbs out of the build, else None."""
     try:
-        target = os.readlink(os.path.join(root, name))
-    except OSError:  # not a symlink
+        target = os.readlink(os.path.join(directory, name))
+    except OSError:  # gone since it was listed
         return None
     inside = os.path.normpath(os.path.join(prefix, target))
     if os.path.isabs(target) or inside == ".." or inside.startswith("../"):
         return f"{prefix}{name} -> {target}"
     return None
+
+
+def _walk(top, exclusions):
+    """({relative path: (size, mtime_ns, ctime_ns, inode)}, {relative path: mode}) of the regular
+    files the rules leave in, in os.walk's order, and the links among what they leave in that
+    lead outside the build. One listing per directory, one lstat per file, a readlink per link
+    only: this walk is the build check's whole cost per file (100,000 files in a big shop)."""
+    stats, modes, outside = {}, {}, []
+    name_left_out = exclusions.names
+    pending = [(str(top), "", ())]
+    while pending:
+        directory, prefix, parts = pending.pop()
+        anchored = exclusions.anchored(len(parts) + 1)
+        below = []
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                name = entry.name
+                if name_left_out(name) or (anchored and any(r.matches((*parts, name)) for r in anchored)):
+                    continue  # never uploaded: not read
+                if entry.is_dir(follow_symlinks=False):
+                    below.append((entry.path, f"{prefix}{name}/", (*parts, name)))
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode):
+                    rel = prefix + name
+                    stats[rel] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                    modes[rel] = stat.S_IMODE(st.st_mode)
+                elif stat.S_ISLNK(st.st_mode):  # uploaded as a link, followed on the server
+                    link = _leads_outside(directory, prefix, name)
+                    if link:
+                        outside.append(link)
+        pending += reversed(below)
+    return stats, modes, outside
 
 
 def check_build(build):
@@ -79,31 +112,11 @@ def check_build(build):
             f"the build {path} does not exist or is not a directory",
             hint="build the site first, or set build.path in hosts.yaml (or pass --build)",
         )
-    total, modes, stats = 0, {}, {}
     rules = buildfiles.rules(build)
-
-    def fail(exc):
-        raise ConfigError(f"cannot read the build {path}: {exc.filename}: {exc.strerror}") from None
-
-    outside = []  # links that lead out of the build: uploaded as links, followed on the server
     try:
-        for root, dirs, names in os.walk(path, onerror=fail):
-            prefix = os.path.relpath(root, path) + "/" if root != str(path) else ""
-            dirs[:] = [d for d in dirs if not buildfiles.excluded(rules, prefix + d)]  # never uploaded: not read
-            outside += [link for link in (_leads_outside(root, prefix, d) for d in dirs) if link]
-            for name in names:
-                if buildfiles.excluded(rules, prefix + name):
-                    continue
-                link = _leads_outside(root, prefix, name)
-                if link:
-                    outside.append(link)
-                st = os.lstat(os.path.join(root, name))
-                if stat.S_ISREG(st.st_mode):
-                    total += st.st_size
-                    modes[prefix + name] = stat.S_IMODE(st.st_mode)
-                    stats[prefix + name] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        stats, modes, outside = _walk(path, buildfiles.Exclusions(rules))
     except OSError as exc:
-        fail(exc)
+        raise ConfigError(f"cannot read the build {path}: {exc.filename}: {exc.strerror}") from None
     if outside:
         raise ConfigError(
             f"the build {path} holds links that lead outside it: {', '.join(sorted(outside))}; a release would hold "
@@ -127,4 +140,6 @@ def check_build(build):
         )
     default = Counter(modes.values()).most_common(1)[0][0]
     others = {rel: mode for rel, mode in modes.items() if mode != default}
-    return BuildInfo(str(path), len(modes), total, {"default": default, "modes": others}, stats)
+    return BuildInfo(
+        str(path), len(modes), sum(size for size, *_ in stats.values()), {"default": default, "modes": others}, stats
+    )

@@ -4,9 +4,7 @@ from invoke import task
 
 from .cli import boundary, target
 from .errors import ConfigError
-from .fleet import in_parallel, on_group
 from .output import table
-from .remote.paths import PLACEHOLDER, commit_of
 
 HISTORY_SHOWN = (1, 10000)  # bounds of -n
 HISTORY_DEFAULT = 20
@@ -14,6 +12,7 @@ HISTORY_DEFAULT = 20
 
 def _read(c, op, **args):
     """The answer of one read-only op from every host: [(Host, answer)]."""
+    from .fleet import in_parallel, on_group
 
     def read(run):
         return [(r.host, answer) for r, answer in in_parallel(run.hosts, lambda r: r.call(op, op, **args))]
@@ -22,6 +21,8 @@ def _read(c, op, **args):
 
 
 def _commit(release_id):
+    from .remote.paths import PLACEHOLDER, commit_of
+
     if release_id == PLACEHOLDER:
         return "-"
     return (commit_of(release_id) or "-") + (" (dirty)" if release_id.endswith("-dirty") else "")
@@ -40,6 +41,8 @@ def _reason(error):
 @boundary
 def releases(c):
     """List the kept releases of each host, newest first, the live one marked."""
+    from .remote.paths import PLACEHOLDER
+
     for host, answer in _read(c, "releases"):
         rows = [["", "release", "deployed", "user", "ref", "commit", "note"]]
         for rel in answer["releases"]:

@@ -17,7 +17,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import hostsfile, notify
 from .errors import ConfigError, CutoverError, GroupError
 from .output import Timer, shown
 
@@ -94,6 +93,8 @@ class Report:
     @hosts.setter
     def hosts(self, hosts):
         """The hosts of the run (cli.target): the target's name resolved, the notifiers checked."""
+        from . import hostsfile, notify  # the run's: not loaded to list the tasks
+
         self._hosts = hosts
         if self.target is None:
             self.target = hostsfile.load().default_group
@@ -207,6 +208,8 @@ def reported(c, command, json_path=None, dry_run=False):
                 _current = None
                 data = report.data(error)
                 if report.notifiers and not dry_run:
+                    from . import notify
+
                     notify.send(report.notifiers, data)
     finally:
         if json_path and data is not None:

@@ -6,20 +6,12 @@ from is kept (and marked in history), so `rollback --to` or a new deploy can ret
 
 from invoke import task
 
-from . import manifest, result
+from . import result
 from .cli import BATCH_HELP, FORCE_UNLOCK_HELP, boundary, check_batch, target
 from .errors import ConfigError, CutoverError, Interrupted
-from .fleet import Run, close, connect
 from .output import Timer, count, line, live_table, shown, stop_live, table
-from .remote.paths import PLACEHOLDER, RELEASE_ID
-from .steps.balancer import balancer_of
-from .steps.finish import abort, finish
-from .steps.hooks import run_hooks
-from .steps.lock import force_unlock, lock, unlock
-from .steps.preflight import preflight
-from .steps.repair import record_intent, repair
-from .steps.swap import spread_note, swap
-from .testhooks import fault_point
+
+# The steps are imported by rollback_hosts, which runs them: `fab --list` loads none of them.
 
 
 def choose(hosts, to):
@@ -27,6 +19,8 @@ def choose(hosts, to):
 
     hosts: what each host's lock step learned (name, current, releases oldest first, previous).
     """
+    from .remote.paths import PLACEHOLDER
+
     if to is not None:
         missing = [r.name for r in hosts if to not in r.releases]
         if missing:
@@ -61,15 +55,30 @@ def target_name(run):
 
 def _kept_hint(hosts):
     """The releases every host keeps, newest first: what --to can name."""
+    from .remote.paths import PLACEHOLDER
+
     common = set.intersection(*(set(r.releases) for r in hosts)) - {PLACEHOLDER}
     return f"releases kept on every host: {', '.join(sorted(common, reverse=True)) or 'none'}"
 
 
 def rollback_hosts(hosts, to=None, force=False, batch=None):
     """The whole rollback: lock, choose, swap (with verify), record and unlock; returns the Run."""
+    from . import manifest
+    from .fleet import Run, close, connect
+    from .remote.paths import RELEASE_ID
+    from .steps.finish import abort, finish
+    from .steps.hooks import run_hooks
+    from .steps.lock import force_unlock, lock, unlock
+    from .steps.preflight import preflight
+    from .steps.repair import record_intent, repair
+    from .steps.swap import spread_note, swap
+    from .testhooks import fault_point
+
     total = Timer()
     batch = check_batch(hosts, batch)
     if batch:
+        from .steps.balancer import balancer_of
+
         balancer_of(hosts)  # a wrong balancer setting is refused before anything remote
     run = Run.of("rollback", hosts)
     result.started(run)

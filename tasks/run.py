@@ -5,11 +5,7 @@ from invoke import task
 
 from .cli import FORCE_UNLOCK_HELP, boundary, target
 from .errors import CommandError, ConfigError, CutoverError, GroupError, Interrupted
-from .fleet import Run, close, connect, each_host
 from .output import Timer, count, line, say, shown
-from .steps import margin
-from .steps.lock import force_unlock as clear_lock
-from .steps.lock import lock, unlock
 
 USERS = ("web", "migrate", "deploy")
 TIMEOUT = (1, 86400)
@@ -64,6 +60,10 @@ def user_of(host, as_):
 @boundary
 def run(c, as_="web", timeout=None, force_unlock=False):
     """Run a one-off command in the live release of each host: fab run -- COMMAND."""
+    from .fleet import Run, close, connect, each_host  # the run's steps: not loaded to list the tasks
+    from .steps.lock import force_unlock as clear_lock
+    from .steps.lock import lock, unlock
+
     command = check_command(c.config.get("cutover", {}).get("command"))
     if as_ not in USERS:
         raise ConfigError(f"--as {shown(as_)}: give web, migrate or deploy")
@@ -102,6 +102,8 @@ def run(c, as_="web", timeout=None, force_unlock=False):
 
 def _one(group, r, command, user, seconds):
     """The command on one host, its output shown under its name; returns its exit status."""
+    from .steps import margin
+
     t = Timer()
     try:
         answer = r.call("run", "run", timeout=seconds + margin(), token=group.who["token"], command=command, user=user,

@@ -10,7 +10,7 @@ import shlex
 
 from invoke import task
 
-from . import cli, hostsfile
+from . import cli
 from .cli import boundary
 from .errors import ConfigError, CutoverError
 from .output import shown
@@ -79,6 +79,8 @@ def sandbox_up(c, mpm=None, php=None):
 def _command():
     """The command that reaches the sandbox: the installed command names Cutover's own hosts.yaml,
     which holds the sandbox group (from any directory); fab is run in Cutover's checkout."""
+    from . import hostsfile
+
     if not cli.PROGRAM:
         return "fab"
     from .init import fab_command

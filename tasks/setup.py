@@ -9,18 +9,25 @@ from pathlib import Path
 
 from invoke import task
 
-from . import agent, apache, ssh, swaphelper
 from .cli import boundary, target
 from .errors import ConfigError, CutoverError
-from .fleet import in_parallel, on_group
 from .output import say, table
-from .remote.helper import HELPER_CONFIG
-from .swaphelper import sudoers_line  # noqa: F401 (where tests and older callers find it)
+
+# What setup does on the servers is imported by the functions that do it: `fab --list` loads none of it.
+
+
+def sudoers_line(user, python):
+    """swaphelper.sudoers_line (where tests and older callers find it)."""
+    from .swaphelper import sudoers_line
+
+    return sudoers_line(user, python)
 
 
 def install_helper(r, admin_user, deploy_user):
     """Connect as the admin user and install the root-owned swap helper for this host's site; an
     admin who is not root becomes root with `sudo -n` (no password prompt can be answered here)."""
+    from . import agent, ssh, swaphelper
+
     admin = dataclasses.replace(r.host, user=admin_user)
     with ssh.connect(admin) as conn:
         sudo = admin_user != "root"
@@ -40,6 +47,8 @@ def install_helper(r, admin_user, deploy_user):
 
 def write_helper_files(directory, registered):
     """The helper and the registration (deploy_to -> site) as root installs them by hand."""
+    from . import agent
+
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "swap-helper").write_text(agent.helper_program())
     (directory / "helper.json").write_text(json.dumps(registered, indent=2, sort_keys=True) + "\n")
@@ -47,6 +56,9 @@ def write_helper_files(directory, registered):
 
 def by_hand(directory):
     """What root runs on the server to install the files --helper-files wrote."""
+    from . import agent
+    from .remote.helper import HELPER_CONFIG
+
     return (
         f"as root on the server, with the files of {directory} copied there:\n"
         f"    install -D -m 0755 -o root -g root swap-helper {agent.HELPER}\n"
@@ -66,6 +78,9 @@ def by_hand(directory):
 @boundary
 def setup(c, admin_user="root", helper_files=None):
     """Create the layout on each host; for a non-root deploy user install the swap helper."""
+    from . import apache, swaphelper
+    from .fleet import in_parallel, on_group
+
     if not admin_user or not all(ch.isalnum() or ch in "._-" for ch in admin_user):
         raise ConfigError(f"--admin-user {admin_user!r} is not a user name")
     files = _helper_files(helper_files)
@@ -136,6 +151,8 @@ def _helper_files(given):
 def _sudo_lines(r, answer):
     """The sudoers line to add, unless sudo already lets the deploy user run the helper; never one
     naming a Python the deploy user could replace (the second value: whether that refused it)."""
+    from . import swaphelper
+
     found = r.call("sudo", "preflight", helper=swaphelper.probe_args(r.host))
     refused = swaphelper.python_refusal(found, setup=True)
     if refused:

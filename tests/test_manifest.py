@@ -99,18 +99,18 @@ def test_the_build_is_read_again_only_where_a_file_changed(tmp_path, monkeypatch
     monkeypatch.setattr(manifest, "_hash", lambda path: read.append(Path(path).name) or real(path))
     racy = manifest.RACY_NS
     monkeypatch.setattr(manifest, "RACY_NS", 0)  # as if every file had been written long ago
-    first = manifest.digests(build, check_build(setting).stats)
+    first = manifest.build_files(build, check_build(setting).stats)
     assert len(read) == len(first) > 3
     read.clear()
-    assert manifest.digests(build, check_build(setting).stats) == first and read == []
+    assert manifest.build_files(build, check_build(setting).stats) == first and read == []
     (build / "assets" / "app.js").write_text("other\n")
-    again = manifest.digests(build, check_build(setting).stats)
+    again = manifest.build_files(build, check_build(setting).stats)
     assert read == ["app.js"] and again["assets/app.js"] != first["assets/app.js"]
     # a file written within the last RACY_NS may be written again within its mtime's tick: its digest
     # is not kept, so the next deploy reads it again
     monkeypatch.setattr(manifest, "RACY_NS", racy)
     (build / "assets" / "app.js").write_text("once more\n")
     read.clear()
-    manifest.digests(build, check_build(setting).stats)
-    manifest.digests(build, check_build(setting).stats)
+    manifest.build_files(build, check_build(setting).stats)
+    manifest.build_files(build, check_build(setting).stats)
     assert read.count("app.js") == 2  # (the others were written moments ago too: read again as well)

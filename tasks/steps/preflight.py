@@ -6,7 +6,6 @@ late, while the others serve the new release for its retries, and then switch th
 The live release is held to the status, the protected URLs and no PHP source, not to
 health.expect_text, which may name what only the new release shows."""
 
-from .. import swaphelper
 from ..errors import CutoverError, GroupError
 from ..fleet import STEP_TIMEOUT, in_parallel
 from ..output import Timer, say
@@ -59,7 +58,9 @@ def preflight(run, live_health=True, migrating=False):
 
     def one(r):
         args = {"users": users_of(r.host, r.name in migrates)}
-        if r.uses_helper:
+        if r.uses_helper:  # a deploy user who is not root: sudo and the swap helper
+            from .. import swaphelper
+
             args["helper"] = swaphelper.probe_args(r.host)
         verify = verify_of(r) if live_health else None
         if verify is not None:
@@ -69,7 +70,8 @@ def preflight(run, live_health=True, migrating=False):
         timeout = STEP_TIMEOUT + (health_seconds(r.host.health) if verify is not None else 0)
         found = r.call("preflight", "preflight", timeout=timeout, **args)
         problems = server_problems(r.host, found)
-        problems += swaphelper.problems(r.host, found) if r.uses_helper else []
+        if r.uses_helper:
+            problems += swaphelper.problems(r.host, found)
         live = found.get("live") or {}
         r.live_deferred = verify if live.get("deferred") else None  # checked again under this run's lock
         if live.get("problem"):

@@ -8,7 +8,6 @@ from ..fleet import STEP_TIMEOUT, in_parallel
 from ..output import Timer, count, line, say
 from ..testhooks import fault_point
 from . import health_args, health_seconds, margin, protected_urls
-from .balancer import Balancer, balancer_of
 
 PAUSED = {"freeze": "frozen", "sigstop": "stopped", None: "paused"}  # how httpd was paused (httpd.pause)
 
@@ -118,6 +117,8 @@ def none_switched(run):
 def rolling(run, batch):
     """`batch` hosts at a time: drained from the balancer (if there is one), switched and verified,
     back in the balancer; then the next batch."""
+    from .balancer import Balancer, balancer_of  # a rolling switch's only
+
     found = balancer_of([r.host for r in run.hosts])
     lb = Balancer(run, found) if found else None
     if lb is None:

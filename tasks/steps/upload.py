@@ -13,8 +13,9 @@ def start_uploads(run, build):
     overlaps the lock, its server side waiting for the incoming dir (when_ready.py); on any
     failure abort() stops it. upload_all starts the others as earlier ones end. Where the live
     release's files are known here, rsync compares sizes only (tasks/manifest.py)."""
-    for r in run.hosts:
-        r.sized = manifest.plan(r.host, run.build.stats, run.digests) if run.digests is not None else None
+    if run.files is not None:
+        for r, plan in zip(run.hosts, manifest.plans([r.host for r in run.hosts], run.files)):
+            r.sized = plan
     for r in run.hosts[: run.parallel or len(run.hosts)]:
         _start(run, r, build)
 
