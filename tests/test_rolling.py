@@ -2,8 +2,10 @@
 the balancer before (an operator's MAINT stays MAINT), and a server whose switch is unknown is
 left drained, named in the error."""
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import pytest
 import yaml
 
 from lab.balancer import haproxy
+from tasks.remote.balancer import servers
 
 from .conftest import PROJECT, configure, current, make_build, start_lab, stop_lab
 
@@ -108,11 +111,21 @@ def _session_processes(server):
 def test_a_balancer_host_lost_mid_run_leaves_the_group_whole_and_names_what_may_stay_drained(lab3, tmp_path):
     # lab1 and lab2 one at a time, HAProxy reached through lab3; lab3's connection dies once lab1 is
     # drained: whatever else happens, the error must name lab1 as possibly left drained, the group
-    # must be on one release, and the lock free
-    with haproxy(lab3.lab) as hp:
+    # must be on one release, and the lock free. A request held open on every server (its body still
+    # to come) keeps the drain waiting, so that the connection dies while lab1 is drained, not after
+    # it was given back its state.
+    with haproxy(lab3.lab) as hp, contextlib.ExitStack() as held:
         configure(lab3, make_build(tmp_path, "rv-old"))
         assert lab3.fab("deploy").returncode == 0
-        configure(lab3, make_build(tmp_path, "rv-new"), balancer={"via": "lab3", "socket": hp.socket, "backend": "web"})
+        balancer = {"via": "lab3", "socket": hp.socket, "backend": "web", "drain_timeout": 15}
+        configure(lab3, make_build(tmp_path, "rv-new"), balancer=balancer)
+        for _ in lab3.servers:  # roundrobin: one held request on each server
+            conn = held.enter_context(socket.create_connection(("127.0.0.1", hp.port), timeout=30))
+            conn.sendall(b"POST / HTTP/1.1\r\nHost: shop\r\nContent-Length: 100000\r\n\r\nsome")
+        deadline = time.monotonic() + 10
+        while not all(s["open"] for s in servers(hp.ask("show stat"), "web").values()):
+            assert time.monotonic() < deadline, "the held requests did not reach every server"
+            time.sleep(0.05)
         data = yaml.safe_load(lab3.hosts_file.read_text())
         group = data["groups"]["sandbox"]
         data["groups"] = {
