@@ -99,11 +99,19 @@ def _tables(found):
     stats, digests, racy = found
     if not (isinstance(stats, dict) and isinstance(digests, dict) and isinstance(racy, list)):
         return None
-    if digests.keys() != stats.keys() or not {type(r) for r in racy} <= {str}:
-        return None
-    if not {type(d) for d in digests.values()} <= {tuple} or not set(map(len, digests.values())) <= {2}:
+    if digests.keys() != stats.keys() or not {type(r) for r in racy} <= {str} or not _digests(digests):
         return None
     return found
+
+
+def _digests(table):
+    """Whether table is {relative path: (size, digest)}, as build_files() returns it."""
+    if not isinstance(table, dict) or not {type(rel) for rel in table} <= {str}:
+        return False
+    pairs = table.values()
+    if not {type(pair) for pair in pairs} <= {tuple} or not set(map(len, pairs)) <= {2}:
+        return False
+    return {(type(size), type(digest)) for size, digest in pairs} <= {(int, str)}
 
 
 def _server_dir(host):
@@ -143,16 +151,11 @@ def plans(hosts, files):
 
 def _plan(live, path, files):
     known = _load(path)
-    if known is None:
+    if known is None or not _digests(known):  # not what remember() writes (damaged): not known
         return None
     if known == files:
         return {"expect": live, "unlink": []}  # no change (the common redeploy)
-    try:
-        unlink = [
-            rel for rel, (size, digest) in files.items() if (k := known.get(rel)) and k[0] == size and k[1] != digest
-        ]
-    except (TypeError, IndexError, ValueError):  # not what remember() writes: not known
-        return None
+    unlink = [rel for rel, (size, digest) in files.items() if (k := known.get(rel)) and k[0] == size and k[1] != digest]
     return {"expect": live, "unlink": unlink}
 
 

@@ -146,3 +146,30 @@ def test_a_cache_of_another_shape_counts_as_not_known(tmp_path, monkeypatch):
         cache.write_bytes(marshal.dumps(shape))
         assert manifest.build_files(build, stats) == right, shape
         assert marshal.loads(cache.read_bytes()) == (stats, right, []), shape
+
+
+def test_a_server_table_of_another_shape_plans_a_checksum_upload(tmp_path, monkeypatch):
+    """A release's table that is marshal data but not {path: (size, digest)} leaves that host's
+    upload to compare checksums (no plan) instead of failing the deploy."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    host = SimpleNamespace(host="127.0.0.1", port=2222, deploy_to="/srv/site")
+    files = {"index.html": (5, "a" * 32), "app.js": (7, "b" * 32)}
+    release = "20261203T120000.000Z-1a2b3c4"
+    manifest.remember([host], release, files)
+    assert manifest.plans([host], {**files, "app.js": (7, "c" * 32)}) == [{"expect": release, "unlink": ["app.js"]}]
+    table = manifest._server_dir(host) / f"{release}{manifest.SUFFIX}"
+    for shape in (
+        {"app.js": {0: 7}},  # indexed by 0 and 1, yet no pair
+        {"app.js": {0: 7, 2: "b"}},
+        {"app.js": 7},
+        {"app.js": "7"},
+        {"app.js": (7,)},
+        [("app.js", (7, "b" * 32))],
+        {"app.js": (7, "b" * 32), 5: None},
+        {"app.js": ("7", "b" * 32)},
+        {"app.js": (7, 5)},
+    ):
+        table.write_bytes(marshal.dumps(shape))
+        assert manifest.plans([host], {**files, "app.js": (7, "c" * 32)}) == [None], shape
