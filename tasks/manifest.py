@@ -72,13 +72,10 @@ def build_files(build_path, stats):
     mtime_ns, ctime_ns, inode)} as the build check read them; a file whose four are as the last
     call saw them is not read again (a write changes its ctime, which nobody can set)."""
     path = cache_dir() / f"build-{_key(str(build_path))}{SUFFIX}"
-    seen_stats, seen, racy = _load(path, tuple) or ({}, {}, [])
-    try:
-        if not racy and seen_stats == stats:
-            return seen  # nothing changed: no file read, nothing written
-        racy = set(racy)
-    except TypeError:  # not what this module writes
-        seen_stats, seen, racy = {}, {}, set()
+    seen_stats, seen, racy = _tables(_load(path, tuple)) or ({}, {}, [])
+    if not racy and seen_stats == stats:
+        return seen  # nothing changed: no file read, nothing written
+    racy = set(racy)
     now = time.time_ns()
     out, fresh, read = {}, [], False
     for rel, st in stats.items():
@@ -91,6 +88,30 @@ def build_files(build_path, stats):
     if read or fresh or stats != seen_stats:  # a build that did not change is not written again
         _store(path, (stats, out, fresh))
     return out
+
+
+def _tables(found):
+    """The three tables build_files() writes, or None where found is not of their shape (another
+    version's, or damaged in a way marshal does not notice): a digest of any other shape would
+    be handed on as the build's."""
+    if not (isinstance(found, tuple) and len(found) == 3):
+        return None
+    stats, digests, racy = found
+    if not (isinstance(stats, dict) and isinstance(digests, dict) and isinstance(racy, list)):
+        return None
+    if digests.keys() != stats.keys() or not {type(r) for r in racy} <= {str} or not _digests(digests):
+        return None
+    return found
+
+
+def _digests(table):
+    """Whether table is {relative path: (size, digest)}, as build_files() returns it."""
+    if not isinstance(table, dict) or not {type(rel) for rel in table} <= {str}:
+        return False
+    pairs = table.values()
+    if not {type(pair) for pair in pairs} <= {tuple} or not set(map(len, pairs)) <= {2}:
+        return False
+    return {(type(size), type(digest)) for size, digest in pairs} <= {(int, str)}
 
 
 def _server_dir(host):
@@ -130,16 +151,11 @@ def plans(hosts, files):
 
 def _plan(live, path, files):
     known = _load(path)
-    if known is None:
+    if known is None or not _digests(known):  # not what remember() writes (damaged): not known
         return None
     if known == files:
         return {"expect": live, "unlink": []}  # no change (the common redeploy)
-    try:
-        unlink = [
-            rel for rel, (size, digest) in files.items() if (k := known.get(rel)) and k[0] == size and k[1] != digest
-        ]
-    except (TypeError, IndexError, ValueError):  # not what remember() writes: not known
-        return None
+    unlink = [rel for rel, (size, digest) in files.items() if (k := known.get(rel)) and k[0] == size and k[1] != digest]
     return {"expect": live, "unlink": unlink}
 
 

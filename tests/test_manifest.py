@@ -3,6 +3,7 @@ live release's files known, the upload compares sizes only, and every release st
 the build: a file changed with the same size and mtime, a mode change, a deleted and a new file, a
 live file edited on the server, a live release this machine did not deploy."""
 
+import marshal
 import os
 import stat
 from pathlib import Path
@@ -114,3 +115,61 @@ def test_the_build_is_read_again_only_where_a_file_changed(tmp_path, monkeypatch
     manifest.build_files(build, check_build(setting).stats)
     manifest.build_files(build, check_build(setting).stats)
     assert read.count("app.js") == 2  # (the others were written moments ago too: read again as well)
+
+
+def test_a_cache_of_another_shape_counts_as_not_known(tmp_path, monkeypatch):
+    """A cache file that reads back as marshal data but not as this module's tables (another
+    version's, damaged in a way marshal does not notice) is read as no cache: every file's digest
+    read again, the right digests returned, and the cache written anew."""
+    from tasks.config import Build
+    from tasks.release import check_build
+
+    build = make_build(tmp_path, "shapes")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(manifest, "RACY_NS", 0)
+    stats = check_build(Build(path=build, required=())).stats
+    right = manifest.build_files(build, stats)
+    cache = next((tmp_path / "cache" / "cutover").glob("build-*.marshal"))
+    some = next(iter(stats))
+    shapes = [
+        (stats, right),  # two tables, not three
+        (stats, right, [], "more"),
+        ([], right, []),  # the stats not a dict
+        (stats, [1, 2], []),  # the digests not a dict
+        ({some: stats[some]}, {some: 5}, []),  # a digest not a (size, digest) pair
+        ({some: stats[some]}, {some: (1,)}, []),
+        (stats, {rel: 5 for rel in stats}, []),  # every stat as seen, every digest of the wrong shape
+        (stats, {}, []),  # every stat as seen, no digest
+        (stats, right, 7),  # the racy list not a list
+    ]
+    for shape in shapes:
+        cache.write_bytes(marshal.dumps(shape))
+        assert manifest.build_files(build, stats) == right, shape
+        assert marshal.loads(cache.read_bytes()) == (stats, right, []), shape
+
+
+def test_a_server_table_of_another_shape_plans_a_checksum_upload(tmp_path, monkeypatch):
+    """A release's table that is marshal data but not {path: (size, digest)} leaves that host's
+    upload to compare checksums (no plan) instead of failing the deploy."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    host = SimpleNamespace(host="127.0.0.1", port=2222, deploy_to="/srv/site")
+    files = {"index.html": (5, "a" * 32), "app.js": (7, "b" * 32)}
+    release = "20261203T120000.000Z-1a2b3c4"
+    manifest.remember([host], release, files)
+    assert manifest.plans([host], {**files, "app.js": (7, "c" * 32)}) == [{"expect": release, "unlink": ["app.js"]}]
+    table = manifest._server_dir(host) / f"{release}{manifest.SUFFIX}"
+    for shape in (
+        {"app.js": {0: 7}},  # indexed by 0 and 1, yet no pair
+        {"app.js": {0: 7, 2: "b"}},
+        {"app.js": 7},
+        {"app.js": "7"},
+        {"app.js": (7,)},
+        [("app.js", (7, "b" * 32))],
+        {"app.js": (7, "b" * 32), 5: None},
+        {"app.js": ("7", "b" * 32)},
+        {"app.js": (7, 5)},
+    ):
+        table.write_bytes(marshal.dumps(shape))
+        assert manifest.plans([host], {**files, "app.js": (7, "c" * 32)}) == [None], shape
