@@ -72,7 +72,7 @@ def rollback_hosts(hosts, to=None, force=False, batch=None):
     from .steps.preflight import preflight
     from .steps.repair import record_intent, repair
     from .steps.swap import spread_note, swap
-    from .testhooks import fault_point
+    from .testhooks import fault_point, hold_point
 
     total = Timer()
     batch = check_batch(hosts, batch)
@@ -95,6 +95,7 @@ def rollback_hosts(hosts, to=None, force=False, batch=None):
         if force:
             force_unlock(run)
         fault_point("lock")
+        hold_point("lock")
         lock(run, want_previous=to is None)
         repair(run)  # a group switch a dead run left half done: whole again first
         run.release_id = choose(run.hosts, to)

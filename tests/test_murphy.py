@@ -263,25 +263,27 @@ def test_a_silent_network_ends_the_run_with_a_clear_error(lab1, tmp_path):
 
 @pytest.mark.parametrize("second", ["deploy", "rollback"])
 def test_two_runs_at_the_same_instant(lab1, tmp_path, second):
-    """Two runs started at the same instant: one succeeds, the other exits 5 naming who holds the lock;
-    then the site answers 200 with one whole release, no httpd is stopped, shared/ is unchanged, the
-    lock is free or its owner dead, and the next deploy succeeds."""
+    """Two runs that reach their lock step at the same instant (each held before it until both are
+    there, however slowly a loaded machine starts them): one succeeds, the other exits 5 naming who
+    holds the lock; then the site answers 200 with one whole release, no httpd is stopped, shared/
+    is unchanged, the lock is free or its owner dead, and the next deploy succeeds."""
     new, nxt, known, shared = prepare(lab1, tmp_path)
     configure(lab1, new)
     assert lab1.fab("deploy").returncode == 0  # so that a rollback has somewhere to go
     configure(lab1, nxt)
-    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), CUTOVER_TEST="1", CUTOVER_TEST_HOLD_PAUSE_MS="800")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "fabric", cmd],
-            cwd=PROJECT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for cmd in ("deploy", second)
-    ]
+    holds = [tmp_path / f"hold-{n}" for n in range(2)]
+    procs = []
+    for cmd, hold in zip(("deploy", second), holds):
+        hold.touch()
+        env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), CUTOVER_TEST="1",
+                   CUTOVER_TEST_HOLD_PAUSE_MS="800", CUTOVER_TEST_HOLD_AT=f"lock:{hold}")  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, "-m", "fabric", cmd], cwd=PROJECT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    try:
+        assert poll(lambda: all(Path(f"{h}.waiting").exists() for h in holds), seconds=60), "a run never got there"
+    finally:
+        for hold in holds:
+            hold.unlink()
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 5], results
