@@ -138,13 +138,16 @@ def _linked_file(db):
     let them through): a restore loads the database the link points to, the link stays a link."""
     path = db["file"]
     for _ in range(MAX_LINKS):
-        if not os.path.islink(path):
-            return path
-        target = paths.foreign_symlink(path)
-        if target is not None:
-            raise Refused("database %s: %s is a symlink (to %s) that another user owns; nothing was read or written "
-                          "through it" % (db["name"], path, target))  # fmt: skip
-        path = os.path.join(os.path.dirname(path), os.readlink(path))
+        try:
+            if not os.path.islink(path):
+                return path
+            target = paths.foreign_symlink(path)
+            if target is not None:
+                raise Refused("database %s: %s is a symlink (to %s) that another user owns; nothing was read or "
+                              "written through it" % (db["name"], path, target))  # fmt: skip
+            path = os.path.join(os.path.dirname(path), os.readlink(path))
+        except FileNotFoundError:
+            continue  # the link went away while it was looked at: what the name is now counts
     raise Refused("database %s: %s is a chain of more than %d symlinks" % (db["name"], db["file"], MAX_LINKS))
 
 
