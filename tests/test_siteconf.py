@@ -5,6 +5,7 @@ lines, VirtualHosts of this site and of others, regular expressions, and the dri
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -274,6 +275,10 @@ def test_variables_are_those_of_the_running_httpd(tmp_path):
     fake.chmod(0o755)
     process = subprocess.Popen([str(fake), "30"], env={"SHOP_ROOT": "/var/www/shop"})
     try:
+        deadline = time.monotonic() + 10  # exec'd: its name and environment are httpd's, not the fork's
+        while Path(f"/proc/{process.pid}/comm").read_text().strip() != "httpd":
+            assert time.monotonic() < deadline, "the fake httpd never started"
+            time.sleep(0.01)
         (tmp_path / "httpd.pid").write_text(f"{process.pid}\n")
         conf = tree(
             tmp_path, {"httpd.conf": '<Directory "${SHOP_ROOT}/current/x">\n    Header set X-H 1\n</Directory>\n'}
