@@ -21,7 +21,7 @@ import paramiko
 from .errors import CommandError, HookError, LockError, MigrationError, RemoteError, SmokeError
 
 REMOTE = Path(__file__).resolve().parent / "remote"
-BUNDLE = ("protocol", "paths", "limits", "history", "httpd", "listen", "pause", "swap", "health", "lock", "stage", "shared",
+BUNDLE = ("protocol", "paths", "limits", "history", "httpd", "listen", "pause", "pinmap", "swap", "health", "lock", "stage", "shared",
           "finish", "views", "install", "helper", "dumps", "manifests", "backup", "restore", "offsite", "intent", "seals",
           "balancer", "procs", "commands", "switching", "nofollow", "grants", "apacheconf", "siteconf", "private", "preflight",
           "run")  # fmt: skip
@@ -32,6 +32,7 @@ HELPER_BUNDLE = (
     "httpd",
     "listen",
     "pause",
+    "pinmap",
     "swap",
     "health",
     "helper",

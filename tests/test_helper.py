@@ -18,7 +18,7 @@ import pytest
 from lab.servers import free_port
 from tasks.agent import LocalAgent
 from tasks.errors import RemoteError
-from tasks.remote import health, helper, pause, swap
+from tasks.remote import health, helper, pause, pinmap
 from tasks.remote.paths import Layout
 
 IDS = ["20261101T000000.000Z-aaaaaaa", "20261102T000000.000Z-bbbbbbb"]
@@ -71,9 +71,9 @@ def test_a_fifo_as_the_live_releases_map_is_refused_at_once(site):
     fifo = Path(site.map_file(IDS[0]))
     fifo.unlink()
     os.mkfifo(fifo)
-    dirs = swap.Dirs(site)
+    dirs = pinmap.Dirs(site)
     try:
-        assert in_child(lambda: swap.read_map(dirs, IDS[0])) == (
+        assert in_child(lambda: pinmap.read_map(dirs, IDS[0])) == (
             "error", f"Refused: .cutover/maps/{IDS[0]}.map is not a regular file; refusing to read it",
         )  # fmt: skip
     finally:
@@ -86,11 +86,11 @@ def test_a_fifo_as_the_live_releases_map_is_refused_at_once(site):
     # a symlink in its place is refused too (never followed), and a missing map is no map
     fifo.unlink()
     fifo.symlink_to("/etc/passwd")
-    dirs = swap.Dirs(site)
+    dirs = pinmap.Dirs(site)
     try:
-        assert in_child(lambda: swap.read_map(dirs, IDS[0]))[1].endswith("is not a regular file; refusing to read it")
+        assert in_child(lambda: pinmap.read_map(dirs, IDS[0]))[1].endswith("is not a regular file; refusing to read it")
         fifo.unlink()
-        assert swap.read_map(dirs, IDS[0]) == {}
+        assert pinmap.read_map(dirs, IDS[0]) == {}
     finally:
         dirs.close()
 

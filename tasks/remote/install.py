@@ -9,7 +9,7 @@ import pwd
 import stat
 import sys
 
-from . import paths, siteconf, swap
+from . import paths, pinmap, siteconf
 from .helper import HELPER_CONFIG
 from .protocol import Refused
 
@@ -37,7 +37,7 @@ def op_setup(a):
         placeholder(layout, a.get("serve") or "")
         created.append(layout.current)
     if not os.path.exists(layout.release_map):  # Apache refuses to start while a RewriteMap file is missing
-        swap.point_map(layout, paths.current_release(layout))
+        pinmap.point_map(layout, paths.current_release(layout))
         created.append(layout.release_map)
     # the site's blocks for current/... first: the rules include them
     site, config = siteconf.render(layout.deploy_to, a.get("pidfile"), a.get("apache_config"), layout.apache_conf)
