@@ -7,6 +7,7 @@ shlex quoting, here (`run`) and in tasks/agent.py and tasks/rsync.py.
 """
 
 import shlex
+import socket
 
 import invoke
 import paramiko
@@ -25,6 +26,45 @@ class _Connection(Connection):
         super().close()
         if isinstance(self.gateway, Connection):
             self.gateway.close()
+
+
+# Linux's: ACK what arrived at once, instead of up to 40 ms later (macOS and the BSDs lack it)
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+class _Socket(socket.socket):
+    """The TCP connection to an SSH server (or a first jump host), without the kernel's waits on
+    small packets. Nagle's algorithm is off, so the key exchange's and each request's small
+    packets leave at once. And what arrives is acknowledged at once: sshd keeps Nagle on for a
+    session without a terminal, so a reply that follows its own unacknowledged packet (the host
+    keys it sends after the login, then the answer to opening the first channel) waited for
+    this side's delayed ACK. Each wait was 40 ms: 85 ms of every connection's start."""
+
+    def recv(self, size, flags=0):
+        data = super().recv(size, flags)
+        if _QUICKACK is not None:  # Linux leaves the quick-ACK mode by itself: set again after each read
+            try:
+                self.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            except OSError:
+                pass
+        return data
+
+
+def _tcp(address, port):
+    """The TCP connection SSH runs on (each address the name has, in turn); OSError as Paramiko
+    raises it when none answers."""
+    failed = None
+    for family, kind, proto, _, where in socket.getaddrinfo(address, port, type=socket.SOCK_STREAM):
+        sock = _Socket(family, kind, proto)
+        sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            sock.connect(where)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as exc:
+            sock.close()
+            failed = exc
+    raise failed or OSError(f"no address for {address}")
 
 
 def _connection(address, port, user, key, known_hosts, gateway=None):
@@ -68,6 +108,8 @@ def connect(host):
 def _open(conn, host, address, port, user, via, role=""):
     """conn.open(), its failures as ConnectError naming the server (or jump host) that failed."""
     try:
+        if conn.gateway is None:  # through a jump host, the socket is a channel of the hop's connection
+            conn.connect_kwargs["sock"] = _tcp(address, port)
         conn.open()
     except paramiko.BadHostKeyException:
         raise ConnectError(

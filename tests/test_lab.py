@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -24,6 +25,31 @@ def test_sshd_accepts_the_lab_key(lab2):
         with ssh.connect(host) as conn:
             result = ssh.run(conn, "test", ["sh", "-c", 'echo "$1"', "sh", "it's me; $HOME"])
         assert result.stdout == "it's me; $HOME\n"  # quoted through the shell, not expanded
+
+
+def test_the_ssh_socket_sends_and_acknowledges_small_packets_at_once(lab2):
+    # sshd keeps Nagle on for a session without a terminal: its answer to opening the first
+    # channel waited for this side's delayed ACK of the host keys it sent (40 ms), and the key
+    # exchange's small packets for the ACKs of the ones before (40 ms more)
+    with ssh.connect(lab2.host()) as conn:
+        sock = conn.client.get_transport().sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        channel = conn.client.get_transport().open_session(timeout=10)
+        channel.exec_command("cat")
+        for _ in range(3):  # requests and answers: Linux leaves its quick-ACK mode by itself
+            channel.sendall(b"ping\n")
+            assert channel.recv(100) == b"ping\n"
+            # what was read was acknowledged at once: the mode is set again after each read
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+        channel.close()
+
+
+def test_a_host_name_that_does_not_resolve_is_named(lab2):
+    host = lab2.host()
+    nowhere = type(host)(**{**host.__dict__, "host": "cutover-test.invalid"})
+    with pytest.raises(ConnectError) as err:
+        ssh.connect(nowhere)
+    assert f"cannot reach cutover-test.invalid port {host.port}" in str(err.value)
 
 
 def test_sshd_rejects_an_unknown_key(lab2, tmp_path):
