@@ -23,6 +23,10 @@ import lab  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "RESULTS.md"
 
+# fab runs as on an operator's machine, its modules compiled once and cached: a shell that sets
+# PYTHONDONTWRITEBYTECODE would have every timed run compile them again.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 # `timeout` and kill send SIGTERM: end as on Ctrl-C, so that every `finally` stops its lab servers.
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 

@@ -34,6 +34,10 @@ def program():
     from tasks.executor import GroupExecutor
 
     class Cutover(Fab):
+        def parse_core(self, argv):
+            super().parse_core(argv)
+            sys.dont_write_bytecode = sys.flags.dont_write_bytecode  # as fabfile.py says why
+
         def print_version(self):
             print(f"{self.name} {self.version}")
             for name, module in (("Fabric", fabric), ("Invoke", invoke), ("Paramiko", paramiko)):

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -192,6 +193,30 @@ def test_a_deploy_loads_what_it_runs_only(lab1, tmp_path):
               "tasks.steps.backup", "tasks.steps.balancer", "tasks.swaphelper", "tasks.remote.views",
               "tasks.remote.health"}  # fmt: skip
     assert modules & unused == set()
+
+
+@pytest.mark.parametrize("told_not_to", [False, True])
+def test_fab_keeps_cutovers_modules_compiled_unless_python_is_told_not_to(tmp_path, told_not_to):
+    """Invoke turns off .pyc writing before it loads the fabfile; Cutover's modules are cached
+    anyway, as an installed package's are, unless PYTHONDONTWRITEBYTECODE says otherwise."""
+    tree = tmp_path / "cutover"
+    tree.mkdir()
+    for name in ("fabfile.py", "fabric.yaml", "tasks"):
+        copy = shutil.copytree if (PROJECT / name).is_dir() else shutil.copy2
+        copy(
+            PROJECT / name,
+            tree / name,
+            **({"ignore": shutil.ignore_patterns("__pycache__")} if name == "tasks" else {}),
+        )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    if told_not_to:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    result = subprocess.run([sys.executable, "-m", "fabric", "--list"], cwd=tree, env=env, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    cached = {p.name.split(".")[0] for p in tree.glob("tasks/__pycache__/*.pyc")}
+    tasks = {m.removeprefix("tasks.") for m in TASK_MODULES}
+    assert cached == set() if told_not_to else tasks <= cached, sorted(cached)
 
 
 EXIT_CPU = """
