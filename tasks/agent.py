@@ -146,6 +146,17 @@ class Channel:
         self.channel.close()
 
 
+def start(conn, python):
+    """Start the connection's agent now, so that its first call finds it up (its Python started,
+    the bundle read) instead of waiting for that. A failure is left to that first call, which
+    starts it again and says what failed."""
+    try:
+        if getattr(conn, "_cutover_channel", None) is None:
+            conn._cutover_channel = Channel(conn, python, SEND_TIMEOUT)
+    except (TimeoutError, OSError, paramiko.SSHException, EOFError):
+        pass
+
+
 def call(conn, host_name, python, step, op, args, timeout, sudo=False):
     """One operation on the server over the connection's agent; returns its answer or raises.
     sudo: the agent this call starts runs as root through `sudo -n`.

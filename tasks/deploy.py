@@ -94,7 +94,7 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
 
     run = Run.of("deploy", hosts)
     run.ref = built.ref if built else None
-    connecting = Background(connect, run)  # the SSH connections open while the build is checked
+    connecting = Background(connect, run, True)  # connections and agents start while the build is checked
     try:
         build, info, run.release_id = check(hosts, build_override, built)
     except BaseException:

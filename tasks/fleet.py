@@ -186,14 +186,18 @@ def in_parallel(runs, fn, limit=None):
     return outcomes
 
 
-def connect(run):
+def connect(run, start_agent=False):
     """Open one SSH connection per host, in parallel, host keys checked. The threads are daemons:
-    a run that fails before it needs its connections exits without waiting for a silent host."""
+    a run that fails before it needs its connections exits without waiting for a silent host.
+    start_agent: each connection's server-side agent is started at once (agent.start), while
+    the caller does its own work (a deploy's build check)."""
 
     def one(r):
         t = Timer()
         r.conn = ssh.connect(r.host)
         r.steps["connect"] = t.seconds
+        if start_agent:
+            agent.start(r.conn, r.host.python)
 
     waiting, outcomes = list(reversed(run.hosts)), {}
 

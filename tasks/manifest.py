@@ -58,12 +58,26 @@ def _store(path, data):
         pass
 
 
-def _hash(path):
-    """The file's sha256, its first 128 bits (32 hex digits: what tells two versions apart)."""
+CHUNK = 1 << 20
+
+
+def _hash(path, size):
+    """The file's sha256, its first 128 bits (32 hex digits: what tells two versions apart).
+    size: as the build check saw it. A file of up to CHUNK is read with one read of size + 1
+    bytes (a short read is the end of a regular file): a third less time per small file than
+    Python's buffered file object, whose read allocates its whole chunk for each file."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        want = min(size, CHUNK - 1) + 1
+        while True:
+            chunk = os.read(fd, want)
             h.update(chunk)
+            if len(chunk) < want:
+                break
+            want = CHUNK
+    finally:
+        os.close(fd)
     return h.hexdigest()[:32]
 
 
@@ -81,7 +95,7 @@ def build_files(build_path, stats):
     for rel, st in stats.items():
         known = seen.get(rel) if rel not in racy and seen_stats.get(rel) == st else None
         if known is None:
-            known, read = (st[0], _hash(os.path.join(build_path, rel))), True
+            known, read = (st[0], _hash(os.path.join(build_path, rel), st[0])), True
         out[rel] = known
         if now - st[1] <= RACY_NS or now - st[2] <= RACY_NS:
             fresh.append(rel)  # it may be written again within its mtime's tick, unseen by its stat: read it again

@@ -273,6 +273,54 @@ def test_a_deploy_opens_its_connections_while_the_build_is_checked(lab1, tmp_pat
     assert current(server) == re.search(r"^deployed (\S+) to 1 host", result.stdout, re.M)[1]
 
 
+# The build check, held until a server-side agent runs under the lab's sshd (at most 10 s): a
+# deploy that starts it only at its first call (the preflight, after the check) has none yet.
+HELD_FOR_AGENT = """
+import os, sys, time
+import fabric.main
+from tasks import release
+sshd, real = int(sys.argv[1]), release.check_build
+def under_sshd(pid):
+    while pid > 1:
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if pid == sshd:
+            return True
+    return False
+def agent_runs():
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+        except OSError:
+            continue
+        if argv[-2:] == [b"serve", b""] and under_sshd(int(pid)):
+            return True
+    return False
+def check_build(build):
+    deadline = time.monotonic() + 10
+    while not agent_runs() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print("AGENT DURING THE CHECK", agent_runs(), file=sys.stderr)
+    return real(build)
+release.check_build = check_build
+fabric.main.program.run(["fab", "deploy"])
+"""
+
+
+def test_a_deploy_starts_its_server_side_agents_while_the_build_is_checked(lab1, tmp_path):
+    configure(lab1, make_build(tmp_path, "agent early"))
+    server = lab1.servers[0]
+    env = {**os.environ, "CUTOVER_HOSTS_FILE": str(lab1.hosts_file), "XDG_CACHE_HOME": str(lab1.lab.root / "cache")}
+    result = subprocess.run([sys.executable, "-c", HELD_FOR_AGENT, str(server.sshd_pid)], cwd=PROJECT, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "AGENT DURING THE CHECK True" in result.stderr
+    assert current(server) == re.search(r"^deployed (\S+) to 1 host", result.stdout, re.M)[1]
+
+
 def test_a_refused_build_is_said_at_once_while_a_host_stays_silent(lab1, tmp_path):
     """The connections that open beside the build check do not hold its refusal: a host that
     accepts TCP and never answers (ssh's timeout is 10 s) delays nothing, and changes nothing."""

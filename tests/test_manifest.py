@@ -3,10 +3,13 @@ live release's files known, the upload compares sizes only, and every release st
 the build: a file changed with the same size and mtime, a mode change, a deleted and a new file, a
 live file edited on the server, a live release this machine did not deploy."""
 
+import hashlib
 import marshal
 import os
 import stat
 from pathlib import Path
+
+import pytest
 
 from tasks import manifest
 
@@ -97,7 +100,7 @@ def test_the_build_is_read_again_only_where_a_file_changed(tmp_path, monkeypatch
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     read = []
     real = manifest._hash
-    monkeypatch.setattr(manifest, "_hash", lambda path: read.append(Path(path).name) or real(path))
+    monkeypatch.setattr(manifest, "_hash", lambda path, size: read.append(Path(path).name) or real(path, size))
     racy = manifest.RACY_NS
     monkeypatch.setattr(manifest, "RACY_NS", 0)  # as if every file had been written long ago
     first = manifest.build_files(build, check_build(setting).stats)
@@ -115,6 +118,17 @@ def test_the_build_is_read_again_only_where_a_file_changed(tmp_path, monkeypatch
     manifest.build_files(build, check_build(setting).stats)
     manifest.build_files(build, check_build(setting).stats)
     assert read.count("app.js") == 2  # (the others were written moments ago too: read again as well)
+
+
+@pytest.mark.parametrize("size", [0, 1, manifest.CHUNK - 1, manifest.CHUNK, manifest.CHUNK + 1, 3 * manifest.CHUNK + 5])
+def test_a_digest_is_the_files_whole_content_whatever_size_its_stat_said(tmp_path, size):
+    """The size read at the build check decides the first read only: a file that grew or shrank
+    since is still read to its end, and read once when it has not."""
+    path = tmp_path / "f"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    for seen in (size, 0, size // 2, size + 10):
+        assert manifest._hash(str(path), seen) == hashlib.sha256(data).hexdigest()[:32], seen
 
 
 def test_a_cache_of_another_shape_counts_as_not_known(tmp_path, monkeypatch):
