@@ -12,9 +12,11 @@ import pwd
 import subprocess
 import sys
 
-from . import health, install, lock, paths
-from .helper import HELPER_CONFIG
+from . import lock, paths
 from .protocol import Refused
+
+# install (with siteconf, apacheconf, pinmap) and health are imported where they are used: a root
+# deploy user's preflight needs neither the helper's modules nor, in a rollback, the health check
 
 SUDO_TIMEOUT = 15  # seconds `sudo -n -l` may take (a directory service behind sudo can be slow)
 SUDO_SAID = 500  # characters of sudo's answer sent back
@@ -40,6 +42,8 @@ def sudo_allows(argv):
 
 def registration(deploy_to):
     """(this site's entry of the helper's registration or None, why it could not be read or None)."""
+    from .helper import HELPER_CONFIG
+
     try:
         with open(HELPER_CONFIG) as f:
             sites = json.load(f)
@@ -53,6 +57,8 @@ def registration(deploy_to):
 
 def helper_state(deploy_to, probe):
     """What the client needs to tell whether the swap through the helper will work."""
+    from . import install
+
     allowed, said = sudo_allows(probe["sudo"])
     site, unreadable = registration(deploy_to)
     return {
@@ -110,6 +116,8 @@ def live_health(layout, verify, token=None):
     current = paths.current_release(layout)
     if current is None or current == paths.PLACEHOLDER:
         return {"release": current, "problem": None, "skipped": "nothing deployed yet"}
+    from . import health
+
     problem = health.problem(verify, current)
     if problem is None:
         return {"release": current, "problem": None}
