@@ -135,6 +135,39 @@ def peers_chart(data):
     return _save(fig, "peers")
 
 
+def scale_chart(data):
+    """Cutover's and the floor's time for each step against the number of files (log-log), with
+    the spread of the repeats; beside it fab's and the server agent's peak memory."""
+    sizes = sorted(int(n) for n in data["results"])
+    steps = ("first", "one file", "no change", "rollback")
+    fig, (ax, mem) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    for i, step in enumerate(steps):
+        for tool, style in (("Cutover", "-o"), ("rsync floor", ":s")):
+            runs = [[r[tool][step]["seconds"] for r in data["results"][str(n)]] for n in sizes]
+            mid = [percentile(v, 50) for v in runs]
+            ax.plot(sizes, mid, style, color=plt.cm.tab10(i), label=f"{tool}: {step}")
+            ax.fill_between(sizes, [min(v) for v in runs], [max(v) for v in runs], color=plt.cm.tab10(i), alpha=0.12)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("files in the site")
+    ax.set_ylabel("seconds (median, band: range)")
+    ax.legend(fontsize=7, ncol=2)
+    for label, pick in (
+        ("fab", lambda r: r.get("fab_kb")),
+        ("server: agent", lambda r: r.get("server", {}).get("agent")),
+    ):
+        peaks = [
+            max((pick(r["Cutover"][s]) or 0) for r in data["results"][str(n)] for s in steps) / 1024 for n in sizes
+        ]
+        mem.plot(sizes, peaks, "-o", label=label)
+    mem.set_xscale("log")
+    mem.set_xlabel("files in the site")
+    mem.set_ylabel("peak RSS (MB)")
+    mem.legend(fontsize=8)
+    fig.suptitle("Cost against the number of files: Cutover and the rsync floor (bench/scale.py)", fontsize=10)
+    return _save(fig, "scale")
+
+
 def main():
     drawn, missing = [], []
     for name, chart, what in (
@@ -142,6 +175,7 @@ def main():
         ("listen", listen_chart, "Listen queue under a held pause (bench/listen_bench.py)"),
         ("speed", steps_chart, "Time per step of a one-file change (bench/speed.py)"),
         ("peers", peers_chart, "Cutover against its peers by site size and link (bench/peers.py)"),
+        ("scale", scale_chart, "Cost against the number of files (bench/scale.py)"),
     ):
         data = _load(name)
         if data is None:
