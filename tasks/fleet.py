@@ -186,11 +186,12 @@ def in_parallel(runs, fn, limit=None):
     return outcomes
 
 
-def connect(run, start_agent=False):
+def connect(run, start_agent=False, then=None):
     """Open one SSH connection per host, in parallel, host keys checked. The threads are daemons:
     a run that fails before it needs its connections exits without waiting for a silent host.
     start_agent: each connection's server-side agent is started at once (agent.start), while
-    the caller does its own work (a deploy's build check)."""
+    the caller does its own work (a deploy's build check). then(r): run next in the same thread,
+    once r's connection is open (a deploy's early upload)."""
 
     def one(r):
         t = Timer()
@@ -198,6 +199,8 @@ def connect(run, start_agent=False):
         r.steps["connect"] = t.seconds
         if start_agent:
             agent.start(r.conn, r.host.python)
+        if then is not None:
+            then(r)
 
     waiting, outcomes = list(reversed(run.hosts)), {}
 
