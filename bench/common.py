@@ -34,10 +34,10 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 FRESH_FS_MB = 3072  # a new ext4 of this size for deploy_to, where the benchmark writes whole sites
 
 
-def start_lab(count=1, mpm="event", fresh_fs=False, **options):
-    """Lab servers under a new temporary dir; fresh_fs: deploy_to on a new ext4 (lab.start_server);
-    options: more of lab.start's (php, site_conf, settings)."""
-    parent = Path(tempfile.mkdtemp(prefix="cutover-bench-", dir="/tmp"))
+def start_lab(count=1, mpm="event", fresh_fs=False, under="/tmp", **options):
+    """Lab servers under a new temporary dir of `under`; fresh_fs: deploy_to on a new ext4
+    (lab.start_server); options: more of lab.start's (php, site_conf, settings)."""
+    parent = Path(tempfile.mkdtemp(prefix="cutover-bench-", dir=under))
     parent.chmod(0o755)
     ext4 = FRESH_FS_MB if fresh_fs else None
     return lab.start(parent / "lab", count=count, mpm=mpm, ext4_mb=ext4, **options), parent

@@ -1,12 +1,14 @@
 """Cost against the number of files: first deploy, one-file change, no-change deploy and rollback
 of Cutover and of the rsync floor at each size, with fab's and the server side's peak memory.
 
-    python3 bench/scale.py [--sizes 1000,10000,100000] [--repeat 3] [--load 1.0]
+    python3 bench/scale.py [--sizes 1000,10000,100000] [--repeat 3] [--load 1.0] [--under DIR]
 
 Each repeat starts a fresh lab server (an empty deploy_to and digest cache: a first deploy is a
 user's first), on which Cutover and the floor (bench/peers.py's: `rsync -a --delete --link-dest`
 into a new release dir, one ssh that renames a symlink) each deploy into a deploy_to of their own,
-in alternating order. Every timed step waits first for a quiet machine (1-minute load average
+in alternating order. --under DIR puts the sites and the lab servers (deploy_to) there, e.g. on
+a tmpfs (`mount -t tmpfs -o size=4g tmpfs DIR`): a whole site written on every first deploy then
+does not wait for a disk whose writeback other work on the machine shares. Every timed step waits first for a quiet machine (1-minute load average
 below --load, at most --wait seconds) and records the load it started at.
 
 Memory: fab runs in a Python that prints its own peak RSS and its children's (the local rsync)
@@ -120,9 +122,9 @@ def timed(tool, action, load, wait):
     return {"seconds": time.monotonic() - start, "load": at, **figures}
 
 
-def one_repeat(files, site, repeat, load, wait):
+def one_repeat(files, site, repeat, load, wait, under):
     """One fresh lab server; every step of both tools on it. Returns {tool: {step: figures}}."""
-    the_lab, parent = start_lab(1)
+    the_lab, parent = start_lab(1, under=under)
     try:
         log = parent / "server-rss.log"
         wrapper = parent / "python-rss"
@@ -236,24 +238,26 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--load", type=float, default=1.0, help="start each step below this load average")
     parser.add_argument("--wait", type=float, default=15, help="at most this long (s) for it")
+    parser.add_argument("--under", default=os.environ.get("TMPDIR", "/tmp"), help="sites and lab servers here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         parser.error(f"--sizes: {unknown} not among {sorted(SIZES)}")
     results = {}
-    work = Path(os.environ.get("TMPDIR", "/tmp"), f"cutover-scale-{os.getpid()}")
+    work = Path(args.under, f"cutover-scale-{os.getpid()}")
     work.mkdir()
     try:
         for files in sizes:
             site = generate_site(work / f"site-{files}", files, SIZES[files])
-            results[files] = [one_repeat(files, site, r, args.load, args.wait) for r in range(args.repeat)]
+            results[files] = [one_repeat(files, site, r, args.load, args.wait, args.under) for r in range(args.repeat)]
             subprocess.run(["rm", "-rf", str(site)], check=True)
             save_data("scale", {"results": {str(k): v for k, v in results.items()}})
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)
     command = (
         f"python3 bench/scale.py --sizes {args.sizes} --repeat {args.repeat} --load {args.load} --wait {args.wait:g}"
+        + (f" --under {args.under}" if args.under != "/tmp" else "")
     )
     write_section("Scale", report(results, args.repeat, command))
 
