@@ -20,7 +20,14 @@ KEEPALIVE_S = 5  # an SSH keepalive every few seconds keeps NAT and firewall sta
 
 
 class _Connection(Connection):
-    """A Connection that also closes the jump host's connection it was opened through."""
+    """A Connection that also closes the jump host's connection it was opened through, and makes
+    its own TCP connection (_tcp) each time it opens (Fabric opens it again where its transport
+    was lost): a direct one, not through a jump host, whose socket is a channel of the hop's."""
+
+    def open(self):
+        if self.gateway is None and not self.is_connected:
+            self.connect_kwargs["sock"] = _tcp(self.host, self.port)
+        return super().open()
 
     def close(self):
         super().close()
@@ -108,8 +115,6 @@ def connect(host):
 def _open(conn, host, address, port, user, via, role=""):
     """conn.open(), its failures as ConnectError naming the server (or jump host) that failed."""
     try:
-        if conn.gateway is None:  # through a jump host, the socket is a channel of the hop's connection
-            conn.connect_kwargs["sock"] = _tcp(address, port)
         conn.open()
     except paramiko.BadHostKeyException:
         raise ConnectError(

@@ -52,6 +52,18 @@ def test_a_host_name_that_does_not_resolve_is_named(lab2):
     assert f"cannot reach cutover-test.invalid port {host.port}" in str(err.value)
 
 
+def test_a_connection_whose_transport_was_lost_opens_again_on_a_new_socket(lab2):
+    # Fabric opens a Connection again when its transport is gone (conn.run, conn.sftp): on a TCP
+    # connection of its own, never on the socket of the one that was lost
+    with ssh.connect(lab2.host()) as conn:
+        first = conn.client.get_transport().sock
+        conn.client.close()  # as when the server or the network dropped it
+        assert not conn.is_connected
+        assert ssh.run(conn, "again", ["echo", "again"]).stdout == "again\n"
+        sock = conn.client.get_transport().sock
+        assert sock is not first and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
 def test_sshd_rejects_an_unknown_key(lab2, tmp_path):
     other = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
