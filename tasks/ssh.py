@@ -6,6 +6,7 @@ JSON to Cutover's server side (tasks/agent.py); the only shell strings are argv 
 shlex quoting, here (`run`) and in tasks/agent.py and tasks/rsync.py.
 """
 
+import errno
 import shlex
 import socket
 
@@ -57,10 +58,14 @@ class _Socket(socket.socket):
         return data
 
 
+_REFUSED = (errno.ECONNREFUSED, errno.EHOSTUNREACH)
+
+
 def _tcp(address, port):
-    """The TCP connection SSH runs on (each address the name has, in turn); OSError as Paramiko
-    raises it when none answers."""
-    failed = None
+    """The TCP connection SSH runs on: each address the name has, in turn (a silent one for
+    CONNECT_TIMEOUT). When none answers, the error Paramiko raised: the first that is not a
+    refusal (a timeout), else one naming every address that refused."""
+    refused, other = {}, None
     for family, kind, proto, _, where in socket.getaddrinfo(address, port, type=socket.SOCK_STREAM):
         sock = _Socket(family, kind, proto)
         sock.settimeout(CONNECT_TIMEOUT)
@@ -70,8 +75,15 @@ def _tcp(address, port):
             return sock
         except OSError as exc:
             sock.close()
-            failed = exc
-    raise failed or OSError(f"no address for {address}")
+            if exc.errno in _REFUSED:
+                refused[where] = exc
+            elif other is None:
+                other = exc
+    if other is not None:
+        raise other
+    if refused:
+        raise paramiko.ssh_exception.NoValidConnectionsError(refused)
+    raise OSError(f"no address for {address}")
 
 
 def _connection(address, port, user, key, known_hosts, gateway=None):
