@@ -64,16 +64,18 @@ CHUNK = 1 << 20
 def _hash(path, size):
     """The file's sha256, its first 128 bits (32 hex digits: what tells two versions apart).
     size: as the build check saw it. A file of up to CHUNK is read with one read of size + 1
-    bytes (a short read is the end of a regular file): a third less time per small file than
-    Python's buffered file object, whose read allocates its whole chunk for each file."""
+    bytes: a third less time per small file than Python's buffered file object, whose read
+    allocates its whole chunk for each file. A short read ends the file only where it brought
+    the file to that size (a network or FUSE file system may answer short before the end);
+    otherwise it is read on until a read brings nothing."""
     h = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        want = min(size, CHUNK - 1) + 1
-        while True:
-            chunk = os.read(fd, want)
+        want, total = min(size, CHUNK - 1) + 1, 0
+        while chunk := os.read(fd, want):
             h.update(chunk)
-            if len(chunk) < want:
+            total += len(chunk)
+            if len(chunk) < want and total == size:
                 break
             want = CHUNK
     finally:

@@ -131,6 +131,32 @@ def test_a_digest_is_the_files_whole_content_whatever_size_its_stat_said(tmp_pat
         assert manifest._hash(str(path), seen) == hashlib.sha256(data).hexdigest()[:32], seen
 
 
+@pytest.mark.parametrize("size", [100_000, manifest.CHUNK - 1, 3 * manifest.CHUNK + 5])
+def test_a_short_read_is_not_taken_for_the_files_end(tmp_path, monkeypatch, size):
+    """A network or FUSE file system may answer a read with fewer bytes than asked before the
+    end: the digest is still of the whole file, never of what the first read brought."""
+    path = tmp_path / "f"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    real, reads = os.read, []
+
+    def short_read(fd, n):
+        reads.append(n)
+        return real(fd, min(n, 65536))
+
+    monkeypatch.setattr(os, "read", short_read)
+    for seen in (size, size - 1, size + 1):
+        assert manifest._hash(str(path), seen) == hashlib.sha256(data).hexdigest()[:32], seen
+    monkeypatch.setattr(os, "read", real)
+    # a file as the check saw it, read whole by its first read, is read once (no read for the end)
+    small = tmp_path / "small"
+    small.write_bytes(data[:5000])
+    reads.clear()
+    monkeypatch.setattr(os, "read", lambda fd, n: reads.append(n) or real(fd, n))
+    assert manifest._hash(str(small), 5000) == hashlib.sha256(data[:5000]).hexdigest()[:32]
+    assert reads == [5001]
+
+
 def test_a_cache_of_another_shape_counts_as_not_known(tmp_path, monkeypatch):
     """A cache file that reads back as marshal data but not as this module's tables (another
     version's, damaged in a way marshal does not notice) is read as no cache: every file's digest
