@@ -67,9 +67,10 @@ def _hash(path, size):
     bytes: a third less time per small file than Python's buffered file object, whose read
     allocates its whole chunk for each file. A short read ends the file only where it brought
     the file to that size (a network or FUSE file system may answer short before the end);
-    otherwise it is read on until a read brings nothing."""
+    otherwise it is read on until a read brings nothing. Opened without waiting (O_NONBLOCK): a
+    file replaced by a FIFO since the check reads as nothing instead of holding the deploy."""
     h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         want, total = min(size, CHUNK - 1) + 1, 0
         while chunk := os.read(fd, want):

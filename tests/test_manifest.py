@@ -157,6 +157,32 @@ def test_a_short_read_is_not_taken_for_the_files_end(tmp_path, monkeypatch, size
     assert reads == [5001]
 
 
+def test_a_build_file_replaced_by_a_fifo_does_not_hold_the_digests(tmp_path, monkeypatch):
+    """A file the check saw as a regular file and that is a FIFO when its digest is read (replaced
+    in between) is read as what it holds, nothing: opening it does not wait for a writer."""
+    import threading
+
+    from tasks.config import Build
+    from tasks.release import check_build
+
+    build = make_build(tmp_path, "fifo")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    stats = check_build(Build(path=build, required=())).stats
+    fifo = build / "assets" / "app.js"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    done = []
+    reading = threading.Thread(target=lambda: done.append(manifest.build_files(build, stats)), daemon=True)
+    reading.start()
+    reading.join(10)
+    waited = reading.is_alive()
+    if waited:  # let it end: a writer comes and goes
+        os.close(os.open(fifo, os.O_WRONLY))
+        reading.join(10)
+    assert not waited, "the digests waited for a writer of the FIFO"
+    assert done[0]["assets/app.js"] == (stats["assets/app.js"][0], hashlib.sha256(b"").hexdigest()[:32])
+
+
 def test_a_cache_of_another_shape_counts_as_not_known(tmp_path, monkeypatch):
     """A cache file that reads back as marshal data but not as this module's tables (another
     version's, damaged in a way marshal does not notice) is read as no cache: every file's digest
