@@ -197,7 +197,7 @@ def connect(run, start_agent=False):
         r.conn = ssh.connect(r.host)
         r.steps["connect"] = t.seconds
         if start_agent:
-            agent.start(r.conn, r.host.python)
+            agent.start(r.conn, r.host.python, STEP_TIMEOUT)  # as long as its first call would wait
 
     waiting, outcomes = list(reversed(run.hosts)), {}
 
