@@ -87,7 +87,8 @@ def _hash(path, size):
 def build_files(build_path, stats):
     """{relative path: (size, sha256)} of the build's regular files. stats: {relative path: (size,
     mtime_ns, ctime_ns, inode)} as the build check read them; a file whose four are as the last
-    call saw them is not read again (a write changes its ctime, which nobody can set)."""
+    call saw them is not read again (a write changes its ctime, which nobody can set). None where
+    a file cannot be read (gone since the check): the digests are not known, nothing is kept."""
     path = cache_dir() / f"build-{_key(str(build_path))}{SUFFIX}"
     seen_stats, seen, racy = _tables(_load(path, tuple)) or ({}, {}, [])
     if not racy and seen_stats == stats:
@@ -98,7 +99,10 @@ def build_files(build_path, stats):
     for rel, st in stats.items():
         known = seen.get(rel) if rel not in racy and seen_stats.get(rel) == st else None
         if known is None:
-            known, read = (st[0], _hash(os.path.join(build_path, rel), st[0])), True
+            try:
+                known, read = (st[0], _hash(os.path.join(build_path, rel), st[0])), True
+            except OSError:  # gone (or unreadable) since the check: the build is changing under us
+                return None
         out[rel] = known
         if now - st[1] <= RACY_NS or now - st[2] <= RACY_NS:
             fresh.append(rel)  # it may be written again within its mtime's tick, unseen by its stat: read it again
