@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import shlex
+import time
 import zlib
 from pathlib import Path
 
@@ -146,15 +147,18 @@ class Channel:
         self.channel.close()
 
 
-def start(conn, python):
+def start(conn, python, timeout=SEND_TIMEOUT):
     """Start the connection's agent now, so that its first call finds it up (its Python started,
     the bundle read) instead of waiting for that. A failure is left to that first call, which
-    starts it again and says what failed."""
+    starts it again and says what failed; but a server that stayed silent for the whole timeout
+    (give it the first call's) is not waited for again: the first call says so at once."""
+    began = time.monotonic()
     try:
         if getattr(conn, "_cutover_channel", None) is None:
-            conn._cutover_channel = Channel(conn, python, SEND_TIMEOUT)
-    except (TimeoutError, OSError, paramiko.SSHException, EOFError):
-        pass
+            conn._cutover_channel = Channel(conn, python, timeout)
+    except (TimeoutError, OSError, paramiko.SSHException, EOFError) as exc:
+        if time.monotonic() - began >= timeout:
+            conn._cutover_silent = exc
 
 
 def call(conn, host_name, python, step, op, args, timeout, sudo=False):
@@ -178,6 +182,9 @@ def send(conn, host_name, python, step, op, args, open_timeout=None, sudo=False)
     channel = getattr(conn, "_cutover_channel", None)
     try:
         if channel is None or channel.channel.closed:
+            silent, conn._cutover_silent = getattr(conn, "_cutover_silent", None), None
+            if silent is not None:  # start() waited its whole timeout for this agent
+                raise silent
             channel = conn._cutover_channel = Channel(conn, python, open_timeout or SEND_TIMEOUT, sudo)
         channel.send(op, args)
     except (TimeoutError, OSError, paramiko.SSHException, EOFError) as exc:

@@ -216,7 +216,11 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
         finish(run)
         if hashing is not None:  # read while the upload ran, where nothing waited for them
             files = run.files if run.files is not None else hashing.result()
-            manifest.remember([r.host for r in run.hosts], run.release_id, files)
+            if files is not None:
+                manifest.remember([r.host for r in run.hosts], run.release_id, files)
+            else:  # a build file went while it was read: this release's files are not known here
+                for r in run.hosts:
+                    manifest.now_serves(r.host, run.release_id)
         if hook_error:
             raise hook_error
     except BaseException as exc:

@@ -198,7 +198,7 @@ def connect(run, start_agent=False, then=None):
         r.conn = ssh.connect(r.host)
         r.steps["connect"] = t.seconds
         if start_agent:
-            agent.start(r.conn, r.host.python)
+            agent.start(r.conn, r.host.python, STEP_TIMEOUT)  # as long as its first call would wait
         if then is not None:
             then(r)
 

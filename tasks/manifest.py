@@ -64,16 +64,19 @@ CHUNK = 1 << 20
 def _hash(path, size):
     """The file's sha256, its first 128 bits (32 hex digits: what tells two versions apart).
     size: as the build check saw it. A file of up to CHUNK is read with one read of size + 1
-    bytes (a short read is the end of a regular file): a third less time per small file than
-    Python's buffered file object, whose read allocates its whole chunk for each file."""
+    bytes: a third less time per small file than Python's buffered file object, whose read
+    allocates its whole chunk for each file. A short read ends the file only where it brought
+    the file to that size (a network or FUSE file system may answer short before the end);
+    otherwise it is read on until a read brings nothing. Opened without waiting (O_NONBLOCK): a
+    file replaced by a FIFO since the check reads as nothing instead of holding the deploy."""
     h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        want = min(size, CHUNK - 1) + 1
-        while True:
-            chunk = os.read(fd, want)
+        want, total = min(size, CHUNK - 1) + 1, 0
+        while chunk := os.read(fd, want):
             h.update(chunk)
-            if len(chunk) < want:
+            total += len(chunk)
+            if len(chunk) < want and total == size:
                 break
             want = CHUNK
     finally:
@@ -84,7 +87,8 @@ def _hash(path, size):
 def build_files(build_path, stats):
     """{relative path: (size, sha256)} of the build's regular files. stats: {relative path: (size,
     mtime_ns, ctime_ns, inode)} as the build check read them; a file whose four are as the last
-    call saw them is not read again (a write changes its ctime, which nobody can set)."""
+    call saw them is not read again (a write changes its ctime, which nobody can set). None where
+    a file cannot be read (gone since the check): the digests are not known, nothing is kept."""
     path = cache_dir() / f"build-{_key(str(build_path))}{SUFFIX}"
     seen_stats, seen, racy = _tables(_load(path, tuple)) or ({}, {}, [])
     if not racy and seen_stats == stats:
@@ -95,7 +99,10 @@ def build_files(build_path, stats):
     for rel, st in stats.items():
         known = seen.get(rel) if rel not in racy and seen_stats.get(rel) == st else None
         if known is None:
-            known, read = (st[0], _hash(os.path.join(build_path, rel), st[0])), True
+            try:
+                known, read = (st[0], _hash(os.path.join(build_path, rel), st[0])), True
+            except OSError:  # gone (or unreadable) since the check: the build is changing under us
+                return None
         out[rel] = known
         if now - st[1] <= RACY_NS or now - st[2] <= RACY_NS:
             fresh.append(rel)  # it may be written again within its mtime's tick, unseen by its stat: read it again

@@ -6,6 +6,7 @@ JSON to Cutover's server side (tasks/agent.py); the only shell strings are argv 
 shlex quoting, here (`run`) and in tasks/agent.py and tasks/rsync.py.
 """
 
+import errno
 import shlex
 import socket
 
@@ -20,7 +21,14 @@ KEEPALIVE_S = 5  # an SSH keepalive every few seconds keeps NAT and firewall sta
 
 
 class _Connection(Connection):
-    """A Connection that also closes the jump host's connection it was opened through."""
+    """A Connection that also closes the jump host's connection it was opened through, and makes
+    its own TCP connection (_tcp) each time it opens (Fabric opens it again where its transport
+    was lost): a direct one, not through a jump host, whose socket is a channel of the hop's."""
+
+    def open(self):
+        if self.gateway is None and not self.is_connected:
+            self.connect_kwargs["sock"] = _tcp(self.host, self.port)
+        return super().open()
 
     def close(self):
         super().close()
@@ -50,10 +58,14 @@ class _Socket(socket.socket):
         return data
 
 
+_REFUSED = (errno.ECONNREFUSED, errno.EHOSTUNREACH)
+
+
 def _tcp(address, port):
-    """The TCP connection SSH runs on (each address the name has, in turn); OSError as Paramiko
-    raises it when none answers."""
-    failed = None
+    """The TCP connection SSH runs on: each address the name has, in turn (a silent one for
+    CONNECT_TIMEOUT). When none answers, the error Paramiko raised: the first that is not a
+    refusal (a timeout), else one naming every address that refused."""
+    refused, other = {}, None
     for family, kind, proto, _, where in socket.getaddrinfo(address, port, type=socket.SOCK_STREAM):
         sock = _Socket(family, kind, proto)
         sock.settimeout(CONNECT_TIMEOUT)
@@ -63,8 +75,15 @@ def _tcp(address, port):
             return sock
         except OSError as exc:
             sock.close()
-            failed = exc
-    raise failed or OSError(f"no address for {address}")
+            if exc.errno in _REFUSED:
+                refused[where] = exc
+            elif other is None:
+                other = exc
+    if other is not None:
+        raise other
+    if refused:
+        raise paramiko.ssh_exception.NoValidConnectionsError(refused)
+    raise OSError(f"no address for {address}")
 
 
 def _connection(address, port, user, key, known_hosts, gateway=None):
@@ -108,8 +127,6 @@ def connect(host):
 def _open(conn, host, address, port, user, via, role=""):
     """conn.open(), its failures as ConnectError naming the server (or jump host) that failed."""
     try:
-        if conn.gateway is None:  # through a jump host, the socket is a channel of the hop's connection
-            conn.connect_kwargs["sock"] = _tcp(address, port)
         conn.open()
     except paramiko.BadHostKeyException:
         raise ConnectError(

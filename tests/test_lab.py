@@ -52,6 +52,122 @@ def test_a_host_name_that_does_not_resolve_is_named(lab2):
     assert f"cannot reach cutover-test.invalid port {host.port}" in str(err.value)
 
 
+def test_a_connection_whose_transport_was_lost_opens_again_on_a_new_socket(lab2):
+    # Fabric opens a Connection again when its transport is gone (conn.run, conn.sftp): on a TCP
+    # connection of its own, never on the socket of the one that was lost
+    with ssh.connect(lab2.host()) as conn:
+        first = conn.client.get_transport().sock
+        conn.client.close()  # as when the server or the network dropped it
+        assert not conn.is_connected
+        assert ssh.run(conn, "again", ["echo", "again"]).stdout == "again\n"
+        sock = conn.client.get_transport().sock
+        assert sock is not first and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def _free_port(family=socket.AF_INET, address="127.0.0.1"):
+    with socket.socket(family) as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def _silent_listener(family, address, port):
+    """A port whose accept queue is full: a new connection's SYN goes unanswered (silent)."""
+    full = socket.socket(family)
+    full.bind((address, port))
+    full.listen(0)
+    port, filling = full.getsockname()[1], []
+    for _ in range(4):
+        s = socket.socket(family)
+        s.setblocking(False)
+        try:
+            s.connect((address, port))
+        except BlockingIOError:
+            pass
+        filling.append(s)
+    time.sleep(0.2)
+    return full, filling
+
+
+@pytest.fixture
+def two_addresses(monkeypatch):
+    """The name cutover-two.test resolves to [::1, 127.0.0.1] (as localhost does where /etc/hosts
+    maps it to both), the lookup of every other name unchanged."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host != "cutover-two.test":
+            return real(host, port, *args, **kwargs)
+        return real("::1", port, *args, **kwargs) + real("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return "cutover-two.test"
+
+
+def _elsewhere(host, name, port):
+    return type(host)(**{**host.__dict__, "host": name, "port": port})
+
+
+def test_a_port_nobody_listens_on_is_said_as_before(lab2, two_addresses):
+    host = lab2.host()
+    port = _free_port()
+    with pytest.raises(ConnectError) as err:
+        ssh.connect(_elsewhere(host, "127.0.0.1", port))
+    assert (
+        err.value.message
+        == f"cannot reach 127.0.0.1 port {port}: [Errno None] Unable to connect to port {port} on 127.0.0.1"
+    )
+    port = _free_port(socket.AF_INET6, "::1")
+    with pytest.raises(ConnectError) as err:
+        ssh.connect(_elsewhere(host, "::1", port))
+    assert err.value.message == f"cannot reach ::1 port {port}: [Errno None] Unable to connect to port {port} on ::1"
+    # every address of the name refused: each is named
+    port = _free_port()
+    with socket.socket(socket.AF_INET6) as taken:
+        try:
+            taken.bind(("::1", port))
+        except OSError:
+            pytest.skip("the port free on 127.0.0.1 is taken on ::1")
+        with pytest.raises(ConnectError) as err:
+            ssh.connect(_elsewhere(host, two_addresses, port))
+    assert err.value.message == (
+        f"cannot reach {two_addresses} port {port}: [Errno None] Unable to connect to port {port} on 127.0.0.1 or ::1"
+    )
+
+
+def test_a_name_whose_first_address_is_silent_is_tried_at_its_next(lab2, two_addresses, monkeypatch, tmp_path):
+    monkeypatch.setattr(ssh, "CONNECT_TIMEOUT", 1)
+    host = lab2.host()
+    # the lab's host key, known under the name too
+    known = tmp_path / "known_hosts"
+    lines = host.known_hosts.read_text().splitlines()
+    mine = [line for line in lines if line.startswith(f"[127.0.0.1]:{host.port} ")]
+    known.write_text("".join(line.replace("127.0.0.1", two_addresses, 1) + "\n" for line in mine))
+    host = type(host)(**{**host.__dict__, "known_hosts": known})
+    # ::1 silent, 127.0.0.1 the lab's sshd: the connection is made, after the first one's timeout
+    full, filling = _silent_listener(socket.AF_INET6, "::1", host.port)
+    try:
+        start = time.monotonic()
+        with ssh.connect(_elsewhere(host, two_addresses, host.port)) as conn:
+            assert ssh.run(conn, "probe", ["echo", "in"]).stdout == "in\n"
+        assert 1 <= time.monotonic() - start < 5
+    finally:
+        for s in [full, *filling]:
+            s.close()
+    # ::1 silent, 127.0.0.1 refuses: the timeout is said, as when the first address alone was tried
+    full, filling = _silent_listener(socket.AF_INET6, "::1", 0)
+    port = full.getsockname()[1]
+    try:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.skip("the port silent on ::1 is taken on 127.0.0.1")
+        with pytest.raises(ConnectError) as err:
+            ssh.connect(_elsewhere(host, two_addresses, port))
+        assert err.value.message == f"cannot reach {two_addresses} port {port}: timed out"
+    finally:
+        for s in [full, *filling]:
+            s.close()
+
+
 def test_sshd_rejects_an_unknown_key(lab2, tmp_path):
     other = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)

@@ -457,6 +457,52 @@ def test_a_release_that_goes_live_before_the_lock_step_does_not_leak_into_a_fres
             assert (release / path.relative_to(ours)).read_bytes() == path.read_bytes(), path
 
 
+def _descendants(pid):
+    import lab
+
+    out = []
+    for child in lab.children(pid):
+        out += [child, *_descendants(child)]
+    return out
+
+
+def test_a_server_silent_after_its_login_is_waited_for_once(lab1, monkeypatch):
+    """The agent a deploy starts beside the build check meets a server that went silent after
+    the login: its first call says so at once, as it did when it started the agent itself,
+    instead of waiting a second time."""
+    import signal
+
+    from tasks import fleet, ssh
+    from tasks.errors import RemoteError
+
+    monkeypatch.setattr(fleet, "STEP_TIMEOUT", 2)  # how long the agent's start waits for the channel
+    server, stopped = lab1.servers[0], []
+    real = ssh.connect
+
+    def connect_then_silent(host):
+        conn = real(host)
+        stopped.extend(_descendants(server.sshd_pid))  # this connection's sshd processes
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        return conn
+
+    monkeypatch.setattr(ssh, "connect", connect_then_silent)
+    run = fleet.Run.of("deploy", [lab1.host()])
+    try:
+        start = time.monotonic()
+        fleet.connect(run, True)
+        with pytest.raises(RemoteError) as err:
+            run.hosts[0].call("preflight", "preflight", timeout=2)
+        took = time.monotonic() - start
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        fleet.close(run)
+    assert stopped
+    assert err.value.message == "preflight: the connection failed: SSHException: Timeout opening channel."
+    assert 2 <= took < 3.5, f"{took:.1f} s"
+
+
 def test_a_refused_build_is_said_at_once_while_a_host_stays_silent(lab1, tmp_path):
     """The connections that open beside the build check do not hold its refusal: a host that
     accepts TCP and never answers (ssh's timeout is 10 s) delays nothing, and changes nothing."""

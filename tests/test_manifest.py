@@ -131,6 +131,113 @@ def test_a_digest_is_the_files_whole_content_whatever_size_its_stat_said(tmp_pat
         assert manifest._hash(str(path), seen) == hashlib.sha256(data).hexdigest()[:32], seen
 
 
+@pytest.mark.parametrize("size", [100_000, manifest.CHUNK - 1, 3 * manifest.CHUNK + 5])
+def test_a_short_read_is_not_taken_for_the_files_end(tmp_path, monkeypatch, size):
+    """A network or FUSE file system may answer a read with fewer bytes than asked before the
+    end: the digest is still of the whole file, never of what the first read brought."""
+    path = tmp_path / "f"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    real, reads = os.read, []
+
+    def short_read(fd, n):
+        reads.append(n)
+        return real(fd, min(n, 65536))
+
+    monkeypatch.setattr(os, "read", short_read)
+    for seen in (size, size - 1, size + 1):
+        assert manifest._hash(str(path), seen) == hashlib.sha256(data).hexdigest()[:32], seen
+    monkeypatch.setattr(os, "read", real)
+    # a file as the check saw it, read whole by its first read, is read once (no read for the end)
+    small = tmp_path / "small"
+    small.write_bytes(data[:5000])
+    reads.clear()
+    monkeypatch.setattr(os, "read", lambda fd, n: reads.append(n) or real(fd, n))
+    assert manifest._hash(str(small), 5000) == hashlib.sha256(data[:5000]).hexdigest()[:32]
+    assert reads == [5001]
+
+
+def test_a_build_file_replaced_by_a_fifo_does_not_hold_the_digests(tmp_path, monkeypatch):
+    """A file the check saw as a regular file and that is a FIFO when its digest is read (replaced
+    in between) is read as what it holds, nothing: opening it does not wait for a writer."""
+    import threading
+
+    from tasks.config import Build
+    from tasks.release import check_build
+
+    build = make_build(tmp_path, "fifo")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    stats = check_build(Build(path=build, required=())).stats
+    fifo = build / "assets" / "app.js"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    done = []
+    reading = threading.Thread(target=lambda: done.append(manifest.build_files(build, stats)), daemon=True)
+    reading.start()
+    reading.join(10)
+    waited = reading.is_alive()
+    if waited:  # let it end: a writer comes and goes
+        os.close(os.open(fifo, os.O_WRONLY))
+        reading.join(10)
+    assert not waited, "the digests waited for a writer of the FIFO"
+    assert done[0]["assets/app.js"] == (stats["assets/app.js"][0], hashlib.sha256(b"").hexdigest()[:32])
+
+
+# fab deploy, its build check followed by the removal of a build file (a build still running)
+GONE_AFTER_THE_CHECK = """
+import os
+import fabric.main
+from tasks import release
+real = release.check_build
+def check_build(build):
+    checked = real(build)
+    os.unlink(os.path.join(str(build.path), "assets", "app.js"))
+    return checked
+release.check_build = check_build
+fabric.main.program.run(["fab", "deploy"])
+"""
+
+
+def test_a_build_file_gone_after_the_check_leaves_the_digests_unknown(lab1, tmp_path, monkeypatch):
+    """A file the check listed and that is gone when its digest is read: the digests are not
+    known (the upload compares checksums, nothing is remembered), and the deploy ends as
+    deployed, instead of with a FileNotFoundError after the switch (or before the upload, where
+    this machine knew the live release)."""
+    import subprocess
+    import sys
+
+    from .conftest import PROJECT
+
+    cache = lab1.lab.root / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    env = {**os.environ, "CUTOVER_HOSTS_FILE": str(lab1.hosts_file), "XDG_CACHE_HOME": str(cache)}
+    server, host = lab1.servers[0], lab1.host()
+    for label in ("nothing known", "live release known"):
+        build = make_build(tmp_path, label.replace(" ", "-"))
+        configure(lab1, build)
+        if label == "live release known":
+            deploy(lab1)
+            assert manifest.knows(host)
+        ran = subprocess.run([sys.executable, "-c", GONE_AFTER_THE_CHECK], cwd=PROJECT, env=env, capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        assert f"deployed {current(server)} to 1 host" in ran.stdout
+        assert tree(live(server)) == tree(build), label
+        assert not manifest.knows(host), label  # the next deploy compares checksums
+
+
+def test_digests_of_a_build_whose_file_is_gone_are_not_known_nor_kept(tmp_path, monkeypatch):
+    from tasks.config import Build
+    from tasks.release import check_build
+
+    build = make_build(tmp_path, "gone")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    stats = check_build(Build(path=build, required=())).stats
+    (build / "assets" / "app.js").unlink()
+    assert manifest.build_files(build, stats) is None
+    assert not manifest.cache_dir().exists() or list(manifest.cache_dir().iterdir()) == []
+
+
 def test_a_cache_of_another_shape_counts_as_not_known(tmp_path, monkeypatch):
     """A cache file that reads back as marshal data but not as this module's tables (another
     version's, damaged in a way marshal does not notice) is read as no cache: every file's digest
