@@ -1,12 +1,12 @@
 """Where a first deploy's time goes beside the rsync floor's: fab's main thread profiled, the CPU of
 fab and of its local rsync, and the parts the floor does not do measured alone.
 
-    python3 bench/first_profile.py [--files 10000] [--mb 50] [--repeat 3]
+    python3 bench/first_profile.py [--files 10000] [--mb 50] [--repeat 3] [--under DIR]
 
 On a fresh lab server per repeat: a first `fab deploy` under cProfile (the main thread: what it
 waits in), with fab's CPU and its children's; then, on the same server, each alone into an empty
-dir over OpenSSH: the floor's rsync (`rsync -a`), rsync as Cutover's first upload runs it
-(`--checksum --no-times --no-inc-recursive`), and the build's digests that fab reads beside the
+dir over OpenSSH: the floor's rsync (`rsync -a`), rsync as Cutover's first upload runs it where
+only setup's placeholder is live (`--ignore-times --no-times --no-inc-recursive`), and the build's digests that fab reads beside the
 upload (tasks/manifest.build_files, sha256 of every file). Writes the section "A first deploy
 against the floor: where the time goes" of bench/RESULTS.md.
 """
@@ -58,8 +58,8 @@ def rsync_alone(the_lab, server, site, name, extra):
     return time.monotonic() - start
 
 
-def one(files, site, load, wait):
-    the_lab, parent = start_lab(1)
+def one(files, site, load, wait, under):
+    the_lab, parent = start_lab(1, under=under)
     try:
         lab.write_hosts_file(the_lab, build=str(site))
         server = the_lab.servers[0]
@@ -88,8 +88,8 @@ def one(files, site, load, wait):
         out["floor rsync"] = rsync_alone(the_lab, server, site, "floor", [])
         quiet(load, wait)
         os.sync()
-        out["checksum rsync"] = rsync_alone(
-            the_lab, server, site, "checksum", ["--checksum", "--no-times", "--no-inc-recursive"]
+        out["cutover rsync"] = rsync_alone(
+            the_lab, server, site, "cutover", ["--ignore-times", "--no-times", "--no-inc-recursive"]
         )
         os.environ["XDG_CACHE_HOME"] = str(parent / "cache-alone")  # an empty digest cache, gone with the lab
         info = release.check_build(Build(path=site, required=()))
@@ -109,17 +109,20 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--load", type=float, default=1.0)
     parser.add_argument("--wait", type=float, default=15)
+    parser.add_argument("--under", default=os.environ.get("TMPDIR", "/tmp"), help="site and lab servers here")
     args = parser.parse_args()
     site = generate_site(
-        Path(tempfile.mkdtemp(prefix="cutover-first-", dir="/tmp")) / "site", args.files, args.mb * 2**20
+        Path(tempfile.mkdtemp(prefix="cutover-first-", dir=args.under)) / "site", args.files, args.mb * 2**20
     )
     try:
-        runs = [one(args.files, site, args.load, args.wait) for _ in range(args.repeat)]
+        runs = [one(args.files, site, args.load, args.wait, args.under) for _ in range(args.repeat)]
     finally:
         subprocess.run(["rm", "-rf", str(site.parent)], check=False)
     m = lambda key: median([r[key] for r in runs])  # noqa: E731
     lines = [
-        f"Command: `python3 bench/first_profile.py --files {args.files} --mb {args.mb} --repeat {args.repeat}` "
+        f"Command: `python3 bench/first_profile.py --files {args.files} --mb {args.mb} --repeat {args.repeat}"
+        + (f" --under {args.under}" if args.under != "/tmp" else "")
+        + "` "
         f"(a generated site of {args.files:,} small files, {args.mb} MB; a fresh lab server per repeat; medians "
         f"of {args.repeat} with their range; load average at the deploy's start: "
         + ", ".join(f"{r['load']:.2f}" for r in runs)
@@ -141,8 +144,8 @@ def main():
             if any(k in r["main"] for r in runs)
         ],
         f"| the floor's rsync alone (`rsync -a`, OpenSSH) into an empty dir | {m('floor rsync'):.2f} |",
-        f"| rsync as Cutover's first upload runs it (`--checksum --no-times --no-inc-recursive`), alone | "
-        f"{m('checksum rsync'):.2f} |",
+        "| rsync as Cutover's first upload runs it over setup's placeholder (`--ignore-times --no-times "
+        f"--no-inc-recursive`), alone | {m('cutover rsync'):.2f} |",
         f"| the build's digests (sha256 of every file, fab's thread beside the upload), CPU | {m('digests_cpu'):.2f} |",
     ]
     write_section(f"A first deploy against the floor: where the time goes ({args.files:,} files)", lines)
