@@ -146,3 +146,54 @@ def test_sigkill_during_the_check_leaves_nothing_running(lab1, tmp_path):
     assert code == -9
     assert left_behind(server, build, tmp) == ([], [], [], [])
     assert state(server) == before
+
+
+# The refusal forced into the moment a host's connect thread asks the server what is live (before it
+# starts that host's upload): the check waits for that question, whose answer waits for the refusal
+# to have stopped the uploads.
+# Then fab's exit is held 2 s (a slow exit, e.g. a --json report on a slow disk), and it says whether
+# an upload was started after the refusal.
+RACED = """
+import atexit, sys, threading, time
+import fabric.main
+from tasks import deploy, fleet, release, rsync
+asking, stopped, started_after = threading.Event(), threading.Event(), []
+real_stop, real_call, real_start = deploy.EarlyUpload.stop, fleet.HostRun.call, rsync.Upload.start.__func__
+real_check = release.check_build
+def check_build(build):
+    asking.wait(10)
+    return real_check(build)
+def stop(self):
+    real_stop(self)
+    stopped.set()
+def call(self, step, op, *args, **kwargs):
+    if (step, op) == ("connect", "state"):
+        asking.set()
+        stopped.wait(10)
+    return real_call(self, step, op, *args, **kwargs)
+def start(cls, *args, **kwargs):
+    started_after.append(stopped.is_set())
+    return real_start(cls, *args, **kwargs)
+release.check_build, deploy.EarlyUpload.stop, fleet.HostRun.call = check_build, stop, call
+rsync.Upload.start = classmethod(start)
+def at_exit():
+    time.sleep(2)
+    print("UPLOADS STARTED AFTER THE REFUSAL", started_after.count(True), file=sys.stderr, flush=True)
+atexit.register(at_exit)
+fabric.main.program.run(["fab", "deploy"])
+"""
+
+
+def test_a_refusal_while_a_host_asks_what_is_live_starts_no_upload(lab1, tmp_path):
+    build = make_build(tmp_path, "raced")
+    (build / "leak").symlink_to("/etc/passwd")
+    configure(lab1, build)
+    server, tmp = lab1.servers[0], tmp_path / "tmp"
+    before = state(server)
+    result = subprocess.run([sys.executable, "-c", RACED], cwd=PROJECT, env=env_of(lab1, tmp), capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "holds links that lead outside it: leak -> /etc/passwd" in result.stderr
+    assert "UPLOADS STARTED AFTER THE REFUSAL 0" in result.stderr
+    assert left_behind(server, build, tmp) == ([], [], [], [])
+    assert state(server) == before
