@@ -36,8 +36,8 @@ GONE = (errno.EPIPE, errno.ECONNRESET)  # rsync closed its end: it exited, and s
 
 
 class Bridge:
-    """One rsync run's remote shell: a listening Unix socket (in a 0700 directory of its own) and
-    the thread that serves the one rsh.py that connects to it."""
+    """One rsync run's remote shell: a listening Unix socket (in a 0700 directory of its own,
+    removed once rsh.py has connected) and the thread that serves the one rsh.py that connects."""
 
     def __init__(self, conn, name):
         self.transport = conn.client.get_transport()
@@ -71,6 +71,10 @@ class Bridge:
             client, _ = self.listener.accept()
         except OSError:
             return  # closed before rsync started its remote side
+        # the one client is in: its socket and dir go now, so that a deploy killed from here on
+        # (SIGTERM, SIGKILL during the build check) leaves no dir behind
+        self.listener.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
         with client:
             message, fds, _, _ = socket.recv_fds(client, CHUNK, 3)
             status = 255

@@ -1,0 +1,284 @@
+"""A first deploy's upload, started while the build is checked (tasks/deploy.py EarlyUpload): a
+refused, interrupted or killed deploy leaves nothing behind on either side, and what is deployed
+is the build."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .conftest import PROJECT, configure, current, make_build, releases
+from .test_local_cost import local_rsync_of, server_side_rsync
+
+# The build check, held until rsync's server side runs under the lab's sshd (at most 10 s); it then
+# says so and, while HOLD exists, waits (interruptible), then runs the real check.
+HELD = """
+import os, sys, time
+import fabric.main
+from tasks import release
+sys.path.insert(0, sys.argv[2])
+from tests.test_local_cost import server_side_rsync
+sshd, hold, real = int(sys.argv[1]), sys.argv[3], release.check_build
+class Server:
+    sshd_pid = sshd
+def check_build(build):
+    deadline = time.monotonic() + 10
+    while not server_side_rsync(Server) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print("UPLOAD DURING THE CHECK", bool(server_side_rsync(Server)), file=sys.stderr, flush=True)
+    while os.path.exists(hold) and time.monotonic() < deadline + 30:
+        time.sleep(0.02)
+    return real(build)
+release.check_build = check_build
+fabric.main.program.run(["fab", *sys.argv[4:]])
+"""
+
+
+def env_of(handle, tmp, hosts_file=None):
+    """fab's environment: the lab's hosts.yaml, and a TMPDIR of the test's own (the bridge's dirs)."""
+    tmp.mkdir(exist_ok=True)
+    return {**os.environ, "CUTOVER_HOSTS_FILE": str(hosts_file or handle.hosts_file), "CUTOVER_TEST": "1",
+            "XDG_CACHE_HOME": str(handle.lab.root / "cache"), "TMPDIR": str(tmp)}  # fmt: skip
+
+
+def held(handle, server, hold, tmp, *args, hosts_file=None):
+    """fab ARGS (default: deploy) with its build check held (see HELD), started; a Popen."""
+    argv = [sys.executable, "-c", HELD, str(server.sshd_pid), str(PROJECT), str(hold), *(args or ["deploy"])]
+    return subprocess.Popen(argv, cwd=PROJECT, env=env_of(handle, tmp, hosts_file), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+
+
+def rsh_clients(tmp):
+    """PIDs of rsh.py bridge clients whose socket lies in tmp."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"rsh.py") for a in argv) and any(a.startswith(str(tmp).encode()) for a in argv):
+            found.append(int(pid))
+    return found
+
+
+def wait_upload_running(fab, deadline=30):
+    """Read fab's stderr until the held check says the upload runs on the server."""
+    end = time.monotonic() + deadline
+    seen = []
+    while time.monotonic() < end:
+        text = fab.stderr.readline()
+        if not text:
+            break
+        seen.append(text)
+        if text.startswith("UPLOAD DURING THE CHECK"):
+            assert text.strip() == "UPLOAD DURING THE CHECK True", seen
+            return seen
+    raise AssertionError(f"no upload during the check: {seen}")
+
+
+def left_behind(server, build, tmp, wait=10):
+    """What stays after fab ended (given `wait` s to go): server-side rsync, local rsync, rsh.py, temp dirs."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = (server_side_rsync(server), local_rsync_of(build), rsh_clients(tmp), sorted(os.listdir(tmp)))
+        if found == ([], [], [], []) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def state(server):
+    return releases(server), current(server), sorted(os.listdir(Path(server.deploy_to, "releases")))
+
+
+def test_a_refused_build_leaves_no_bridge_client_and_no_temp_dir(lab1, tmp_path):
+    build = make_build(tmp_path, "refused")
+    (build / "leak").symlink_to("/etc/passwd")
+    configure(lab1, build)
+    server, tmp, hold = lab1.servers[0], tmp_path / "tmp", tmp_path / "hold"
+    before = state(server)
+    fab = held(lab1, server, hold, tmp)
+    wait_upload_running(fab)
+    out, err = fab.communicate(timeout=60)
+    assert fab.returncode == 2, err
+    assert "holds links that lead outside it: leak -> /etc/passwd" in err
+    assert left_behind(server, build, tmp) == ([], [], [], [])
+    assert state(server) == before
+
+
+def interrupted(lab1, tmp_path, sig):
+    build = make_build(tmp_path, "interrupted")
+    configure(lab1, build)
+    server, tmp, hold = lab1.servers[0], tmp_path / "tmp", tmp_path / "hold"
+    hold.touch()
+    before = state(server)
+    fab = held(lab1, server, hold, tmp)
+    try:
+        wait_upload_running(fab)
+        if sig is None:  # a terminal's Ctrl-C: SIGINT to the whole process group
+            os.killpg(fab.pid, signal.SIGINT)
+        else:
+            os.kill(fab.pid, sig)
+        out, err = fab.communicate(timeout=60)
+    finally:
+        if fab.poll() is None:
+            fab.kill()
+            fab.wait()
+    return server, build, tmp, before, fab.returncode, err
+
+
+def test_ctrl_c_during_the_check_leaves_nothing_running(lab1, tmp_path):
+    server, build, tmp, before, code, err = interrupted(lab1, tmp_path, signal.SIGINT)
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] == "cutover: interrupted"
+    assert left_behind(server, build, tmp) == ([], [], [], [])
+    assert state(server) == before
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()
+
+
+def test_sigterm_during_the_check_leaves_nothing_running(lab1, tmp_path):
+    server, build, tmp, before, code, err = interrupted(lab1, tmp_path, signal.SIGTERM)
+    assert code == -signal.SIGTERM
+    assert left_behind(server, build, tmp) == ([], [], [], [])
+    assert state(server) == before
+
+
+def test_sigkill_during_the_check_leaves_nothing_running(lab1, tmp_path):
+    server, build, tmp, before, code, err = interrupted(lab1, tmp_path, signal.SIGKILL)
+    assert code == -9
+    assert left_behind(server, build, tmp) == ([], [], [], [])
+    assert state(server) == before
+
+
+# The refusal forced into the moment a host's connect thread asks the server what is live (before it
+# starts that host's upload): the check waits for that question, whose answer waits for the refusal
+# to have stopped the uploads.
+# Then fab's exit is held 2 s (a slow exit, e.g. a --json report on a slow disk), and it says whether
+# an upload was started after the refusal.
+RACED = """
+import atexit, sys, threading, time
+import fabric.main
+from tasks import deploy, fleet, release, rsync
+asking, stopped, started_after = threading.Event(), threading.Event(), []
+real_stop, real_call, real_start = deploy.EarlyUpload.stop, fleet.HostRun.call, rsync.Upload.start.__func__
+real_check = release.check_build
+def check_build(build):
+    asking.wait(10)
+    return real_check(build)
+def stop(self):
+    real_stop(self)
+    stopped.set()
+def call(self, step, op, *args, **kwargs):
+    if (step, op) == ("connect", "state"):
+        asking.set()
+        stopped.wait(10)
+    return real_call(self, step, op, *args, **kwargs)
+def start(cls, *args, **kwargs):
+    started_after.append(stopped.is_set())
+    return real_start(cls, *args, **kwargs)
+release.check_build, deploy.EarlyUpload.stop, fleet.HostRun.call = check_build, stop, call
+rsync.Upload.start = classmethod(start)
+def at_exit():
+    time.sleep(2)
+    print("UPLOADS STARTED AFTER THE REFUSAL", started_after.count(True), file=sys.stderr, flush=True)
+atexit.register(at_exit)
+fabric.main.program.run(["fab", "deploy"])
+"""
+
+
+def test_a_refusal_while_a_host_asks_what_is_live_starts_no_upload(lab1, tmp_path):
+    build = make_build(tmp_path, "raced")
+    (build / "leak").symlink_to("/etc/passwd")
+    configure(lab1, build)
+    server, tmp = lab1.servers[0], tmp_path / "tmp"
+    before = state(server)
+    result = subprocess.run([sys.executable, "-c", RACED], cwd=PROJECT, env=env_of(lab1, tmp), capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "holds links that lead outside it: leak -> /etc/passwd" in result.stderr
+    assert "UPLOADS STARTED AFTER THE REFUSAL 0" in result.stderr
+    assert left_behind(server, build, tmp) == ([], [], [], [])
+    assert state(server) == before
+
+
+def test_ctrl_c_in_the_terminal_during_the_check_leaves_nothing_running(lab1, tmp_path):
+    """A terminal's Ctrl-C reaches the whole foreground group: fab, rsync and rsh.py at once."""
+    server, build, tmp, before, code, err = interrupted(lab1, tmp_path, None)
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] == "cutover: interrupted"
+    assert left_behind(server, build, tmp) == ([], [], [], [])
+    assert state(server) == before
+
+
+def test_a_group_prepared_one_host_at_a_time_refused_during_the_check_leaves_nothing(lab_pair, tmp_path):
+    """parallel: 1 - the first host's upload starts during the check, the second's would start only
+    after the first's ends: a refusal leaves nothing on either server."""
+    build = make_build(tmp_path, "one at a time")
+    (build / "leak").symlink_to("../outside")
+    configure(lab_pair, build, parallel=1)
+    first, second = lab_pair.servers
+    tmp, hold = tmp_path / "tmp", tmp_path / "hold"
+    before = state(first), state(second)
+    fab = held(lab_pair, first, hold, tmp)
+    wait_upload_running(fab)
+    out, err = fab.communicate(timeout=60)
+    assert fab.returncode == 2, err
+    assert "holds links that lead outside it: leak -> ../outside" in err
+    assert left_behind(first, build, tmp) == ([], [], [], [])
+    assert server_side_rsync(second) == []
+    assert (state(first), state(second)) == before
+
+
+def test_a_host_that_refuses_its_connection_stops_the_others_early_upload(lab_pair, tmp_path):
+    """The build is fine, one host's SSH port is closed: the deploy fails on its connection as it
+    did before uploads started early; the other host's waiting upload is stopped, its server unchanged."""
+    build = make_build(tmp_path, "one refuses")
+    configure(lab_pair, build)
+    first, second = lab_pair.servers
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    text = lab_pair.hosts_file.read_text()
+    assert text.count(f"port: {second.ssh_port}\n") == 1
+    hosts_file = tmp_path / "hosts.yaml"
+    hosts_file.write_text(text.replace(f"port: {second.ssh_port}\n", f"port: {port}\n"))
+    tmp, hold = tmp_path / "tmp", tmp_path / "hold"
+    before = state(first), state(second)
+    fab = held(lab_pair, first, hold, tmp, hosts_file=hosts_file)
+    wait_upload_running(fab)
+    out, err = fab.communicate(timeout=60)
+    assert fab.returncode == 3, err
+    assert f"cutover: error: {second.name}: cannot reach 127.0.0.1 port {port}: [Errno 111] Connection refused" in err
+    assert left_behind(first, build, tmp) == ([], [], [], [])
+    assert (state(first), state(second)) == before
+    assert not Path(first.deploy_to, ".cutover", "lock").exists()
+
+
+def test_the_wait_during_the_check_is_no_stall(lab1, tmp_path):
+    """build.stall_timeout: 1, the check held 3 s while rsync's server side waits: no stall."""
+    build = make_build(tmp_path, "no stall")
+    configure(lab1, build)
+    settings = yaml.safe_load(lab1.hosts_file.read_text())
+    settings["defaults"]["build"]["stall_timeout"] = 1
+    lab1.hosts_file.write_text(yaml.safe_dump(settings))
+    server, tmp, hold = lab1.servers[0], tmp_path / "tmp", tmp_path / "hold"
+    hold.touch()
+    fab = held(lab1, server, hold, tmp)
+    try:
+        wait_upload_running(fab)
+        time.sleep(3)
+        assert server_side_rsync(server), "the upload no longer waits"
+    finally:
+        hold.unlink()
+    out, err = fab.communicate(timeout=120)
+    assert fab.returncode == 0, err
+    live = current(server)
+    assert re.search(r"^deployed (\S+) to 1 host", out, re.M)[1] == live
+    assert Path(server.deploy_to, "current", "index.html").read_bytes() == (build / "index.html").read_bytes()
+    assert left_behind(server, build, tmp) == ([], [], [], [])
