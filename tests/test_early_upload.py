@@ -3,15 +3,12 @@ refused, interrupted or killed deploy leaves nothing behind on either side, and 
 is the build."""
 
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import yaml
 
 from .conftest import PROJECT, configure, current, make_build, releases
 from .test_local_cost import local_rsync_of, server_side_rsync
@@ -258,27 +255,3 @@ def test_a_host_that_refuses_its_connection_stops_the_others_early_upload(lab_pa
     assert left_behind(first, build, tmp) == ([], [], [], [])
     assert (state(first), state(second)) == before
     assert not Path(first.deploy_to, ".cutover", "lock").exists()
-
-
-def test_the_wait_during_the_check_is_no_stall(lab1, tmp_path):
-    """build.stall_timeout: 1, the check held 3 s while rsync's server side waits: no stall."""
-    build = make_build(tmp_path, "no stall")
-    configure(lab1, build)
-    settings = yaml.safe_load(lab1.hosts_file.read_text())
-    settings["defaults"]["build"]["stall_timeout"] = 1
-    lab1.hosts_file.write_text(yaml.safe_dump(settings))
-    server, tmp, hold = lab1.servers[0], tmp_path / "tmp", tmp_path / "hold"
-    hold.touch()
-    fab = held(lab1, server, hold, tmp)
-    try:
-        wait_upload_running(fab)
-        time.sleep(3)
-        assert server_side_rsync(server), "the upload no longer waits"
-    finally:
-        hold.unlink()
-    out, err = fab.communicate(timeout=120)
-    assert fab.returncode == 0, err
-    live = current(server)
-    assert re.search(r"^deployed (\S+) to 1 host", out, re.M)[1] == live
-    assert Path(server.deploy_to, "current", "index.html").read_bytes() == (build / "index.html").read_bytes()
-    assert left_behind(server, build, tmp) == ([], [], [], [])
