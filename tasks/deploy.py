@@ -69,7 +69,6 @@ class EarlyUpload:
         from . import manifest
 
         self.run, self.ready, self.refused = run, threading.Event(), False
-        self.starting = threading.Lock()  # no upload starts once stop() has begun
         build = hosts[0].build
         self.wanted = build.compare != "checksum" or not any(manifest.knows(h) for h in hosts)
         self.build = None
@@ -81,8 +80,7 @@ class EarlyUpload:
 
     def stop(self):
         """The build was refused (or the deploy interrupted) before the uploads were wanted."""
-        with self.starting:
-            self.refused = True
+        self.refused = True
         self.ready.set()
         for r in self.run.hosts:
             if r.upload is not None:
@@ -107,9 +105,7 @@ class EarlyUpload:
             if self.build.compare == "checksum":
                 fresh = r.call("connect", "state")["current"] in (None, PLACEHOLDER)
             dest = Layout(r.host.deploy_to).incoming(run.release_id)
-            with self.starting:  # the refusal may have come while the server was asked
-                if not self.refused:
-                    r.upload = rsync.Upload.start(r.host, r.conn, self.build, dest, when_ready=True, fresh=fresh)
+            r.upload = rsync.Upload.start(r.host, r.conn, self.build, dest, when_ready=True, fresh=fresh)
         except (CutoverError, OSError):
             r.upload = None
 
