@@ -27,15 +27,6 @@ def check(hosts, build_override, built=None):
     build of a git ref (tasks/gitbuild.py), made already. Returns (build, BuildInfo, release id)."""
     from . import release
 
-    build, release_id = plan(hosts, build_override, built)
-    return build, release.check_build(build), release_id
-
-
-def plan(hosts, build_override, built=None):
-    """The Build the hosts share (--build or --ref applied) and the new release id; nothing is read
-    of the build but its git commit. Returns (build, release id)."""
-    from . import release
-
     build = hosts[0].build
     if any(h.build != build for h in hosts[1:]):
         raise ConfigError("the hosts of this group name different builds; deploy them as separate groups")
@@ -48,66 +39,8 @@ def plan(hosts, build_override, built=None):
             build = replace(build, path=Path(build_override).resolve())
         except OSError as exc:
             raise ConfigError(f"--build {shown(build_override)}: {exc.strerror}") from None
-    return build, release.new_release_id(build.path, commit=built.commit if built else None)
-
-
-class EarlyUpload:
-    """A first deploy's upload, started as each host's connection opens, while the build is checked:
-    the upload does not wait for the check (which reads every file's metadata, 0.5 s at 100,000
-    files) before rsync reads the build. rsync's server side waits for the lock step (when_ready),
-    so nothing reaches a server before the check has passed and the lock is held; a refused build
-    stops it (stop()), and no server has changed.
-
-    Only where nothing needs the build's digests first (they plan the upload where this machine
-    knows the live release: tasks/manifest.py). Where nothing but setup's placeholder is live,
-    rsync sends every file without comparing checksums first (--ignore-times: nothing to compare
-    with, and the local rsync then reads each file once, not twice)."""
-
-    def __init__(self, run, hosts):
-        import threading
-
-        from . import manifest
-
-        self.run, self.ready, self.refused = run, threading.Event(), False
-        build = hosts[0].build
-        self.wanted = build.compare != "checksum" or not any(manifest.knows(h) for h in hosts)
-        self.build = None
-
-    def planned(self, build):
-        """The build and run.release_id are known: hosts connected so far start now."""
-        self.build = build
-        self.ready.set()
-
-    def stop(self):
-        """The build was refused (or the deploy interrupted) before the uploads were wanted."""
-        self.refused = True
-        self.ready.set()
-        for r in self.run.hosts:
-            if r.upload is not None:
-                r.upload.stop()
-                r.upload = None
-
-    def __call__(self, r):
-        """In r's connect thread: start its upload once the build is planned. A failure here is no
-        failure of the run: the upload then starts after the check, as it would have anyway."""
-        from . import rsync
-        from .errors import CutoverError
-        from .remote.paths import PLACEHOLDER, Layout
-
-        run = self.run
-        if not self.wanted or not any(r is first for first in run.hosts[: run.parallel or len(run.hosts)]):
-            return  # beyond `parallel`: upload_all starts it when an earlier host's upload ends
-        self.ready.wait()
-        if self.refused:
-            return
-        try:
-            fresh = False
-            if self.build.compare == "checksum":
-                fresh = r.call("connect", "state")["current"] in (None, PLACEHOLDER)
-            dest = Layout(r.host.deploy_to).incoming(run.release_id)
-            r.upload = rsync.Upload.start(r.host, r.conn, self.build, dest, when_ready=True, fresh=fresh)
-        except (CutoverError, OSError):
-            r.upload = None
+    info = release.check_build(build)
+    return build, info, release.new_release_id(build.path, commit=built.commit if built else None)
 
 
 def deploy_to_hosts(
@@ -147,7 +80,7 @@ def deploy_to_hosts(
 
 def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=None, live_health=True):
     """The steps from check to finish, and the failure path."""
-    from . import manifest, release
+    from . import manifest
     from .fleet import Background, Run, close, connect
     from .steps.finish import abort, finish
     from .steps.hooks import run_hooks
@@ -161,19 +94,11 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
 
     run = Run.of("deploy", hosts)
     run.ref = built.ref if built else None
-    early = None if dry else EarlyUpload(run, hosts)
-    # connections, agents and a first deploy's uploads start while the build is checked
-    connecting = Background(connect, run, True, early)
+    connecting = Background(connect, run, True)  # connections and agents start while the build is checked
     try:
-        build, run.release_id = plan(hosts, build_override, built)
-        if early is not None:
-            early.planned(build)
-        info = release.check_build(build)
+        build, info, run.release_id = check(hosts, build_override, built)
     except BaseException:
-        if early is not None:
-            early.stop()  # nothing reached a server: rsync's server side waited for the lock step
-        # the refusal is said at once; each connection (and its early upload) stops as it opens
-        connecting.abandon(lambda: (early.stop() if early is not None else None, close(run)))
+        connecting.abandon(lambda: close(run))  # the refusal is said at once; each connection closes as it opens
         raise
     result.started(run)
     doing = "dry run of release" if dry else "deploying release"

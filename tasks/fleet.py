@@ -186,12 +186,11 @@ def in_parallel(runs, fn, limit=None):
     return outcomes
 
 
-def connect(run, start_agent=False, then=None):
+def connect(run, start_agent=False):
     """Open one SSH connection per host, in parallel, host keys checked. The threads are daemons:
     a run that fails before it needs its connections exits without waiting for a silent host.
     start_agent: each connection's server-side agent is started at once (agent.start), while
-    the caller does its own work (a deploy's build check). then(r): run next in the same thread,
-    once r's connection is open (a deploy's early upload)."""
+    the caller does its own work (a deploy's build check)."""
 
     def one(r):
         t = Timer()
@@ -199,8 +198,6 @@ def connect(run, start_agent=False, then=None):
         r.steps["connect"] = t.seconds
         if start_agent:
             agent.start(r.conn, r.host.python, STEP_TIMEOUT)  # as long as its first call would wait
-        if then is not None:
-            then(r)
 
     waiting, outcomes = list(reversed(run.hosts)), {}
 

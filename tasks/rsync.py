@@ -33,7 +33,7 @@ class UploadStats:
     changed: tuple = ()
 
 
-def rsync_argv(host, build, dest, rsh, dry_run=False, when_ready=False, sized=False, fresh=False):
+def rsync_argv(host, build, dest, rsh, dry_run=False, when_ready=False, sized=False):
     """rsync's argv: recursive, links, modes, delete; into a dir prelinked with the live files.
 
     Never --inplace: rsync replaces a changed file with a new one, so the inodes the incoming
@@ -49,10 +49,6 @@ def rsync_argv(host, build, dest, rsh, dry_run=False, when_ready=False, sized=Fa
     the build's mtimes).
     sized: compare by size only, where the prelink linked only files known to be the build's
     (tasks/manifest.py): unchanged files are then read on neither side.
-    fresh: nothing but setup's placeholder was live when the upload started: every file is sent
-    without a checksum compared first (--ignore-times; the local rsync reads each file once, not
-    twice). Should a release go live before the lock step all the same, what the prelink links
-    from it is still compared, by rsync's delta transfer, and the result is the build.
     build: the run's Build (its exclusions), or a directory to upload with host.build's.
     rsh: the remote shell's argv (the bridge's, Bridge.argv()).
     """
@@ -61,7 +57,7 @@ def rsync_argv(host, build, dest, rsh, dry_run=False, when_ready=False, sized=Fa
     argv = ["rsync", "--archive", "--no-inc-recursive", "--no-owner", "--no-group", "--delete", "--stats",
             "--info=progress2"]  # fmt: skip
     if host.build.compare == "checksum":
-        argv += ["--size-only" if sized else "--ignore-times" if fresh else "--checksum", "--no-times"]
+        argv += ["--size-only" if sized else "--checksum", "--no-times"]
     else:
         argv.append("--modify-window=-1")
     argv += ["-e", shlex.join(rsh)]
@@ -129,11 +125,9 @@ class Upload:
             ) from None
 
     @classmethod
-    def start(cls, host, conn, build, dest, dry_run=False, when_ready=False, sized=False, fresh=False):
+    def start(cls, host, conn, build, dest, dry_run=False, when_ready=False, sized=False):
         """rsync the build (a Build or a directory) into dest (see rsync_argv) over conn, started now."""
-        return cls(
-            host, conn, lambda rsh: rsync_argv(host, build, dest, rsh, dry_run, when_ready, sized, fresh), dry_run
-        )
+        return cls(host, conn, lambda rsh: rsync_argv(host, build, dest, rsh, dry_run, when_ready, sized), dry_run)
 
     def stop(self):
         """Stop a running rsync (the deploy failed); its server side then exits too."""

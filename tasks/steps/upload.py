@@ -17,8 +17,7 @@ def start_uploads(run, build):
         for r, plan in zip(run.hosts, manifest.plans([r.host for r in run.hosts], run.files)):
             r.sized = plan
     for r in run.hosts[: run.parallel or len(run.hosts)]:
-        if r.upload is None:  # not started while the build was checked (deploy.EarlyUpload)
-            _start(run, r, build)
+        _start(run, r, build)
 
 
 def _start(run, r, build):

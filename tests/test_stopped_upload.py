@@ -1,0 +1,102 @@
+"""A deploy stopped while its upload's rsync runs, its server side waiting for the lock step
+(tasks/remote/when_ready.py): refused by the preflight, interrupted or killed, it leaves nothing
+behind on either side: no rsync, no rsh.py bridge client, no bridge dir in TMPDIR, no change."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .conftest import PROJECT, configure, current, make_build, releases
+from .test_local_cost import local_rsync_of, server_side_rsync
+
+
+def env_of(handle, tmp, hold):
+    """fab's environment: the lab's hosts.yaml, a TMPDIR of the test's own (the bridge's dirs), and
+    the deploy held before its lock step while `hold` exists (tasks/testhooks.py)."""
+    tmp.mkdir(exist_ok=True)
+    return {**os.environ, "CUTOVER_HOSTS_FILE": str(handle.hosts_file), "CUTOVER_TEST": "1",
+            "CUTOVER_TEST_HOLD_AT": f"lock:{hold}", "XDG_CACHE_HOME": str(handle.lab.root / "cache"),
+            "TMPDIR": str(tmp)}  # fmt: skip
+
+
+def held_deploy(handle, server, tmp, hold):
+    """`fab deploy` started and held before its lock step, once rsync's server side waits under
+    the lab's sshd; a Popen."""
+    hold.touch()
+    fab = subprocess.Popen([sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env_of(handle, tmp, hold),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (Path(f"{hold}.waiting").exists() and server_side_rsync(server)):
+        assert fab.poll() is None and time.monotonic() < deadline, fab.communicate()
+        time.sleep(0.05)
+    return fab
+
+
+def rsh_clients(tmp):
+    """PIDs of rsh.py bridge clients whose socket lies in tmp."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"rsh.py") for a in argv) and any(a.startswith(str(tmp).encode()) for a in argv):
+            found.append(int(pid))
+    return found
+
+
+def left_behind(server, build, tmp, wait=10):
+    """What stays after fab ended (given `wait` s to go): server-side rsync, local rsync, rsh.py, temp dirs."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = (server_side_rsync(server), local_rsync_of(build), rsh_clients(tmp), sorted(os.listdir(tmp)))
+        if found == ([], [], [], []) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def state(server):
+    return releases(server), current(server), sorted(os.listdir(Path(server.deploy_to, "releases")))
+
+
+def stopped(lab1, tmp_path, sig):
+    """A deploy held with its upload waiting, sent `sig`: (server, build, tmp, state before, exit, stderr)."""
+    build = make_build(tmp_path, "stopped")
+    configure(lab1, build)
+    server, tmp, hold = lab1.servers[0], tmp_path / "tmp", tmp_path / "hold"
+    before = state(server)
+    fab = held_deploy(lab1, server, tmp, hold)
+    try:
+        os.kill(fab.pid, sig)
+        out, err = fab.communicate(timeout=60)
+    finally:
+        if fab.poll() is None:
+            fab.kill()
+            fab.wait()
+        hold.unlink(missing_ok=True)
+    return server, build, tmp, before, fab.returncode, err
+
+
+def test_ctrl_c_while_the_upload_waits_leaves_nothing_running(lab1, tmp_path):
+    server, build, tmp, before, code, err = stopped(lab1, tmp_path, signal.SIGINT)
+    assert code == 130, err
+    assert left_behind(server, build, tmp) == ([], [], [], [])
+    assert state(server) == before
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()
+
+
+def test_sigterm_while_the_upload_waits_leaves_nothing_running(lab1, tmp_path):
+    server, build, tmp, before, code, err = stopped(lab1, tmp_path, signal.SIGTERM)
+    assert code == -signal.SIGTERM
+    assert left_behind(server, build, tmp) == ([], [], [], [])  # the bridge's dir too
+    assert state(server) == before
+
+
+def test_sigkill_while_the_upload_waits_leaves_nothing_running(lab1, tmp_path):
+    server, build, tmp, before, code, err = stopped(lab1, tmp_path, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert left_behind(server, build, tmp) == ([], [], [], [])  # the bridge's dir too
+    assert state(server) == before
