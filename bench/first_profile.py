@@ -5,8 +5,8 @@ fab and of its local rsync, and the parts the floor does not do measured alone.
 
 On a fresh lab server per repeat: a first `fab deploy` under cProfile (the main thread: what it
 waits in), with fab's CPU and its children's; then, on the same server, each alone into an empty
-dir over OpenSSH: the floor's rsync (`rsync -a`), rsync as Cutover's first upload runs it where
-only setup's placeholder is live (`--ignore-times --no-times --no-inc-recursive`), and the build's digests that fab reads beside the
+dir over OpenSSH: the floor's rsync (`rsync -a`), rsync as Cutover's first upload runs it
+(`--checksum --no-times --no-inc-recursive`), and the build's digests that fab reads beside the
 upload (tasks/manifest.build_files, sha256 of every file). Writes the section "A first deploy
 against the floor: where the time goes" of bench/RESULTS.md.
 """
@@ -89,7 +89,7 @@ def one(files, site, load, wait, under):
         quiet(load, wait)
         os.sync()
         out["cutover rsync"] = rsync_alone(
-            the_lab, server, site, "cutover", ["--ignore-times", "--no-times", "--no-inc-recursive"]
+            the_lab, server, site, "cutover", ["--checksum", "--no-times", "--no-inc-recursive"]
         )
         os.environ["XDG_CACHE_HOME"] = str(parent / "cache-alone")  # an empty digest cache, gone with the lab
         info = release.check_build(Build(path=site, required=()))
@@ -144,8 +144,8 @@ def main():
             if any(k in r["main"] for r in runs)
         ],
         f"| the floor's rsync alone (`rsync -a`, OpenSSH) into an empty dir | {m('floor rsync'):.2f} |",
-        "| rsync as Cutover's first upload runs it over setup's placeholder (`--ignore-times --no-times "
-        f"--no-inc-recursive`), alone | {m('cutover rsync'):.2f} |",
+        "| rsync as Cutover's first upload runs it (`--checksum --no-times --no-inc-recursive`), alone | "
+        f"{m('cutover rsync'):.2f} |",
         f"| the build's digests (sha256 of every file, fab's thread beside the upload), CPU | {m('digests_cpu'):.2f} |",
     ]
     write_section(f"A first deploy against the floor: where the time goes ({args.files:,} files)", lines)
