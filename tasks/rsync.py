@@ -53,9 +53,11 @@ def rsync_argv(host, build, dest, rsh, dry_run=False, when_ready=False, sized=Fa
     rsh: the remote shell's argv (the bridge's, Bridge.argv()).
     """
     # --no-inc-recursive: the whole file list first, as one stream; sent directory by directory
-    # (rsync's default) it costs round trips: 60 ms of a one-file change on a 20 ms link
-    argv = ["rsync", "--archive", "--no-inc-recursive", "--no-owner", "--no-group", "--delete", "--stats",
-            "--info=progress2"]  # fmt: skip
+    # (rsync's default) it costs round trips: 60 ms of a one-file change on a 20 ms link.
+    # --safe-links: a link that leads outside the build is never sent. The build check refuses
+    # one; this leaves out one that appears after the check (a build still being written).
+    argv = ["rsync", "--archive", "--no-inc-recursive", "--safe-links", "--no-owner", "--no-group", "--delete",
+            "--stats", "--info=progress2"]  # fmt: skip
     if host.build.compare == "checksum":
         argv += ["--size-only" if sized else "--checksum", "--no-times"]
     else:

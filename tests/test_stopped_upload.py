@@ -1,6 +1,7 @@
-"""A deploy stopped while its upload's rsync runs, its server side waiting for the lock step
-(tasks/remote/when_ready.py): refused by the preflight, interrupted or killed, it leaves nothing
-behind on either side: no rsync, no rsh.py bridge client, no bridge dir in TMPDIR, no change."""
+"""A deploy held while its upload's rsync runs, its server side waiting for the lock step
+(tasks/remote/when_ready.py). Interrupted or killed, it leaves nothing behind on either side: no
+rsync, no rsh.py bridge client, no bridge dir in TMPDIR, no change. The build changed meanwhile,
+the release still holds no link that leads outside it."""
 
 import os
 import signal
@@ -100,3 +101,25 @@ def test_sigkill_while_the_upload_waits_leaves_nothing_running(lab1, tmp_path):
     assert code == -signal.SIGKILL
     assert left_behind(server, build, tmp) == ([], [], [], [])  # the bridge's dir too
     assert state(server) == before
+
+
+def test_a_link_leading_outside_added_after_the_build_check_is_not_deployed(lab1, tmp_path):
+    """The build check refuses links that lead outside the build; one that appears after the check
+    (a build still being written, a hand in the build dir) is left out by rsync (--safe-links):
+    Apache would follow it to whatever that path holds on the server."""
+    build = make_build(tmp_path, "changed")
+    configure(lab1, build)
+    server, tmp, hold = lab1.servers[0], tmp_path / "tmp", tmp_path / "hold"
+    fab = held_deploy(lab1, server, tmp, hold)
+    try:
+        (build / "leak").symlink_to("/etc/passwd")
+        (build / "assets" / "up").symlink_to("../../outside")
+        (build / "assets" / "inside").symlink_to("../index.html")
+    finally:
+        hold.unlink()
+    out, err = fab.communicate(timeout=120)
+    assert fab.returncode == 0, err
+    release = Path(server.deploy_to, "releases", current(server))
+    assert not os.path.lexists(release / "leak") and not os.path.lexists(release / "assets" / "up")
+    assert os.readlink(release / "assets" / "inside") == "../index.html"  # a link inside the build is kept
+    assert "changed" in (release / "index.html").read_text()
