@@ -214,12 +214,20 @@ def test_a_held_lock_refuses_a_second_deploy(lab1, tmp_path):
     server = lab1.servers[0]
     configure(lab1, make_build(tmp_path, "x"))
     before = current(server)
-    holder = futures.ThreadPoolExecutor(1).submit(deploy, lab1, env={"CUTOVER_TEST_HOLD_PAUSE_MS": "1500"})
+    # the second deploy is held before its lock step (tasks/testhooks.py) until the first holds the
+    # lock, inside its widened pause: it then asks for the lock within ms, however slowly a loaded
+    # machine started it
+    hold = tmp_path / "hold"
+    hold.touch()
+    pool = futures.ThreadPoolExecutor(2)
+    holder = pool.submit(deploy, lab1, env={"CUTOVER_TEST_HOLD_PAUSE_MS": "1500"})
+    waiting = pool.submit(deploy, lab1, env={"CUTOVER_TEST_HOLD_AT": f"lock:{hold}"})
     lock = Path(server.deploy_to, ".cutover", "lock", "owner.json")
-    deadline = time.monotonic() + 10
-    while not lock.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    second = deploy(lab1)
+    try:
+        wait_until(lambda: lock.exists() and Path(f"{hold}.waiting").exists(), "the lock held and the second waiting")
+    finally:
+        hold.unlink()
+    second = waiting.result(timeout=120)
     first = holder.result(timeout=120)
     assert second.returncode == 5
     assert "lab1: locked by root@" in second.stderr
