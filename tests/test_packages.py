@@ -2,6 +2,7 @@
 and the test run's first check; and the CI policy that a skip is a failure there."""
 
 import ast
+import fnmatch
 import os
 import re
 import subprocess
@@ -56,6 +57,16 @@ def test_the_package_list_names_every_program_the_lab_and_the_tests_run():
     assert unlisted == {}, f"programs run but not in {packages.LIST}: {unlisted}"
     assert ("mariadb-server", "/usr/sbin/mariadbd") in packages.needed()
     assert ("mariadb-client", "mariadb") in packages.needed()
+
+
+def test_a_program_started_by_its_path_is_listed_by_that_path():
+    """`make install` checks a listed name on PATH: a program the lab starts as /usr/bin/X must be
+    listed as that path, or an X elsewhere on PATH (/usr/local/bin) would leave its package out."""
+    paths = [program for _, program in packages.needed() if program.startswith("/")]
+    unlisted = {p: sorted(files) for p, files in programs_run().items()
+                if p.startswith("/") and os.path.basename(p) not in ESSENTIAL
+                and not any(fnmatch.fnmatch(p, listed) for listed in paths)}  # fmt: skip
+    assert unlisted == {}, f"programs started by their path but listed by name only in {packages.LIST}: {unlisted}"
 
 
 def test_a_missing_program_is_named_with_its_package(tmp_path):
