@@ -1,5 +1,6 @@
 """The lab itself: real sshd and Apache come up on loopback, accept only the lab key, go down by PID."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -70,6 +71,23 @@ def _free_port(family=socket.AF_INET, address="127.0.0.1"):
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _bound_on_both():
+    """A port bound, not listening, on 127.0.0.1 and on ::1 while the block runs (a connection to
+    either is refused): the first of a few ports the kernel gives on 127.0.0.1 that ::1 has free."""
+    for _ in range(50):
+        with socket.socket() as v4, socket.socket(socket.AF_INET6) as v6:
+            v4.bind(("127.0.0.1", 0))
+            port = v4.getsockname()[1]
+            try:
+                v6.bind(("::1", port))
+            except OSError:
+                continue  # taken on ::1: another
+            yield port
+            return
+    raise AssertionError("no port free on both 127.0.0.1 and ::1 in 50 tries")
+
+
 def _silent_listener(family, address, port):
     """A port whose accept queue is full: a new connection's SYN goes unanswered (silent)."""
     full = socket.socket(family)
@@ -121,12 +139,7 @@ def test_a_port_nobody_listens_on_is_said_as_before(lab2, two_addresses):
         ssh.connect(_elsewhere(host, "::1", port))
     assert err.value.message == f"cannot reach ::1 port {port}: [Errno None] Unable to connect to port {port} on ::1"
     # every address of the name refused: each is named
-    port = _free_port()
-    with socket.socket(socket.AF_INET6) as taken:
-        try:
-            taken.bind(("::1", port))
-        except OSError:
-            pytest.skip("the port free on 127.0.0.1 is taken on ::1")
+    with _bound_on_both() as port:
         with pytest.raises(ConnectError) as err:
             ssh.connect(_elsewhere(host, two_addresses, port))
     assert err.value.message == (
@@ -154,17 +167,23 @@ def test_a_name_whose_first_address_is_silent_is_tried_at_its_next(lab2, two_add
         for s in [full, *filling]:
             s.close()
     # ::1 silent, 127.0.0.1 refuses: the timeout is said, as when the first address alone was tried
-    full, filling = _silent_listener(socket.AF_INET6, "::1", 0)
-    port = full.getsockname()[1]
+    for _ in range(50):  # a silent port on ::1 whose number 127.0.0.1 has free: bound there, it refuses
+        full, filling = _silent_listener(socket.AF_INET6, "::1", 0)
+        port, refusing = full.getsockname()[1], socket.socket()
+        try:
+            refusing.bind(("127.0.0.1", port))
+            break
+        except OSError:
+            for s in [full, *filling, refusing]:
+                s.close()
+    else:
+        raise AssertionError("no port silent on ::1 and free on 127.0.0.1 in 50 tries")
     try:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                pytest.skip("the port silent on ::1 is taken on 127.0.0.1")
         with pytest.raises(ConnectError) as err:
             ssh.connect(_elsewhere(host, two_addresses, port))
         assert err.value.message == f"cannot reach {two_addresses} port {port}: timed out"
     finally:
-        for s in [full, *filling]:
+        for s in [full, *filling, refusing]:
             s.close()
 
 
