@@ -96,6 +96,7 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
     run.ref = built.ref if built else None
     connecting = Background(connect, run, True)  # connections and agents start while the build is checked
     try:
+        hold_point("check")
         build, info, run.release_id = check(hosts, build_override, built)
     except BaseException:
         connecting.abandon(lambda: close(run))  # the refusal is said at once; each connection closes as it opens

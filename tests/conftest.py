@@ -114,6 +114,28 @@ def process_gone(pid):
         return True
 
 
+def descendants(pid):
+    """Every process below pid: its children (of its main thread), theirs, and so on."""
+    out = []
+    for child in lab.children(pid):
+        out += [child, *descendants(child)]
+    return out
+
+
+def processes(matches, under=None):
+    """PIDs of the processes whose argv (a list of bytes) matches(argv) holds: below `under`, or
+    anywhere on this machine."""
+    found = []
+    for pid in descendants(under) if under else [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone since it was listed
+        if matches(argv):
+            found.append(pid)
+    return found
+
+
 class LabHandle:
     """A running lab plus helpers the tests share."""
 
@@ -147,6 +169,21 @@ class LabHandle:
             text=True,
             timeout=timeout,
         )
+
+    def held(self, step, hold, *args, env=None):
+        """`fab ARGS` (a Popen, text pipes) held before `step` while the file `hold` exists
+        (tasks/testhooks.py, hold_point), returned once it waits there (at most 60 s)."""
+        Path(hold).touch()
+        full_env = {**os.environ, "CUTOVER_HOSTS_FILE": str(self.hosts_file), "CUTOVER_TEST": "1",
+                    "CUTOVER_TEST_HOLD_AT": f"{step}:{hold}", "XDG_CACHE_HOME": str(self.lab.root / "cache"),
+                    **(env or {})}  # fmt: skip
+        fab = subprocess.Popen([sys.executable, "-m", "fabric", *args], cwd=PROJECT, env=full_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not Path(f"{hold}.waiting").exists():
+            assert fab.poll() is None and time.monotonic() < deadline, fab.communicate()
+            time.sleep(0.02)
+        return fab
 
 
 def start_lab(count, **options):

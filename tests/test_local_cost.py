@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from tasks import buildfiles, manifest, release
 from tasks.config import Build
 
-from .conftest import PROJECT, accepted, configure, current, make_build, releases
+from .conftest import PROJECT, accepted, configure, current, descendants, make_build, processes, releases
 
 FILES = 5000
 
@@ -242,129 +242,39 @@ def test_fab_exits_without_walking_every_object_it_loaded():
     assert statistics.median(spent) < 0.015, f"CPU after the task: {[round(s * 1000, 1) for s in spent]} ms"
 
 
-# The build check, held until the lab's sshd has accepted a login (at most 10 s): a deploy that
-# connects only after the check has nothing to wait for and says so.
-HELD_CHECK = """
-import sys, time
-from pathlib import Path
-import fabric.main
-from tasks import release
-log, seen, real = Path(sys.argv[1]), int(sys.argv[2]), release.check_build
-def check_build(build):
-    deadline = time.monotonic() + 10
-    while log.read_text().count("Accepted publickey") == seen and time.monotonic() < deadline:
-        time.sleep(0.02)
-    print("LOGIN DURING THE CHECK", log.read_text().count("Accepted publickey") > seen, file=sys.stderr)
-    return real(build)
-release.check_build = check_build
-fabric.main.program.run(["fab", "deploy"])
-"""
+def seen_during_the_check(handle, tmp_path, seen):
+    """`fab deploy` held before its build check (while its connections open) until seen() holds,
+    at most 10 s: (whether seen() held then, fab's stdout). The deploy must succeed."""
+    hold = tmp_path / "check-held"
+    fab = handle.held("check", hold, "deploy")
+    try:
+        deadline = time.monotonic() + 10
+        while not seen() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        was = seen()
+    finally:
+        hold.unlink()
+    out, err = fab.communicate(timeout=120)
+    assert fab.returncode == 0, err
+    return was, out
 
 
 def test_a_deploy_opens_its_connections_while_the_build_is_checked(lab1, tmp_path):
     configure(lab1, make_build(tmp_path, "overlap"))
     server = lab1.servers[0]
-    log = Path(server.root, "ssh", "sshd.log")
-    env = {**os.environ, "CUTOVER_HOSTS_FILE": str(lab1.hosts_file), "XDG_CACHE_HOME": str(lab1.lab.root / "cache")}
-    result = subprocess.run([sys.executable, "-c", HELD_CHECK, str(log), str(accepted(server))], cwd=PROJECT,
-                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "LOGIN DURING THE CHECK True" in result.stderr
-    assert current(server) == re.search(r"^deployed (\S+) to 1 host", result.stdout, re.M)[1]
-
-
-# The build check, held until a server-side agent runs under the lab's sshd (at most 10 s): a
-# deploy that starts it only at its first call (the preflight, after the check) has none yet.
-HELD_FOR_AGENT = """
-import os, sys, time
-import fabric.main
-from tasks import release
-sshd, real = int(sys.argv[1]), release.check_build
-def under_sshd(pid):
-    while pid > 1:
-        try:
-            stat = open(f"/proc/{pid}/stat").read()
-        except OSError:
-            return False
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
-        if pid == sshd:
-            return True
-    return False
-def agent_runs():
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
-        except OSError:
-            continue
-        if argv[-2:] == [b"serve", b""] and under_sshd(int(pid)):
-            return True
-    return False
-def check_build(build):
-    deadline = time.monotonic() + 10
-    while not agent_runs() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    print("AGENT DURING THE CHECK", agent_runs(), file=sys.stderr)
-    return real(build)
-release.check_build = check_build
-fabric.main.program.run(["fab", "deploy"])
-"""
+    before = accepted(server)
+    logged_in, out = seen_during_the_check(lab1, tmp_path, lambda: accepted(server) > before)
+    assert logged_in
+    assert current(server) == re.search(r"^deployed (\S+) to 1 host", out, re.M)[1]
 
 
 def test_a_deploy_starts_its_server_side_agents_while_the_build_is_checked(lab1, tmp_path):
     configure(lab1, make_build(tmp_path, "agent early"))
     server = lab1.servers[0]
-    env = {**os.environ, "CUTOVER_HOSTS_FILE": str(lab1.hosts_file), "XDG_CACHE_HOME": str(lab1.lab.root / "cache")}
-    result = subprocess.run([sys.executable, "-c", HELD_FOR_AGENT, str(server.sshd_pid)], cwd=PROJECT, env=env,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "AGENT DURING THE CHECK True" in result.stderr
-    assert current(server) == re.search(r"^deployed (\S+) to 1 host", result.stdout, re.M)[1]
-
-
-def server_side_rsync(server):
-    """PIDs of rsync's server side (or when_ready.py, which becomes it) under the server's sshd."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--server" in argv and _under(int(pid), server.sshd_pid):
-            found.append(int(pid))
-    return found
-
-
-def _under(pid, ancestor):
-    while pid > 1:
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            return False
-        if pid == ancestor:
-            return True
-    return False
-
-
-def local_rsync_of(build):
-    """PIDs of local rsync processes reading `build`."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[0].endswith(b"rsync") and f"{build}/".encode() in argv:
-            found.append(int(pid))
-    return found
-
-
-def _descendants(pid):
-    import lab
-
-    out = []
-    for child in lab.children(pid):
-        out += [child, *_descendants(child)]
-    return out
+    agent = lambda: processes(lambda argv: argv[-2:] == [b"serve", b""], under=server.sshd_pid)  # noqa: E731
+    started, out = seen_during_the_check(lab1, tmp_path, agent)
+    assert started
+    assert current(server) == re.search(r"^deployed (\S+) to 1 host", out, re.M)[1]
 
 
 def test_a_server_silent_after_its_login_is_waited_for_once(lab1, monkeypatch):
@@ -382,9 +292,12 @@ def test_a_server_silent_after_its_login_is_waited_for_once(lab1, monkeypatch):
 
     def connect_then_silent(host):
         conn = real(host)
-        stopped.extend(_descendants(server.sshd_pid))  # this connection's sshd processes
-        for pid in stopped:
-            os.kill(pid, signal.SIGSTOP)
+        for pid in descendants(server.sshd_pid):  # this connection's sshd processes
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+            except ProcessLookupError:
+                pass  # a short-lived one, ended since it was listed
         return conn
 
     monkeypatch.setattr(ssh, "connect", connect_then_silent)
@@ -397,7 +310,10 @@ def test_a_server_silent_after_its_login_is_waited_for_once(lab1, monkeypatch):
         took = time.monotonic() - start
     finally:
         for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
         fleet.close(run)
     assert stopped
     assert err.value.message == "preflight: the connection failed: SSHException: Timeout opening channel."

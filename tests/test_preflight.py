@@ -9,7 +9,6 @@ import pwd
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from tasks.remote import preflight as remote_preflight
 from tasks.remote.paths import PLACEHOLDER
 from tasks.remote.protocol import Refused
 
-from .conftest import PROJECT, configure, current, history, make_build, releases, start_lab, stop_lab
+from .conftest import configure, current, history, make_build, releases, start_lab, stop_lab
 from .test_apache_rules import get
 from .test_deploy import _rsync_processes
 from .test_php import SITE_CONF, configure_app
@@ -182,19 +181,11 @@ def deploy_while_another_run_holds_the_lock_at_the_preflight(handle, server, tmp
     site = Layout(server.deploy_to)
     lock.take(site, {"user": "alice", "local_host": "laptop", "pid": 1, "command": "rollback", "token": "other"})
     hold = tmp_path / "hold"
-    hold.touch()
-    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(handle.hosts_file), CUTOVER_TEST="1",
-               CUTOVER_TEST_HOLD_AT=f"lock:{hold}", XDG_CACHE_HOME=str(tmp_path / "cache"))  # fmt: skip
-    fab = subprocess.Popen([sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while not Path(f"{hold}.waiting").exists():
-            assert fab.poll() is None and time.monotonic() < deadline, fab.communicate()
-            time.sleep(0.05)
+        fab = handle.held("lock", hold, "deploy", env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     finally:
         lock.release(site, "other")  # the other run ends
-        hold.unlink()
+    hold.unlink()
     out, err = fab.communicate(timeout=120)
     return fab, out, err
 

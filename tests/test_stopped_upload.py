@@ -5,48 +5,38 @@ the release still holds no link that leads outside it."""
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from .conftest import PROJECT, configure, current, make_build, releases
-from .test_local_cost import local_rsync_of, server_side_rsync
+from .conftest import configure, current, make_build, processes, releases
 
 
-def env_of(handle, tmp, hold):
-    """fab's environment: the lab's hosts.yaml, a TMPDIR of the test's own (the bridge's dirs), and
-    the deploy held before its lock step while `hold` exists (tasks/testhooks.py)."""
-    tmp.mkdir(exist_ok=True)
-    return {**os.environ, "CUTOVER_HOSTS_FILE": str(handle.hosts_file), "CUTOVER_TEST": "1",
-            "CUTOVER_TEST_HOLD_AT": f"lock:{hold}", "XDG_CACHE_HOME": str(handle.lab.root / "cache"),
-            "TMPDIR": str(tmp)}  # fmt: skip
+def server_side_rsync(server):
+    """PIDs of rsync's server side (or when_ready.py, which becomes it) under the server's sshd."""
+    return processes(lambda argv: b"--server" in argv, under=server.sshd_pid)
 
 
-def held_deploy(handle, server, tmp, hold):
-    """`fab deploy` started and held before its lock step, once rsync's server side waits under
-    the lab's sshd; a Popen."""
-    hold.touch()
-    fab = subprocess.Popen([sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env_of(handle, tmp, hold),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not (Path(f"{hold}.waiting").exists() and server_side_rsync(server)):
-        assert fab.poll() is None and time.monotonic() < deadline, fab.communicate()
-        time.sleep(0.05)
-    return fab
+def local_rsync_of(build):
+    """PIDs of local rsync processes reading `build`."""
+    return processes(lambda argv: argv[0].endswith(b"rsync") and f"{build}/".encode() in argv)
 
 
 def rsh_clients(tmp):
     """PIDs of rsh.py bridge clients whose socket lies in tmp."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(a.endswith(b"rsh.py") for a in argv) and any(a.startswith(str(tmp).encode()) for a in argv):
-            found.append(int(pid))
-    return found
+    return processes(lambda argv: any(a.endswith(b"rsh.py") for a in argv)
+                     and any(a.startswith(str(tmp).encode()) for a in argv))  # fmt: skip
+
+
+def held_deploy(handle, server, tmp, hold):
+    """`fab deploy` held before its lock step with a TMPDIR of the test's own (the bridge's dirs),
+    returned once rsync's server side waits under the lab's sshd (at most 60 s)."""
+    tmp.mkdir(exist_ok=True)
+    fab = handle.held("lock", hold, "deploy", env={"TMPDIR": str(tmp)})
+    deadline = time.monotonic() + 60
+    while not server_side_rsync(server):
+        assert fab.poll() is None and time.monotonic() < deadline, fab.communicate()
+        time.sleep(0.05)
+    return fab
 
 
 def left_behind(server, build, tmp, wait=10):
