@@ -43,6 +43,25 @@ def start_lab(count=1, mpm="event", fresh_fs=False, under="/tmp", **options):
     return lab.start(parent / "lab", count=count, mpm=mpm, ext4_mb=ext4, **options), parent
 
 
+def quiet(limit, wait):
+    """Wait (at most `wait` s) for the 1-minute load average to fall below `limit`; returns it."""
+    deadline = time.monotonic() + wait
+    while os.getloadavg()[0] >= limit and time.monotonic() < deadline:
+        time.sleep(2)
+    return os.getloadavg()[0]
+
+
+def quiet_options(parser, wait):
+    """--load and --wait: each timed step first waits (quiet()) for a quieter machine."""
+    parser.add_argument("--load", type=float, default=1.0, help="start each timed step below this load average")
+    parser.add_argument("--wait", type=float, default=wait, help="at most this long (s) for it")
+
+
+def under_option(parser):
+    """--under DIR: the generated sites and the lab servers (their deploy_to) there, e.g. a tmpfs."""
+    parser.add_argument("--under", default=os.environ.get("TMPDIR", "/tmp"), help="sites and lab servers here")
+
+
 def stop_lab(the_lab, parent):
     lab.stop(the_lab.root)
     shutil.rmtree(parent, ignore_errors=True)

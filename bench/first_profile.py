@@ -24,9 +24,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PROJECT, generate_site, median, start_lab, stop_lab, write_section
+from common import (
+    PROJECT,
+    generate_site,
+    median,
+    quiet,
+    quiet_options,
+    start_lab,
+    stop_lab,
+    under_option,
+    write_section,
+)
 from peers import ssh_argv
-from scale import quiet
 
 import lab
 from tasks import manifest, release
@@ -107,9 +116,8 @@ def main():
     parser.add_argument("--files", type=int, default=10000)
     parser.add_argument("--mb", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--load", type=float, default=1.0)
-    parser.add_argument("--wait", type=float, default=15)
-    parser.add_argument("--under", default=os.environ.get("TMPDIR", "/tmp"), help="site and lab servers here")
+    quiet_options(parser, wait=15)
+    under_option(parser)
     args = parser.parse_args()
     site = generate_site(
         Path(tempfile.mkdtemp(prefix="cutover-first-", dir=args.under)) / "site", args.files, args.mb * 2**20

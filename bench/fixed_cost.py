@@ -21,8 +21,7 @@ import subprocess
 import sys
 import time
 
-from common import PROJECT, before_tree, median, save_data, start_lab, stop_lab, write_section
-from scale import quiet
+from common import PROJECT, before_tree, median, quiet, quiet_options, save_data, start_lab, stop_lab, write_section
 
 import lab
 
@@ -75,8 +74,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--before", default="5cf1623")
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--load", type=float, default=1.0)
-    parser.add_argument("--wait", type=float, default=60)
+    quiet_options(parser, wait=60)
     args = parser.parse_args()
     the_lab, parent = start_lab(2)
     site = parent / "site"

@@ -16,8 +16,7 @@ import signal
 import subprocess
 import time
 
-from common import percentile, write_section
-from scale import quiet
+from common import percentile, quiet, quiet_options, write_section
 
 from lab.cgroups import make_cgroup, remove_cgroup
 
@@ -100,8 +99,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="16,64,256")
     parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--load", type=float, default=1.0, help="start each size below this load average")
-    parser.add_argument("--wait", type=float, default=60, help="at most this long (s) for it")
+    quiet_options(parser, wait=60)
     args = parser.parse_args()
     results, loads = {}, []
     for n in args.sizes.split(","):

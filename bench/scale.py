@@ -28,7 +28,18 @@ import sys
 import time
 from pathlib import Path
 
-from common import PROJECT, generate_site, median, save_data, start_lab, stop_lab, write_section
+from common import (
+    PROJECT,
+    generate_site,
+    median,
+    quiet,
+    quiet_options,
+    save_data,
+    start_lab,
+    stop_lab,
+    under_option,
+    write_section,
+)
 from peers import Floor
 
 import lab
@@ -58,14 +69,6 @@ kind=other
 [ "${7:-}" = rsync ] && kind=rsync
 exec /usr/bin/time -a -o %(log)s -f "$kind %%M" /usr/bin/python3 "$@"
 """
-
-
-def quiet(limit, wait):
-    """Wait (at most `wait` s) for the 1-minute load average to fall below `limit`; returns it."""
-    deadline = time.monotonic() + wait
-    while os.getloadavg()[0] >= limit and time.monotonic() < deadline:
-        time.sleep(2)
-    return os.getloadavg()[0]
 
 
 def server_rss(log):
@@ -236,9 +239,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--load", type=float, default=1.0, help="start each step below this load average")
-    parser.add_argument("--wait", type=float, default=15, help="at most this long (s) for it")
-    parser.add_argument("--under", default=os.environ.get("TMPDIR", "/tmp"), help="sites and lab servers here")
+    quiet_options(parser, wait=15)
+    under_option(parser)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     unknown = [s for s in sizes if s not in SIZES]
