@@ -72,7 +72,7 @@ class Bridge:
         except OSError:
             return  # closed before rsync started its remote side
         # the one client is in: its socket and dir go now, so that a deploy killed from here on
-        # (SIGTERM, SIGKILL during the build check) leaves no dir behind
+        # (SIGTERM, SIGKILL while the upload waits for the lock step or runs) leaves no dir behind
         self.listener.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         with client:
