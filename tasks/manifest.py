@@ -13,10 +13,12 @@ build of 10,000 files reads and writes its tables in a few ms, where JSON took 2
 does not read back as this module wrote it (another Python's, damaged) counts as not known.
 """
 
+import errno
 import hashlib
 import json
 import marshal
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -67,11 +69,14 @@ def _hash(path, size):
     bytes: a third less time per small file than Python's buffered file object, whose read
     allocates its whole chunk for each file. A short read ends the file only where it brought
     the file to that size (a network or FUSE file system may answer short before the end);
-    otherwise it is read on until a read brings nothing. Opened without waiting (O_NONBLOCK): a
-    file replaced by a FIFO since the check reads as nothing instead of holding the deploy."""
+    otherwise it is read on until a read brings nothing. OSError where the name is no longer a
+    regular file (replaced since the check): a symlink is not followed (to /dev/zero it would be
+    read for ever), a FIFO not waited for (O_NONBLOCK)."""
     h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file since the build check", path)
         want, total = min(size, CHUNK - 1) + 1, 0
         while chunk := os.read(fd, want):
             h.update(chunk)
@@ -88,7 +93,8 @@ def build_files(build_path, stats):
     """{relative path: (size, sha256)} of the build's regular files. stats: {relative path: (size,
     mtime_ns, ctime_ns, inode)} as the build check read them; a file whose four are as the last
     call saw them is not read again (a write changes its ctime, which nobody can set). None where
-    a file cannot be read (gone since the check): the digests are not known, nothing is kept."""
+    a file cannot be read as the regular file the check saw (gone, or replaced by a link, a FIFO
+    or a device since): the digests are not known, nothing is kept."""
     path = cache_dir() / f"build-{_key(str(build_path))}{SUFFIX}"
     seen_stats, seen, racy = _tables(_load(path, tuple)) or ({}, {}, [])
     if not racy and seen_stats == stats:

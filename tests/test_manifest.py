@@ -157,30 +157,37 @@ def test_a_short_read_is_not_taken_for_the_files_end(tmp_path, monkeypatch, size
     assert reads == [5001]
 
 
-def test_a_build_file_replaced_by_a_fifo_does_not_hold_the_digests(tmp_path, monkeypatch):
-    """A file the check saw as a regular file and that is a FIFO when its digest is read (replaced
-    in between) is read as what it holds, nothing: opening it does not wait for a writer."""
+@pytest.mark.parametrize("replaced_by", ["fifo", "link to /dev/zero", "link to a file"])
+def test_a_build_file_replaced_after_the_check_by_no_regular_file_leaves_the_digests_unknown(
+    tmp_path, monkeypatch, replaced_by
+):
+    """A file the check saw as a regular file and that is no longer one when its digest is read
+    (replaced in between): the digests are not known. Nothing waits for a FIFO's writer, no link
+    is followed (one to /dev/zero would be read for ever)."""
     import threading
 
     from tasks.config import Build
     from tasks.release import check_build
 
-    build = make_build(tmp_path, "fifo")
+    build = make_build(tmp_path, "replaced")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     stats = check_build(Build(path=build, required=())).stats
-    fifo = build / "assets" / "app.js"
-    fifo.unlink()
-    os.mkfifo(fifo)
+    name = build / "assets" / "app.js"
+    name.unlink()
+    if replaced_by == "fifo":
+        os.mkfifo(name)
+    else:
+        name.symlink_to("/dev/zero" if replaced_by == "link to /dev/zero" else build / "index.html")
     done = []
     reading = threading.Thread(target=lambda: done.append(manifest.build_files(build, stats)), daemon=True)
     reading.start()
     reading.join(10)
     waited = reading.is_alive()
-    if waited:  # let it end: a writer comes and goes
-        os.close(os.open(fifo, os.O_WRONLY))
+    if waited and replaced_by == "fifo":  # let it end: a writer comes and goes
+        os.close(os.open(name, os.O_WRONLY))
         reading.join(10)
-    assert not waited, "the digests waited for a writer of the FIFO"
-    assert done[0]["assets/app.js"] == (stats["assets/app.js"][0], hashlib.sha256(b"").hexdigest()[:32])
+    assert not waited, f"the digests were still read after 10 s ({replaced_by})"
+    assert done == [None]
 
 
 # fab deploy, its build check followed by the removal of a build file (a build still running)
