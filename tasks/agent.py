@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import shlex
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -126,6 +127,7 @@ class Channel:
         self.channel.settimeout(open_timeout)
         self.channel.sendall(payload)
         self.answers = self.channel.makefile("rb")
+        self.abandoned = False  # closed at Ctrl-C with an answer still owed (abandon)
 
     def send(self, op, args):
         self.channel.settimeout(SEND_TIMEOUT)
@@ -155,7 +157,7 @@ def start(conn, python, timeout=SEND_TIMEOUT):
     began = time.monotonic()
     try:
         if getattr(conn, "_cutover_channel", None) is None:
-            conn._cutover_channel = Channel(conn, python, timeout)
+            _install(conn, Channel(conn, python, timeout), "", "start")
     except (TimeoutError, OSError, paramiko.SSHException, EOFError) as exc:
         if time.monotonic() - began >= timeout:
             conn._cutover_silent = exc
@@ -179,16 +181,18 @@ def send(conn, host_name, python, step, op, args, open_timeout=None, sudo=False)
     lost = getattr(conn, "_cutover_lost", None)
     if lost:
         raise RemoteError(f"{step}: not sent: the connection was lost earlier ({lost})", host=host_name)
+    if _stopped():
+        raise RemoteError(f"{step}: not sent: the run was interrupted", host=host_name)
     channel = getattr(conn, "_cutover_channel", None)
     try:
         if channel is None or channel.channel.closed:
             silent, conn._cutover_silent = getattr(conn, "_cutover_silent", None), None
             if silent is not None:  # start() waited its whole timeout for this agent
                 raise silent
-            channel = conn._cutover_channel = Channel(conn, python, open_timeout or SEND_TIMEOUT, sudo)
+            channel = _install(conn, Channel(conn, python, open_timeout or SEND_TIMEOUT, sudo), host_name, step)
         channel.send(op, args)
     except (TimeoutError, OSError, paramiko.SSHException, EOFError) as exc:
-        _drop(conn, type(exc).__name__)
+        _drop(conn, channel, type(exc).__name__)
         raise RemoteError(f"{step}: the connection failed: {type(exc).__name__}: {exc}", host=host_name) from None
 
 
@@ -201,39 +205,78 @@ def receive(conn, host_name, step, timeout):
         answer = channel.receive(timeout)
         detail = channel.stderr().strip()[-DETAIL_KEPT:] if answer is None else ""
     except TimeoutError:
-        _drop(conn, f"no answer within {timeout:.0f} s")
+        _drop(conn, channel, f"no answer within {timeout:.0f} s")
         raise RemoteError(
             f"{step}: no answer from the server within {timeout:.0f} s (the network or the server is silent)",
             host=host_name,
         ) from None
     except (OSError, paramiko.SSHException, EOFError) as exc:
-        _drop(conn, type(exc).__name__)
+        _drop(conn, channel, type(exc).__name__)
         raise RemoteError(f"{step}: the connection failed: {type(exc).__name__}: {exc}", host=host_name) from None
     except BaseException:
         # Ctrl-C while waiting: this agent still owes that answer, and would give it to the next
         # request (the abort's) as its own; the next call starts a new agent instead
-        _drop(conn)
+        channel.abandoned = True
+        _drop(conn, channel)
         raise
     if answer is None:
-        _drop(conn)
+        if channel.abandoned:
+            raise RemoteError(f"{step}: no answer: the run stopped waiting for it (Ctrl-C)", host=host_name)
+        _drop(conn, channel)
         raise RemoteError(f"{step}: no answer from the server: {detail or 'the connection closed'}", host=host_name)
     if "error" in answer:
         raise failure(step, answer, host_name)
     return answer
 
 
+_lock = threading.Lock()  # a connection's agent: installed, dropped or abandoned by one thread at a time
+_thread = threading.local()
+
+
 def abandon(conn):
     """Close the connection's agent without waiting for the answer it owes (after Ctrl-C); the
-    next call starts a new one."""
-    _drop(conn)
+    next call starts a new one. A thread still waiting on the old agent, or about to start one
+    (stop_threads), finds it closed and changes nothing on the connection."""
+    with _lock:
+        channel = getattr(conn, "_cutover_channel", None)
+        conn._cutover_channel = None
+        if channel is not None:
+            channel.abandoned = True
+    if channel is not None:
+        channel.close()
 
 
-def _drop(conn, lost=None):
-    """Forget the connection's agent; with `lost`, give up the connection itself."""
-    channel = getattr(conn, "_cutover_channel", None)
-    conn._cutover_channel = None
-    if lost:
-        conn._cutover_lost = lost
+def stop_threads(event):
+    """This thread works for a step that Ctrl-C may leave behind (fleet.each_host): once `event` is
+    set, it starts no agent and sends nothing, so that none of its requests reaches a server after
+    the run's switch back or abort."""
+    _thread.stop = event
+
+
+def _stopped():
+    stop = getattr(_thread, "stop", None)
+    return stop is not None and stop.is_set()
+
+
+def _install(conn, channel, host_name, step):
+    """The connection's agent from now on, unless this thread's step was left behind meanwhile."""
+    with _lock:
+        if not _stopped():
+            conn._cutover_channel = channel
+            return channel
+    channel.close()
+    raise RemoteError(f"{step}: not sent: the run was interrupted", host=host_name)
+
+
+def _drop(conn, channel, lost=None):
+    """Close `channel`, the agent a call used, and forget it; with `lost`, give up the connection.
+    Only while it is still the connection's agent: a thread that wakes late on one abandoned at
+    Ctrl-C must not close the agent started since (the switch back's, the abort's)."""
+    with _lock:
+        if getattr(conn, "_cutover_channel", None) is channel:  # or None both: the agent failed to start
+            conn._cutover_channel = None
+            if lost:
+                conn._cutover_lost = lost
     if channel is not None:
         channel.close()
 

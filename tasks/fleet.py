@@ -14,7 +14,7 @@ from fabric import Connection
 from . import agent, ssh
 from .config import Host
 from .errors import CutoverError, GroupError
-from .output import Timer
+from .output import Timer, line
 
 STEP_TIMEOUT = 60  # seconds for a step whose time does not grow with a setting (views, unlock ...)
 MAX_THREADS = 16  # hosts worked on at once, unless a step asks for more (the swap: every host)
@@ -148,17 +148,27 @@ class Background:
         return self.value
 
 
-def each_host(runs, fn, limit=None):
+def each_host(runs, fn, limit=None, finish=None):
     """fn(run) for every run in parallel (at most `limit` at a time, default MAX_THREADS); returns
-    [(run, result or the exception it raised)] in order."""
+    [(run, result or the exception it raised)] in order.
 
+    Ctrl-C stops waiting for the hosts' steps: their agents are abandoned, so that what follows
+    (switch back, abort) talks to new ones, and a thread left behind sends nothing more. With
+    `finish` (what to say), Ctrl-C instead waits for the steps under way to end, each within its
+    own timeout, before it is raised; a second Ctrl-C stops waiting."""
+
+    stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=min(limit or MAX_THREADS, len(runs)) or 1)
-    futures = [pool.submit(_outcome, fn, r) for r in runs]
+    futures = []
     try:
+        for r in runs:
+            futures.append(pool.submit(_outcome, fn, r, stop))
         results = [f.result() for f in futures]
     except BaseException:
-        # Ctrl-C: stop waiting for the hosts' running steps. Their agents are abandoned (the
-        # waiting threads then end), so what follows (switch back, abort) talks to new ones.
+        if finish is not None and _waited(futures, finish):
+            pool.shutdown()
+            raise
+        stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
         for r in runs:
             if getattr(r, "conn", None) is not None:
@@ -168,7 +178,23 @@ def each_host(runs, fn, limit=None):
     return list(zip(runs, results))
 
 
-def _outcome(fn, r):
+def _waited(futures, saying):
+    """Wait for every step under way to end after a Ctrl-C; False when Ctrl-C came again."""
+    if all(f.done() for f in futures):
+        return True
+    line(saying)
+    try:
+        for f in futures:
+            f.exception()
+    except BaseException:
+        line("stopped waiting (Ctrl-C again)")
+        return False
+    return True
+
+
+def _outcome(fn, r, stop=None):
+    if stop is not None:
+        agent.stop_threads(stop)
     try:
         return fn(r)
     except Exception as exc:  # kept as that host's outcome; in_parallel raises them together
@@ -177,10 +203,10 @@ def _outcome(fn, r):
         return exc
 
 
-def in_parallel(runs, fn, limit=None):
+def in_parallel(runs, fn, limit=None, finish=None):
     """fn(run) on every host at once (at most `limit` at a time); returns the outcomes, or raises
-    one GroupError naming every failure."""
-    outcomes = each_host(runs, fn, limit)
+    one GroupError naming every failure. finish: as each_host's."""
+    outcomes = each_host(runs, fn, limit, finish)
     if any(isinstance(outcome, BaseException) for _, outcome in outcomes):
         raise GroupError(outcomes)
     return outcomes

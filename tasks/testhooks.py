@@ -7,7 +7,8 @@ network ends in seconds; CUTOVER_TEST_GO_ONLY=HOST[,HOST] sends an armed group's
 only and kills this process once they answered (a run that dies between two hosts' switches). All need CUTOVER_TEST=1, so a variable left in an operator's shell can
 never freeze a production httpd or cut a deploy short. CUTOVER_TEST_HOLD_AT=STEP:FILE holds a deploy
 before that step (check: its build check, as its connections open; lock: its lock step) while FILE
-exists (FILE.waiting says it waits), for a test to act in between.
+exists (FILE.waiting says it waits), for a test to act in between. CUTOVER_TEST_HOLD_SWAP=FILE
+holds the server's swap, before it begins, the same way (FILE on the server).
 """
 
 import os
@@ -20,6 +21,7 @@ HOLD_PAUSE = "CUTOVER_TEST_HOLD_PAUSE_MS"
 MARGIN = "CUTOVER_TEST_MARGIN"
 GO_ONLY = "CUTOVER_TEST_GO_ONLY"
 HOLD_AT = "CUTOVER_TEST_HOLD_AT"
+HOLD_SWAP = "CUTOVER_TEST_HOLD_SWAP"
 HOLD_LIMIT_S = 60
 _went = set()
 
@@ -67,6 +69,11 @@ def after_go(host):
 def hold_ms():
     """Milliseconds to hold httpd paused after the renames (0 outside the fault tests)."""
     return int(os.environ.get(HOLD_PAUSE, "0")) if _enabled() else 0
+
+
+def hold_swap():
+    """The file on the server while which its swap waits before it begins (None outside the fault tests)."""
+    return os.environ.get(HOLD_SWAP) or None if _enabled() else None
 
 
 def margin(default):

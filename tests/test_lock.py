@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -252,6 +253,138 @@ def test_ctrl_c_during_the_switch_records_the_run_once_as_it_ended(lab1, tmp_pat
     said = [(e["event"], e["result"], e.get("error")) for e in mine]
     assert said == [("deploy", "failed", "interrupted (Ctrl-C)")], mine
     assert "note" not in mine[0]
+
+
+def test_ctrl_c_before_the_servers_swap_has_begun_switches_back_after_it(lab1, tmp_path):
+    """Ctrl-C once a rollback's swap is asked for but before the server has begun it (held there):
+    the switch back must come after that swap, not before it, or the release Ctrl-C stopped goes
+    live after the run has ended, recorded as failed, unlocked. The client waits for the swap's
+    answer, then switches back."""
+    server = lab1.servers[0]
+    for name in ("h1", "h2"):
+        configure(lab1, make_build(tmp_path, name))
+        assert lab1.fab("deploy").returncode == 0
+    before = current(server)
+    hold = Path(server.root, "hold-swap")
+    hold.touch()
+    env = dict(
+        os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), XDG_CACHE_HOME=str(tmp_path / "cache"),
+        CUTOVER_TEST="1", CUTOVER_TEST_HOLD_SWAP=str(hold),
+    )  # fmt: skip
+    fab = subprocess.Popen(
+        [sys.executable, "-m", "fabric", "rollback"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert poll(lambda: _holder(hold), seconds=60), "the swap was never asked for"
+        holder = _holder(hold)  # the server's agent, which waits for its swap to end
+        fab.send_signal(signal.SIGINT)
+        try:
+            fab.wait(timeout=3)  # a client that switched back at once has ended by now
+        except subprocess.TimeoutExpired:
+            pass
+        hold.unlink()  # the held swap begins
+        out, err = fab.communicate(timeout=60)
+    finally:
+        hold.unlink(missing_ok=True)
+        if fab.poll() is None:
+            fab.kill()
+    assert fab.returncode == 130, err
+    assert poll(lambda: _gone(holder), seconds=20), "the held swap never ended"
+    assert current(server) == before
+    assert "Ctrl-C: waiting for the switch under way to answer" in out
+    assert f"-> {before}" in out.split("switch back", 1)[1]
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()
+
+
+def test_a_thread_waking_late_on_an_abandoned_agent_leaves_the_next_agent_alone(lab1, monkeypatch):
+    """Ctrl-C abandons the agents the hosts' threads wait on (fleet.each_host), and the switch back
+    starts a new agent on the same connection. A thread that runs again only after that (a loaded
+    machine) finds its own agent closed: it must neither close the new one nor give up the
+    connection, or the switch back is lost and the site stays on the release Ctrl-C stopped."""
+    from tasks import agent, ssh
+
+    host = lab1.host()
+    waiting, woke, go_on = threading.Event(), threading.Event(), threading.Event()
+    real = agent.Channel.receive
+
+    def late(self, timeout):
+        waiting.set()
+        try:
+            return real(self, timeout)
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                woke.set()
+                go_on.wait(30)  # the thread's agent is closed; it runs again once the next agent is up
+
+    monkeypatch.setattr(agent.Channel, "receive", late)
+    with ssh.connect(host) as conn:
+        agent.start(conn, host.python)
+        said = {}
+
+        def step():
+            try:
+                said["answer"] = agent.receive(conn, host.name, "swap", 30)
+            except Exception as exc:
+                said["error"] = exc
+
+        thread = threading.Thread(target=step)
+        thread.start()
+        assert waiting.wait(30)
+        agent.abandon(conn)  # Ctrl-C
+        assert woke.wait(30)
+        agent.send(conn, host.name, host.python, "switch back", "state", {"deploy_to": host.deploy_to})
+        go_on.set()
+        thread.join(30)
+        assert str(said.get("error")).endswith("swap: no answer: the run stopped waiting for it (Ctrl-C)"), said
+        answer = agent.receive(conn, host.name, "switch back", 30)
+    assert "lock" in answer
+
+
+def test_a_step_left_behind_by_ctrl_c_sends_nothing_after_it(lab1):
+    """Ctrl-C while a host's step has not yet sent its request (fleet.each_host): the thread it
+    leaves behind must send nothing once the run has moved on to its switch back and abort, and
+    start no agent on the connection beside theirs."""
+    from types import SimpleNamespace
+
+    from tasks import agent, fleet, ssh
+
+    host = lab1.host()
+    entered, go_on, done, said = threading.Event(), threading.Event(), threading.Event(), {}
+
+    def step(r):
+        entered.set()
+        go_on.wait(30)  # Ctrl-C comes here, before the request leaves
+        try:
+            said["answer"] = agent.call(
+                r.conn, host.name, host.python, "lock", "state", {"deploy_to": host.deploy_to}, 30
+            )
+        except Exception as exc:
+            said["error"] = exc
+        finally:
+            done.set()
+
+    def ctrl_c():
+        entered.wait(30)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    with ssh.connect(host) as conn:
+        threading.Thread(target=ctrl_c).start()
+        with pytest.raises(KeyboardInterrupt):
+            fleet.each_host([SimpleNamespace(conn=conn, name=host.name)], step)
+        go_on.set()
+        assert done.wait(30)
+        assert str(said.get("error")).endswith("lock: not sent: the run was interrupted"), said
+        assert getattr(conn, "_cutover_channel", None) is None  # no agent started by it
+        assert "lock" in agent.call(conn, host.name, host.python, "abort", "state", {"deploy_to": host.deploy_to}, 30)
+
+
+def _holder(hold):
+    """The PID of the server's agent whose swap waits while `hold` exists (tasks/remote/swap.py _held)."""
+    try:
+        return int(Path(f"{hold}.waiting").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _parent(pid):

@@ -161,11 +161,25 @@ def _wait_for_running_swap(pid_file):
         time.sleep(0.01)
 
 
+def _held(path, limit=60):
+    """Fault tests only: wait while `path` exists (path.waiting, while it waits, holds this PID), at
+    most `limit` s."""
+    if not isinstance(path, str) or not path:
+        return
+    with open(path + ".waiting", "w") as f:
+        f.write(str(os.getpid()))
+    deadline = time.monotonic() + limit
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.unlink(path + ".waiting")
+
+
 def op_swap(a):
     """Point current at releases/<release_id> with httpd paused, then verify; detached from SSH."""
     layout = paths.Layout(a["deploy_to"])
     release_id = paths.release_id(a["release_id"])
     settings = settings_of(a)
+    _held(a.get("hold_file"))
     target = layout.release(release_id)
     if not os.path.isdir(target) or os.path.islink(target):
         raise Refused("release %s does not exist on this server" % release_id)

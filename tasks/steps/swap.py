@@ -1,6 +1,9 @@
 """Steps 7-8: switch every host at once (httpd paused), verify; switch all back on any failure."""
 
+import signal
+import threading
 import time
+from contextlib import contextmanager
 
 from .. import agent, testhooks
 from ..errors import CutoverError, GroupError, HealthError, RemoteError
@@ -48,6 +51,7 @@ def switch(r, step, release_id, verify, restore=False, arm=False):
         step, "swap", timeout=STEP_TIMEOUT if arm else _timeout(h), release_id=release_id, pidfile=h.httpd.pidfile,
         pause=h.httpd.pause, pause_timeout=h.httpd.pause_timeout, hold_ms=testhooks.hold_ms(), verify=verify,
         swap_back=verify is not None, previous_depth=h.assets.releases, restore=restore, arm=arm,
+        hold_file=None if restore else testhooks.hold_swap(),
     )  # fmt: skip
 
 
@@ -92,8 +96,14 @@ def swap(run, batch=None):
             rolling(run, batch)
         else:
             armed = arm(run, verify_of)
-            unsent = go(run) if armed else {}
-            in_parallel(run.hosts, lambda r: _switch_host(run, r, armed, unsent), len(run.hosts))  # all at once
+            with _ctrl_c_held() as pressed:  # every go sent, or none: not a group cut at a random host
+                unsent = go(run) if armed else {}
+            if pressed:
+                line(_finishing(run.hosts))
+            # all at once; Ctrl-C waits for the answers, so that the switch back follows each switch
+            in_parallel(run.hosts, lambda r: _switch_host(run, r, armed, unsent), len(run.hosts), _finishing(run.hosts))
+            if pressed:
+                raise KeyboardInterrupt
             run.spread_ms = spread_ms(run)
     except BaseException as exc:  # any failure, Ctrl-C included: the group must not stay split
         if isinstance(exc, CutoverError) and none_switched(run):
@@ -107,6 +117,36 @@ def swap(run, batch=None):
         if undone and isinstance(exc, CutoverError):
             exc.message += f"; switched back on {', '.join(undone)} so the group stays on one release"
         raise
+
+
+def _finishing(hosts):
+    """What Ctrl-C during the switch says: the switches under way are waited for, then undone."""
+    longest = max(_timeout(r.host) for r in hosts)
+    return (
+        f"Ctrl-C: waiting for the switch under way to answer (at most {longest:.0f} s), then every host that "
+        "switched goes back; Ctrl-C again stops waiting"
+    )
+
+
+@contextmanager
+def _ctrl_c_held():
+    """Ctrl-C inside the block is kept for after it (a list, true once pressed); a second one is
+    raised at once."""
+    pressed = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
+
+    def keep(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(signum)
+
+    previous = signal.signal(signal.SIGINT, keep)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def none_switched(run):
@@ -132,7 +172,7 @@ def rolling(run, batch):
             try:
                 if lb:
                     lb.drain(hosts)
-                in_parallel(hosts, lambda r: _switch_host(run, r, False, {}), len(hosts))
+                in_parallel(hosts, lambda r: _switch_host(run, r, False, {}), len(hosts), _finishing(hosts))
             except BaseException as exc:
                 if lb:
                     _give_back(lb, hosts, exc)
@@ -248,6 +288,9 @@ def switch_back(run):
     back = [r for r in run.hosts if r.switched in ("yes", "unknown") and r.current]
     if not back:
         return []
+    for r in back:
+        if r.switched == "unknown" and r.conn is not None:
+            agent.abandon(r.conn)  # it may still owe the swap's answer, which the switch back would read as its own
 
     def one(r):
         answer = switch(r, "switch back", r.current, None, restore=True)
