@@ -289,7 +289,7 @@ def switch_back(run):
     if not back:
         return []
     for r in back:
-        if r.switched == "unknown" and r.conn is not None:
+        if r.switched == "unknown" and getattr(r, "conn", None) is not None:
             agent.abandon(r.conn)  # it may still owe the swap's answer, which the switch back would read as its own
 
     def one(r):
