@@ -18,6 +18,7 @@ from .output import Timer, line
 
 STEP_TIMEOUT = 60  # seconds for a step whose time does not grow with a setting (views, unlock ...)
 MAX_THREADS = 16  # hosts worked on at once, unless a step asks for more (the swap: every host)
+STOPPED_WAITING = "stopped waiting (Ctrl-C again)"
 
 
 @dataclass
@@ -187,7 +188,7 @@ def _waited(futures, saying):
         for f in futures:
             f.exception()
     except BaseException:
-        line("stopped waiting (Ctrl-C again)")
+        line(STOPPED_WAITING)
         return False
     return True
 

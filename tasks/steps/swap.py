@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from .. import agent, testhooks
 from ..errors import CutoverError, GroupError, HealthError, RemoteError
-from ..fleet import STEP_TIMEOUT, in_parallel
+from ..fleet import STEP_TIMEOUT, STOPPED_WAITING, in_parallel
 from ..output import Timer, count, line, say
 from ..testhooks import fault_point
 from . import health_args, health_seconds, margin, protected_urls
@@ -101,7 +101,14 @@ def swap(run, batch=None):
             if pressed:
                 line(_finishing(run.hosts))
             # all at once; Ctrl-C waits for the answers, so that the switch back follows each switch
-            in_parallel(run.hosts, lambda r: _switch_host(run, r, armed, unsent), len(run.hosts), _finishing(run.hosts))
+            # (after a Ctrl-C held in the go loop this is that wait: the next Ctrl-C stops it)
+            try:
+                in_parallel(run.hosts, lambda r: _switch_host(run, r, armed, unsent), len(run.hosts),
+                            None if pressed else _finishing(run.hosts))  # fmt: skip
+            except KeyboardInterrupt:
+                if pressed:
+                    line(STOPPED_WAITING)
+                raise
             if pressed:
                 raise KeyboardInterrupt
             run.spread_ms = spread_ms(run)

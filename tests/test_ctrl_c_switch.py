@@ -1,0 +1,103 @@
+"""Ctrl-C during a group's switch, with the group's hosts slow, silent or split: what the run
+does and says must match what each server serves."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import PROJECT, configure, current, make_build, start_lab, stop_lab, stopped_httpd
+from .test_murphy import poll
+
+
+@pytest.fixture(scope="module")
+def lab3():
+    handle, root = start_lab(3)
+    yield handle
+    stop_lab(handle, root)
+
+
+def _fab(handle, tmp_path, *args, **env):
+    full = dict(os.environ, CUTOVER_HOSTS_FILE=str(handle.hosts_file), XDG_CACHE_HOME=str(tmp_path / "cache"),
+                CUTOVER_TEST="1", **env)  # fmt: skip
+    return subprocess.Popen([sys.executable, "-m", "fabric", *args], cwd=PROJECT, env=full, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _session(server):
+    """The sshd process of the connection of the run that holds this server's lock."""
+    return json.loads(Path(server.deploy_to, ".cutover", "lock", "owner.json").read_text())["session_pid"]
+
+
+QUICK = {"httpd": {"pause_timeout": 3}, "health": {"expect_status": 200, "expect_text": 'name="release"',
+                                                    "retries": 0, "timeout": 1}}  # fmt: skip
+
+
+# fab, whose go loop gets Ctrl-C as it sends the first host's go (the loop takes microseconds: no
+# test could time a signal into it from outside)
+CTRL_C_IN_GO_LOOP = """
+import os, signal, sys
+from tasks import testhooks
+real = testhooks.sends_go
+def sends_go(host):
+    if host == "lab1":
+        os.kill(os.getpid(), signal.SIGINT)
+    return real(host)
+testhooks.sends_go = sends_go
+from fabric.main import program
+program.run(["fab", *sys.argv[1:]])
+"""
+
+
+class Lines:
+    """A process's output as it comes, read by a thread, so that a test can wait for a line."""
+
+    def __init__(self, stream):
+        import threading
+
+        self.lines = []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, "")), daemon=True)
+        self.thread.start()
+
+    def count(self, text):
+        return sum(text in line for line in self.lines)
+
+    def text(self):
+        self.thread.join(30)
+        return "".join(self.lines)
+
+
+def test_ctrl_c_again_after_one_held_in_the_go_loop_stops_waiting(lab_pair, tmp_path):
+    """Ctrl-C in an armed group's go loop is held until every go is sent, and said: the run then
+    waits for the answers. The next Ctrl-C is the second: it stops that wait at once, as the
+    message says, instead of starting the same wait again; every host still switches back."""
+    servers = lab_pair.servers
+    configure(lab_pair, make_build(tmp_path, "g1"))
+    assert lab_pair.fab("deploy").returncode == 0
+    before = [current(s) for s in servers]
+    configure(lab_pair, make_build(tmp_path, "g2"))
+    env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab_pair.hosts_file), XDG_CACHE_HOME=str(tmp_path / "cache"),
+               CUTOVER_TEST="1", CUTOVER_TEST_HOLD_PAUSE_MS="4000")  # fmt: skip
+    fab = subprocess.Popen([sys.executable, "-c", CTRL_C_IN_GO_LOOP, "deploy"], cwd=PROJECT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    out = Lines(fab.stdout)
+    waiting = "Ctrl-C: waiting for the switch under way to answer"
+    try:
+        assert poll(lambda: out.count(waiting) == 1, seconds=60), out.text()
+        assert poll(lambda: all(stopped_httpd(s) != [] for s in servers), seconds=3)  # the held Ctrl-C cut no go
+        fab.send_signal(signal.SIGINT)
+        assert poll(lambda: out.count("stopped waiting (Ctrl-C again)") == 1, seconds=2), out.lines
+        err = fab.communicate(timeout=60)[1]
+    finally:
+        if fab.poll() is None:
+            fab.kill()
+    assert fab.returncode == 130, err
+    assert out.count(waiting) == 1, out.text()
+    # the switch back came after each host's swap (the server waits for a swap still running)
+    assert [current(s) for s in servers] == before
+    assert all(not Path(s.deploy_to, ".cutover", "lock").exists() for s in servers), err
+    assert all(stopped_httpd(s) == [] for s in servers)
