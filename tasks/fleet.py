@@ -33,6 +33,7 @@ class HostRun:
     locked: bool = False
     switched: str = "no"  # "no", "yes", or "unknown" while a switch is under way or its answer was lost
     switch: dict = field(default_factory=dict)  # the swap's answer: old, new, pause_ms, rename_ms ...
+    back_failed: bool = False  # switching it back failed: it may serve the run's release (the abort says so)
     steps: dict = field(default_factory=dict)  # seconds per step
     bytes_sent: int = 0
     upload: object = None  # the deploy's running rsync (tasks.rsync.Upload)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,7 @@ def _session(server):
     return json.loads(Path(server.deploy_to, ".cutover", "lock", "owner.json").read_text())["session_pid"]
 
 
-QUICK = {"httpd": {"pause_timeout": 3}, "health": {"expect_status": 200, "expect_text": 'name="release"',
-                                                    "retries": 0, "timeout": 1}}  # fmt: skip
+HEALTH = {"expect_status": 200, "expect_text": 'name="release"'}  # the lab's
 
 
 # fab, whose go loop gets Ctrl-C as it sends the first host's go (the loop takes microseconds: no
@@ -101,3 +101,43 @@ def test_ctrl_c_again_after_one_held_in_the_go_loop_stops_waiting(lab_pair, tmp_
     assert [current(s) for s in servers] == before
     assert all(not Path(s.deploy_to, ".cutover", "lock").exists() for s in servers), err
     assert all(stopped_httpd(s) == [] for s in servers)
+
+
+def test_ctrl_c_with_a_host_gone_silent_waits_its_timeout_and_says_it_may_serve_the_new_release(lab3, tmp_path):
+    """Ctrl-C while a group switches, one host's connection silent: the wait ends at that host's
+    swap timeout, as said; the others switch back. The silent host may serve the new release (here
+    it does: its swap runs on, detached) and cannot be switched back: the last line must say so,
+    not only that it could not be cleaned up."""
+    servers = lab3.servers
+    configure(lab3, make_build(tmp_path, "s1"))
+    assert lab3.fab("deploy").returncode == 0
+    before = current(servers[0])
+    # the swap's timeout: 2 pauses of 2 s, 2 health checks of 0.5 s + 0.5 s between retries, margin 1 s
+    quick = {"httpd": {"pause_timeout": 2}, "health": {**HEALTH, "retries": 0, "timeout": 0.5}}
+    configure(lab3, make_build(tmp_path, "s2"), **quick)
+    fab = _fab(lab3, tmp_path, "deploy", CUTOVER_TEST_HOLD_PAUSE_MS="1000", CUTOVER_TEST_MARGIN="1")
+    session = None
+    try:
+        assert poll(lambda: all(stopped_httpd(s) != [] for s in servers), seconds=60), "the switch never came"
+        session = _session(servers[2])
+        os.kill(session, signal.SIGSTOP)  # lab3's connection: silent, its swap runs on
+        fab.send_signal(signal.SIGINT)
+        pressed = time.monotonic()
+        out, err = fab.communicate(timeout=60)
+        took = time.monotonic() - pressed
+    finally:
+        if session is not None:
+            os.kill(session, signal.SIGCONT)
+        if fab.poll() is None:
+            fab.kill()
+    assert fab.returncode == 130, err
+    assert "Ctrl-C: waiting for the switch under way to answer (at most 7 s)" in out
+    assert 6 < took < 7 + 5, took
+    new = current(servers[2])
+    assert new != before and [current(s) for s in servers[:2]] == [before, before]
+    said = err.split("the site now: ", 1)[1]
+    assert f"lab1 serves {before}; lab2 serves {before}; lab3: " in said, err
+    assert f"; it may serve {new}: switching it back failed; its lock stays until --force-unlock" in said, err
+    again = lab3.fab("deploy", "--force-unlock")  # the next run makes the group whole
+    assert again.returncode == 0, again.stderr
+    assert len({current(s) for s in servers}) == 1

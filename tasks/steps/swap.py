@@ -118,6 +118,8 @@ def swap(run, batch=None):
         try:
             undone = switch_back(run)
         except GroupError as failed:
+            for r, _ in failed.failures:
+                r.back_failed = True
             if isinstance(exc, CutoverError):
                 exc.message += f"; switching the others back failed too: {failed.message}"
             raise exc from None
