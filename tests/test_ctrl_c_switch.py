@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PROJECT, configure, current, make_build, start_lab, stop_lab, stopped_httpd
+from .conftest import PROJECT, configure, current, history, make_build, start_lab, stop_lab, stopped_httpd
 from .test_murphy import poll
 
 
@@ -96,7 +96,7 @@ def test_ctrl_c_again_after_one_held_in_the_go_loop_stops_waiting(lab_pair, tmp_
         if fab.poll() is None:
             fab.kill()
     assert fab.returncode == 130, err
-    assert out.count(waiting) == 1, out.text()
+    assert out.text().count(waiting) == 1, out.text()
     # the switch back came after each host's swap (the server waits for a swap still running)
     assert [current(s) for s in servers] == before
     assert all(not Path(s.deploy_to, ".cutover", "lock").exists() for s in servers), err
@@ -141,3 +141,48 @@ def test_ctrl_c_with_a_host_gone_silent_waits_its_timeout_and_says_it_may_serve_
     again = lab3.fab("deploy", "--force-unlock")  # the next run makes the group whole
     assert again.returncode == 0, again.stderr
     assert len({current(s) for s in servers}) == 1
+
+
+@pytest.mark.parametrize("fourth", [False, True], ids=["3 Ctrl-C", "4 Ctrl-C"])
+def test_ctrl_c_during_the_switch_back_waits_for_it_and_says_what_the_host_serves(lab1, tmp_path, fourth):
+    """Ctrl-C during the switch (waited for), again (the wait stopped: the switch back starts, and
+    the server holds it until the swap under way has ended), and a third time during that switch
+    back: the switch back still runs on the server, so the run waits for it before its abort reads
+    what the host serves, records the run and frees the lock; else the last line says the host
+    serves the release Ctrl-C stopped while it ends on the old one. A fourth Ctrl-C stops that
+    wait too: the last line then says the switch back was left under way."""
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "b1"))
+    assert lab1.fab("deploy").returncode == 0
+    before = current(server)
+    configure(lab1, make_build(tmp_path, "b2"))
+    fab = _fab(lab1, tmp_path, "deploy", CUTOVER_TEST_HOLD_PAUSE_MS="3000")
+    out = Lines(fab.stdout)
+    try:
+        assert poll(lambda: stopped_httpd(server) != [], seconds=60), "the switch never came"
+        new = current(server)
+        fab.send_signal(signal.SIGINT)
+        assert poll(lambda: out.count("Ctrl-C: waiting for the switch under way") == 1, seconds=5), out.lines
+        fab.send_signal(signal.SIGINT)
+        assert poll(lambda: out.count("stopped waiting (Ctrl-C again)") == 1, seconds=5), out.lines
+        time.sleep(0.5)  # the switch back is asked for; the server holds it while the swap's pause lasts (3 s)
+        fab.send_signal(signal.SIGINT)
+        assert poll(lambda: out.count("Ctrl-C: waiting for the switch back under way") == 1, seconds=5), out.lines
+        if fourth:
+            fab.send_signal(signal.SIGINT)
+        err = fab.communicate(timeout=60)[1]
+    finally:
+        if fab.poll() is None:
+            fab.kill()
+    assert fab.returncode == 130, err
+    if fourth:
+        assert out.text().count("stopped waiting (Ctrl-C again)") == 2
+        said = f"the site now: lab1 serves {new} (switching it back to {before} left under way (Ctrl-C))\n"
+        assert said in err, err
+        assert poll(lambda: current(server) == before, seconds=20)  # the server's switch back ended
+    else:
+        assert f"the site now: lab1 serves {before}\n" in err, err
+        assert current(server) == before
+        assert stopped_httpd(server) == []
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()
+    assert history(server)[-1]["result"] == "failed"

@@ -72,6 +72,8 @@ def abort(run, error, remove=True):
                 f"{r.name} serves {answer['current']}; {answer['still']}, so the lock stays until it has "
                 "ended (then --force-unlock)"
             )
+        if r.back_left and answer["current"] != r.current:
+            return f"{r.name} serves {answer['current']} (switching it back to {r.current} {r.back_left})"
         return f"{r.name} serves {answer['current']}"
 
     notes = []
@@ -79,7 +81,7 @@ def abort(run, error, remove=True):
         if isinstance(outcome, BaseException):
             why = outcome.message if isinstance(outcome, CutoverError) else repr(outcome)
             # a Ctrl-C's message has no other word of it: the host may be left on the run's release
-            may = f"; it may serve {run.release_id}: switching it back failed" if r.back_failed else ""
+            may = f"; it may serve {run.release_id}: switching it back {r.back_left}" if r.back_left else ""
             notes.append(f"{r.name}: could not clean up ({why}){may}; its lock stays until --force-unlock")
         else:
             notes.append(outcome)
