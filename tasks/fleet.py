@@ -18,6 +18,7 @@ from .output import Timer, line
 
 STEP_TIMEOUT = 60  # seconds for a step whose time does not grow with a setting (views, unlock ...)
 MAX_THREADS = 16  # hosts worked on at once, unless a step asks for more (the swap: every host)
+STOPPED_WAITING = "stopped waiting (Ctrl-C again)"
 
 
 @dataclass
@@ -32,6 +33,7 @@ class HostRun:
     locked: bool = False
     switched: str = "no"  # "no", "yes", or "unknown" while a switch is under way or its answer was lost
     switch: dict = field(default_factory=dict)  # the swap's answer: old, new, pause_ms, rename_ms ...
+    back_left: str | None = None  # its switch back "failed", or was "left under way" (Ctrl-C): the abort says so
     steps: dict = field(default_factory=dict)  # seconds per step
     bytes_sent: int = 0
     upload: object = None  # the deploy's running rsync (tasks.rsync.Upload)
@@ -182,12 +184,12 @@ def _waited(futures, saying):
     """Wait for every step under way to end after a Ctrl-C; False when Ctrl-C came again."""
     if all(f.done() for f in futures):
         return True
-    line(saying)
-    try:
+    try:  # a Ctrl-C as soon as the line is out stops the wait too
+        line(saying)
         for f in futures:
             f.exception()
     except BaseException:
-        line("stopped waiting (Ctrl-C again)")
+        line(STOPPED_WAITING)
         return False
     return True
 

@@ -72,14 +72,17 @@ def abort(run, error, remove=True):
                 f"{r.name} serves {answer['current']}; {answer['still']}, so the lock stays until it has "
                 "ended (then --force-unlock)"
             )
+        if r.back_left and answer["current"] != r.current:
+            return f"{r.name} serves {answer['current']} (switching it back to {r.current} {r.back_left})"
         return f"{r.name} serves {answer['current']}"
 
     notes = []
     for r, outcome in each_host(locked, one):
-        if isinstance(outcome, CutoverError):
-            notes.append(f"{r.name}: could not clean up ({outcome.message}); its lock stays until --force-unlock")
-        elif isinstance(outcome, BaseException):
-            notes.append(f"{r.name}: could not clean up ({outcome!r}); its lock stays until --force-unlock")
+        if isinstance(outcome, BaseException):
+            why = outcome.message if isinstance(outcome, CutoverError) else repr(outcome)
+            # a Ctrl-C's message has no other word of it: the host may be left on the run's release
+            may = f"; it may serve {run.release_id}: switching it back {r.back_left}" if r.back_left else ""
+            notes.append(f"{r.name}: could not clean up ({why}){may}; its lock stays until --force-unlock")
         else:
             notes.append(outcome)
     return notes

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from .. import agent, testhooks
 from ..errors import CutoverError, GroupError, HealthError, RemoteError
-from ..fleet import STEP_TIMEOUT, in_parallel
+from ..fleet import STEP_TIMEOUT, STOPPED_WAITING, in_parallel
 from ..output import Timer, count, line, say
 from ..testhooks import fault_point
 from . import health_args, health_seconds, margin, protected_urls
@@ -101,7 +101,14 @@ def swap(run, batch=None):
             if pressed:
                 line(_finishing(run.hosts))
             # all at once; Ctrl-C waits for the answers, so that the switch back follows each switch
-            in_parallel(run.hosts, lambda r: _switch_host(run, r, armed, unsent), len(run.hosts), _finishing(run.hosts))
+            # (after a Ctrl-C held in the go loop this is that wait: the next Ctrl-C stops it)
+            try:
+                in_parallel(run.hosts, lambda r: _switch_host(run, r, armed, unsent), len(run.hosts),
+                            None if pressed else _finishing(run.hosts))  # fmt: skip
+            except KeyboardInterrupt:
+                if pressed:
+                    line(STOPPED_WAITING)
+                raise
             if pressed:
                 raise KeyboardInterrupt
             run.spread_ms = spread_ms(run)
@@ -110,7 +117,14 @@ def swap(run, batch=None):
             exc.message = f"nothing was switched: {exc.message}"
         try:
             undone = switch_back(run)
+        except KeyboardInterrupt:  # Ctrl-C stopped waiting for the switch back: it runs on, on the server
+            for r in run.hosts:
+                if r.switched != "no":
+                    r.back_left = "left under way (Ctrl-C)"
+            raise
         except GroupError as failed:
+            for r, _ in failed.failures:
+                r.back_left = "failed"
             if isinstance(exc, CutoverError):
                 exc.message += f"; switching the others back failed too: {failed.message}"
             raise exc from None
@@ -119,13 +133,11 @@ def swap(run, batch=None):
         raise
 
 
-def _finishing(hosts):
-    """What Ctrl-C during the switch says: the switches under way are waited for, then undone."""
+def _finishing(hosts, what="switch", then="then every host that switched goes back"):
+    """What Ctrl-C during the switch (or the switch back) says: the switches under way are waited
+    for, then undone."""
     longest = max(_timeout(r.host) for r in hosts)
-    return (
-        f"Ctrl-C: waiting for the switch under way to answer (at most {longest:.0f} s), then every host that "
-        "switched goes back; Ctrl-C again stops waiting"
-    )
+    return f"Ctrl-C: waiting for the {what} under way to answer (at most {longest:.0f} s), {then}; Ctrl-C again stops waiting"
 
 
 @contextmanager
@@ -297,5 +309,6 @@ def switch_back(run):
         r.switched = "no"
         say(r.host, "switch back", 0, f"{answer['old']} -> {answer['new']}, {paused(answer)}")
 
-    in_parallel(back, one, len(back))
+    # Ctrl-C waits for it too: it runs on, on the server, and the abort must read what it left
+    in_parallel(back, one, len(back), _finishing(back, "switch back", "then the run ends"))
     return [r.name for r in back]
