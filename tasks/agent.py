@@ -285,6 +285,8 @@ def call_helper(conn, host_name, python, step, args, timeout):
     """The swap through the root-owned sudo helper (a non-root deploy user); returns its answer or raises."""
     from . import ssh
 
+    if _stopped():  # a thread Ctrl-C left behind: its swap would come after the switch back
+        raise RemoteError(f"{step}: not sent: the run was interrupted", host=host_name)
     result = ssh.run(conn, step, [*helper_argv(python), "swap", json.dumps(args)], timeout=timeout, check=False)
     answer = _last_json(result.stdout)
     if answer is None:

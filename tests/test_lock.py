@@ -341,10 +341,12 @@ def test_a_thread_waking_late_on_an_abandoned_agent_leaves_the_next_agent_alone(
     assert "lock" in answer
 
 
-def test_a_step_left_behind_by_ctrl_c_sends_nothing_after_it(lab1):
+@pytest.mark.parametrize("through", ["agent", "helper"])
+def test_a_step_left_behind_by_ctrl_c_sends_nothing_after_it(lab1, through):
     """Ctrl-C while a host's step has not yet sent its request (fleet.each_host): the thread it
     leaves behind must send nothing once the run has moved on to its switch back and abort, and
-    start no agent on the connection beside theirs."""
+    start no agent on the connection beside theirs; nor run the sudo helper's swap (a deploy user
+    who is not root), which would then come after the switch back."""
     from types import SimpleNamespace
 
     from tasks import agent, fleet, ssh
@@ -356,9 +358,12 @@ def test_a_step_left_behind_by_ctrl_c_sends_nothing_after_it(lab1):
         entered.set()
         go_on.wait(30)  # Ctrl-C comes here, before the request leaves
         try:
-            said["answer"] = agent.call(
-                r.conn, host.name, host.python, "lock", "state", {"deploy_to": host.deploy_to}, 30
-            )
+            if through == "helper":
+                said["answer"] = agent.call_helper(r.conn, host.name, host.python, "lock", {}, 30)
+            else:
+                said["answer"] = agent.call(
+                    r.conn, host.name, host.python, "lock", "state", {"deploy_to": host.deploy_to}, 30
+                )
         except Exception as exc:
             said["error"] = exc
         finally:
