@@ -120,10 +120,12 @@ class Channel:
 
     def __init__(self, conn, python, open_timeout, sudo=False):
         """sudo: run the agent as root through `sudo -n` (an admin user who is not root)."""
+        from . import ssh
+
         payload = bundle()
         self.channel = conn.client.get_transport().open_session(timeout=open_timeout)
         argv = [python, "-I", "-S", "-c", BOOTSTRAP, str(len(payload)), "serve"]
-        self.channel.exec_command(shlex.join(["sudo", "-n", *argv] if sudo else argv))
+        ssh.start(self.channel, shlex.join(["sudo", "-n", *argv] if sudo else argv), open_timeout)
         self.channel.settimeout(open_timeout)
         self.channel.sendall(payload)
         self.answers = self.channel.makefile("rb")

@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import ssh
 from .ssh import KEEPALIVE_S  # the connection's own keepalive interval
 
 RSH = Path(__file__).resolve().parent / "rsh.py"
@@ -104,7 +105,7 @@ class Bridge:
         with self.pipes_lock:
             self.pipes = (stdin, stdout)
         channel = self.channel = self.transport.open_session(timeout=DEAD_AFTER_S)
-        channel.exec_command(command)
+        ssh.start(channel, command, DEAD_AFTER_S)
         threading.Thread(target=self._feed, args=(stdin, channel), daemon=True).start()
         threading.Thread(target=self._watch, args=(channel,), daemon=True).start()
         errors = threading.Thread(target=self._drain, args=(channel.recv_stderr, stderr), daemon=True)

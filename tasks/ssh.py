@@ -9,14 +9,17 @@ shlex quoting, here (`run`) and in tasks/agent.py and tasks/rsync.py.
 import errno
 import shlex
 import socket
+import threading
 
 import invoke
 import paramiko
 from fabric import Config, Connection
+from fabric.connection import opens
 
 from .errors import ConnectError, RemoteError
 
 CONNECT_TIMEOUT = 10
+START_TIMEOUT = 30  # seconds for a server to open a channel, and again to start its command (run)
 KEEPALIVE_S = 5  # an SSH keepalive every few seconds keeps NAT and firewall state of a quiet deploy
 
 
@@ -34,6 +37,42 @@ class _Connection(Connection):
         super().close()
         if isinstance(self.gateway, Connection):
             self.gateway.close()
+
+    @opens
+    def create_session(self):
+        """The channel of conn.run (Fabric's), with the agent's bounds: Fabric opens it with
+        Paramiko's default of an hour, and starts the command without any; its own timeout
+        begins only once the command has started."""
+        channel = self.transport.open_session(timeout=START_TIMEOUT)
+        channel.exec_command = lambda command: start(channel, command, START_TIMEOUT)
+        return channel
+
+
+def start(channel, command, seconds):
+    """channel.exec_command(command), waiting at most `seconds` for the server to say it started
+    it: Paramiko's waits for ever on a server gone silent after opening the channel. A server
+    that does not answer in time has the channel closed, and TimeoutError is raised."""
+    fired = []
+
+    def give_up():
+        fired.append(True)
+        try:
+            channel.close()  # marked closed first, which wakes exec_command's wait ("Channel closed")
+        except Exception:  # noqa: BLE001 (the close message could not be sent: the connection is gone)
+            pass
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        type(channel).exec_command(channel, command)
+    except (paramiko.SSHException, EOFError):
+        if not fired:
+            raise
+    finally:
+        timer.cancel()
+    if fired:
+        raise TimeoutError(f"the server did not start the command within {seconds:.0f} s")
 
 
 # Linux's: ACK what arrived at once, instead of up to 40 ms later (macOS and the BSDs lack it)

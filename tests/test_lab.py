@@ -17,7 +17,7 @@ from tasks import rsync, ssh
 from tasks.errors import ConnectError, CutoverError
 from tasks.remote.paths import PLACEHOLDER, Layout
 
-from .conftest import accepted, new_lab_dir, process_gone, start_lab, stop_lab
+from .conftest import accepted, descendants, new_lab_dir, process_gone, start_lab, stop_lab
 
 
 def test_sshd_accepts_the_lab_key(lab2):
@@ -43,6 +43,64 @@ def test_the_ssh_socket_sends_and_acknowledges_small_packets_at_once(lab2):
             # what was read was acknowledged at once: the mode is set again after each read
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
         channel.close()
+
+
+@pytest.mark.parametrize("what", ["agent", "run", "rsync"])
+def test_a_server_silent_once_a_channel_is_open_ends_the_start_of_its_command_in_bounded_time(lab2, what, monkeypatch):
+    """The server opens the channel, then goes silent (its sshd stopped) before it says it started
+    the command: the agent's start, a command (conn.run, the sudo helper's swap) and rsync's
+    channel each end at their bound. Paramiko's exec_command waited for ever, and Fabric's timeout
+    only starts once the command has."""
+    import threading
+
+    import paramiko
+
+    from tasks import agent, bridge
+
+    server, host = lab2.servers[0], lab2.host()
+    monkeypatch.setattr(ssh, "START_TIMEOUT", 2)
+    monkeypatch.setattr(bridge, "DEAD_AFTER_S", 2)
+    stopped = []
+    real = paramiko.Channel.exec_command
+
+    def silent_first(channel, command):  # the server goes silent between the open and the command
+        for pid in descendants(server.sshd_pid):
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+        return real(channel, command)
+
+    monkeypatch.setattr(paramiko.Channel, "exec_command", silent_first)
+    said, conn = {}, ssh.connect(host)
+
+    def starting():
+        try:
+            if what == "agent":
+                agent.Channel(conn, host.python, 2)
+            elif what == "run":
+                ssh.run(conn, "swap", ["true"], timeout=5)
+            else:
+                shell = bridge.Bridge(conn, "test")
+                try:
+                    shell._run("true", None, None, None)
+                finally:
+                    shell.close()
+        except Exception as exc:
+            said["error"] = exc
+
+    try:
+        t = time.monotonic()
+        thread = threading.Thread(target=starting, daemon=True)
+        thread.start()
+        thread.join(20)
+        took = time.monotonic() - t
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        conn.close()
+    assert not thread.is_alive(), "starting the command waited for ever"
+    assert took < 10, took
+    assert "did not start the command within 2 s" in str(said.get("error")), said
 
 
 def test_a_host_name_that_does_not_resolve_is_named(lab2):
