@@ -170,15 +170,18 @@ class LabHandle:
             timeout=timeout,
         )
 
+    def started(self, *args, env=None):
+        """`fab ARGS` started, as fab() runs it: a Popen with text pipes, for a test to act on it."""
+        full_env = {**os.environ, "CUTOVER_HOSTS_FILE": str(self.hosts_file), "CUTOVER_TEST": "1",
+                    "XDG_CACHE_HOME": str(self.lab.root / "cache"), **(env or {})}  # fmt: skip
+        return subprocess.Popen([sys.executable, "-m", "fabric", *args], cwd=PROJECT, env=full_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
     def held(self, step, hold, *args, env=None):
         """`fab ARGS` (a Popen, text pipes) held before `step` while the file `hold` exists
         (tasks/testhooks.py, hold_point), returned once it waits there (at most 60 s)."""
         Path(hold).touch()
-        full_env = {**os.environ, "CUTOVER_HOSTS_FILE": str(self.hosts_file), "CUTOVER_TEST": "1",
-                    "CUTOVER_TEST_HOLD_AT": f"{step}:{hold}", "XDG_CACHE_HOME": str(self.lab.root / "cache"),
-                    **(env or {})}  # fmt: skip
-        fab = subprocess.Popen([sys.executable, "-m", "fabric", *args], cwd=PROJECT, env=full_env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        fab = self.started(*args, env={"CUTOVER_TEST_HOLD_AT": f"{step}:{hold}", **(env or {})})
         deadline = time.monotonic() + 60
         while not Path(f"{hold}.waiting").exists():
             assert fab.poll() is None and time.monotonic() < deadline, fab.communicate()

@@ -22,13 +22,6 @@ def lab3():
     stop_lab(handle, root)
 
 
-def _fab(handle, tmp_path, *args, **env):
-    full = dict(os.environ, CUTOVER_HOSTS_FILE=str(handle.hosts_file), XDG_CACHE_HOME=str(tmp_path / "cache"),
-                CUTOVER_TEST="1", **env)  # fmt: skip
-    return subprocess.Popen([sys.executable, "-m", "fabric", *args], cwd=PROJECT, env=full, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-
-
 def _session(server):
     """The sshd process of the connection of the run that holds this server's lock."""
     return json.loads(Path(server.deploy_to, ".cutover", "lock", "owner.json").read_text())["session_pid"]
@@ -115,7 +108,7 @@ def test_ctrl_c_with_a_host_gone_silent_waits_its_timeout_and_says_it_may_serve_
     # the swap's timeout: 2 pauses of 2 s, 2 health checks of 0.5 s + 0.5 s between retries, margin 1 s
     quick = {"httpd": {"pause_timeout": 2}, "health": {**HEALTH, "retries": 0, "timeout": 0.5}}
     configure(lab3, make_build(tmp_path, "s2"), **quick)
-    fab = _fab(lab3, tmp_path, "deploy", CUTOVER_TEST_HOLD_PAUSE_MS="1000", CUTOVER_TEST_MARGIN="1")
+    fab = lab3.started("deploy", env={"CUTOVER_TEST_HOLD_PAUSE_MS": "1000", "CUTOVER_TEST_MARGIN": "1"})
     session = None
     try:
         assert poll(lambda: all(stopped_httpd(s) != [] for s in servers), seconds=60), "the switch never came"
@@ -156,7 +149,7 @@ def test_ctrl_c_during_the_switch_back_waits_for_it_and_says_what_the_host_serve
     assert lab1.fab("deploy").returncode == 0
     before = current(server)
     configure(lab1, make_build(tmp_path, "b2"))
-    fab = _fab(lab1, tmp_path, "deploy", CUTOVER_TEST_HOLD_PAUSE_MS="3000")
+    fab = lab1.started("deploy", env={"CUTOVER_TEST_HOLD_PAUSE_MS": "3000"})
     out = Lines(fab.stdout)
     try:
         assert poll(lambda: stopped_httpd(server) != [], seconds=60), "the switch never came"

@@ -229,14 +229,7 @@ def test_ctrl_c_during_the_switch_records_the_run_once_as_it_ended(lab1, tmp_pat
     assert lab1.fab("deploy").returncode == 0
     before = current(server)
     configure(lab1, make_build(tmp_path, "c2"))
-    env = dict(
-        os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), XDG_CACHE_HOME=str(tmp_path / "cache"),
-        CUTOVER_TEST="1", CUTOVER_TEST_HOLD_PAUSE_MS="2000",
-    )  # fmt: skip
-    fab = subprocess.Popen(
-        [sys.executable, "-m", "fabric", "deploy"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    fab = lab1.started("deploy", env={"CUTOVER_TEST_HOLD_PAUSE_MS": "2000"})
     try:
         assert poll(lambda: stopped_httpd(server) != [], seconds=30), "the switch's pause never came"
         fab.send_signal(signal.SIGINT)  # inside the pause: the server has renamed, its answer is not sent
@@ -267,14 +260,7 @@ def test_ctrl_c_before_the_servers_swap_has_begun_switches_back_after_it(lab1, t
     before = current(server)
     hold = Path(server.root, "hold-swap")
     hold.touch()
-    env = dict(
-        os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), XDG_CACHE_HOME=str(tmp_path / "cache"),
-        CUTOVER_TEST="1", CUTOVER_TEST_HOLD_SWAP=str(hold),
-    )  # fmt: skip
-    fab = subprocess.Popen(
-        [sys.executable, "-m", "fabric", "rollback"], cwd=PROJECT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    fab = lab1.started("rollback", env={"CUTOVER_TEST_HOLD_SWAP": str(hold)})
     try:
         assert poll(lambda: _holder(hold), seconds=60), "the swap was never asked for"
         holder = _holder(hold)  # the server's agent, which waits for its swap to end
@@ -371,7 +357,16 @@ def test_a_step_left_behind_by_ctrl_c_sends_nothing_after_it(lab1, through):
 
     def ctrl_c():
         entered.wait(30)
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        main, deadline = threading.main_thread().ident, time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the main thread waits for the host's step
+            frame = sys._current_frames().get(main)
+            if frame is not None and frame.f_code is threading.Condition.wait.__code__:
+                break
+            time.sleep(0.01)
+        # inside the lock's wait, which a signal interrupts; one that comes just before the wait
+        # blocks is seen only once it ends (CPython), as a user's Ctrl-C would be
+        time.sleep(0.1)
+        signal.pthread_kill(main, signal.SIGINT)
 
     with ssh.connect(host) as conn:
         threading.Thread(target=ctrl_c).start()
