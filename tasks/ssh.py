@@ -51,11 +51,17 @@ class _Connection(Connection):
 def start(channel, command, seconds):
     """channel.exec_command(command), waiting at most `seconds` for the server to say it started
     it: Paramiko's waits for ever on a server gone silent after opening the channel. A server
-    that does not answer in time has the channel closed, and TimeoutError is raised."""
-    fired = []
+    that does not answer in time has the channel closed, and TimeoutError is raised. The request
+    may have reached it all the same (a link that stalled, then resumed): the error says the
+    command may have started, and a caller must not take it for one that did not."""
+    state = {"answered": False, "fired": False}
+    lock = threading.Lock()
 
     def give_up():
-        fired.append(True)
+        with lock:  # once the server has answered, the channel is the caller's: never closed here
+            if state["answered"]:
+                return
+            state["fired"] = True
         try:
             channel.close()  # marked closed first, which wakes exec_command's wait ("Channel closed")
         except Exception:  # noqa: BLE001 (the close message could not be sent: the connection is gone)
@@ -67,12 +73,17 @@ def start(channel, command, seconds):
     try:
         type(channel).exec_command(channel, command)
     except (paramiko.SSHException, EOFError):
-        if not fired:
+        if not state["fired"]:
             raise
     finally:
+        with lock:
+            state["answered"] = True
         timer.cancel()
-    if fired:
-        raise TimeoutError(f"the server did not start the command within {seconds:.0f} s")
+    if state["fired"]:
+        raise TimeoutError(
+            f"the server did not say within {seconds:.0f} s that it started the command; "
+            "the channel was closed, but the command may have started"
+        )
 
 
 # Linux's: ACK what arrived at once, instead of up to 40 ms later (macOS and the BSDs lack it)

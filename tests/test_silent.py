@@ -1,0 +1,84 @@
+"""A server (or a jump host) that goes silent at the exact point where the client waits for it:
+each wait ends at its bound and says what it knows. The server's sshd processes are stopped
+(SIGSTOP) at that point, and resumed (SIGCONT) after."""
+
+import contextlib
+import os
+import signal
+import threading
+import time
+
+import paramiko
+
+from tasks import ssh
+from tasks.errors import RemoteError
+
+from .conftest import descendants
+
+
+@contextlib.contextmanager
+def resumed_after(stopped):
+    """Every PID of `stopped` (a list the block fills) gets SIGCONT when the block ends."""
+    try:
+        yield stopped
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def stop_sshd(server, stopped):
+    """The server goes silent: every process of its sshd below the listener is stopped."""
+    for pid in descendants(server.sshd_pid):
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+
+
+def bounded(work, seconds):
+    """work() in a thread, waited for at most `seconds`: (returned or raised, seconds taken), or
+    AssertionError when it still runs."""
+    said = {}
+
+    def body():
+        try:
+            said["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 (what the test asserts)
+            said["value"] = exc
+
+    began = time.monotonic()
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s"
+    return said["value"], time.monotonic() - began
+
+
+def test_a_command_the_server_starts_after_the_bound_is_not_said_to_be_unstarted(lab2, tmp_path, monkeypatch):
+    """The server goes silent before it answers the request to start a command, and resumes after
+    the bound: the request is in its input by then, so it runs the command. The error must not
+    say the command did not start (the sudo helper's swap is such a command)."""
+    server, marker = lab2.servers[0], tmp_path / "ran"
+    monkeypatch.setattr(ssh, "START_TIMEOUT", 2)
+    real = paramiko.Channel.exec_command
+    with resumed_after([]) as stopped:
+
+        def silent_first(channel, command):
+            stop_sshd(server, stopped)
+            return real(channel, command)
+
+        monkeypatch.setattr(paramiko.Channel, "exec_command", silent_first)
+        with ssh.connect(lab2.host()) as conn:
+            error, took = bounded(lambda: ssh.run(conn, "touch", ["touch", str(marker)], timeout=5), 10)
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+            deadline = time.monotonic() + 5
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+    assert isinstance(error, RemoteError), error
+    assert took < 4, took
+    assert marker.exists()  # the server ran it after all
+    assert "did not start the command" not in str(error)
+    assert (
+        "touch: TimeoutError: the server did not say within 2 s that it started the command; "
+        "the channel was closed, but the command may have started" in str(error)
+    ), error
