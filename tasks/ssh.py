@@ -38,6 +38,25 @@ class _Connection(Connection):
         if isinstance(self.gateway, Connection):
             self.gateway.close()
 
+    def open_gateway(self):
+        """The way through the jump host (its direct-tcpip channel), waited for CONNECT_TIMEOUT:
+        Fabric waits Paramiko's default of an hour for a jump host that went silent after the login."""
+        if not isinstance(self.gateway, Connection):
+            return super().open_gateway()
+        self.gateway.open()
+        try:
+            return self.gateway.transport.open_channel(
+                "direct-tcpip", (self.host, int(self.port)), ("", 0), timeout=CONNECT_TIMEOUT
+            )
+        except paramiko.ChannelException:
+            raise  # the jump host refused (its own error says why)
+        except paramiko.SSHException as exc:
+            if "Timeout" not in str(exc):
+                raise
+            raise TimeoutError(
+                f"the jump host did not open the connection to it within {CONNECT_TIMEOUT:.0f} s"
+            ) from None
+
     @opens
     def create_session(self):
         """The channel of conn.run (Fabric's), with the agent's bounds: Fabric opens it with

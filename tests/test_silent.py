@@ -10,10 +10,11 @@ import time
 
 import paramiko
 
-from tasks import ssh
-from tasks.errors import RemoteError
+from tasks import hostsfile, ssh
+from tasks.errors import ConnectError, RemoteError
 
-from .conftest import descendants
+from .conftest import descendants, make_build
+from .test_sshconfig import through_bastion
 
 
 @contextlib.contextmanager
@@ -81,4 +82,32 @@ def test_a_command_the_server_starts_after_the_bound_is_not_said_to_be_unstarted
     assert (
         "touch: TimeoutError: the server did not say within 2 s that it started the command; "
         "the channel was closed, but the command may have started" in str(error)
+    ), error
+
+
+def test_a_jump_host_silent_before_it_opens_the_way_to_the_server_ends_the_connect_at_its_bound(
+    lab2, tmp_path, monkeypatch
+):
+    """The jump host takes the login, then goes silent before it opens the connection to the
+    server (its direct-tcpip channel): the connect ends at CONNECT_TIMEOUT naming both. Fabric
+    opens that channel with Paramiko's default of an hour."""
+    bastion = lab2.servers[1]
+    host = hostsfile.load(through_bastion(lab2, tmp_path, make_build(tmp_path, "jump"))).resolve("web1")[0]
+    monkeypatch.setattr(ssh, "CONNECT_TIMEOUT", 2)
+    real = paramiko.Transport.open_channel
+    with resumed_after([]) as stopped:
+
+        def silent_first(transport, kind, *args, **kwargs):
+            if kind == "direct-tcpip":
+                stop_sshd(bastion, stopped)
+            return real(transport, kind, *args, **kwargs)
+
+        monkeypatch.setattr(paramiko.Transport, "open_channel", silent_first)
+        error, took = bounded(lambda: ssh.connect(host), 10)
+    assert stopped, "the jump host was never asked for the way to the server"
+    assert isinstance(error, ConnectError), error
+    assert took < 4, took
+    assert (
+        f"cannot reach 127.0.0.1 port {lab2.servers[0].ssh_port} (through jump host 127.0.0.1 port "
+        f"{bastion.ssh_port}): the jump host did not open the connection to it within 2 s" in str(error)
     ), error
