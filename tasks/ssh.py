@@ -156,7 +156,9 @@ def _tcp(address, port):
 
 
 def _connection(address, port, user, key, known_hosts, gateway=None):
-    connect_kwargs = {"allow_agent": key is None, "look_for_keys": key is None}
+    # the banner and the login are waited for as the TCP connection is (Paramiko: 15 s and 30 s)
+    connect_kwargs = {"allow_agent": key is None, "look_for_keys": key is None, "banner_timeout": CONNECT_TIMEOUT,
+                      "auth_timeout": CONNECT_TIMEOUT}  # fmt: skip
     if key is not None:
         connect_kwargs["key_filename"] = [str(key)]
     conn = _Connection(
@@ -206,6 +208,8 @@ def _open(conn, host, address, port, user, via, role=""):
             "otherwise someone may be in between: do not deploy",
         ) from None
     except paramiko.AuthenticationException as exc:
+        if str(exc) == "Authentication timeout.":  # no answer to the login: a silent server, not a wrong key
+            raise _silent(host, address, port, via, role, "did not answer the login") from None
         raise ConnectError(
             f"SSH authentication as {user or 'the local user'} on {role}{address} port {port} failed: {exc}",
             host=host.name,
@@ -226,6 +230,8 @@ def _open(conn, host, address, port, user, via, role=""):
                 hint=f"check the server's fingerprint, then add it: ssh-keyscan -p {port} "
                 f"{address} >> {host.known_hosts}",
             ) from None
+        if str(exc) == "No existing session":  # Paramiko's word for a key exchange not done in time
+            raise _silent(host, address, port, via, role, "did not finish the SSH key exchange") from None
         raise ConnectError(f"SSH to {role}{address}:{port}{via} failed: {exc}", host=host.name) from None
     except (TimeoutError, OSError) as exc:
         raise ConnectError(
@@ -233,6 +239,15 @@ def _open(conn, host, address, port, user, via, role=""):
             host=host.name,
             hint="check host: and port: in hosts.yaml (or ssh_config) and that sshd runs there",
         ) from None
+
+
+def _silent(host, address, port, via, role, what):
+    return ConnectError(
+        f"the {role or 'server '}{address} port {port}{via} {what} within {CONNECT_TIMEOUT:.0f} s",
+        host=host.name,
+        hint="it took the TCP connection, then went silent: check that its sshd is not stuck or "
+        "overloaded, and the network to it",
+    )
 
 
 def _known_hosts_name(address, port):

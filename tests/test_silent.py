@@ -9,6 +9,7 @@ import threading
 import time
 
 import paramiko
+import pytest
 
 from tasks import hostsfile, ssh
 from tasks.errors import ConnectError, RemoteError
@@ -28,9 +29,10 @@ def resumed_after(stopped):
                 os.kill(pid, signal.SIGCONT)
 
 
-def stop_sshd(server, stopped):
-    """The server goes silent: every process of its sshd below the listener is stopped."""
-    for pid in descendants(server.sshd_pid):
+def stop_sshd(server, stopped, listener=False):
+    """The server goes silent: every process of its sshd below the listener is stopped (and the
+    listener too: a connection it has not accepted yet gets no process of its own)."""
+    for pid in [server.sshd_pid] * listener + descendants(server.sshd_pid):
         os.kill(pid, signal.SIGSTOP)
         stopped.append(pid)
 
@@ -111,3 +113,30 @@ def test_a_jump_host_silent_before_it_opens_the_way_to_the_server_ends_the_conne
         f"cannot reach 127.0.0.1 port {lab2.servers[0].ssh_port} (through jump host 127.0.0.1 port "
         f"{bastion.ssh_port}): the jump host did not open the connection to it within 2 s" in str(error)
     ), error
+
+
+@pytest.mark.parametrize(
+    "point, said",
+    [("start_client", "did not finish the SSH key exchange"), ("auth_publickey", "did not answer the login")],
+)
+def test_a_server_silent_during_the_login_ends_the_connect_at_its_bound_saying_so(lab2, monkeypatch, point, said):
+    """The server takes the TCP connection, then goes silent in the key exchange or the login: the
+    connect ends at CONNECT_TIMEOUT and says the server went silent (Paramiko's login waits 30 s
+    and says "Authentication timeout", which read as a wrong key; the key exchange's said "No
+    existing session")."""
+    server = lab2.servers[0]
+    monkeypatch.setattr(ssh, "CONNECT_TIMEOUT", 2)
+    real = getattr(paramiko.Transport, point)
+    with resumed_after([]) as stopped:
+
+        def silent_first(transport, *args, **kwargs):
+            stop_sshd(server, stopped, listener=True)
+            return real(transport, *args, **kwargs)
+
+        monkeypatch.setattr(paramiko.Transport, point, silent_first)
+        error, took = bounded(lambda: ssh.connect(lab2.host()), 10)
+    assert isinstance(error, ConnectError), error
+    assert took < 4, took
+    assert f"lab1: the server 127.0.0.1 port {server.ssh_port} {said} within 2 s" in str(error), error
+    assert "authentication" not in str(error).lower(), error
+    assert "silent" in error.hint, error.hint
