@@ -20,6 +20,7 @@ from .errors import ConnectError, RemoteError
 
 CONNECT_TIMEOUT = 10
 START_TIMEOUT = 30  # seconds for a server to open a channel, and again to start its command (run)
+RUN_TIMEOUT = 60  # seconds a command run without a timeout of its own may take (a server silent once it started it)
 KEEPALIVE_S = 5  # an SSH keepalive every few seconds keeps NAT and firewall state of a quiet deploy
 
 
@@ -255,8 +256,11 @@ def _known_hosts_name(address, port):
 
 
 def run(conn, step, argv, *, timeout=None, check=True):
-    """Run one argv on the server, every word quoted; a failure names the step and the host."""
+    """Run one argv on the server, every word quoted; a failure names the step and the host.
+    timeout: seconds it may take once started (default RUN_TIMEOUT: Fabric's run would wait for
+    ever on a server gone silent before the command's exit status)."""
     command = shlex.join(str(a) for a in argv)
+    timeout = RUN_TIMEOUT if timeout is None else timeout
     try:
         result = conn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
     except (TimeoutError, invoke.exceptions.CommandTimedOut, paramiko.SSHException, OSError) as exc:

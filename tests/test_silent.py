@@ -140,3 +140,27 @@ def test_a_server_silent_during_the_login_ends_the_connect_at_its_bound_saying_s
     assert f"lab1: the server 127.0.0.1 port {server.ssh_port} {said} within 2 s" in str(error), error
     assert "authentication" not in str(error).lower(), error
     assert "silent" in error.hint, error.hint
+
+
+def test_a_command_run_without_a_timeout_of_its_own_ends_when_the_server_goes_silent_after_starting_it(
+    lab2, monkeypatch
+):
+    """The server starts the command, then goes silent before its exit status: a run given no
+    timeout (`fab setup`'s check that the admin user becomes root with sudo) ends at RUN_TIMEOUT.
+    Fabric's run waited for ever."""
+    server = lab2.servers[0]
+    monkeypatch.setattr(ssh, "RUN_TIMEOUT", 2)
+    real = ssh.start
+    with resumed_after([]) as stopped:
+
+        def silent_after(channel, command, seconds):
+            real(channel, command, seconds)
+            stop_sshd(server, stopped)
+
+        monkeypatch.setattr(ssh, "start", silent_after)
+        with ssh.connect(lab2.host()) as conn:
+            error, took = bounded(lambda: ssh.run(conn, "become root", ["true"], check=False), 10)
+    assert stopped, "the command was never started"
+    assert isinstance(error, RemoteError), error
+    assert took < 4, took
+    assert "become root: CommandTimedOut: Command did not complete within 2 seconds" in str(error), error
