@@ -157,9 +157,9 @@ def _tcp(address, port):
 
 
 def _connection(address, port, user, key, known_hosts, gateway=None):
-    # the banner and the login are waited for as the TCP connection is (Paramiko: 15 s and 30 s)
-    connect_kwargs = {"allow_agent": key is None, "look_for_keys": key is None, "banner_timeout": CONNECT_TIMEOUT,
-                      "auth_timeout": CONNECT_TIMEOUT}  # fmt: skip
+    # the login is waited for as the TCP connection and the key exchange are (Paramiko: 30 s); the
+    # banner keeps Paramiko's 15 s, so that the key exchange's bound ends a silent start first
+    connect_kwargs = {"allow_agent": key is None, "look_for_keys": key is None, "auth_timeout": CONNECT_TIMEOUT}
     if key is not None:
         connect_kwargs["key_filename"] = [str(key)]
     conn = _Connection(

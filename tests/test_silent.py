@@ -164,3 +164,24 @@ def test_a_command_run_without_a_timeout_of_its_own_ends_when_the_server_goes_si
     assert isinstance(error, RemoteError), error
     assert took < 4, took
     assert "become root: CommandTimedOut: Command did not complete within 2 seconds" in str(error), error
+
+
+def test_a_server_slow_to_start_a_command_but_within_the_bound_runs_it(lab2, monkeypatch):
+    """The server answers the request to start the command late, but before the bound: the
+    command runs and its output arrives, the channel untouched by the bound."""
+    server = lab2.servers[0]
+    monkeypatch.setattr(ssh, "START_TIMEOUT", 3)
+    real = paramiko.Channel.exec_command
+    with resumed_after([]) as stopped:
+
+        def slow_first(channel, command):
+            stop_sshd(server, stopped)
+            threading.Timer(2, lambda: [os.kill(pid, signal.SIGCONT) for pid in stopped]).start()
+            return real(channel, command)
+
+        monkeypatch.setattr(paramiko.Channel, "exec_command", slow_first)
+        with ssh.connect(lab2.host()) as conn:
+            result, took = bounded(lambda: ssh.run(conn, "echo", ["echo", "late"], timeout=5), 10)
+    assert not isinstance(result, BaseException), result
+    assert result.stdout == "late\n" and result.exited == 0
+    assert 2 <= took < 3, took
