@@ -20,6 +20,7 @@ from .errors import ConnectError, RemoteError
 
 CONNECT_TIMEOUT = 10
 START_TIMEOUT = 30  # seconds for a server to open a channel, and again to start its command (run)
+RUN_TIMEOUT = 60  # seconds a command run without a timeout of its own may take (a server silent once it started it)
 KEEPALIVE_S = 5  # an SSH keepalive every few seconds keeps NAT and firewall state of a quiet deploy
 
 
@@ -38,6 +39,25 @@ class _Connection(Connection):
         if isinstance(self.gateway, Connection):
             self.gateway.close()
 
+    def open_gateway(self):
+        """The way through the jump host (its direct-tcpip channel), waited for CONNECT_TIMEOUT:
+        Fabric waits Paramiko's default of an hour for a jump host that went silent after the login."""
+        if not isinstance(self.gateway, Connection):
+            return super().open_gateway()
+        self.gateway.open()
+        try:
+            return self.gateway.transport.open_channel(
+                "direct-tcpip", (self.host, int(self.port)), ("", 0), timeout=CONNECT_TIMEOUT
+            )
+        except paramiko.ChannelException:
+            raise  # the jump host refused (its own error says why)
+        except paramiko.SSHException as exc:
+            if "Timeout" not in str(exc):
+                raise
+            raise TimeoutError(
+                f"the jump host did not open the connection to it within {CONNECT_TIMEOUT:.0f} s"
+            ) from None
+
     @opens
     def create_session(self):
         """The channel of conn.run (Fabric's), with the agent's bounds: Fabric opens it with
@@ -51,11 +71,17 @@ class _Connection(Connection):
 def start(channel, command, seconds):
     """channel.exec_command(command), waiting at most `seconds` for the server to say it started
     it: Paramiko's waits for ever on a server gone silent after opening the channel. A server
-    that does not answer in time has the channel closed, and TimeoutError is raised."""
-    fired = []
+    that does not answer in time has the channel closed, and TimeoutError is raised. The request
+    may have reached it all the same (a link that stalled, then resumed): the error says the
+    command may have started, and a caller must not take it for one that did not."""
+    state = {"answered": False, "fired": False}
+    lock = threading.Lock()
 
     def give_up():
-        fired.append(True)
+        with lock:  # once the server has answered, the channel is the caller's: never closed here
+            if state["answered"]:
+                return
+            state["fired"] = True
         try:
             channel.close()  # marked closed first, which wakes exec_command's wait ("Channel closed")
         except Exception:  # noqa: BLE001 (the close message could not be sent: the connection is gone)
@@ -67,12 +93,17 @@ def start(channel, command, seconds):
     try:
         type(channel).exec_command(channel, command)
     except (paramiko.SSHException, EOFError):
-        if not fired:
+        if not state["fired"]:
             raise
     finally:
+        with lock:
+            state["answered"] = True
         timer.cancel()
-    if fired:
-        raise TimeoutError(f"the server did not start the command within {seconds:.0f} s")
+    if state["fired"]:
+        raise TimeoutError(
+            f"the server did not say within {seconds:.0f} s that it started the command; "
+            "the channel was closed, but the command may have started"
+        )
 
 
 # Linux's: ACK what arrived at once, instead of up to 40 ms later (macOS and the BSDs lack it)
@@ -126,7 +157,9 @@ def _tcp(address, port):
 
 
 def _connection(address, port, user, key, known_hosts, gateway=None):
-    connect_kwargs = {"allow_agent": key is None, "look_for_keys": key is None}
+    # the login is waited for as the TCP connection and the key exchange are (Paramiko: 30 s); the
+    # banner keeps Paramiko's 15 s, so that the key exchange's bound ends a silent start first
+    connect_kwargs = {"allow_agent": key is None, "look_for_keys": key is None, "auth_timeout": CONNECT_TIMEOUT}
     if key is not None:
         connect_kwargs["key_filename"] = [str(key)]
     conn = _Connection(
@@ -176,6 +209,8 @@ def _open(conn, host, address, port, user, via, role=""):
             "otherwise someone may be in between: do not deploy",
         ) from None
     except paramiko.AuthenticationException as exc:
+        if str(exc) == "Authentication timeout.":  # no answer to the login: a silent server, not a wrong key
+            raise _silent(host, address, port, via, role, "did not answer the login") from None
         raise ConnectError(
             f"SSH authentication as {user or 'the local user'} on {role}{address} port {port} failed: {exc}",
             host=host.name,
@@ -196,6 +231,8 @@ def _open(conn, host, address, port, user, via, role=""):
                 hint=f"check the server's fingerprint, then add it: ssh-keyscan -p {port} "
                 f"{address} >> {host.known_hosts}",
             ) from None
+        if str(exc) == "No existing session":  # Paramiko's word for a key exchange not done in time
+            raise _silent(host, address, port, via, role, "did not finish the SSH key exchange") from None
         raise ConnectError(f"SSH to {role}{address}:{port}{via} failed: {exc}", host=host.name) from None
     except (TimeoutError, OSError) as exc:
         raise ConnectError(
@@ -205,13 +242,25 @@ def _open(conn, host, address, port, user, via, role=""):
         ) from None
 
 
+def _silent(host, address, port, via, role, what):
+    return ConnectError(
+        f"the {role or 'server '}{address} port {port}{via} {what} within {CONNECT_TIMEOUT:.0f} s",
+        host=host.name,
+        hint="it took the TCP connection, then went silent: check that its sshd is not stuck or "
+        "overloaded, and the network to it",
+    )
+
+
 def _known_hosts_name(address, port):
     return address if port == 22 else f"[{address}]:{port}"
 
 
 def run(conn, step, argv, *, timeout=None, check=True):
-    """Run one argv on the server, every word quoted; a failure names the step and the host."""
+    """Run one argv on the server, every word quoted; a failure names the step and the host.
+    timeout: seconds it may take once started (default RUN_TIMEOUT: Fabric's run would wait for
+    ever on a server gone silent before the command's exit status)."""
     command = shlex.join(str(a) for a in argv)
+    timeout = RUN_TIMEOUT if timeout is None else timeout
     try:
         result = conn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
     except (TimeoutError, invoke.exceptions.CommandTimedOut, paramiko.SSHException, OSError) as exc:

@@ -100,7 +100,7 @@ def test_a_server_silent_once_a_channel_is_open_ends_the_start_of_its_command_in
         conn.close()
     assert not thread.is_alive(), "starting the command waited for ever"
     assert took < 10, took
-    assert "did not start the command within 2 s" in str(said.get("error")), said
+    assert "did not say within 2 s that it started the command" in str(said.get("error")), said
 
 
 def test_a_host_name_that_does_not_resolve_is_named(lab2):
