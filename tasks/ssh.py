@@ -19,6 +19,7 @@ from fabric.connection import opens
 from .errors import ConnectError, RemoteError
 
 CONNECT_TIMEOUT = 10
+LOGIN_TIMEOUT = 30  # Paramiko's: a loaded server's PAM or DNS lookups may take seconds, which is no failure
 START_TIMEOUT = 30  # seconds for a server to open a channel, and again to start its command (run)
 RUN_TIMEOUT = 60  # seconds a command run without a timeout of its own may take (a server silent once it started it)
 KEEPALIVE_S = 5  # an SSH keepalive every few seconds keeps NAT and firewall state of a quiet deploy
@@ -157,9 +158,8 @@ def _tcp(address, port):
 
 
 def _connection(address, port, user, key, known_hosts, gateway=None):
-    # the login is waited for as the TCP connection and the key exchange are (Paramiko: 30 s); the
-    # banner keeps Paramiko's 15 s, so that the key exchange's bound ends a silent start first
-    connect_kwargs = {"allow_agent": key is None, "look_for_keys": key is None, "auth_timeout": CONNECT_TIMEOUT}
+    # the banner keeps Paramiko's 15 s, so that the key exchange's bound ends a silent start first
+    connect_kwargs = {"allow_agent": key is None, "look_for_keys": key is None, "auth_timeout": LOGIN_TIMEOUT}
     if key is not None:
         connect_kwargs["key_filename"] = [str(key)]
     conn = _Connection(
@@ -210,7 +210,7 @@ def _open(conn, host, address, port, user, via, role=""):
         ) from None
     except paramiko.AuthenticationException as exc:
         if str(exc) == "Authentication timeout.":  # no answer to the login: a silent server, not a wrong key
-            raise _silent(host, address, port, via, role, "did not answer the login") from None
+            raise _silent(host, address, port, via, role, "did not answer the login", LOGIN_TIMEOUT) from None
         raise ConnectError(
             f"SSH authentication as {user or 'the local user'} on {role}{address} port {port} failed: {exc}",
             host=host.name,
@@ -242,9 +242,10 @@ def _open(conn, host, address, port, user, via, role=""):
         ) from None
 
 
-def _silent(host, address, port, via, role, what):
+def _silent(host, address, port, via, role, what, seconds=None):
+    seconds = CONNECT_TIMEOUT if seconds is None else seconds
     return ConnectError(
-        f"the {role or 'server '}{address} port {port}{via} {what} within {CONNECT_TIMEOUT:.0f} s",
+        f"the {role or 'server '}{address} port {port}{via} {what} within {seconds:.0f} s",
         host=host.name,
         hint="it took the TCP connection, then went silent: check that its sshd is not stuck or "
         "overloaded, and the network to it",

@@ -121,11 +121,12 @@ def test_a_jump_host_silent_before_it_opens_the_way_to_the_server_ends_the_conne
 )
 def test_a_server_silent_during_the_login_ends_the_connect_at_its_bound_saying_so(lab2, monkeypatch, point, said):
     """The server takes the TCP connection, then goes silent in the key exchange or the login: the
-    connect ends at CONNECT_TIMEOUT and says the server went silent (Paramiko's login waits 30 s
-    and says "Authentication timeout", which read as a wrong key; the key exchange's said "No
-    existing session")."""
+    connect ends at its bound (CONNECT_TIMEOUT, LOGIN_TIMEOUT) and says the server went silent
+    (Paramiko's login said "Authentication timeout", which read as a wrong key; the key
+    exchange's said "No existing session")."""
     server = lab2.servers[0]
     monkeypatch.setattr(ssh, "CONNECT_TIMEOUT", 2)
+    monkeypatch.setattr(ssh, "LOGIN_TIMEOUT", 2)
     real = getattr(paramiko.Transport, point)
     with resumed_after([]) as stopped:
 
