@@ -161,6 +161,21 @@ def test_a_failed_swap_switches_back_every_host_that_switched_and_keeps_both_err
     assert [r.switched for r in run.hosts] == ["no", "unknown"]  # web1 is back; web2's state is unknown
 
 
+def test_the_wait_ctrl_c_announces_during_the_switch_bounds_the_sudo_helpers_too():
+    """Ctrl-C during the switch says how long it waits at most: through the sudo helper a switch
+    also waits for the agent's word and for a new channel and its command to start."""
+    from tasks import ssh
+    from tasks.fleet import STEP_TIMEOUT
+    from tasks.steps import swap as swap_step
+
+    run = _fleet(None, "web1", "web2")
+    plain = swap_step._timeout(run.hosts[0].host)
+    assert f"(at most {plain:.0f} s)" in swap_step._finishing(run.hosts)
+    run.hosts[1].uses_helper = True
+    helper = STEP_TIMEOUT + 2 * ssh.START_TIMEOUT + plain
+    assert f"(at most {helper:.0f} s)" in swap_step._finishing(run.hosts)
+
+
 def test_any_exception_during_the_swap_switches_back(monkeypatch, capsys):
     from tasks.steps import swap as swap_step
 

@@ -5,7 +5,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from .. import agent, testhooks
+from .. import agent, ssh, testhooks
 from ..errors import CutoverError, GroupError, HealthError, RemoteError
 from ..fleet import STEP_TIMEOUT, STOPPED_WAITING, in_parallel
 from ..output import Timer, count, line, say
@@ -136,8 +136,16 @@ def swap(run, batch=None):
 def _finishing(hosts, what="switch", then="then every host that switched goes back"):
     """What Ctrl-C during the switch (or the switch back) says: the switches under way are waited
     for, then undone."""
-    longest = max(_timeout(r.host) for r in hosts)
+    longest = max(_longest(r) for r in hosts)
     return f"Ctrl-C: waiting for the {what} under way to answer (at most {longest:.0f} s), {then}; Ctrl-C again stops waiting"
+
+
+def _longest(r):
+    """The longest one host's switch can take: through the sudo helper, the agent's word first
+    (helper_switch), then a new channel opened and its command started, each bounded apart."""
+    if not getattr(r, "uses_helper", False):
+        return _timeout(r.host)
+    return STEP_TIMEOUT + 2 * ssh.START_TIMEOUT + _timeout(r.host)
 
 
 @contextmanager
