@@ -19,6 +19,11 @@ from .output import Timer, line
 STEP_TIMEOUT = 60  # seconds for a step whose time does not grow with a setting (views, unlock ...)
 MAX_THREADS = 16  # hosts worked on at once, unless a step asks for more (the swap: every host)
 STOPPED_WAITING = "stopped waiting (Ctrl-C again)"
+# The main thread's waits for other threads wake this often: Python runs a signal's handler on
+# the main thread only, and a wait there is cut short only by a signal delivered to that thread
+# while it blocks. A Ctrl-C the kernel gives to another thread, or that comes just before the
+# wait blocks, was seen only once the wait ended (a swap's timeout, a silent host's connect).
+WAKE_S = 0.25
 
 
 @dataclass
@@ -144,7 +149,8 @@ class Background:
         cleanup()
 
     def result(self):
-        self.thread.join()
+        while self.thread.is_alive():
+            self.thread.join(WAKE_S)  # see WAKE_S
         if self.error is not None:
             raise self.error
         return self.value
@@ -165,7 +171,7 @@ def each_host(runs, fn, limit=None, finish=None):
     try:
         for r in runs:
             futures.append(pool.submit(_outcome, fn, r, stop))
-        results = [f.result() for f in futures]
+        results = [_result(f) for f in futures]
     except BaseException:
         if finish is not None and _waited(futures, finish):
             pool.shutdown()
@@ -187,11 +193,20 @@ def _waited(futures, saying):
     try:  # a Ctrl-C as soon as the line is out stops the wait too
         line(saying)
         for f in futures:
-            f.exception()
+            _result(f)
     except BaseException:
         line(STOPPED_WAITING)
         return False
     return True
+
+
+def _result(future):
+    """future.result(), the wait woken every WAKE_S."""
+    while True:
+        try:
+            return future.result(WAKE_S)
+        except TimeoutError:
+            continue
 
 
 def _outcome(fn, r, stop=None):
@@ -242,7 +257,8 @@ def connect(run, start_agent=False):
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        while thread.is_alive():
+            thread.join(WAKE_S)  # see WAKE_S
     outcomes = [(r, outcomes.get(id(r))) for r in run.hosts]
     if any(isinstance(outcome, BaseException) for _, outcome in outcomes):
         raise GroupError(outcomes)

@@ -379,6 +379,45 @@ def test_a_step_left_behind_by_ctrl_c_sends_nothing_after_it(lab1, through):
         assert "lock" in agent.call(conn, host.name, host.python, "abort", "state", {"deploy_to": host.deploy_to}, 30)
 
 
+@pytest.mark.parametrize("waiting_for", ["steps", "connect"])
+def test_a_ctrl_c_another_thread_receives_stops_the_main_threads_wait_at_once(waiting_for, monkeypatch):
+    """The kernel hands a process's SIGINT to any thread that does not block it; Python runs the
+    handler on the main thread only, and a wait there is cut short only by a signal that thread
+    receives. A Ctrl-C that a host's thread received was seen only once the hosts' steps (or
+    connections) had ended: a swap's timeout, a silent host's connect. The main thread's waits wake
+    to see it."""
+    from types import SimpleNamespace
+
+    from tasks import fleet, ssh
+
+    entered, go_on, worker = threading.Event(), threading.Event(), {}
+
+    def step(r):
+        worker["ident"] = threading.get_ident()
+        entered.set()
+        go_on.wait(20)  # a host's step that takes its time
+
+    def ctrl_c():
+        entered.wait(20)
+        time.sleep(0.2)  # the main thread blocks in its wait
+        signal.pthread_kill(worker["ident"], signal.SIGINT)
+
+    threading.Thread(target=ctrl_c).start()
+    t = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if waiting_for == "steps":
+                fleet.each_host([SimpleNamespace(conn=None, name="web1")], step)
+            else:
+                host = SimpleNamespace(conn=None, name="web1", steps={}, host="web1")
+                monkeypatch.setattr(ssh, "connect", step)  # the host's connect: slow
+                fleet.connect(SimpleNamespace(hosts=[host], parallel=None))
+        took = time.monotonic() - t
+    finally:
+        go_on.set()
+    assert took < 3, f"Ctrl-C was seen after {took:.1f} s"
+
+
 def _holder(hold):
     """The PID of the server's agent whose swap waits while `hold` exists (tasks/remote/swap.py _held)."""
     try:
