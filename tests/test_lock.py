@@ -137,7 +137,9 @@ def test_ctrl_c_during_a_migration_keeps_the_lock_and_says_maintenance_stays_on(
     assert lab1.fab("deploy").returncode == 0
     before = current(server)
     log = Path(server.root, "ctrl-c-migration.log")
-    configure(lab1, make_build(tmp_path, "c2"), migrate={"command": f"echo start >> {log}; sleep 5; echo end >> {log}"})
+    configure(
+        lab1, make_build(tmp_path, "c2"), migrate={"command": f"echo start >> {log}; sleep 12; echo end >> {log}"}
+    )
     env = dict(os.environ, CUTOVER_HOSTS_FILE=str(lab1.hosts_file), XDG_CACHE_HOME=str(tmp_path / "cache"))
     proc = subprocess.Popen([sys.executable, "-m", "fabric", "deploy", "--migrate"], cwd=PROJECT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -150,7 +152,7 @@ def test_ctrl_c_during_a_migration_keeps_the_lock_and_says_maintenance_stays_on(
     assert current(server) == before and _marks(log) == ["start"]
     again = lab1.fab("deploy", "--migrate", "--force-unlock")
     assert again.returncode == 5 and "its migration" in again.stderr, again.stderr
-    assert poll(lambda: _marks(log) == ["start", "end"], seconds=20)
+    assert poll(lambda: _marks(log) == ["start", "end"], seconds=30)
     deadline = time.monotonic() + 20
     while (again := lab1.fab("deploy", "--migrate", "--force-unlock")).returncode == 5:
         assert time.monotonic() < deadline, again.stderr
