@@ -128,6 +128,7 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
         lock(run, info)
         repair(run)  # a group switch a dead run left half done: whole again before this one
         live_health_under_lock(run)  # where another run held the lock at the preflight
+        hold_point("upload")
         fault_point("upload")
         upload_all(run, build)
         fault_point("stage")
@@ -150,7 +151,8 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
         if hook_error:
             raise hook_error
     except BaseException as exc:
-        notes = abort(run, "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else exc)
+        ctrl_c = isinstance(exc, KeyboardInterrupt)
+        notes = abort(run, "interrupted (Ctrl-C)" if ctrl_c else exc, interrupted=ctrl_c)
         failed = exc.failures if isinstance(exc, GroupError) else [(None, exc)]
         if run.migration and not any(isinstance(e, MigrationError) for _, e in failed):
             # a failed migration says so itself; anything else after the migration began leaves the site

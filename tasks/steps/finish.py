@@ -4,8 +4,8 @@ record the failure and unlock."""
 import time
 
 from ..errors import CutoverError
-from ..fleet import each_host, in_parallel
-from ..output import say
+from ..fleet import STOPPED_WAITING, each_host, in_parallel
+from ..output import line, say
 
 CLEANUP_TIMEOUT = 600  # seconds: removing old releases of a large site
 
@@ -51,17 +51,30 @@ def finish(run, clean=True):
     in_parallel(run.hosts, one)
 
 
-def abort(run, error, remove=True):
+def abort(run, error, remove=True, interrupted=False):
     """On any failure: stop the uploads, remove this run's incoming release (never a live one),
     record the failure and unlock, on every host still reachable, in parallel. Returns one note
     per host on what it serves now; a host that cannot be reached keeps its lock, which
-    --force-unlock clears once its owner (this run) is gone."""
+    --force-unlock clears once its owner (this run) is gone.
+
+    interrupted (Ctrl-C): the wait is said at once (removing a large release from a busy disk
+    takes seconds), and a second Ctrl-C ends it; each server then finishes on its own."""
     for r in run.hosts:
         if r.upload is not None:
             r.upload.stop()  # before the incoming dir it writes into is removed
     locked = [r for r in run.hosts if r.locked and r.conn is not None]
+    if interrupted and locked:
+        doing = "removing this run's upload and unlocking" if remove else "unlocking"
+        line(f"Ctrl-C: {doing} on {', '.join(r.name for r in locked)}; Ctrl-C again stops waiting "
+             "(each server then finishes by itself)")  # fmt: skip
+
+    said = {}  # host name: its note, once its clean up answered
 
     def one(r):
+        said[r.name] = _one(r)
+        return said[r.name]
+
+    def _one(r):
         answer = r.call(
             "abort", "abort", timeout=CLEANUP_TIMEOUT, token=run.who["token"], remove=remove, error=str(error),
             **_timings(run, r),
@@ -76,8 +89,15 @@ def abort(run, error, remove=True):
             return f"{r.name} serves {answer['current']} (switching it back to {r.current} {r.back_left})"
         return f"{r.name} serves {answer['current']}"
 
+    try:
+        outcomes = each_host(locked, one)
+    except KeyboardInterrupt:
+        if not interrupted:
+            raise
+        line(STOPPED_WAITING)
+        return [said.get(r.name) or _left(run, r, remove) for r in locked]
     notes = []
-    for r, outcome in each_host(locked, one):
+    for r, outcome in outcomes:
         if isinstance(outcome, BaseException):
             why = outcome.message if isinstance(outcome, CutoverError) else repr(outcome)
             # a Ctrl-C's message has no other word of it: the host may be left on the run's release
@@ -86,3 +106,12 @@ def abort(run, error, remove=True):
         else:
             notes.append(outcome)
     return notes
+
+
+def _left(run, r, remove):
+    """What a host serves whose clean up a second Ctrl-C stopped waiting for: it runs on, on the
+    server (the request was sent), which frees the lock at its end."""
+    doing = "its upload is being removed and its lock freed" if remove else "its lock is being freed"
+    if r.switched != "no":
+        return f"{r.name} may serve {run.release_id} ({doing} on the server, by itself)"
+    return f"{r.name} serves {r.current} ({doing} on the server, by itself)"

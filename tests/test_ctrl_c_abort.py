@@ -1,0 +1,62 @@
+"""Ctrl-C before the switch: the run removes its upload from each server and unlocks, which for a
+large release on a busy disk takes seconds. The wait is said at once, and a second Ctrl-C ends
+it with what each host serves."""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from .conftest import configure, current, make_build
+from .test_ctrl_c_switch import Lines
+from .test_murphy import poll
+
+CLEANING = "Ctrl-C: removing this run's upload and unlocking on lab1"
+
+
+def _session(server):
+    """The sshd process of the connection of the run that holds this server's lock."""
+    return json.loads(Path(server.deploy_to, ".cutover", "lock", "owner.json").read_text())["session_pid"]
+
+
+def test_ctrl_c_while_the_server_is_slow_to_clean_up_says_so_and_ctrl_c_again_ends_the_wait(lab1, tmp_path):
+    """The server slow to remove the upload (here: its connection stopped): the first Ctrl-C says
+    at once what the run waits for, and that a second one stops waiting; the second ends the run
+    (exit 130) within a second, saying what the host serves and that the server finishes the clean
+    up by itself, which it does once it runs again: the lock freed, the upload gone."""
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "c1"))
+    assert lab1.fab("deploy").returncode == 0
+    live = current(server)
+    configure(lab1, make_build(tmp_path, "c2"))
+    fab = lab1.held("upload", tmp_path / "hold", "deploy")  # the lock held, the upload under way
+    out = Lines(fab.stdout)
+    session = _session(server)
+    try:
+        os.kill(session, signal.SIGSTOP)  # the server answers nothing more: its clean up waits
+        fab.send_signal(signal.SIGINT)
+        said = poll(lambda: out.count(CLEANING) == 1, seconds=3)
+        assert said, f"nothing said within 3 s of Ctrl-C while the clean up waits: {out.lines}"
+        pressed = time.monotonic()
+        fab.send_signal(signal.SIGINT)
+        fab.wait(timeout=30)  # stdout is the Lines thread's to read
+        took = time.monotonic() - pressed
+        err = fab.stderr.read()
+    finally:
+        os.kill(session, signal.SIGCONT)
+        if fab.poll() is None:
+            fab.kill()
+    assert fab.returncode == 130, err
+    assert took < 2, f"the second Ctrl-C ended the run after {took:.1f} s"
+    assert out.text().count("stopped waiting (Ctrl-C again)") == 1, (out.text(), err)
+    assert (
+        f"the site now: lab1 serves {live} (its upload is being removed and its lock freed on the server, "
+        "by itself)" in err
+    ), err
+    # the server finishes the clean up the run stopped waiting for
+    releases = Path(server.deploy_to, "releases")
+    assert poll(lambda: not Path(server.deploy_to, ".cutover", "lock").exists(), seconds=10), err
+    assert [n for n in os.listdir(releases) if n.startswith(".")] == []
+    assert current(server) == live
+    assert lab1.fab("deploy").returncode == 0, "the next deploy needs no --force-unlock"
