@@ -40,9 +40,8 @@ def test_ctrl_c_while_the_server_is_slow_to_clean_up_says_so_and_ctrl_c_again_en
         assert said, f"nothing said within 3 s of Ctrl-C while the clean up waits: {out.lines}"
         pressed = time.monotonic()
         fab.send_signal(signal.SIGINT)
-        fab.wait(timeout=30)  # stdout is the Lines thread's to read
+        err = out.stderr_of(fab, timeout=30)
         took = time.monotonic() - pressed
-        err = fab.stderr.read()
     finally:
         os.kill(session, signal.SIGCONT)
         if fab.poll() is None:
