@@ -80,7 +80,7 @@ def deploy_to_hosts(
 
 def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=None, live_health=True):
     """The steps from check to finish, and the failure path."""
-    from . import manifest
+    from . import manifest, release
     from .fleet import Background, Run, close, connect
     from .steps.finish import abort, finish
     from .steps.hooks import run_hooks
@@ -131,8 +131,11 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
         hold_point("upload")
         fault_point("upload")
         upload_all(run, build)
+        unchanged = Background(release.changed_since, build, info)  # while the servers stage
         fault_point("stage")
         stage(run, build)
+        if unchanged.result() is not None:
+            raise unchanged.result()
         fault_point("swap")
         if migrating:
             migrate_with_backup(run)
