@@ -28,6 +28,8 @@ def target(c, split=True):
     name = c.config.get("cutover", {}).get("target")
     inventory = hostsfile.load()
     hosts = inventory.resolve(name)
+    if name is not None:
+        output.TARGET = name  # the advice in messages names these hosts too
     _keys_exist(hosts)
     if not split:
         for group, members in inventory.split_groups(hosts):
