@@ -142,6 +142,7 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
         else:
             swap(run, batch)
         hook_error = run_hooks(run, "after_switch", run.release_id)
+        hold_point("finish")
         fault_point("finish")
         finish(run)
         if hashing is not None:  # read while the upload ran, where nothing waited for them

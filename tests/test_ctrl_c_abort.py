@@ -59,3 +59,27 @@ def test_ctrl_c_while_the_server_is_slow_to_clean_up_says_so_and_ctrl_c_again_en
     assert [n for n in os.listdir(releases) if n.startswith(".")] == []
     assert current(server) == live
     assert lab1.fab("deploy").returncode == 0, "the next deploy needs no --force-unlock"
+
+
+def test_ctrl_c_once_the_release_is_live_says_it_unlocks_and_removes_nothing(lab1, tmp_path):
+    """Ctrl-C after the switch, before the clean up: the new release is live and stays; what the
+    run says it waits for must not be the removal of that release."""
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "l1"))
+    assert lab1.fab("deploy").returncode == 0
+    configure(lab1, make_build(tmp_path, "l2"))
+    fab = lab1.held("finish", tmp_path / "hold", "deploy")  # switched and verified
+    out = Lines(fab.stdout)
+    try:
+        new = current(server)
+        fab.send_signal(signal.SIGINT)
+        err = out.stderr_of(fab, timeout=30)
+    finally:
+        if fab.poll() is None:
+            fab.kill()
+    assert fab.returncode == 130, err
+    assert "Ctrl-C: unlocking on lab1; Ctrl-C again stops waiting" in out.text(), out.text()
+    assert "removing this run's upload" not in out.text(), out.text()
+    assert f"the site now: lab1 serves {new}" in err, err
+    assert current(server) == new
+    assert not Path(server.deploy_to, ".cutover", "lock").exists()

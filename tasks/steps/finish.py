@@ -64,7 +64,9 @@ def abort(run, error, remove=True, interrupted=False):
             r.upload.stop()  # before the incoming dir it writes into is removed
     locked = [r for r in run.hosts if r.locked and r.conn is not None]
     if interrupted and locked:
-        doing = "removing this run's upload and unlocking" if remove else "unlocking"
+        # a release a host switched to stays (the server never removes a live one)
+        removing = remove and all(r.switched == "no" for r in locked)
+        doing = "removing this run's upload and unlocking" if removing else "unlocking"
         line(f"Ctrl-C: {doing} on {', '.join(r.name for r in locked)}; Ctrl-C again stops waiting "
              "(each server then finishes by itself)")  # fmt: skip
 
@@ -111,7 +113,11 @@ def abort(run, error, remove=True, interrupted=False):
 def _left(run, r, remove):
     """What a host serves whose clean up a second Ctrl-C stopped waiting for: it runs on, on the
     server (the request was sent), which frees the lock at its end."""
-    doing = "its upload is being removed and its lock freed" if remove else "its lock is being freed"
+    doing = (
+        "its upload is being removed and its lock freed" if remove and r.switched == "no" else "its lock is being freed"
+    )
+    if r.switched == "yes":
+        return f"{r.name} serves {run.release_id} ({doing} on the server, by itself)"
     if r.switched != "no":
         return f"{r.name} may serve {run.release_id} ({doing} on the server, by itself)"
     return f"{r.name} serves {r.current} ({doing} on the server, by itself)"
