@@ -68,7 +68,7 @@ def abort(run, error, remove=True, interrupted=False):
         removing = remove and all(r.switched == "no" for r in locked)
         doing = "removing this run's upload and unlocking" if removing else "unlocking"
         line(f"Ctrl-C: {doing} on {', '.join(r.name for r in locked)}; Ctrl-C again stops waiting "
-             "(each server then finishes by itself)")  # fmt: skip
+             "(a server that has not begun by then keeps the lock, which --force-unlock clears)")  # fmt: skip
 
     said = {}  # host name: its note, once its clean up answered
 
@@ -111,13 +111,13 @@ def abort(run, error, remove=True, interrupted=False):
 
 
 def _left(run, r, remove):
-    """What a host serves whose clean up a second Ctrl-C stopped waiting for: it runs on, on the
-    server (the request was sent), which frees the lock at its end."""
-    doing = (
-        "its upload is being removed and its lock freed" if remove and r.switched == "no" else "its lock is being freed"
-    )
+    """What a host serves whose clean up a second Ctrl-C stopped waiting for. Begun on the server,
+    it runs to its end there; a request its agent had not read yet (a new agent starting on a
+    loaded server) is lost with the connection, and the lock stays."""
+    doing = "removing its upload and unlocking" if remove and r.switched == "no" else "unlocking"
+    left = f"{doing} left under way (Ctrl-C): if the server had not begun it, its lock stays until --force-unlock"
     if r.switched == "yes":
-        return f"{r.name} serves {run.release_id} ({doing} on the server, by itself)"
+        return f"{r.name} serves {run.release_id} ({left})"
     if r.switched != "no":
-        return f"{r.name} may serve {run.release_id} ({doing} on the server, by itself)"
-    return f"{r.name} serves {r.current} ({doing} on the server, by itself)"
+        return f"{r.name} may serve {run.release_id} ({left})"
+    return f"{r.name} serves {r.current} ({left})"
