@@ -83,3 +83,30 @@ def test_ctrl_c_once_the_release_is_live_says_it_unlocks_and_removes_nothing(lab
     assert f"the site now: lab1 serves {new}" in err, err
     assert current(server) == new
     assert not Path(server.deploy_to, ".cutover", "lock").exists()
+
+
+def test_a_slow_clean_up_after_the_switch_says_what_it_waits_for(lab1, tmp_path):
+    """The clean up after the switch (old releases removed: seconds for a large site on a busy
+    disk, here a server gone quiet for a while) says every few seconds what the run still waits
+    for, instead of nothing after the switch's line; the run then ends as usual."""
+    server = lab1.servers[0]
+    configure(lab1, make_build(tmp_path, "q1"))
+    assert lab1.fab("deploy").returncode == 0
+    configure(lab1, make_build(tmp_path, "q2"))
+    hold = tmp_path / "hold"
+    fab = lab1.held("finish", hold, "deploy")  # switched and verified
+    out = Lines(fab.stdout)
+    session = _session(server)
+    try:
+        os.kill(session, signal.SIGSTOP)  # the server is slow to clean up
+        hold.unlink()
+        said = poll(lambda: out.count("cleanup: still removing old releases and unlocking on lab1") >= 1, seconds=8)
+        os.kill(session, signal.SIGCONT)
+        err = out.stderr_of(fab, timeout=30)
+    finally:
+        if fab.poll() is None:
+            os.kill(session, signal.SIGCONT)
+            fab.kill()
+    assert said, f"nothing said for 8 s while the clean up waited: {out.lines}"
+    assert fab.returncode == 0, err
+    assert "[lab1] cleanup" in out.text() and "deployed " in out.text(), out.text()

@@ -1,13 +1,16 @@
 """Steps 9-10: clean up, record and unlock; or, after a failure, remove this run's upload,
 record the failure and unlock."""
 
+import threading
 import time
+from contextlib import contextmanager
 
 from ..errors import CutoverError
 from ..fleet import STOPPED_WAITING, each_host, in_parallel
 from ..output import line, say
 
 CLEANUP_TIMEOUT = 600  # seconds: removing old releases of a large site
+STILL_EVERY = 5  # seconds between the lines that say what a long clean up still waits for
 
 
 def _timings(run, r):
@@ -48,7 +51,28 @@ def finish(run, clean=True):
             (removed + ", " if clean else "") + "unlocked",
         )
 
-    in_parallel(run.hosts, one)
+    doing = "removing old releases and unlocking" if clean else "unlocking"
+    with _still(run, doing):
+        in_parallel(run.hosts, one)
+
+
+@contextmanager
+def _still(run, doing):
+    """Every STILL_EVERY seconds until the block ends, which hosts the run still waits for: the
+    clean up of a large site on a busy disk takes seconds, after the switch's last line."""
+    ended, start = threading.Event(), time.monotonic()
+
+    def say_still():
+        while not ended.wait(STILL_EVERY):
+            waiting = [r.name for r in run.hosts if r.locked]
+            if waiting:
+                line(f"cleanup: still {doing} on {', '.join(waiting)} ({time.monotonic() - start:.0f} s)")
+
+    threading.Thread(target=say_still, name="cleanup-still", daemon=True).start()
+    try:
+        yield
+    finally:
+        ended.set()
 
 
 def abort(run, error, remove=True, interrupted=False):
