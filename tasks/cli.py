@@ -28,6 +28,9 @@ def target(c, split=True):
     name = c.config.get("cutover", {}).get("target")
     inventory = hostsfile.load()
     hosts = inventory.resolve(name)
+    if name is not None:
+        output.TARGET = name  # the advice in messages names these hosts too
+    _keys_exist(hosts)
     if not split:
         for group, members in inventory.split_groups(hosts):
             chosen = [h.name for h in hosts if h.name in members]
@@ -37,6 +40,22 @@ def target(c, split=True):
                 hint=f"name the whole group (-H {group}), or add --split to do it anyway",
             )
     return hosts
+
+
+def _keys_exist(hosts):
+    """Every SSH key the chosen hosts (and their jump hosts) log in with is a file here: a typo in
+    its path is hosts.yaml's error, said before any server is asked, not a server out of reach."""
+    missing = {}
+    for h in hosts:
+        for key in [hop.key for hop in h.jump] + [h.key]:
+            if key is not None and not os.path.isfile(key):
+                missing.setdefault(str(key), []).append(h.name)
+    if missing:
+        raise ConfigError(
+            "; ".join(f"{', '.join(names)}: key: {key} does not exist" for key, names in missing.items())
+            + "; nothing was changed",
+            hint="fix key: in hosts.yaml (or IdentityFile in ssh_config), or put the key there",
+        )
 
 
 BATCH_HELP = (

@@ -80,7 +80,7 @@ def deploy_to_hosts(
 
 def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=None, live_health=True):
     """The steps from check to finish, and the failure path."""
-    from . import manifest
+    from . import manifest, release
     from .fleet import Background, Run, close, connect
     from .steps.finish import abort, finish
     from .steps.hooks import run_hooks
@@ -128,16 +128,21 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
         lock(run, info)
         repair(run)  # a group switch a dead run left half done: whole again before this one
         live_health_under_lock(run)  # where another run held the lock at the preflight
+        hold_point("upload")
         fault_point("upload")
         upload_all(run, build)
+        unchanged = Background(release.changed_since, build, info)  # while the servers stage
         fault_point("stage")
         stage(run, build)
+        if unchanged.result() is not None:
+            raise unchanged.result()
         fault_point("swap")
         if migrating:
             migrate_with_backup(run)
         else:
             swap(run, batch)
         hook_error = run_hooks(run, "after_switch", run.release_id)
+        hold_point("finish")
         fault_point("finish")
         finish(run)
         if hashing is not None:  # read while the upload ran, where nothing waited for them
@@ -150,7 +155,8 @@ def _deploy(total, hosts, build_override, dry, force, migrating, built, batch=No
         if hook_error:
             raise hook_error
     except BaseException as exc:
-        notes = abort(run, "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else exc)
+        ctrl_c = isinstance(exc, KeyboardInterrupt)
+        notes = abort(run, "interrupted (Ctrl-C)" if ctrl_c else exc, interrupted=ctrl_c)
         failed = exc.failures if isinstance(exc, GroupError) else [(None, exc)]
         if run.migration and not any(isinstance(e, MigrationError) for _, e in failed):
             # a failed migration says so itself; anything else after the migration began leaves the site

@@ -10,17 +10,27 @@ import time
 
 SHOWN_MAX = 80  # characters of a command-line value repeated in an error message
 COMMAND = "fab"  # what the user types: "cutover" when run as the installed command (cutover/__main__.py)
+TARGET = None  # the run's -H value, when it was given (tasks/cli.py, target)
 # `fab` followed by a task or an option, in advice ("run `fab setup`", "fab -H prod check"): not "fab started"
 _ADVICE = re.compile(
     r"(?<![\w/.-])fab (?=(-H|-r|--help|--list|setup|check|deploy|rollback|restore|backups?|releases|history"
     r"|maintenance-on|maintenance-off|init|run|sandbox-up|sandbox-down)\b)"
 )
+_NO_TARGET = {"-H", "-r", "--help", "--list", "init", "sandbox-up", "sandbox-down"}  # advice that takes no -H
 
 
 def named(text):
     """text with the commands it advises written as this program is run (`fab setup` becomes
-    `cutover setup` for the installed command)."""
-    return text if COMMAND == "fab" else _ADVICE.sub(COMMAND + " ", text)
+    `cutover setup` for the installed command), and for the hosts this run was given: after
+    `-H web1`, `fab -H web1 setup`, not the default group's."""
+    if COMMAND == "fab" and TARGET is None:
+        return text
+
+    def advice(match):
+        target = f"-H {TARGET} " if TARGET is not None and match.group(1) not in _NO_TARGET else ""
+        return f"{COMMAND} {target}"
+
+    return _ADVICE.sub(advice, text)
 
 
 _PRINTING = threading.Lock()  # hosts report from threads: one whole line at a time

@@ -143,3 +143,27 @@ def check_build(build):
     return BuildInfo(
         str(path), len(modes), sum(size for size, *_ in stats.values()), {"default": default, "modes": others}, stats
     )
+
+
+def changed_since(build, info, shown=3):
+    """Whether the build is still what the build check saw (info): None, or the error that says it
+    is not. A build tool or a copy still writing it as the uploads read it leaves each server with
+    other files under one release id, none of them the build."""
+    try:
+        stats, modes, _ = _walk(build.path, buildfiles.Exclusions(buildfiles.rules(build)))
+    except OSError as exc:
+        changed = [f"{exc.filename}: {exc.strerror}"]
+    else:
+        seen = {rel: (size, mtime, ino) for rel, (size, mtime, _, ino) in info.stats.items()}
+        now = {rel: (size, mtime, ino) for rel, (size, mtime, _, ino) in stats.items()}
+        before = {rel: info.modes["modes"].get(rel, info.modes["default"]) for rel in seen}
+        changed = sorted(rel for rel in seen.keys() | now.keys() if seen.get(rel) != now.get(rel))
+        changed += sorted(rel for rel in now.keys() & before.keys() if modes[rel] != before[rel] and rel not in changed)
+    if not changed:
+        return None
+    more = f" and {len(changed) - shown} more" if len(changed) > shown else ""
+    return ConfigError(
+        f"the build changed while it was uploaded ({', '.join(changed[:shown])}{more}): each server may hold "
+        "another part of it",
+        hint="deploy again once the build is complete; nothing was switched",
+    )

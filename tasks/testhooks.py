@@ -6,8 +6,9 @@ CUTOVER_TEST_MARGIN shortens the margin added to every step's timeout, so a test
 network ends in seconds; CUTOVER_TEST_GO_ONLY=HOST[,HOST] sends an armed group's go to those hosts
 only and kills this process once they answered (a run that dies between two hosts' switches). All need CUTOVER_TEST=1, so a variable left in an operator's shell can
 never freeze a production httpd or cut a deploy short. CUTOVER_TEST_HOLD_AT=STEP:FILE holds a deploy
-before that step (check: its build check, as its connections open; lock: its lock step) while FILE
-exists (FILE.waiting says it waits), for a test to act in between. CUTOVER_TEST_HOLD_SWAP=FILE
+before that step (check: its build check, as its connections open; lock: its lock step; upload: its
+wait for the upload, the lock held; finish: its clean up, the release live) while FILE exists (FILE.waiting says it waits), for a test to
+act in between. CUTOVER_TEST_HOLD_SWAP=FILE
 holds the server's swap, before it begins, the same way (FILE on the server).
 """
 

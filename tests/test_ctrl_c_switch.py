@@ -56,18 +56,18 @@ class Lines:
         self.thread = threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, "")), daemon=True)
         self.thread.start()
 
-    def rest(self, fab):
-        """fab's stderr once it has ended (its stdout is this reader's alone: communicate() would
-        take the last lines from it)."""
-        fab.wait(timeout=60)
-        return fab.stderr.read()
-
     def count(self, text):
         return sum(text in line for line in self.lines)
 
     def text(self):
         self.thread.join(30)
         return "".join(self.lines)
+
+    def stderr_of(self, proc, timeout=60):
+        """proc's stderr once it has exited. Its stdout is this reader's alone: communicate() would
+        read it too, and take the last lines from under it."""
+        proc.wait(timeout)
+        return proc.stderr.read()
 
 
 def test_ctrl_c_again_after_one_held_in_the_go_loop_stops_waiting(lab_pair, tmp_path):
@@ -90,7 +90,7 @@ def test_ctrl_c_again_after_one_held_in_the_go_loop_stops_waiting(lab_pair, tmp_
         assert poll(lambda: all(stopped_httpd(s) != [] for s in servers), seconds=3)  # the held Ctrl-C cut no go
         fab.send_signal(signal.SIGINT)
         assert poll(lambda: out.count("stopped waiting (Ctrl-C again)") == 1, seconds=2), out.lines
-        err = out.rest(fab)
+        err = out.stderr_of(fab)
     finally:
         if fab.poll() is None:
             fab.kill()
@@ -169,7 +169,7 @@ def test_ctrl_c_during_the_switch_back_waits_for_it_and_says_what_the_host_serve
         assert poll(lambda: out.count("Ctrl-C: waiting for the switch back under way") == 1, seconds=5), out.lines
         if fourth:
             fab.send_signal(signal.SIGINT)
-        err = out.rest(fab)
+        err = out.stderr_of(fab)
     finally:
         if fab.poll() is None:
             fab.kill()

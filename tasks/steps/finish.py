@@ -1,13 +1,16 @@
 """Steps 9-10: clean up, record and unlock; or, after a failure, remove this run's upload,
 record the failure and unlock."""
 
+import threading
 import time
+from contextlib import contextmanager
 
 from ..errors import CutoverError
-from ..fleet import each_host, in_parallel
-from ..output import say
+from ..fleet import STOPPED_WAITING, each_host, in_parallel
+from ..output import line, say
 
 CLEANUP_TIMEOUT = 600  # seconds: removing old releases of a large site
+STILL_EVERY = 5  # seconds between the lines that say what a long clean up still waits for
 
 
 def _timings(run, r):
@@ -48,20 +51,56 @@ def finish(run, clean=True):
             (removed + ", " if clean else "") + "unlocked",
         )
 
-    in_parallel(run.hosts, one)
+    doing = "removing old releases and unlocking" if clean else "unlocking"
+    with _still(run, doing):
+        in_parallel(run.hosts, one)
 
 
-def abort(run, error, remove=True):
+@contextmanager
+def _still(run, doing):
+    """Every STILL_EVERY seconds until the block ends, which hosts the run still waits for: the
+    clean up of a large site on a busy disk takes seconds, after the switch's last line."""
+    ended, start = threading.Event(), time.monotonic()
+
+    def say_still():
+        while not ended.wait(STILL_EVERY):
+            waiting = [r.name for r in run.hosts if r.locked]
+            if waiting:
+                line(f"cleanup: still {doing} on {', '.join(waiting)} ({time.monotonic() - start:.0f} s)")
+
+    threading.Thread(target=say_still, name="cleanup-still", daemon=True).start()
+    try:
+        yield
+    finally:
+        ended.set()
+
+
+def abort(run, error, remove=True, interrupted=False):
     """On any failure: stop the uploads, remove this run's incoming release (never a live one),
     record the failure and unlock, on every host still reachable, in parallel. Returns one note
     per host on what it serves now; a host that cannot be reached keeps its lock, which
-    --force-unlock clears once its owner (this run) is gone."""
+    --force-unlock clears once its owner (this run) is gone.
+
+    interrupted (Ctrl-C): the wait is said at once (removing a large release from a busy disk
+    takes seconds), and a second Ctrl-C ends it; each server then finishes on its own."""
     for r in run.hosts:
         if r.upload is not None:
             r.upload.stop()  # before the incoming dir it writes into is removed
     locked = [r for r in run.hosts if r.locked and r.conn is not None]
+    if interrupted and locked:
+        # a release a host switched to stays (the server never removes a live one)
+        removing = remove and all(r.switched == "no" for r in locked)
+        doing = "removing this run's upload and unlocking" if removing else "unlocking"
+        line(f"Ctrl-C: {doing} on {', '.join(r.name for r in locked)}; Ctrl-C again stops waiting "
+             "(a server that has not begun by then keeps the lock, which --force-unlock clears)")  # fmt: skip
+
+    said = {}  # host name: its note, once its clean up answered
 
     def one(r):
+        said[r.name] = _one(r)
+        return said[r.name]
+
+    def _one(r):
         answer = r.call(
             "abort", "abort", timeout=CLEANUP_TIMEOUT, token=run.who["token"], remove=remove, error=str(error),
             **_timings(run, r),
@@ -76,8 +115,15 @@ def abort(run, error, remove=True):
             return f"{r.name} serves {answer['current']} (switching it back to {r.current} {r.back_left})"
         return f"{r.name} serves {answer['current']}"
 
+    try:
+        outcomes = each_host(locked, one)
+    except KeyboardInterrupt:
+        if not interrupted:
+            raise
+        line(STOPPED_WAITING)
+        return [said.get(r.name) or _left(run, r, remove) for r in locked]
     notes = []
-    for r, outcome in each_host(locked, one):
+    for r, outcome in outcomes:
         if isinstance(outcome, BaseException):
             why = outcome.message if isinstance(outcome, CutoverError) else repr(outcome)
             # a Ctrl-C's message has no other word of it: the host may be left on the run's release
@@ -86,3 +132,16 @@ def abort(run, error, remove=True):
         else:
             notes.append(outcome)
     return notes
+
+
+def _left(run, r, remove):
+    """What a host serves whose clean up a second Ctrl-C stopped waiting for. Begun on the server,
+    it runs to its end there; a request its agent had not read yet (a new agent starting on a
+    loaded server) is lost with the connection, and the lock stays."""
+    doing = "removing its upload and unlocking" if remove and r.switched == "no" else "unlocking"
+    left = f"{doing} left under way (Ctrl-C): if the server had not begun it, its lock stays until --force-unlock"
+    if r.switched == "yes":
+        return f"{r.name} serves {run.release_id} ({left})"
+    if r.switched != "no":
+        return f"{r.name} may serve {run.release_id} ({left})"
+    return f"{r.name} serves {r.current} ({left})"
