@@ -207,9 +207,9 @@ fabric.main.program.run(["fab", "deploy"])
 
 def test_a_build_file_gone_after_the_check_leaves_the_digests_unknown(lab1, tmp_path, monkeypatch):
     """A file the check listed and that is gone when its digest is read: the digests are not
-    known (the upload compares checksums, nothing is remembered), and the deploy ends as
-    deployed, instead of with a FileNotFoundError after the switch (or before the upload, where
-    this machine knew the live release)."""
+    known, and the deploy is refused as a build that changed while it was uploaded (nothing
+    switched, what this machine knows unchanged), instead of a FileNotFoundError after the switch
+    (or before the upload, where this machine knew the live release)."""
     import subprocess
     import sys
 
@@ -225,12 +225,13 @@ def test_a_build_file_gone_after_the_check_leaves_the_digests_unknown(lab1, tmp_
         if label == "live release known":
             deploy(lab1)
             assert manifest.knows(host)
+        before = current(server)
         ran = subprocess.run([sys.executable, "-c", GONE_AFTER_THE_CHECK], cwd=PROJECT, env=env, capture_output=True,
                              text=True, timeout=120)  # fmt: skip
-        assert ran.returncode == 0, ran.stderr
-        assert f"deployed {current(server)} to 1 host" in ran.stdout
-        assert tree(live(server)) == tree(build), label
-        assert not manifest.knows(host), label  # the next deploy compares checksums
+        assert ran.returncode == 2, ran.stderr
+        assert "the build changed while it was uploaded (assets/app.js)" in ran.stderr, ran.stderr
+        assert "Traceback" not in ran.stderr and current(server) == before, label
+        assert manifest.knows(host) == (label == "live release known"), label
 
 
 def test_digests_of_a_build_whose_file_is_gone_are_not_known_nor_kept(tmp_path, monkeypatch):
