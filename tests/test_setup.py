@@ -201,3 +201,31 @@ def test_helper_files_that_cannot_be_written_are_refused_before_any_server_is_to
     assert f"cutover: error: {said}" in result.stderr, result.stderr
     assert rules.stat().st_mtime_ns == before and not Path(agent.HELPER).exists()
     assert not (tmp_path / "missing-parent").exists()
+
+
+def test_sites_registered_for_the_helper_at_once_are_all_kept(tmp_path, monkeypatch):
+    """Two sites of one server set up at the same moment (two groups, or a group whose hosts share
+    a machine) each read the helper's registrations, add their own and write them back: without a
+    lock one registration was lost, and that site's deploy was refused ("not registered")."""
+    import json
+    import multiprocessing
+
+    from tasks.remote import install
+
+    monkeypatch.setattr(install, "HELPER_CONFIG", str(tmp_path / "etc" / "helper.json"))
+    sites = [str(tmp_path / f"site{i}") for i in range(12)]
+
+    def register(deploy_to):
+        install.op_install_helper(
+            {"path": str(tmp_path / "lib" / "swap-helper"), "program": "# helper\n", "deploy_to": deploy_to,
+             "site": {"user": "deploy"}}
+        )  # fmt: skip
+
+    forked = multiprocessing.get_context("fork")
+    processes = [forked.Process(target=register, args=(site,)) for site in sites]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(30)
+    assert [process.exitcode for process in processes] == [0] * len(sites)
+    assert sorted(json.loads((tmp_path / "etc" / "helper.json").read_text())) == sorted(sites)

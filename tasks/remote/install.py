@@ -2,6 +2,7 @@
 and (as root) the sudo swap helper with its registration."""
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -124,12 +125,20 @@ def op_install_helper(a):
         raise Refused("installing the helper needs root (connected as uid %d)" % os.geteuid())
     os.makedirs(os.path.dirname(a["path"]), mode=0o755, exist_ok=True)
     paths.write_file(a["path"], a["program"], mode=0o755)
-    os.makedirs(os.path.dirname(HELPER_CONFIG), mode=0o755, exist_ok=True)
+    config = HELPER_CONFIG
+    os.makedirs(os.path.dirname(config), mode=0o755, exist_ok=True)
+    # two sites of one server set up at once (two groups' setups, or a group on one machine): each
+    # reads, adds its site and writes; without the lock one's registration was lost
+    held = os.open(config + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        with open(HELPER_CONFIG) as f:
-            sites = json.load(f)
-    except FileNotFoundError:
-        sites = {}
-    sites[a["deploy_to"]] = a["site"]
-    paths.write_file(HELPER_CONFIG, json.dumps(sites, indent=2, sort_keys=True) + "\n")
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            with open(config) as f:
+                sites = json.load(f)
+        except FileNotFoundError:
+            sites = {}
+        sites[a["deploy_to"]] = a["site"]
+        paths.write_file(config, json.dumps(sites, indent=2, sort_keys=True) + "\n")
+    finally:
+        os.close(held)
     return {"path": a["path"], "sites": sorted(sites), "sha256": installed_hash(a["path"])}
