@@ -129,7 +129,7 @@ def op_install_helper(a):
     os.makedirs(os.path.dirname(config), mode=0o755, exist_ok=True)
     # two sites of one server set up at once (two groups' setups, or a group on one machine): each
     # reads, adds its site and writes; without the lock one's registration was lost
-    held = os.open(config + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+    held = os.open(os.path.dirname(config), os.O_RDONLY | os.O_DIRECTORY)  # its directory: no file left
     try:
         fcntl.flock(held, fcntl.LOCK_EX)
         try:
