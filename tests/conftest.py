@@ -211,6 +211,14 @@ def lab2():
     stop_lab(handle, root)
 
 
+@pytest.fixture(scope="module")
+def lab3():
+    """Three lab servers shared by the tests of one module (a group of hosts)."""
+    handle, root = start_lab(3)
+    yield handle
+    stop_lab(handle, root)
+
+
 @pytest.fixture
 def lab_pair():
     """Two lab servers of the test's own, free to be broken."""

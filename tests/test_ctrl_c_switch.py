@@ -11,15 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PROJECT, configure, current, history, make_build, start_lab, stop_lab, stopped_httpd
+from .conftest import PROJECT, configure, current, history, make_build, stopped_httpd
 from .test_murphy import poll
-
-
-@pytest.fixture(scope="module")
-def lab3():
-    handle, root = start_lab(3)
-    yield handle
-    stop_lab(handle, root)
 
 
 def _session(server):

@@ -15,22 +15,14 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from lab.balancer import haproxy
 from lab.loadgen import LoadGen
 
-from .conftest import PROJECT, configure, current, history, lab, make_build, start_lab, stop_lab, stopped_httpd
+from .conftest import PROJECT, configure, current, history, lab, make_build, stopped_httpd
 
 SMOKE_S = 0.4  # each host's smoke command runs this long and records when it ran
-
-
-@pytest.fixture(scope="module")
-def lab3():
-    handle, root = start_lab(3)
-    yield handle
-    stop_lab(handle, root)
 
 
 def smoke_intervals(directory):
